@@ -1,0 +1,390 @@
+"""`TrainConfig`: every knob of one training run, loaded and validated in one place.
+
+The same keys are used in YAML files, `--set key=value`, search spaces and MLflow params.
+`None` means "derived": `TrainConfig.resolved()` fills those from the dataset, norm, method and
+schedule (e.g. `pgd_step_size` = eps/4, `burn_in_epochs` per weighting), and `validate()` collects
+every error at once, naming the key, the bad value and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from .registry import unknown_name_message
+
+DATASET_NAMES = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100")
+MODEL_NAMES = ("fc1", "tiny_cnn", "small_cnn", "wrn", "wrn32_10", "wrn34_10")
+NORM_NAMES = ("linf", "l2")
+OBJECTIVE_NAMES = ("plain", "at", "trades")
+WEIGHTING_NAMES = ("none", "gairat", "wmmr", "mail", "nonparam", "bilaw")
+MARGIN_INPUT_NAMES = ("multiclass", "margin", "robust_loss", "loss_diff")
+
+# Named methods are presets of (objective, weighting).
+METHODS: dict[str, tuple[str, str]] = {
+    "plain": ("plain", "none"),
+    "at": ("at", "none"),
+    "trades": ("trades", "none"),
+    "gairat": ("at", "gairat"),
+    "wmmr": ("at", "wmmr"),
+    "mail": ("at", "mail"),
+    "nonparam": ("at", "nonparam"),
+    "bilaw": ("at", "bilaw"),
+    "bilaw_trades": ("trades", "bilaw"),
+}
+CUSTOM_METHOD = "custom"  # an (objective, weighting) pair that is no preset
+
+# Paper budgets (seed Sec. 4 / METHODS.md A13): MNIST-like l-inf 0.1, l-2 0.3; CIFAR l-inf 0.031.
+# digits (8x8, 17 grey levels) is not in the paper: at l-inf 0.1 an undefended FC1 keeps ~65% PGD
+# accuracy, so its default budget is 0.2 (l-2 1.0), where robustness has to be learnt.
+DEFAULT_EPS = {
+    ("digits", "linf"): 0.2, ("mnist", "linf"): 0.1, ("fashion_mnist", "linf"): 0.1,
+    ("digits", "l2"): 1.0, ("mnist", "l2"): 0.3, ("fashion_mnist", "l2"): 0.3,
+    ("cifar10", "linf"): 0.031, ("cifar100", "linf"): 0.031,
+    ("cifar10", "l2"): 0.5, ("cifar100", "l2"): 0.5,
+}
+# digits has 1,437 training images: the paper's 1,000-sample validation sets do not fit.
+DEFAULT_VAL_SIZE = {"digits": 150}
+PAPER_VAL_SIZE = 1000
+WEIGHT_NET_PATTERN = re.compile(r"^[1-9][0-9]*(-[1-9][0-9]*)*$")
+
+
+class ConfigError(ValueError):
+    """One or more invalid config entries; the message lists each (key, value, allowed)."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = list(errors)
+        super().__init__("invalid config:\n  - " + "\n  - ".join(self.errors))
+
+
+@dataclass
+class TrainConfig:
+    """One training run. See docs in README / DESIGN for each key."""
+
+    # what to train
+    dataset: str = "digits"
+    model: str = "fc1"
+    wrn_depth: int = 32          # only for model=wrn
+    wrn_width: int = 10          # only for model=wrn
+    method: str = "at"
+    objective: str | None = None   # derived from method unless set
+    weighting: str | None = None   # derived from method unless set
+    # threat model and attacks
+    norm: str = "linf"
+    eps: float | None = None             # derived: paper budget for (dataset, norm)
+    pgd_steps: int = 10                  # training attack
+    pgd_step_size: float | None = None   # derived: eps / 4
+    eval_pgd_steps: int = 20
+    # optimisation
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 2e-4
+    lr_milestones: list[float] = field(default_factory=lambda: [0.3, 0.6])
+    lr_gamma: float = 0.1
+    early_stop_patience: int = 0         # epochs without a new best held-out PGD acc; 0 = never stop
+    # TRADES
+    trades_beta: float = 6.0             # the paper's 1/lambda
+    # BiLAW / non-parametric (bilevel step)
+    weight_net: str = "128"
+    margin_input: str = "multiclass"
+    margin_on: str = "clean"
+    meta_lr: float = 1e-3
+    meta_weight_decay: float = 1e-4
+    meta_optimizer: str = "adam"
+    meta_interval: int = 1
+    val_attack_at: str = "pseudo"
+    val_batch_size: int | None = None    # derived: batch_size
+    val_pgd_steps: int | None = None     # derived: pgd_steps
+    burn_in_epochs: int | None = None    # derived per weighting (METHODS.md A13)
+    # heuristic baselines
+    gairat_lambda: float = -1.0
+    gairat_lambda_max: float = math.inf
+    gairat_schedule: str = "fixed"
+    gairat_weight_fn: str = "tanh"
+    wmmr_alpha: float = 0.1
+    wmmr_detach: bool = False
+    wmmr_normalize: bool = False
+    mail_gamma: float = 5.0
+    mail_beta: float = 0.05
+    # data and splits
+    meta_val_size: int | None = None     # derived: 1000 (paper), 150 for digits
+    holdout_val_size: int | None = None  # derived: 1000 (paper), 150 for digits
+    baselines_full_train: bool = False
+    label_noise: float = 0.0
+    data_dir: str | None = None
+    # evaluation
+    aa_samples: int = 1000               # 0 skips AutoAttack
+    aa_version: str = "standard"
+    aa_attacks: list[str] | None = None  # a cheap custom AutoAttack subset, e.g. [apgd-ce]
+    aa_n_iter: int | None = None         # iterations of the custom subset's APGD attacks
+    eval_batch_size: int = 1024
+    # run
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = False
+
+    # ----- construction -------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> "TrainConfig":
+        """Build from a mapping; unknown keys and values of the wrong type are errors."""
+        data = dict(data or {})
+        errors = [unknown_name_message("config key", k, KEYS) for k in data if k not in KEYS]
+        kwargs = {}
+        for key, value in data.items():
+            if key in KEYS:
+                try:
+                    kwargs[key] = _coerce(key, value)
+                except ValueError as exc:
+                    errors.append(str(exc))
+        cfg = cls(**kwargs)
+        errors += [e for check in _CHECKS for e in check(cfg)]
+        if errors:
+            raise ConfigError(errors)
+        return cfg
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "TrainConfig":
+        return cls.from_dict(load_yaml_mapping(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        """A copy with `changes` applied (coerced and validated like `from_dict`)."""
+        return TrainConfig.from_dict({**self.to_dict(), **changes})
+
+    # ----- derived values and validation ---------------------------------------------------
+    def resolved(self) -> "TrainConfig":
+        """A copy with every derived (None) value filled in; validates first."""
+        self.validate()
+        c = dataclasses.replace(self, lr_milestones=list(self.lr_milestones))
+        if c.objective is None or c.weighting is None:
+            preset = METHODS.get(c.method, (None, None))
+            c.objective = c.objective or preset[0]
+            c.weighting = c.weighting or preset[1]
+        c.method = next((m for m, pair in METHODS.items() if pair == (c.objective, c.weighting)), CUSTOM_METHOD)
+        if c.eps is None:
+            c.eps = DEFAULT_EPS[(c.dataset, c.norm)]
+        if c.pgd_step_size is None:
+            c.pgd_step_size = c.eps / 4
+        c.val_batch_size = c.val_batch_size or c.batch_size
+        c.val_pgd_steps = c.pgd_steps if c.val_pgd_steps is None else c.val_pgd_steps
+        default_val = DEFAULT_VAL_SIZE.get(c.dataset, PAPER_VAL_SIZE)
+        c.meta_val_size = default_val if c.meta_val_size is None else c.meta_val_size
+        c.holdout_val_size = default_val if c.holdout_val_size is None else c.holdout_val_size
+        if c.burn_in_epochs is None:
+            c.burn_in_epochs = default_burn_in(c.weighting, c.epochs)
+        c.validate()
+        return c
+
+    def validate(self) -> None:
+        """Raise `ConfigError` listing every invalid entry."""
+        errors = [e for check in _CHECKS for e in check(self)]
+        if errors:
+            raise ConfigError(errors)
+
+    @property
+    def weight_net_hidden(self) -> tuple[int, ...]:
+        """The capacity string "64-64" as hidden sizes (64, 64)."""
+        return tuple(int(h) for h in self.weight_net.split("-"))
+
+
+KEYS: dict[str, dataclasses.Field] = {f.name: f for f in fields(TrainConfig)}
+
+
+def default_burn_in(weighting: str, epochs: int) -> int:
+    """Unweighted epochs before a heuristic weighting starts (METHODS.md A13).
+
+    GAIRAT: its repo switches at epoch 60 for >= 110 epochs, else 30 (30% of a 100-epoch run);
+    MAIL: the first 60% of training (75/120 or 60/100 in its repo); BiLAW and the rest: none.
+    """
+    if weighting == "gairat":
+        return 60 if epochs >= 110 else int(round(0.3 * epochs))
+    if weighting == "mail":
+        return int(round(0.6 * epochs))
+    return 0
+
+
+# ----- coercion of YAML / --set values to the dataclass types ---------------------------------
+_HINTS = typing.get_type_hints(TrainConfig)
+
+
+def _coerce(key: str, value: Any) -> Any:
+    hint = _HINTS[key]
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), hint) if optional else hint
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null", "")):
+        if optional:
+            return None
+        raise ValueError(f"{key}: None is not allowed (expected {_type_name(base)})")
+    if typing.get_origin(base) is list:
+        (item,) = typing.get_args(base)
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip().startswith("[") else value.split(",")
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{key}: {value!r} is not a list of {_type_name(item)}")
+        return [_coerce_scalar(key, v, item) for v in value]
+    return _coerce_scalar(key, value, base)
+
+
+def _coerce_scalar(key: str, value: Any, base: type) -> Any:
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ValueError(f"{key}: {value!r} is not a boolean (use true or false)")
+    if base is int:
+        if isinstance(value, bool) or not _is_integral(value):
+            raise ValueError(f"{key}: {value!r} is not an integer")
+        return int(float(value))
+    if base is float:
+        if isinstance(value, bool):
+            raise ValueError(f"{key}: {value!r} is not a number")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{key}: {value!r} is not a number") from None
+    if base is str:
+        if isinstance(value, (dict, list, bool)):
+            raise ValueError(f"{key}: {value!r} is not a string")
+        return str(value)  # YAML reads weight_net: 128 as an int
+    return value
+
+
+def _is_integral(value: Any) -> bool:
+    try:
+        return float(value) == int(float(value))
+    except (TypeError, ValueError, OverflowError):
+        return False
+
+
+def _type_name(t: Any) -> str:
+    return getattr(t, "__name__", str(t))
+
+
+# ----- checks: each returns a list of messages -----------------------------------------------
+def _choice(key: str, allowed: tuple[str, ...], kind: str | None = None):
+    def check(c: TrainConfig) -> list[str]:
+        value = getattr(c, key)
+        if value is None or value in allowed:
+            return []
+        return [f"{key}: " + unknown_name_message(kind or key, value, allowed)]
+
+    return check
+
+
+def _range(key: str, lo: float | None = None, hi: float | None = None, *, lo_open=False, hi_open=False):
+    def check(c: TrainConfig) -> list[str]:
+        v = getattr(c, key)
+        if v is None:
+            return []
+        bad = (lo is not None and (v <= lo if lo_open else v < lo)) or (hi is not None and (v >= hi if hi_open else v > hi))
+        if not bad and not (isinstance(v, float) and math.isnan(v)):
+            return []
+        left = "" if lo is None else f"{'>' if lo_open else '>='} {lo}"
+        right = "" if hi is None else f"{'<' if hi_open else '<='} {hi}"
+        return [f"{key}: {v!r} is out of range (allowed: {' and '.join(s for s in (left, right) if s)})"]
+
+    return check
+
+
+def _check_method(c: TrainConfig) -> list[str]:
+    if c.method in METHODS:
+        return []
+    if c.method == CUSTOM_METHOD and c.objective is not None and c.weighting is not None:
+        return []
+    if c.method == CUSTOM_METHOD:
+        return ["method: 'custom' needs both objective and weighting set"]
+    return ["method: " + unknown_name_message("method", c.method, METHODS)]
+
+
+def _check_weight_net(c: TrainConfig) -> list[str]:
+    if isinstance(c.weight_net, str) and WEIGHT_NET_PATTERN.match(c.weight_net):
+        return []
+    return [f"weight_net: {c.weight_net!r} is not a capacity string; allowed: positive hidden sizes "
+            f"joined by '-', e.g. '128', '64', '64-64', '256'"]
+
+
+def _check_milestones(c: TrainConfig) -> list[str]:
+    ms = c.lr_milestones
+    if all(0 < m <= 1 for m in ms) and list(ms) == sorted(ms):
+        return []
+    return [f"lr_milestones: {ms!r} must be increasing fractions of training in (0, 1], e.g. [0.3, 0.6]"]
+
+
+def _check_gairat(c: TrainConfig) -> list[str]:
+    if c.gairat_schedule == "linear" and not math.isfinite(c.gairat_lambda_max):
+        return [f"gairat_lambda_max: {c.gairat_lambda_max!r} must be finite with gairat_schedule 'linear'"]
+    return []
+
+
+_CHECKS = [
+    _choice("dataset", DATASET_NAMES), _choice("model", MODEL_NAMES), _check_method,
+    _choice("objective", OBJECTIVE_NAMES), _choice("weighting", WEIGHTING_NAMES),
+    _choice("norm", NORM_NAMES), _choice("margin_input", MARGIN_INPUT_NAMES, "margin input"),
+    _choice("margin_on", ("clean", "adv")), _choice("meta_optimizer", ("adam", "sgd")),
+    _choice("val_attack_at", ("pseudo", "current")), _choice("gairat_schedule", ("fixed", "linear", "piecewise")),
+    _choice("gairat_weight_fn", ("tanh", "sigmoid", "discrete")), _choice("device", ("auto", "cpu", "cuda")),
+    _choice("aa_version", ("standard", "plus", "rand")),
+    _range("eps", 0, 1, lo_open=True), _range("pgd_step_size", 0, lo_open=True),
+    _range("pgd_steps", 0), _range("eval_pgd_steps", 0), _range("val_pgd_steps", 0),
+    _range("epochs", 1), _range("batch_size", 1), _range("val_batch_size", 1), _range("eval_batch_size", 1),
+    _range("lr", 0, lo_open=True), _range("momentum", 0, 1, hi_open=True), _range("weight_decay", 0),
+    _range("lr_gamma", 0, 1, lo_open=True), _range("early_stop_patience", 0), _range("trades_beta", 0),
+    _range("meta_lr", 0, lo_open=True), _range("meta_weight_decay", 0), _range("meta_interval", 1),
+    _range("burn_in_epochs", 0), _range("wmmr_alpha", 0), _range("mail_gamma", 0),
+    _range("meta_val_size", 0), _range("holdout_val_size", 1), _range("label_noise", 0, 1, hi_open=True),
+    _range("aa_samples", 0), _range("aa_n_iter", 1), _range("wrn_depth", 8), _range("wrn_width", 1), _range("seed", 0),
+    _check_weight_net, _check_milestones, _check_gairat,
+]
+
+
+def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; a missing file, a syntax error (with its line) or a non-mapping is a
+    `ConfigError` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError([f"config file {str(path)!r} does not exist"])
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{path}:{where}: malformed YAML: {problem}"]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: expected a mapping of config keys, got {type(data).__name__}"])
+    return data
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """`["eps=0.1", "weight_net=64-64"]` -> {"eps": 0.1, "weight_net": "64-64"} (values read as YAML)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError([f"--set {item!r}: expected key=value"])
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        out[key.strip()] = raw if isinstance(value, (dict,)) else value
+    return out

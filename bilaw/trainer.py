@@ -1,0 +1,386 @@
+"""The one training loop. A method is an objective plus a weighting (`config.METHODS`); this
+loop crafts the training attack, asks the objective for its per-sample terms, asks the weighting
+(or the bilevel step) for weights, and combines them in `objectives.combine`.
+
+`train(cfg, callback)` returns a `TrainResult` and reports each epoch's metrics to `callback`;
+with `checkpoint_dir` it writes a checkpoint after every epoch and resumes from one exactly.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .attacks import pgd, trades_attack
+from .bilevel import ValAttack, bilaw_meta_step, bilaw_weights, margin_features, nonparam_weights
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import ConfigError, TrainConfig
+from .data import CyclingBatches, DataBundle, augment_crop_flip, batch_indices, load_data
+from .evaluate import accuracy, evaluate_model, pgd_accuracy
+from .margins import margin_input_dim
+from .models import build_model
+from .objectives import OBJECTIVES, Objective, combine
+from .weighting import WeightInputs, WeightNet, Weighting, build_weighting, weight_stats
+
+CHECKPOINT_NAME = "checkpoint.pt"
+EpochCallback = Callable[[dict[str, Any], "Path | None"], None]
+# Keys of the config that may differ between a checkpoint and the run resuming it.
+RESUME_FREE_KEYS = ("device", "data_dir", "aa_samples", "aa_version", "aa_attacks", "aa_n_iter", "eval_batch_size")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; the run stops instead of training on garbage."""
+
+
+@dataclass
+class TrainResult:
+    """history: one metrics dict per epoch; final: test metrics; model: the best state (eval
+    mode); weight_net: BiLAW's net at the best state, else None."""
+
+    config: TrainConfig
+    history: list[dict[str, Any]]
+    final: dict[str, Any]
+    model: nn.Module
+    weight_net: WeightNet | None = None
+    best_state: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(["device: 'cuda' was asked for but torch sees no CUDA device (use auto or cpu)"])
+    return torch.device(name)
+
+
+def lr_at(cfg: TrainConfig, epoch: int) -> float:
+    """Piecewise-constant schedule: lr * gamma^(milestones passed); milestones are fractions of
+    training (paper: /10 at 30% and 60%)."""
+    passed = sum(epoch >= round(m * cfg.epochs) for m in cfg.lr_milestones)
+    return cfg.lr * cfg.lr_gamma ** passed
+
+
+class _Run:
+    """State of one training run: data, model, optimisers, generators, best state, history."""
+
+    def __init__(self, cfg: TrainConfig, data: DataBundle | None = None) -> None:
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        self.data = data or load_data(
+            cfg.dataset, data_dir=cfg.data_dir, meta_val_size=cfg.meta_val_size,
+            holdout_val_size=cfg.holdout_val_size, seed=cfg.seed, label_noise=cfg.label_noise,
+            device=self.device, include_val_in_train=cfg.baselines_full_train and not self.learned)
+        kwargs = {"depth": cfg.wrn_depth, "widen_factor": cfg.wrn_width} if cfg.model == "wrn" else {}
+        self.model = build_model(cfg.model, self.data.input_shape, self.data.num_classes, **kwargs).to(self.device)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                         weight_decay=cfg.weight_decay)
+        self.objective: Objective = OBJECTIVES.get(cfg.objective)
+        self.weighting: Weighting = build_weighting(cfg)
+        self.weight_net, self.meta_optimizer = self._build_weight_net()
+        self.gens = {name: torch.Generator(device=self.device).manual_seed(cfg.seed * 1000 + i)
+                     for i, name in enumerate(("data", "attack", "meta"), start=1)}
+        self.meta_batches = None
+        if self.learned:
+            if len(self.data.y_meta) == 0:
+                raise ConfigError([f"meta_val_size: 0 is not allowed with weighting {cfg.weighting!r}"])
+            self.meta_batches = CyclingBatches(self.data.x_meta, self.data.y_meta, cfg.val_batch_size,
+                                               self.gens["meta"])
+        self.val_attack = ValAttack(cfg.norm, cfg.eps, cfg.val_pgd_steps, cfg.pgd_step_size,
+                                    self.gens["attack"], cfg.val_attack_at, self.amp)
+        self.epoch, self.step = 0, 0
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] = {"val_pgd_acc": -1.0, "epoch": -1, "model": None, "weight_net": None}
+
+    @property
+    def learned(self) -> bool:
+        return self.cfg.weighting in ("bilaw", "nonparam")
+
+    @property
+    def amp(self) -> bool:
+        return self.cfg.amp and self.device.type == "cuda"
+
+    def _build_weight_net(self):
+        if self.cfg.weighting != "bilaw":
+            return None, None
+        gen_state = torch.get_rng_state()
+        torch.manual_seed(self.cfg.seed + 7)  # the weight net's init does not shift the classifier's
+        net = WeightNet(margin_input_dim(self.cfg.margin_input, self.data.num_classes),
+                        self.cfg.weight_net_hidden).to(self.device)
+        torch.set_rng_state(gen_state)
+        if self.cfg.meta_optimizer == "adam":
+            opt = torch.optim.Adam(net.parameters(), lr=self.cfg.meta_lr, weight_decay=self.cfg.meta_weight_decay)
+        else:
+            opt = torch.optim.SGD(net.parameters(), lr=self.cfg.meta_lr, weight_decay=self.cfg.meta_weight_decay)
+        return net, opt
+
+    # ----- one step --------------------------------------------------------------------------
+    def autocast(self):
+        """bf16 autocast for the attack loops only (the meta-gradient stays in fp32)."""
+        if not self.amp:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+
+    def craft(self, x: torch.Tensor, y: torch.Tensor, active: bool):
+        cfg, kind = self.cfg, self.objective.attack
+        if kind == "none":
+            return x, None
+        with self.autocast():
+            if kind == "trades":
+                return trades_attack(self.model, x, norm=cfg.norm, eps=cfg.eps, steps=cfg.pgd_steps,
+                                     step_size=cfg.pgd_step_size, generator=self.gens["attack"]), None
+            out = pgd(self.model, x, y, norm=cfg.norm, eps=cfg.eps, steps=cfg.pgd_steps,
+                      step_size=cfg.pgd_step_size, generator=self.gens["attack"],
+                      return_kappa=self.weighting.needs_kappa,
+                      loss_fn=self.weighting.attack_loss if active else None)
+        return out if self.weighting.needs_kappa else (out, None)
+
+    def weights_for(self, terms, x, y, kappa, active: bool, lr: float):
+        """(loss-scale weights or None for uniform, raw weights or None)."""
+        if not active or self.cfg.weighting == "none":
+            return None, None
+        if self.cfg.weighting == "bilaw":
+            feats = margin_features(self.model, x, y, terms, self.cfg.margin_input, self.cfg.margin_on)
+            if self.step % self.cfg.meta_interval == 0:
+                x_val, y_val = next(self.meta_batches)
+                bilaw_meta_step(self.model, self.weight_net, self.meta_optimizer, terms, feats, lr,
+                                x_val, y_val, self.val_attack)
+            with torch.no_grad():
+                return bilaw_weights(self.weight_net, feats)
+        if self.cfg.weighting == "nonparam":
+            if self.step % self.cfg.meta_interval != 0:
+                return None, None  # uniform between alignment steps
+            x_val, y_val = next(self.meta_batches)
+            return nonparam_weights(self.model, terms, lr, x_val, y_val, self.val_attack)
+        out = self.weighting.compute(WeightInputs(y, terms.logits_adv, kappa, self.epoch))
+        return out.w, out.raw
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, lr: float, acc: dict[str, torch.Tensor]) -> None:
+        active = self.epoch >= self.cfg.burn_in_epochs
+        x_adv, kappa = self.craft(x, y, active)
+        self.model.train()
+        terms = self.objective.terms(self.model, x, x_adv, y, self.cfg.trades_beta)
+        w, raw = self.weights_for(terms, x, y, kappa, active, lr)
+        loss = combine(terms, w)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.step += 1
+        _accumulate(acc, loss.detach() * len(y), len(y), w, raw)
+
+    # ----- one epoch -------------------------------------------------------------------------
+    def train_epoch(self, progress) -> dict[str, float]:
+        cfg, data = self.cfg, self.data
+        lr = lr_at(cfg, self.epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        acc: dict[str, torch.Tensor] = {}
+        self._sync()
+        start = time.perf_counter()
+        batches = batch_indices(len(data.y_train), cfg.batch_size, generator=self.gens["data"], device=self.device)
+        for idx in progress(batches):
+            x, y = data.x_train[idx], data.y_train[idx]
+            if data.augment:
+                x = augment_crop_flip(x, self.gens["data"])
+            self.train_step(x, y, lr, acc)
+        self._sync()
+        metrics = _finish(acc)  # the epoch's one host read
+        metrics.update(lr=lr, epoch_time_s=time.perf_counter() - start)
+        if not math.isfinite(metrics["train_loss"]):
+            raise NonFiniteLossError(
+                f"training loss became {metrics['train_loss']} in epoch {self.epoch} "
+                f"(method {cfg.method}, lr {lr}); lower lr or check the inputs")
+        return metrics
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def validate(self) -> dict[str, float]:
+        """Held-out validation: clean and PGD (eval steps) accuracy, fixed attack seed so every
+        epoch is scored against the same random starts."""
+        cfg, d = self.cfg, self.data
+        gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 99)
+        return {
+            "val_clean_acc": accuracy(self.model, d.x_holdout, d.y_holdout, cfg.eval_batch_size),
+            "val_pgd_acc": pgd_accuracy(self.model, d.x_holdout, d.y_holdout, norm=cfg.norm, eps=cfg.eps,
+                                        steps=cfg.eval_pgd_steps, step_size=cfg.eps / 4,
+                                        batch_size=cfg.eval_batch_size, generator=gen),
+        }
+
+    def update_best(self, metrics: dict[str, Any]) -> None:
+        if metrics["val_pgd_acc"] > self.best["val_pgd_acc"]:
+            self.best = {"val_pgd_acc": metrics["val_pgd_acc"], "epoch": self.epoch,
+                         "model": _cpu_state(self.model),
+                         "weight_net": None if self.weight_net is None else _cpu_state(self.weight_net)}
+        metrics["best_val_pgd_acc"] = self.best["val_pgd_acc"]
+
+    # ----- checkpoints -----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.cfg.to_dict(), "epoch": self.epoch, "step": self.step,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "weight_net": None if self.weight_net is None else self.weight_net.state_dict(),
+            "meta_optimizer": None if self.meta_optimizer is None else self.meta_optimizer.state_dict(),
+            "meta_batches": None if self.meta_batches is None else self.meta_batches.state_dict(),
+            "rng": rng_state(self.gens), "best": self.best, "history": self.history,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        _check_same_config(state["config"], self.cfg)
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.weight_net is not None:
+            self.weight_net.load_state_dict(state["weight_net"])
+            self.meta_optimizer.load_state_dict(state["meta_optimizer"])
+        if self.meta_batches is not None:
+            self.meta_batches.load_state_dict(state["meta_batches"])
+        # the meta generator is restored by meta_batches; the rest here
+        set_rng_state(state["rng"], {k: g for k, g in self.gens.items() if k != "meta"})
+        self.best, self.history = state["best"], list(state["history"])
+
+
+def _accumulate(acc: dict[str, torch.Tensor], loss_sum, n: int, w, raw) -> None:
+    """Device-side sums for the epoch metrics (no host sync per batch)."""
+    if "loss" not in acc:
+        acc.update(loss=torch.zeros((), device=loss_sum.device), n=torch.zeros((), device=loss_sum.device),
+                   w_sum=torch.zeros((), device=loss_sum.device), w_sq=torch.zeros((), device=loss_sum.device),
+                   w_min=torch.full((), math.inf, device=loss_sum.device),
+                   w_max=torch.full((), -math.inf, device=loss_sum.device),
+                   raw_sum=torch.zeros((), device=loss_sum.device))
+    acc["loss"] += loss_sum.float()
+    acc["n"] += n
+    if w is None:
+        w = raw = torch.ones(n, device=loss_sum.device)
+    w = w.detach().float()
+    w1 = w / w.mean().clamp_min(1e-12)  # the mean-1 normalised weights
+    acc["w_sum"] += w1.sum()
+    acc["w_sq"] += (w1 * w1).sum()
+    acc["w_min"] = torch.minimum(acc["w_min"], w1.min())
+    acc["w_max"] = torch.maximum(acc["w_max"], w1.max())
+    acc["raw_sum"] += raw.detach().float().sum()
+
+
+def _finish(acc: dict[str, torch.Tensor]) -> dict[str, float]:
+    v = {k: t.item() for k, t in acc.items()}
+    n = max(v["n"], 1.0)
+    mean = v["w_sum"] / n
+    return {"train_loss": v["loss"] / n, "weight_std": math.sqrt(max(v["w_sq"] / n - mean * mean, 0.0)),
+            "weight_min": v["w_min"], "weight_max": v["w_max"], "weight_raw_mean": v["raw_sum"] / n}
+
+
+def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+def _check_same_config(saved: dict[str, Any], cfg: TrainConfig) -> None:
+    now = cfg.to_dict()
+    diff = [k for k in now if k not in RESUME_FREE_KEYS and saved.get(k) != now[k]
+            and not (_both_nan(saved.get(k), now[k]))]
+    if diff:
+        shown = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {now[k]!r}" for k in diff)
+        raise ConfigError([f"the checkpoint was written by a different config ({shown}); "
+                           f"use another checkpoint folder or the same config"])
+
+
+def _both_nan(a, b) -> bool:
+    return isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)
+
+
+def _progress_factory(enabled: bool, run: _Run):
+    if not enabled:
+        return lambda it: it
+    from tqdm.auto import tqdm
+
+    n_batches = math.ceil(len(run.data.y_train) / run.cfg.batch_size)
+
+    def wrap(it):
+        return tqdm(it, total=n_batches, desc=f"epoch {run.epoch + 1}/{run.cfg.epochs}", leave=False,
+                    unit="batch", dynamic_ncols=True)
+
+    return wrap
+
+
+def format_epoch(m: dict[str, Any], epochs: int) -> str:
+    return (f"epoch {m['epoch'] + 1:>3}/{epochs}  loss {m['train_loss']:.4f}  val clean {m['val_clean_acc']:.4f}  "
+            f"val pgd {m['val_pgd_acc']:.4f}  best {m['best_val_pgd_acc']:.4f}  lr {m['lr']:.4g}  "
+            f"w std {m['weight_std']:.3f}  {m['epoch_time_s']:.1f}s")
+
+
+def train(
+    cfg: TrainConfig,
+    callback: EpochCallback | None = None,
+    *,
+    checkpoint_dir: str | Path | None = None,
+    stop_after: int | None = None,
+    progress: bool | None = None,
+    log: Callable[[str], None] | None = None,
+    data: DataBundle | None = None,
+) -> TrainResult:
+    """Train one config; returns the best state's model and its test metrics.
+
+    callback(metrics, checkpoint_dir) runs after each epoch, once the epoch's checkpoint is on
+    disk. With `checkpoint_dir` holding a checkpoint, training resumes from it exactly (same
+    config required). `stop_after=k` stops after epoch k (for tests and time-sliced runs: the
+    schedule still follows `cfg.epochs`). `progress`: a tqdm bar per epoch (default: on a
+    terminal). `log`: where the per-epoch lines go (default: print when progress is shown)."""
+    cfg = cfg.resolved()
+    run = _Run(cfg, data)
+    ckpt = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    if ckpt is not None and ckpt.exists():
+        run.load_state_dict(load_checkpoint(ckpt, map_location=run.device))
+    progress = sys.stderr.isatty() if progress is None else progress
+    log = log if log is not None else (print if progress else None)
+    wrap = _progress_factory(progress, run)
+    last = cfg.epochs if stop_after is None else min(stop_after, cfg.epochs)
+    while run.epoch < last and not _early_stopped(run):
+        metrics = {"epoch": run.epoch, **run.train_epoch(wrap), **run.validate()}
+        run.update_best(metrics)
+        run.history.append(metrics)
+        run.epoch += 1
+        if ckpt is not None:
+            save_checkpoint(run.state_dict(), ckpt)
+        if log:
+            log(format_epoch(metrics, cfg.epochs))
+        if callback is not None:
+            callback(dict(metrics), ckpt.parent if ckpt is not None else None)
+    return _finish_run(run)
+
+
+def _early_stopped(run: _Run) -> bool:
+    p = run.cfg.early_stop_patience
+    return p > 0 and run.best["epoch"] >= 0 and run.epoch - 1 - run.best["epoch"] >= p
+
+
+def _finish_run(run: _Run) -> TrainResult:
+    """Test metrics of the last state (clean, PGD) and of the best state (clean, PGD, AA)."""
+    cfg, d = run.cfg, run.data
+    last = evaluate_model(run.model, d.x_test, d.y_test, num_classes=d.num_classes, norm=cfg.norm, eps=cfg.eps,
+                          pgd_steps=cfg.eval_pgd_steps, seed=cfg.seed, batch_size=cfg.eval_batch_size)
+    if run.best["model"] is not None:
+        run.model.load_state_dict(run.best["model"])
+        if run.weight_net is not None:
+            run.weight_net.load_state_dict(run.best["weight_net"])
+    best = evaluate_model(run.model, d.x_test, d.y_test, num_classes=d.num_classes, norm=cfg.norm, eps=cfg.eps,
+                          pgd_steps=cfg.eval_pgd_steps, aa_samples=min(cfg.aa_samples, len(d.y_test)),
+                          aa_version="custom" if cfg.aa_attacks else cfg.aa_version, aa_attacks=cfg.aa_attacks,
+                          aa_n_iter=cfg.aa_n_iter, seed=cfg.seed, batch_size=cfg.eval_batch_size)
+    final = {"test_clean_acc": best["clean_acc"], "test_pgd_acc": best["pgd_acc"],
+             "last_test_clean_acc": last["clean_acc"], "last_test_pgd_acc": last["pgd_acc"],
+             "best_epoch": run.best["epoch"], "epochs_trained": run.epoch,
+             "test_per_class_pgd_acc": best["per_class_pgd_acc"], "test_adv_confusion": best["adv_confusion"]}
+    if "aa_acc" in best:
+        final["test_aa_acc"] = best["aa_acc"]
+    run.model.eval()
+    return TrainResult(cfg, run.history, final, run.model, run.weight_net,
+                       best_state={"model": run.best["model"], "weight_net": run.best["weight_net"],
+                                   "epoch": run.best["epoch"]})

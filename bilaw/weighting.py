@@ -1,0 +1,228 @@
+"""Sample weightings: none, gairat, wmmr, mail (heuristic formulas), bilaw (the learned weight
+net) and nonparam (gradient alignment, computed in `bilevel.py`).
+
+Every weighting returns weights on the *mean-1 loss scale*: the trainer's loss is
+mean_i(w_i * loss_i), so uniform weights reproduce the unweighted method. Each weighting owns its
+normalisation (METHODS.md sections 1-3 and A1):
+- gairat: w~ / mean(w~) (GAIRAT's B * w~ / sum w~), detached;
+- mail:   3 * sigmoid(-gamma (m - beta)), not batch-normalised, detached (MAIL's code);
+- wmmr:   exp(-alpha m), not normalised and not detached (WMMR's code) unless
+          `wmmr_normalize` / `wmmr_detach`;
+- bilaw, nonparam: sum-1 weights (seed Sec. 3.2) times B, i.e. B * w~ / (sum w~ + guard).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .margins import binary_margin
+from .registry import Registry
+
+SUM_EPS = 1e-12  # keeps sum-1 normalisation finite in low precision (A1)
+
+
+# ----- normalisation -------------------------------------------------------------------------
+def normalize_sum_one(w: torch.Tensor, eps: float = SUM_EPS) -> torch.Tensor:
+    """w / (sum w + eps): BiLAW's per-batch normalisation (sum 1)."""
+    return w / (w.sum() + eps)
+
+
+def normalize_guarded(w: torch.Tensor) -> torch.Tensor:
+    """L2RW's guard: w / (sum w + [sum w == 0]); all-zero weights stay zero instead of NaN."""
+    total = w.sum()
+    return w / (total + (total == 0).to(w.dtype))
+
+
+def normalize_mean_one(w: torch.Tensor) -> torch.Tensor:
+    """w * B / sum w (GAIRAT's normalisation, mean 1)."""
+    return w * (w.numel() / w.sum())
+
+
+# ----- heuristic formulas ------------------------------------------------------------------------
+def gairat_weights(kappa: torch.Tensor, steps: int, lam: float, fn: str = "tanh") -> torch.Tensor:
+    """GAIRAT's unnormalised weight from kappa (its GAIR.py): with h = floor(K/2),
+    tanh: (1 + tanh(lam + 5 (h - kappa) / h)) / 2; sigmoid: sigmoid(lam + 5 (h - kappa) / h);
+    discrete: (K + 1 - kappa) / (K + 1). lam = +inf gives all ones (plain AT).
+    h is taken as at least 1 so that K = 1 stays defined."""
+    kappa = kappa.float()
+    if fn == "discrete":
+        return (steps + 1 - kappa) / (steps + 1)
+    if math.isinf(lam) and lam > 0:
+        return torch.ones_like(kappa)
+    h = max(steps // 2, 1)
+    z = lam + 5.0 * (h - kappa) / h
+    if fn == "tanh":
+        return (1 + torch.tanh(z)) / 2
+    if fn == "sigmoid":
+        return torch.sigmoid(z)
+    raise ValueError(f"unknown gairat_weight_fn {fn!r}; valid: discrete, sigmoid, tanh")
+
+
+def gairat_lambda(epoch: int, epochs: int, cfg) -> float:
+    """GAIRAT's Lambda at 0-based `epoch` after burn-in (its adjust_Lambda, evaluated at epoch + 1).
+
+    fixed: Lambda; linear: Lambda_max - (e/E)(Lambda_max - Lambda); piecewise: the schedule the
+    repo intends for short runs (Lambda, then Lambda - 2 from 60% of training; its elif order
+    makes that stage unreachable there, so the repo behaves as `fixed`).
+    """
+    e = epoch + 1
+    if cfg.gairat_schedule == "linear":
+        return cfg.gairat_lambda_max - (e / epochs) * (cfg.gairat_lambda_max - cfg.gairat_lambda)
+    if cfg.gairat_schedule == "piecewise" and e >= 0.6 * epochs:
+        return cfg.gairat_lambda - 2.0
+    return cfg.gairat_lambda
+
+
+def mail_weights(margin: torch.Tensor, gamma: float, beta: float) -> torch.Tensor:
+    """MAIL: sigmoid(-gamma (m - beta)) on the adversarial margin (seed notation), unnormalised."""
+    return torch.sigmoid(-gamma * (margin - beta))
+
+
+def wmmr_weights(margin: torch.Tensor, alpha: float) -> torch.Tensor:
+    """WMMR: exp(-alpha m) on the adversarial margin, in [e^-alpha, e^alpha]."""
+    return torch.exp(-alpha * margin)
+
+
+# ----- the weight net ------------------------------------------------------------------------------
+class WeightNet(nn.Module):
+    """BiLAW's omega_mu: MLP from the margin input (B, d) through `hidden` ReLU layers to one
+    sigmoid output (B,). hidden=(128,) is the paper's net; the capacity ablation uses
+    (64,), (64, 64), (256,)."""
+
+    def __init__(self, in_dim: int, hidden: tuple[int, ...] = (128,)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = in_dim
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        layers.append(nn.Linear(width, 1))
+        self.net = nn.Sequential(*layers)
+        self.in_dim, self.hidden = in_dim, tuple(hidden)
+
+    def forward(self, margin_input: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(margin_input)).squeeze(1)
+
+
+def parse_capacity(capacity: str) -> tuple[int, ...]:
+    """"64-64" -> (64, 64); a clear error for anything else."""
+    parts = str(capacity).split("-")
+    if not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f"weight-net capacity {capacity!r} is not allowed; use positive hidden sizes "
+                         f"joined by '-', e.g. '128', '64', '64-64', '256'")
+    return tuple(int(p) for p in parts)
+
+
+# ----- the heuristic weightings as plug-ins ----------------------------------------------------------
+@dataclass
+class WeightInputs:
+    """What a heuristic weighting may read for one batch.
+
+    y: (B,); logits_adv: (B, k) training forward on the attacked inputs (with graph: WMMR may
+    differentiate through it); kappa: (B,) from the training attack (GAIRAT); epoch: 0-based."""
+
+    y: torch.Tensor
+    logits_adv: torch.Tensor
+    kappa: torch.Tensor | None = None
+    epoch: int = 0
+
+
+@dataclass
+class WeightOutput:
+    """w: (B,) loss-scale weights (mean(w * loss) is the loss); raw: (B,) before normalisation."""
+
+    w: torch.Tensor
+    raw: torch.Tensor
+
+
+@dataclass
+class Weighting:
+    """A heuristic weighting: `compute(inputs) -> WeightOutput`. `needs_kappa` asks the training
+    attack for GAIRAT's kappa; `attack_loss` replaces PGD's objective (WMMR attacks its weighted
+    loss); `learned` marks weightings computed by the bilevel step (bilaw, nonparam)."""
+
+    name: str
+    compute: Callable[[WeightInputs], WeightOutput] | None = None
+    needs_kappa: bool = False
+    attack_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    learned: bool = False
+
+
+WEIGHTINGS: Registry[Callable[..., Weighting]] = Registry("weighting")
+
+
+def _uniform(inputs: WeightInputs) -> WeightOutput:
+    ones = torch.ones(inputs.y.shape[0], device=inputs.y.device)
+    return WeightOutput(ones, ones)
+
+
+@WEIGHTINGS.register("none")
+def _none(cfg) -> Weighting:
+    return Weighting("none", _uniform)
+
+
+@WEIGHTINGS.register("gairat")
+def _gairat(cfg) -> Weighting:
+    def compute(inputs: WeightInputs) -> WeightOutput:
+        lam = gairat_lambda(inputs.epoch, cfg.epochs, cfg)
+        raw = gairat_weights(inputs.kappa, cfg.pgd_steps, lam, cfg.gairat_weight_fn)
+        return WeightOutput(normalize_mean_one(raw), raw)
+
+    return Weighting("gairat", compute, needs_kappa=True)
+
+
+@WEIGHTINGS.register("mail")
+def _mail(cfg) -> Weighting:
+    def compute(inputs: WeightInputs) -> WeightOutput:
+        margin = binary_margin(F.softmax(inputs.logits_adv.detach(), 1), inputs.y)
+        raw = mail_weights(margin, cfg.mail_gamma, cfg.mail_beta)
+        return WeightOutput(3.0 * raw, raw)  # MAIL's code scales by a constant 3
+
+    return Weighting("mail", compute)
+
+
+@WEIGHTINGS.register("wmmr")
+def _wmmr(cfg) -> Weighting:
+    def weights_of(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = logits.detach() if cfg.wmmr_detach else logits
+        return wmmr_weights(binary_margin(F.softmax(logits, 1), y), cfg.wmmr_alpha)
+
+    def compute(inputs: WeightInputs) -> WeightOutput:
+        raw = weights_of(inputs.logits_adv, inputs.y)
+        w = normalize_mean_one(raw) if cfg.wmmr_normalize else raw
+        return WeightOutput(w, raw.detach())
+
+    def attack_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        # WMMR's PGD (mode='margin') ascends the same exp-weighted cross-entropy.
+        return (wmmr_weights(binary_margin(F.softmax(logits, 1), y), cfg.wmmr_alpha)
+                * F.cross_entropy(logits, y, reduction="none")).sum()
+
+    return Weighting("wmmr", compute, attack_loss=attack_loss)
+
+
+@WEIGHTINGS.register("bilaw")
+def _bilaw(cfg) -> Weighting:
+    return Weighting("bilaw", learned=True)
+
+
+@WEIGHTINGS.register("nonparam")
+def _nonparam(cfg) -> Weighting:
+    return Weighting("nonparam", learned=True)
+
+
+def build_weighting(cfg) -> Weighting:
+    return WEIGHTINGS.get(cfg.weighting)(cfg)
+
+
+def weight_stats(w: torch.Tensor, raw: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Device-side statistics of one batch's weights: the mean-1 normalised weights (std, min,
+    max) and the raw mean. No host sync."""
+    w = w.detach()
+    w1 = w / w.mean().clamp_min(1e-12)
+    return {"weight_std": w1.std(unbiased=False), "weight_min": w1.min(), "weight_max": w1.max(),
+            "weight_raw_mean": raw.detach().float().mean()}
