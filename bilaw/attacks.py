@@ -23,6 +23,7 @@ Usage::
 from __future__ import annotations
 
 import itertools
+import numbers
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
@@ -149,8 +150,9 @@ def eval_mode(model: Callable[..., Tensor]) -> Iterator[None]:
 def model_device(model: Callable[..., Tensor], default: torch.device) -> torch.device:
     """The device of the model's first parameter or buffer; `default` if it has none."""
     if isinstance(model, nn.Module):
-        for t in itertools.chain(model.parameters(), model.buffers()):
-            return t.device
+        first = next(itertools.chain(model.parameters(), model.buffers()), None)
+        if first is not None:
+            return first.device
     return default
 
 
@@ -158,7 +160,7 @@ def _check_budget(eps: float, steps: int, step_size: Optional[float]) -> float:
     """Validate the attack budget and return the resolved step size (default eps/4)."""
     if not eps > 0:
         raise ValueError(f"eps must be > 0, got {eps!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
         raise ValueError(f"steps must be an int >= 0, got {steps!r}")
     if step_size is None:
         return eps / 4

@@ -23,6 +23,7 @@ Usage::
 from __future__ import annotations
 
 import logging
+import numbers
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence
@@ -75,8 +76,8 @@ def _check_args(norm: str, version: str, attacks: Optional[Sequence[str]],
     bad = [a for a in attacks or () if a not in ATTACKS]
     if bad:
         raise ValueError(f"unknown AutoAttack attack(s) {bad}; valid: {', '.join(ATTACKS)}")
-    if n_iter is not None and (isinstance(n_iter, bool) or not isinstance(n_iter, int)
-                               or n_iter < 1):
+    if n_iter is not None and (isinstance(n_iter, bool)
+                               or not isinstance(n_iter, numbers.Integral) or n_iter < 1):
         raise ValueError(f"n_iter must be a positive int or None, got {n_iter!r}")
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n!r}")

@@ -137,7 +137,7 @@ def nonparam_weights(
     """Gradient-alignment weights (L2RW, seed Sec. 4 variant 1): eps = 0 per sample,
     w~ = max(-dL_val(theta~(eps))/d eps, 0), normalised with the zero-sum guard.
     Returns (loss-scale weights B * w~/sum, raw w~)."""
-    eps = torch.zeros(terms.weighted.shape[0], device=terms.weighted.device, requires_grad=True)
+    eps = torch.zeros_like(terms.weighted.detach(), requires_grad=True)
     x_val_adv = val_attack.craft(model, x_val, y_val) if val_attack.at == "current" else None
     val_loss = lookahead_val_loss(model, terms, eps, lr, x_val, y_val, val_attack, x_val_adv)
     (g_eps,) = torch.autograd.grad(val_loss, eps)

@@ -45,7 +45,7 @@ def predict(model: Model, x: Tensor, batch_size: int = 1024) -> Tensor:
 def accuracy(model: Model, x: Tensor, y: Tensor, batch_size: int = 1024) -> float:
     """Clean accuracy in [0, 1] of model on (x (N, ...), y (N,))."""
     preds = predict(model, x, batch_size)
-    return preds.eq(y.to(preds.device)).float().mean().item()
+    return preds.eq(y.to(preds.device)).sum().item() / max(len(y), 1)  # exact count / N
 
 
 def pgd_predictions(model: Model, x: Tensor, y: Tensor, *, norm: str, eps: float,
@@ -80,7 +80,7 @@ def pgd_accuracy(model: Model, x: Tensor, y: Tensor, *, norm: str, eps: float,
     """Robust accuracy in [0, 1] under PGD-`steps` (see `pgd_predictions`)."""
     preds = pgd_predictions(model, x, y, norm=norm, eps=eps, steps=steps, step_size=step_size,
                             batch_size=batch_size, generator=generator)
-    return preds.eq(y.to(preds.device)).float().mean().item()
+    return preds.eq(y.to(preds.device)).sum().item() / max(len(y), 1)  # exact count / N
 
 
 def confusion_matrix(y: Tensor, pred: Tensor, num_classes: int) -> Tensor:
@@ -150,3 +150,11 @@ def evaluate_model(model: Model, x: Tensor, y: Tensor, *, num_classes: int, norm
                 model, x, y, norm=norm, eps=eps, n=aa_samples, version=aa_version,
                 attacks=aa_attacks, n_iter=aa_n_iter, seed=seed).accuracy
     return metrics
+
+
+if __name__ == "__main__":  # python -m bilaw.evaluate RUN_DIR
+    import sys
+
+    from .runs import evaluate_main
+
+    sys.exit(evaluate_main())

@@ -1,0 +1,69 @@
+"""`python -m bilaw.train --config FILE.yaml [--set key=value ...] --out DIR`: train one config.
+
+Writes DIR/config.yaml, DIR/metrics.json and DIR/best.pt; DIR/checkpoint.pt is written after
+every epoch, so running the same command again resumes an interrupted run.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from .config import ConfigError, TrainConfig, load_yaml_mapping, parse_overrides
+from .data import MissingDatasetError
+
+
+def _keys_help() -> str:
+    lines = ["config keys (YAML, --set key=value) and their defaults (None = derived):"]
+    for f in dataclasses.fields(TrainConfig):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        lines.append(f"  {f.name:<22} {default!r}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bilaw.train", description="Train one model with one method and write its results.",
+        epilog=_keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML file of config keys (optional: defaults train AT on digits)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config key (repeatable), e.g. --set method=bilaw --set eps=0.1")
+    parser.add_argument("--out", required=True, help="output folder (re-running resumes from its checkpoint)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar, only per-epoch lines")
+    return parser
+
+
+def load_config(config_path: str | None, overrides: list[str]) -> TrainConfig:
+    data = load_yaml_mapping(config_path) if config_path else {}
+    data.update(parse_overrides(overrides))
+    return TrainConfig.from_dict(data).resolved()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .runs import save_run
+    from .trainer import NonFiniteLossError, train
+
+    try:
+        cfg = load_config(args.config, args.set)
+        out = Path(args.out)
+        print(f"training {cfg.method} ({cfg.objective} + {cfg.weighting}) on {cfg.dataset} with {cfg.model}, "
+              f"{cfg.norm} eps {cfg.eps}, {cfg.epochs} epochs -> {out}", flush=True)
+        progress = sys.stderr.isatty() and not args.no_progress
+        result = train(cfg, checkpoint_dir=out, progress=progress, log=lambda s: print(s, flush=True))
+    except (ConfigError, MissingDatasetError, NonFiniteLossError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    save_run(result, out)
+    f = result.final
+    aa = f"  AA {f['test_aa_acc']:.4f}" if "test_aa_acc" in f else ""
+    print(f"best epoch {f['best_epoch'] + 1}: test clean {f['test_clean_acc']:.4f}  PGD-{cfg.eval_pgd_steps} "
+          f"{f['test_pgd_acc']:.4f}{aa}  | last epoch: clean {f['last_test_clean_acc']:.4f}  "
+          f"PGD {f['last_test_pgd_acc']:.4f}")
+    print(f"wrote {out}/config.yaml, metrics.json, best.pt")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
