@@ -52,6 +52,23 @@ DEFAULT_EPS = {
 # digits has 1,437 training images: the paper's 1,000-sample validation sets do not fit.
 DEFAULT_VAL_SIZE = {"digits": 150}
 PAPER_VAL_SIZE = 1000
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML without implicit timestamps: a capacity string such as 1024-64-64 stays a string
+    (SafeLoader would read it as a date and fail on month 64)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    ch: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+
+def yaml_load(text: str):
+    """yaml.safe_load without timestamps (see `_Loader`)."""
+    return yaml.load(text, Loader=_Loader)
+
+
 WEIGHT_NET_PATTERN = re.compile(r"^[1-9][0-9]*(-[1-9][0-9]*)*$")
 
 
@@ -235,7 +252,10 @@ def _coerce(key: str, value: Any) -> Any:
     if typing.get_origin(base) is list:
         (item,) = typing.get_args(base)
         if isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip().startswith("[") else value.split(",")
+            try:
+                value = yaml_load(value) if value.strip().startswith("[") else value.split(",")
+            except yaml.YAMLError:
+                raise ValueError(f"{key}: {value!r} is not a list (write e.g. [0.3, 0.6])") from None
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"{key}: {value!r} is not a list of {_type_name(item)}")
         return [_coerce_scalar(key, v, item) for v in value]
@@ -295,7 +315,7 @@ def _range(key: str, lo: float | None = None, hi: float | None = None, *, lo_ope
         if v is None:
             return []
         bad = (lo is not None and (v <= lo if lo_open else v < lo)) or (hi is not None and (v >= hi if hi_open else v > hi))
-        if not bad and not (isinstance(v, float) and math.isnan(v)):
+        if not bad and not (isinstance(v, float) and not math.isfinite(v)):
             return []
         left = "" if lo is None else f"{'>' if lo_open else '>='} {lo}"
         right = "" if hi is None else f"{'<' if hi_open else '<='} {hi}"
@@ -362,7 +382,7 @@ def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError([f"config file {str(path)!r} does not exist"])
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml_load(path.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -383,7 +403,7 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
         if not sep or not key.strip():
             raise ConfigError([f"--set {item!r}: expected key=value"])
         try:
-            value = yaml.safe_load(raw)
+            value = yaml_load(raw)
         except yaml.YAMLError:
             value = raw
         out[key.strip()] = raw if isinstance(value, (dict,)) else value

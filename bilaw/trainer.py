@@ -342,6 +342,7 @@ def train(
     log = log if log is not None else (print if progress else None)
     wrap = _progress_factory(progress, run)
     last = cfg.epochs if stop_after is None else min(stop_after, cfg.epochs)
+    result = None
     while run.epoch < last and not _early_stopped(run):
         metrics = {"epoch": run.epoch, **run.train_epoch(wrap), **run.validate()}
         run.update_best(metrics)
@@ -351,9 +352,18 @@ def train(
             save_checkpoint(run.state_dict(), ckpt)
         if log:
             log(format_epoch(metrics, cfg.epochs))
+        finished = run.epoch >= cfg.epochs or _early_stopped(run)
+        if finished:  # the last epoch's report carries the test metrics (a scheduler may stop after it)
+            result = _finish_run(run)
+            metrics.update(scalar_final(result.final))
         if callback is not None:
             callback(dict(metrics), ckpt.parent if ckpt is not None else None)
-    return _finish_run(run)
+    return result if result is not None else _finish_run(run)
+
+
+def scalar_final(final: dict[str, Any]) -> dict[str, float]:
+    """The final metrics that are single numbers (what trackers log as metrics)."""
+    return {k: v for k, v in final.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def _early_stopped(run: _Run) -> bool:

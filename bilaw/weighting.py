@@ -49,6 +49,8 @@ def gairat_weights(kappa: torch.Tensor, steps: int, lam: float, fn: str = "tanh"
     tanh: (1 + tanh(lam + 5 (h - kappa) / h)) / 2; sigmoid: sigmoid(lam + 5 (h - kappa) / h);
     discrete: (K + 1 - kappa) / (K + 1). lam = +inf gives all ones (plain AT).
     h is taken as at least 1 so that K = 1 stays defined."""
+    if fn not in ("tanh", "sigmoid", "discrete"):
+        raise ValueError(f"unknown gairat_weight_fn {fn!r}; valid: discrete, sigmoid, tanh")
     kappa = kappa.float()
     if fn == "discrete":
         return (steps + 1 - kappa) / (steps + 1)
@@ -57,10 +59,8 @@ def gairat_weights(kappa: torch.Tensor, steps: int, lam: float, fn: str = "tanh"
     h = max(steps // 2, 1)
     z = lam + 5.0 * (h - kappa) / h
     if fn == "tanh":
-        return (1 + torch.tanh(z)) / 2
-    if fn == "sigmoid":
-        return torch.sigmoid(z)
-    raise ValueError(f"unknown gairat_weight_fn {fn!r}; valid: discrete, sigmoid, tanh")
+        return torch.sigmoid(2 * z)  # = (1 + tanh z) / 2, without cancellation to 0 for z << 0
+    return torch.sigmoid(z)
 
 
 def gairat_lambda(epoch: int, epochs: int, cfg) -> float:

@@ -354,11 +354,7 @@ def test_yaml_with_unknown_key_is_reported(tmp_path):
         TrainConfig.from_yaml(path)
 
 
-# ----- known library bugs (see the reasons) --------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason=(
-    "bilaw/config.py:386-387 (parse_overrides) and :365-366 (load_yaml_mapping) catch only "
-    "yaml.YAMLError; YAML 1.1 reads '1024-64-64' as a timestamp and PyYAML's constructor raises a bare "
-    "ValueError('month must be in 1..12'), so a valid capacity string crashes instead of being kept"))
+# ----- YAML corner cases ----------------------------------------------------------------------------
 @pytest.mark.parametrize("source", ["override", "yaml_file"])
 def test_date_like_capacity_string_is_kept(tmp_path, source):
     if source == "override":
@@ -371,10 +367,6 @@ def test_date_like_capacity_string_is_kept(tmp_path, source):
     assert c.weight_net == "1024-64-64" and c.weight_net_hidden == (1024, 64, 64)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bilaw/config.py:238 (_coerce) calls yaml.safe_load on a list-valued string without catching "
-    "yaml.YAMLError, and from_dict (:145) only catches ValueError: a malformed list such as "
-    "'--set lr_milestones=[0.3, 0.6' raises yaml.parser.ParserError instead of a ConfigError naming the key"))
 def test_malformed_list_value_is_a_config_error():
     with pytest.raises(ConfigError) as info:
         TrainConfig.from_dict(parse_overrides(["lr_milestones=[0.3, 0.6", "epochs=x"]))

@@ -1,0 +1,246 @@
+"""The Ray Tune side of a search: Ray start-up, OptunaSearch, scheduler, MLflow parent run,
+the Tuner, and what is printed and written at the end. `run_search.py` validates everything
+before calling `run_search(plan, argv)`."""
+from __future__ import annotations
+
+import math
+import os
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic progress table honours our columns
+os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+import optuna  # noqa: E402
+import ray  # noqa: E402
+from ray import tune  # noqa: E402
+from ray.tune.search import Repeater  # noqa: E402
+from ray.tune.search.optuna import OptunaSearch  # noqa: E402
+
+from bilaw.config import TrainConfig  # noqa: E402
+from tune import spaces as sp  # noqa: E402
+from tune.trainable import META_KEY, TRACKING_ENV, train_trial, trial_config  # noqa: E402
+from tune.tracking import (FAST_FAIL_ENV, SearchTracking, redact_uri, runs_table_url,  # noqa: E402
+                           use_fast_fail_http)
+
+OPTUNA_DB = "optuna.db"
+BEST_CONFIG = "best_config.yaml"
+
+
+class PrunedAwareOptunaSearch(OptunaSearch):
+    """Tells Optuna that a trial the scheduler stopped early was PRUNED, not COMPLETE with its
+    early-rung value (HPO.md sec. 2: otherwise TPE models truncated scores as finals)."""
+
+    def __init__(self, *args, max_t: int, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._max_t = max_t
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        early = result and result.get("training_iteration", self._max_t) < self._max_t
+        if (not error and early and trial_id in self._ot_trials and self._metric in result
+                and trial_id not in getattr(self, "_completed_trials", set())):
+            trial = self._ot_trials[trial_id]
+            trial.report(result[self._metric], result["training_iteration"])
+            self._ot_study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            getattr(self, "_completed_trials", set()).add(trial_id)
+            return
+        super().on_trial_complete(trial_id, result=result, error=error)
+
+
+class TrialStatus(tune.Callback):
+    """Driver-side: the child run's final status (a stopped or crashed trial cannot set it)."""
+
+    def __init__(self, tracking: SearchTracking) -> None:
+        self.tracking = tracking
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        done = "test_clean_acc" in (trial.last_result or {})
+        self._mark(trial.trial_id, "completed" if done else "pruned", "FINISHED" if done else "KILLED")
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        message = None
+        if getattr(trial, "error_file", None) and Path(trial.error_file).exists():
+            lines = [ln for ln in Path(trial.error_file).read_text().splitlines() if ln.strip()]
+            message = lines[-1] if lines else None
+        self._mark(trial.trial_id, "error", "FAILED", message)
+
+    def _mark(self, trial_id: str, status: str, mlflow_status: str, message: str | None = None) -> None:
+        try:
+            self.tracking.mark_trial(trial_id, status, mlflow_status, message)
+        except Exception as exc:  # tracking never stops the search
+            print(f"warning: could not update MLflow status of trial {trial_id}: {exc}", file=sys.stderr)
+
+
+def make_sampler(space: sp.SearchSpace, n: int) -> optuna.samplers.BaseSampler:
+    if space.sampler == "grid":
+        return optuna.samplers.GridSampler(space.grid_values(), seed=0)
+    if space.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=0, n_startup_trials=max(2, min(10, n // 3)))
+    if space.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=0, population_size=max(4, min(50, n // 2)))
+    return optuna.samplers.RandomSampler(seed=0)
+
+
+def make_searcher(plan, folder: Path):
+    space = plan.space
+    storage = optuna.storages.RDBStorage(f"sqlite:///{folder / OPTUNA_DB}")
+    metric = space.metric if space.multi_objective else space.metric[0]
+    mode = space.mode if space.multi_objective else space.mode[0]
+    kwargs = dict(space=sp.define_by_run(space, plan.base), metric=metric, mode=mode,
+                  sampler=make_sampler(space, plan.num_samples // len(plan.seeds)),
+                  study_name=plan.experiment, storage=storage)
+    if space.scheduler:
+        searcher = PrunedAwareOptunaSearch(max_t=plan.cfg.epochs, **kwargs)
+    else:
+        searcher = OptunaSearch(**kwargs)
+    if len(plan.seeds) > 1:  # each sampled config once per seed; Optuna sees the mean
+        searcher = Repeater(searcher, repeat=len(plan.seeds), set_index=True)
+    return searcher
+
+
+def make_scheduler(plan):
+    asha = (plan.space.scheduler or {}).get("asha")
+    if not asha:
+        return None
+    return tune.schedulers.ASHAScheduler(time_attr="training_iteration", max_t=plan.cfg.epochs,
+                                         grace_period=asha["grace_period"],
+                                         reduction_factor=asha["reduction_factor"])
+
+
+def start_ray(plan) -> float:
+    """Start (or join) Ray with the trials' environment; return the GPUs the cluster has."""
+    env = {TRACKING_ENV: plan.tracking_uri, **FAST_FAIL_ENV, "RAY_AIR_NEW_OUTPUT": "0"}
+    kwargs: dict[str, Any] = dict(include_dashboard=False, runtime_env={"env_vars": env},
+                                  log_to_driver=True, configure_logging=True, logging_level="WARNING")
+    if plan.args.address:
+        ray.init(address=plan.args.address, **kwargs)
+    else:
+        ray.init(object_store_memory=256 * 1024 ** 2, **kwargs)
+    return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def parent_tags(plan, argv: list[str]) -> dict[str, str]:
+    from tune.run_search import git_commit
+
+    return {"space": plan.space.name, "workload": plan.workload.name, "sampler": plan.space.sampler,
+            "command": _redacted_command(argv), "git_commit": git_commit(),
+            "ray_experiment_path": str(plan.storage / plan.experiment), "seeds": ",".join(map(str, plan.seeds)),
+            "num_samples": str(plan.num_samples)}
+
+
+def _redacted_command(argv: list[str]) -> str:
+    out, hide = [], False
+    for a in argv:
+        if hide:
+            out.append(redact_uri(a))
+            hide = False
+            continue
+        if a.startswith("--tracking-uri="):
+            a = "--tracking-uri=" + redact_uri(a.split("=", 1)[1])
+        hide = a == "--tracking-uri"
+        out.append(a)
+    return "python tune/run_search.py " + shlex.join(out)
+
+
+def run_search(plan, argv: list[str]) -> int:
+    use_fast_fail_http()
+    folder = plan.storage / plan.experiment
+    folder.mkdir(parents=True, exist_ok=True)
+    tracking = SearchTracking(plan.tracking_uri, plan.experiment)
+    available = start_ray(plan)
+    try:
+        gpus = plan.resolve_gpus(available)
+        where = (f"GPUs: {gpus:g} GPU + {plan.cpus:g} CPU per trial ({available:g} GPUs in the cluster)"
+                 if gpus > 0 else f"CPUs: {plan.cpus:g} CPU per trial (no GPU in the cluster)")
+        print(f"search {plan.experiment}: {plan.num_samples} trials of {plan.space.name} on {plan.workload.name}; "
+              f"trials run on {where}", flush=True)
+        tracking.start_parent(f"search-{plan.space.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                              parent_tags(plan, argv), params={k: v for k, v in plan.base.items()})
+        tuner = build_tuner(plan, tracking, folder, gpus)
+        results = tuner.fit()
+    except KeyboardInterrupt:
+        tracking.finish_parent("KILLED")
+        raise
+    except Exception:
+        tracking.finish_parent("FAILED")
+        raise
+    finally:
+        ray.shutdown()
+    return report(plan, results, tracking, folder)
+
+
+def build_tuner(plan, tracking: SearchTracking, folder: Path, gpus: float) -> tune.Tuner:
+    space = plan.space
+    meta = {"experiment_id": tracking.experiment_id, "parent_run_id": tracking.parent_run_id,
+            "seeds": plan.seeds, "threads": max(1, int(plan.cpus)), "space": space.name}
+    constants = {k: v for k, v in plan.base.items() if k not in space.params}
+    multi = space.multi_objective
+    reporter = tune.CLIReporter(parameter_columns=list(space.params), metric_columns=PROGRESS_COLUMNS,
+                                max_report_frequency=15)
+    resources = {"cpu": plan.cpus, "gpu": gpus}
+    return tune.Tuner(
+        tune.with_resources(train_trial, resources),
+        param_space={**constants, META_KEY: meta},
+        tune_config=tune.TuneConfig(
+            metric=None if multi else space.metric[0], mode=None if multi else space.mode[0],
+            search_alg=make_searcher(plan, folder), scheduler=make_scheduler(plan),
+            num_samples=plan.num_samples, max_concurrent_trials=plan.args.max_concurrent,
+            trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
+        run_config=tune.RunConfig(
+            name=plan.experiment, storage_path=str(plan.storage),
+            failure_config=tune.FailureConfig(max_failures=2),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            progress_reporter=reporter, verbose=1, callbacks=[TrialStatus(tracking)]))
+
+
+def _trial_name(trial) -> str:
+    """Short trial names: Ray's default folder name spells out the whole config."""
+    return f"trial_{trial.trial_id}"
+
+
+PROGRESS_COLUMNS = ["epoch", "val_clean_acc", "val_pgd_acc", "best_val_pgd_acc"]
+
+
+def best_config(plan, results) -> tuple[TrainConfig | None, list[float]]:
+    """The config whose mean of the ranking metric over its seeds is best (ties: first)."""
+    metric, sign = plan.space.metric[0], (1 if plan.space.mode[0] == "max" else -1)
+    groups: dict[str, tuple[TrainConfig, list[float]]] = {}
+    for r in results:
+        value = (r.metrics or {}).get(metric)
+        if r.error is not None or value is None or not math.isfinite(value):
+            continue
+        cfg = trial_config(r.config)
+        key = cfg.replace(seed=plan.seeds[0]).to_yaml()
+        groups.setdefault(key, (cfg.replace(seed=plan.seeds[0]), []))[1].append(float(value))
+    if not groups:
+        return None, []
+    return max(groups.values(), key=lambda g: sign * statistics.fmean(g[1]))
+
+
+def report(plan, results, tracking: SearchTracking, folder: Path) -> int:
+    space = plan.space
+    errors = sum(1 for r in results if r.error is not None)
+    cfg, values = best_config(plan, results)
+    if cfg is None:
+        tracking.finish_parent("FAILED")
+        print(f"error: no trial of {plan.experiment} finished with {space.metric[0]} ({errors} errored); "
+              f"see {folder}", file=sys.stderr)
+        return 1
+    path = folder / BEST_CONFIG
+    cfg.to_yaml(path)
+    mean = statistics.fmean(values)
+    spread = f" +- {statistics.stdev(values):.4f} over {len(values)} seeds" if len(values) > 1 else ""
+    print(f"\nbest {space.metric[0]}: {mean:.4f}{spread}  ({len(results)} trials, {errors} errored)")
+    for name in space.params:
+        print(f"  {name} = {getattr(cfg, name)!r}")
+    print(f"best config: {path}\n  re-run it: python -m bilaw.train --config {path} --out runs/best")
+    tracking.finish_parent("FINISHED", {f"best_{space.metric[0]}": mean, "trials": len(results), "errors": errors},
+                           artifacts=[path, space.path])
+    print(f"MLflow: mlflow ui --backend-store-uri {redact_uri(plan.tracking_uri)} --host 127.0.0.1 --port 5000\n"
+          f"  runs table: {runs_table_url(tracking.experiment_id)}")
+    return 0

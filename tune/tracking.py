@@ -1,0 +1,233 @@
+"""MLflow tracking: one experiment per search space, a parent run per search, one child run per
+Ray trial (found again by its Ray trial id, so a retried or resumed trial keeps one run).
+
+The driver owns the experiment and the parent run (`SearchTracking`); each trial logs its own
+params, per-epoch metrics and artifacts from its process (`TrialRun`), so files a trial makes
+reach its run without Ray copying them.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterable
+from urllib.parse import urlsplit, urlunsplit
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
+TRIAL_ID_TAG = "ray_trial_id"
+PARENT_TAG = "mlflow.parentRunId"
+STATUS_TAG = "trial_status"  # completed | pruned | error
+# MLflow's own HTTP retries block for minutes on a dead server (HPO.md: 247 s); keep them short.
+FAST_FAIL_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+                 "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+SECRET_PARAM = re.compile(r"(token|password|secret|credential|api[_-]?key)", re.I)
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used; the message says why and what to do."""
+
+
+def absolute_tracking_uri(uri: str | None, cwd: str | Path | None = None) -> str:
+    """Make a relative SQLite URI absolute (trials run in other folders); plain paths to a
+    `.db` file become SQLite URIs. Other URIs pass unchanged."""
+    uri = uri or DEFAULT_TRACKING_URI
+    cwd = Path(cwd or os.getcwd())
+    if uri.startswith("sqlite:///"):
+        path = uri[len("sqlite:///"):]
+        return uri if path.startswith("/") else "sqlite:///" + str((cwd / path).resolve())
+    if "://" not in uri:
+        if uri.endswith(".db"):
+            return "sqlite:///" + str((cwd / uri).resolve())
+        raise TrackingError(f"tracking URI {uri!r} is a folder: MLflow's file store is deprecated; "
+                            f"use a SQLite file such as sqlite:///mlruns.db or a server URL http://HOST:PORT")
+    return uri
+
+
+def redact_uri(uri: str) -> str:
+    """The URI without credentials (user:password@) or query tokens, safe to log."""
+    parts = urlsplit(uri)
+    if parts.scheme.startswith("sqlite"):
+        return uri
+    host = parts.hostname or ""
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def check_tracking_uri(uri: str, timeout_s: float = 3.0) -> None:
+    """Fail within seconds, with a clear message, when the store cannot be reached or written."""
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri[len("sqlite:///"):]).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TrackingError(f"cannot create the folder of tracking database {uri}: {exc}") from None
+        if not os.access(folder, os.W_OK):
+            raise TrackingError(f"tracking database folder {folder} is not writable; pass --tracking-uri "
+                                f"sqlite:///SOME/WRITABLE/PATH/mlruns.db")
+        return
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as resp:
+                resp.read(64)
+        except urllib.error.HTTPError:
+            return  # something answered: an auth proxy or an older server without /health
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise TrackingError(
+                f"cannot reach the MLflow tracking server at {redact_uri(uri)} ({reason}) within {timeout_s:g} s; "
+                f"start it (mlflow server --backend-store-uri sqlite:///mlruns.db --host 127.0.0.1 --port 5000) "
+                f"or drop --tracking-uri to log to the local file sqlite:///mlruns.db") from None
+
+
+def use_fast_fail_http() -> None:
+    for k, v in FAST_FAIL_ENV.items():
+        os.environ.setdefault(k, v)
+
+
+def _client(uri: str):
+    use_fast_fail_http()
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def flatten_params(config: dict[str, Any]) -> dict[str, str]:
+    """TrainConfig dict -> MLflow params (strings); private keys and secret-looking keys dropped."""
+    out = {}
+    for key, value in config.items():
+        if key.startswith("_") or SECRET_PARAM.search(key):
+            continue
+        if isinstance(value, (list, tuple)):
+            value = ",".join(str(v) for v in value)
+        out[key] = str(value)[:6000]
+    return out
+
+
+def numeric_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
+
+
+def runs_table_url(experiment_id: str, ui: str = "http://127.0.0.1:5000") -> str:
+    """The MLflow UI's runs table (its default landing page is the GenAI view, HPO.md)."""
+    return f"{ui}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+class SearchTracking:
+    """Driver side: the experiment and the search's parent run."""
+
+    def __init__(self, uri: str, experiment: str) -> None:
+        self.uri, self.experiment = uri, experiment
+        self.client = _client(uri)
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            location = None
+            if uri.startswith("sqlite:///"):  # artifacts beside the database, not in the cwd
+                location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+        else:
+            self.experiment_id = exp.experiment_id
+        self.parent_run_id: str | None = None
+
+    def start_parent(self, run_name: str, tags: dict[str, str], params: dict[str, str] | None = None) -> str:
+        from mlflow.entities import Param, RunTag
+
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+        self.parent_run_id = run.info.run_id
+        if params:
+            self.client.log_batch(self.parent_run_id, params=[Param(k, v) for k, v in flatten_params(params).items()])
+        return self.parent_run_id
+
+    def find_parent(self, search_id: str) -> str | None:
+        runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.search_id = '{search_id}'",
+                                       max_results=1)
+        self.parent_run_id = runs[0].info.run_id if runs else None
+        return self.parent_run_id
+
+    def child_runs(self) -> list:
+        return list(self.client.search_runs([self.experiment_id],
+                                            filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_run_id}'",
+                                            max_results=5000))
+
+    def mark_trial(self, trial_id: str, status: str, mlflow_status: str, message: str | None = None) -> None:
+        """Set a child run's terminal status from the driver (a stopped trial cannot do it itself)."""
+        runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.{TRIAL_ID_TAG} = '{trial_id}'",
+                                       max_results=1)
+        if not runs:
+            return
+        run_id = runs[0].info.run_id
+        self.client.set_tag(run_id, STATUS_TAG, status)
+        if message:
+            self.client.set_tag(run_id, "error", message[:4000])
+        self.client.set_terminated(run_id, mlflow_status)
+
+    def finish_parent(self, status: str = "FINISHED", metrics: dict[str, Any] | None = None,
+                      artifacts: Iterable[Path] = ()) -> None:
+        if self.parent_run_id is None:
+            return
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        if metrics:
+            self.client.log_batch(self.parent_run_id,
+                                  metrics=[Metric(k, v, ts, 0) for k, v in numeric_metrics(metrics).items()])
+        for path in artifacts:
+            if Path(path).exists():
+                self.client.log_artifact(self.parent_run_id, str(path))
+        self.client.set_terminated(self.parent_run_id, status)
+
+
+class TrialRun:
+    """Trial side: the child run of one Ray trial, reused when the trial is retried or resumed."""
+
+    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, trial_id: str, trial_name: str,
+                 config: dict[str, Any], tags: dict[str, str] | None = None) -> None:
+        from mlflow.entities import Param
+
+        self.client = _client(uri)
+        found = self.client.search_runs([experiment_id], filter_string=f"tags.{TRIAL_ID_TAG} = '{trial_id}'",
+                                        max_results=1)
+        if found:
+            self.run_id = found[0].info.run_id
+            self.client.update_run(self.run_id, status="RUNNING")
+            self.logged_steps = {m.step for m in self.client.get_metric_history(self.run_id, "train_loss")}
+        else:
+            run = self.client.create_run(experiment_id, run_name=trial_name, tags={
+                PARENT_TAG: parent_run_id, TRIAL_ID_TAG: trial_id, **(tags or {})})
+            self.run_id = run.info.run_id
+            params = flatten_params(config)
+            items = [Param(k, v) for k, v in params.items()]
+            for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+                self.client.log_batch(self.run_id, params=items[i:i + 100])
+            self.logged_steps = set()
+
+    def log_epoch(self, metrics: dict[str, Any]) -> None:
+        """Per-epoch metrics with step = epoch; an epoch already logged (retry) is skipped."""
+        from mlflow.entities import Metric
+
+        step = int(metrics["epoch"])
+        if step in self.logged_steps:
+            return
+        ts = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, v, ts, step)
+                                                    for k, v in numeric_metrics(metrics).items() if k != "epoch"])
+        self.logged_steps.add(step)
+
+    def log_history(self, history: list[dict[str, Any]]) -> None:
+        """Re-log epochs that a checkpoint holds but the run lacks (a kill between the two)."""
+        for metrics in history:
+            self.log_epoch(metrics)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, v)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status)

@@ -1,0 +1,118 @@
+"""The Ray Tune function trainable around `bilaw.trainer.train`.
+
+Per epoch it reports the scalar metrics with a checkpoint (the trainer's own checkpoint file),
+so a crashed trial retries from its last epoch and a resumed search continues it; it logs the
+same metrics to its MLflow child run. Everything the trial needs that is not a TrainConfig key
+travels under the `_bilaw` config entry (never logged as a param); the tracking URI travels in
+the environment so that credentials in it never land in Ray's result files.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from ray import tune
+
+from bilaw.config import TrainConfig
+from bilaw.runs import save_run
+from bilaw.trainer import CHECKPOINT_NAME, scalar_final, train
+
+from .tracking import TrialRun
+
+META_KEY = "_bilaw"
+TRACKING_ENV = "BILAW_TRACKING_URI"
+TRIAL_INDEX_KEY = "__trial_index__"  # set by ray.tune.search.Repeater: which seed of the config
+
+
+def trial_config(config: dict[str, Any]) -> TrainConfig:
+    """The TrainConfig of a trial: searched values + constants, the seed picked by the repeat index."""
+    meta = config.get(META_KEY, {})
+    values = {k: v for k, v in config.items() if k != META_KEY and k != TRIAL_INDEX_KEY}
+    if TRIAL_INDEX_KEY in config and meta.get("seeds"):
+        values["seed"] = meta["seeds"][int(config[TRIAL_INDEX_KEY])]
+    return TrainConfig.from_dict(values).resolved()
+
+
+def _restore_checkpoint(work: Path) -> None:
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return
+    with checkpoint.as_directory() as d:
+        src = Path(d) / CHECKPOINT_NAME
+        if src.exists():
+            shutil.copy2(src, work / CHECKPOINT_NAME)
+
+
+def _open_run(cfg: TrainConfig, meta: dict[str, Any]) -> TrialRun | None:
+    uri = os.environ.get(TRACKING_ENV) or meta.get("tracking_uri")
+    if not uri or not meta.get("experiment_id"):
+        return None
+    ctx = tune.get_context()
+    try:
+        return TrialRun(uri, meta["experiment_id"], meta["parent_run_id"], ctx.get_trial_id(),
+                        ctx.get_trial_name(), cfg.to_dict(), tags={"space": meta.get("space", "")})
+    except Exception as exc:  # tracking must not kill training; Ray's results still hold everything
+        warnings.warn(f"MLflow tracking unavailable for this trial: {exc}")
+        return None
+
+
+def _safe(fn, *args) -> None:
+    try:
+        fn(*args)
+    except Exception as exc:
+        warnings.warn(f"MLflow logging failed: {exc}")
+
+
+def train_trial(config: dict[str, Any]) -> None:
+    """Ray Tune entry point: one trial = one `bilaw.train` run."""
+    meta = config.get(META_KEY, {})
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # one line per epoch otherwise
+    torch.set_num_threads(max(1, int(meta.get("threads", 1))))
+    cfg = trial_config(config)
+    work = Path(tempfile.mkdtemp(prefix="bilaw-trial-"))
+    try:
+        _restore_checkpoint(work)
+        run = _open_run(cfg, meta)
+        state = {"final_reported": False}
+
+        def on_epoch(metrics: dict[str, Any], ckpt_dir: Path | None) -> None:
+            if run is not None:
+                _safe(run.log_epoch, metrics)
+            state["final_reported"] = "test_clean_acc" in metrics
+            tune.report({k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+                        checkpoint=tune.Checkpoint.from_directory(str(ckpt_dir)))
+
+        result = train(cfg, on_epoch, checkpoint_dir=work, progress=False, log=None)
+        if run is not None:
+            _safe(run.log_history, result.history)
+            _log_final(run, result, work)
+        if not state["final_reported"]:  # resumed after the last epoch: report the test metrics now
+            tune.report({**result.history[-1], **scalar_final(result.final)})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _log_final(run: TrialRun, result, work: Path) -> None:
+    from mlflow.entities import Metric
+
+    out = save_run(result, work / "run")
+    final = scalar_final(result.final)
+    final.update({f"test_pgd_acc_class_{i}": v for i, v in enumerate(result.final["test_per_class_pgd_acc"])
+                  if v == v})
+    step = result.history[-1]["epoch"] if result.history else 0
+
+    def log() -> None:
+        run.client.log_batch(run.run_id, metrics=[Metric(k, float(v), 0, step) for k, v in final.items()])
+        run.log_artifact(out / "config.yaml")
+        run.log_artifact(out / "metrics.json")
+        if (out / "plots").is_dir():
+            for png in sorted((out / "plots").glob("*.png")):
+                run.log_artifact(png, "plots")
+
+    _safe(log)
