@@ -215,9 +215,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         plan = Plan(args)
+        if args.dry_run or not args.address:  # a cluster's GPUs are known once Ray is up
+            plan.resolve_gpus(float(_local_gpu_count()))
         if args.dry_run:
-            if plan.gpus is None:
-                plan.resolve_gpus(float(_local_gpu_count()))
             print(plan.describe())
             return 0
         check_storage(plan.storage)
