@@ -179,6 +179,8 @@ def build_tuner(plan, tracking: SearchTracking, folder: Path, gpus: float) -> tu
     meta = {"experiment_id": tracking.experiment_id, "parent_run_id": tracking.parent_run_id,
             "seeds": plan.seeds, "threads": max(1, int(plan.cpus)), "space": space.name}
     constants = {k: v for k, v in plan.base.items() if k not in space.params}
+    if gpus == 0 and constants.get("device", "auto") == "auto":
+        constants["device"] = "cpu"  # a 0-GPU trial on a GPU box still sees every GPU (ray#54868)
     multi = space.multi_objective
     reporter = tune.CLIReporter(parameter_columns=list(space.params), metric_columns=PROGRESS_COLUMNS,
                                 max_report_frequency=15)
