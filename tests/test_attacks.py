@@ -9,34 +9,14 @@ from torch import nn
 from bilaw.attacks import NORMS, eval_mode, pgd, trades_attack
 from bilaw.registry import UnknownNameError
 
+from helpers import digits_mlp
+
 EPS = {"linf": 0.1, "l2": 1.0}  # digits are 8x8 in [0, 1]; both budgets break an undefended MLP
-
-
-def _digits_mlp(steps: int = 150) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    """A 64-64-10 MLP trained full-batch on sklearn's digits (inputs scaled to [0, 1])."""
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    x = torch.tensor(data.data / 16.0, dtype=torch.float32).view(-1, 1, 8, 8)
-    y = torch.tensor(data.target, dtype=torch.int64)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls: 2 threads only add OpenMP waits on a busy host
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
-        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-        for _ in range(steps):
-            opt.zero_grad()
-            F.cross_entropy(model(x), y).backward()
-            opt.step()
-    torch.set_num_threads(threads)
-    opt.zero_grad(set_to_none=True)
-    return model, x, y
 
 
 @pytest.fixture(scope="module")
 def digits():
-    model, x, y = _digits_mlp()
+    model, x, y = digits_mlp()
     assert (model(x).argmax(1) == y).float().mean() > 0.95  # the attacks below need a real model
     return model, x[:128], y[:128]
 
@@ -333,7 +313,7 @@ def test_unknown_norm(digits):
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_pgd_on_cuda(digits, norm, gen_device):
     model, x, y = digits
-    gpu_model = _digits_mlp(steps=0)[0].cuda()
+    gpu_model = digits_mlp(steps=0)[0].cuda()
     gpu_model.load_state_dict(model.state_dict())
     xc, yc = x.cuda(), y.cuda()
     gen = torch.Generator(device=gen_device).manual_seed(0)

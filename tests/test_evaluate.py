@@ -15,35 +15,15 @@ from bilaw.evaluate import (accuracy, confusion_matrix, evaluate_model, pgd_accu
                             pgd_predictions, predict)
 from bilaw.registry import UnknownNameError
 
+from helpers import digits_mlp
+
 EPS = {"linf": 0.1, "l2": 1.0}
 AA_CHEAP = dict(version="custom", attacks=["apgd-ce"], n_iter=10, seed=0)
 
 
-def _digits_mlp(steps: int = 150) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    """A 64-64-10 MLP trained full-batch on sklearn's digits (inputs scaled to [0, 1])."""
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    x = torch.tensor(data.data / 16.0, dtype=torch.float32).view(-1, 1, 8, 8)
-    y = torch.tensor(data.target, dtype=torch.int64)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls: 2 threads only add OpenMP waits on a busy host
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
-        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-        for _ in range(steps):
-            opt.zero_grad()
-            F.cross_entropy(model(x), y).backward()
-            opt.step()
-    torch.set_num_threads(threads)
-    opt.zero_grad(set_to_none=True)
-    return model, x, y
-
-
 @pytest.fixture(scope="module")
 def digits():
-    model, x, y = _digits_mlp()
+    model, x, y = digits_mlp()
     return model, x[:256], y[:256]
 
 
@@ -210,7 +190,7 @@ def test_confusion_matrix_rejects_out_of_range_labels():
 @pytest.mark.gpu
 def test_evaluate_and_autoattack_on_cuda(digits):
     model, x, y = digits
-    gpu_model = _digits_mlp(steps=0)[0].cuda()
+    gpu_model = digits_mlp(steps=0)[0].cuda()
     gpu_model.load_state_dict(model.state_dict())
     m = evaluate_model(gpu_model, x, y, num_classes=10, norm="linf", eps=0.1, pgd_steps=5,
                        aa_samples=32, aa_version="custom", aa_attacks=["apgd-ce"], aa_n_iter=5)
