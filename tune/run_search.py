@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage-path", default="ray_results",
                    help="folder for Ray results, checkpoints, the Optuna study and best_config.yaml "
                         "(default ./ray_results)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted search (same --space, --storage-path and --experiment): finished "
+                        "trials are kept, unfinished ones continue from their last checkpoint")
     p.add_argument("--dry-run", action="store_true", help="print the resolved space and trial resources, then exit")
     p.add_argument("--list-spaces", action="store_true", help="list the shipped search spaces and exit")
     return p
@@ -189,6 +192,13 @@ def check_fresh(plan: Plan) -> None:
                           f"NEW_NAME for a new search or remove that folder")
 
 
+def check_resumable(plan: Plan) -> None:
+    folder = plan.storage / plan.experiment
+    if not any(folder.glob("experiment_state-*.json")):
+        raise SearchError(f"--resume: nothing to resume for experiment {plan.experiment!r}: {folder} holds no "
+                          f"Ray Tune experiment state (check --storage-path and --experiment)")
+
+
 def check_data(cfg: TrainConfig) -> None:
     """Load the dataset once in the driver so a missing one fails before Ray starts."""
     from bilaw.data import DATASETS
@@ -221,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             print(plan.describe())
             return 0
         check_storage(plan.storage)
-        check_fresh(plan)
+        check_resumable(plan) if args.resume else check_fresh(plan)
         check_tracking_uri(plan.tracking_uri)
         check_data(plan.cfg)
     except (sp.SpaceError, ConfigError, SearchError, TrackingError, MissingDatasetError) as exc:

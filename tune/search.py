@@ -3,9 +3,11 @@ the Tuner, and what is printed and written at the end. `run_search.py` validates
 before calling `run_search(plan, argv)`."""
 from __future__ import annotations
 
+import json
 import math
 import os
 import shlex
+import signal
 import statistics
 import sys
 import time
@@ -14,6 +16,8 @@ from typing import Any
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic progress table honours our columns
 os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+# Snapshot the experiment often, so a killed driver resumes with (almost) every trial it started.
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "10")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 import optuna  # noqa: E402
@@ -29,6 +33,7 @@ from tune.tracking import (FAST_FAIL_ENV, SearchTracking, redact_uri, runs_table
                            use_fast_fail_http)
 
 OPTUNA_DB = "optuna.db"
+DRIVER_FILE = "driver.json"  # the running driver's pid, process group and Ray session
 BEST_CONFIG = "best_config.yaml"
 
 
@@ -147,21 +152,90 @@ def _redacted_command(argv: list[str]) -> str:
     return "python tune/run_search.py " + shlex.join(out)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return Path(f"/proc/{pid}").exists() and "zombie" not in _proc_state(pid)
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0].lower()
+    except (OSError, IndexError):
+        return ""
+
+
+def clean_up_killed_driver(folder: Path) -> None:
+    """Before resuming: stop the Ray processes a killed driver left behind (HPO.md: they survive a
+    SIGKILL). Refuses to resume while that driver still runs."""
+    path = folder / DRIVER_FILE
+    if not path.exists():
+        return
+    info = json.loads(path.read_text())
+    if info["pid"] != os.getpid() and _alive(info["pid"]):
+        from tune.run_search import SearchError
+
+        raise SearchError(f"--resume: the search is still running (driver pid {info['pid']}); stop it first")
+    session = Path(info.get("session_dir", "")).name
+    victims = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        pid = int(proc.name)
+        if pid == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            pgid = os.getpgid(pid)
+        except (OSError, ProcessLookupError):
+            continue
+        same_group = info.get("pgid") == info["pid"] and pgid == info["pgid"] and pgid != os.getpgrp()
+        if (session and session in cmdline) or same_group:
+            victims.append(pid)
+    for pid in victims:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if victims:
+        print(f"stopped {len(victims)} processes left behind by the killed search", flush=True)
+
+
+def record_driver(folder: Path) -> None:
+    session = ray._private.worker._global_node.get_session_dir_path() if ray.is_initialized() else ""
+    (folder / DRIVER_FILE).write_text(json.dumps({"pid": os.getpid(), "pgid": os.getpgrp(), "session_dir": session}))
+
+
 def run_search(plan, argv: list[str]) -> int:
     use_fast_fail_http()
     folder = plan.storage / plan.experiment
     folder.mkdir(parents=True, exist_ok=True)
+    if plan.args.resume:
+        clean_up_killed_driver(folder)
     tracking = SearchTracking(plan.tracking_uri, plan.experiment)
     available = start_ray(plan)
     try:
+        record_driver(folder)
         gpus = plan.resolve_gpus(available)
         where = (f"GPUs: {gpus:g} GPU + {plan.cpus:g} CPU per trial ({available:g} GPUs in the cluster)"
                  if gpus > 0 else f"CPUs: {plan.cpus:g} CPU per trial (no GPU in the cluster)")
-        print(f"search {plan.experiment}: {plan.num_samples} trials of {plan.space.name} on {plan.workload.name}; "
+        verb = "resuming" if plan.args.resume else "search"
+        print(f"{verb} {plan.experiment}: {plan.num_samples} trials of {plan.space.name} on {plan.workload.name}; "
               f"trials run on {where}", flush=True)
-        tracking.start_parent(f"search-{plan.space.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-                              parent_tags(plan, argv), params={k: v for k, v in plan.base.items()})
-        tuner = build_tuner(plan, tracking, folder, gpus)
+        if plan.args.resume and tracking.resume_parent(str(folder)):
+            tuner = tune.Tuner.restore(str(folder), trainable=tune.with_resources(train_trial, _resources(plan, gpus)),
+                                       resume_unfinished=True, resume_errored=True)
+        else:
+            if plan.args.resume:
+                from tune.run_search import SearchError
+
+                raise SearchError(f"--resume: no MLflow parent run of {folder} in {redact_uri(plan.tracking_uri)}; "
+                                  f"pass the --tracking-uri the search used")
+            tracking.start_parent(f"search-{plan.space.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                                  parent_tags(plan, argv), params={k: v for k, v in plan.base.items()})
+            tuner = build_tuner(plan, tracking, folder, gpus)
         results = tuner.fit()
     except KeyboardInterrupt:
         tracking.finish_parent("KILLED")
@@ -184,9 +258,8 @@ def build_tuner(plan, tracking: SearchTracking, folder: Path, gpus: float) -> tu
     multi = space.multi_objective
     reporter = tune.CLIReporter(parameter_columns=list(space.params), metric_columns=PROGRESS_COLUMNS,
                                 max_report_frequency=15)
-    resources = {"cpu": plan.cpus, "gpu": gpus}
     return tune.Tuner(
-        tune.with_resources(train_trial, resources),
+        tune.with_resources(train_trial, _resources(plan, gpus)),
         param_space={**constants, META_KEY: meta},
         tune_config=tune.TuneConfig(
             metric=None if multi else space.metric[0], mode=None if multi else space.mode[0],
@@ -198,6 +271,10 @@ def build_tuner(plan, tracking: SearchTracking, folder: Path, gpus: float) -> tu
             failure_config=tune.FailureConfig(max_failures=2),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             progress_reporter=reporter, verbose=1, callbacks=[TrialStatus(tracking)]))
+
+
+def _resources(plan, gpus: float) -> dict[str, float]:
+    return {"cpu": plan.cpus, "gpu": gpus}
 
 
 def _trial_name(trial) -> str:

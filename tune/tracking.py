@@ -142,10 +142,14 @@ class SearchTracking:
             self.client.log_batch(self.parent_run_id, params=[Param(k, v) for k, v in flatten_params(params).items()])
         return self.parent_run_id
 
-    def find_parent(self, search_id: str) -> str | None:
-        runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.search_id = '{search_id}'",
-                                       max_results=1)
+    def resume_parent(self, experiment_path: str) -> str | None:
+        """Find the parent run of the search stored at `experiment_path` and mark it running again."""
+        runs = self.client.search_runs([self.experiment_id],
+                                       filter_string=f"tags.ray_experiment_path = '{experiment_path}'",
+                                       max_results=1, order_by=["attributes.start_time DESC"])
         self.parent_run_id = runs[0].info.run_id if runs else None
+        if self.parent_run_id:
+            self.client.update_run(self.parent_run_id, status="RUNNING")
         return self.parent_run_id
 
     def child_runs(self) -> list:

@@ -1,0 +1,95 @@
+"""Resume after a search whose driver was really killed (SIGKILL between epochs)."""
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tune.run_search import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _progress(db: Path) -> tuple[int, int]:
+    """(children finished, epochs logged by the running children), read straight from SQLite."""
+    if not db.exists():
+        return 0, 0
+    try:
+        with sqlite3.connect(db, timeout=5) as con:
+            done = con.execute("select count(*) from tags where key='trial_status' and value='completed'").fetchone()[0]
+            running = con.execute(
+                "select count(*) from metrics m join runs r on m.run_uuid = r.run_uuid "
+                "where m.key='val_pgd_acc' and r.status='RUNNING'").fetchone()[0]
+        return done, running
+    except sqlite3.Error:
+        return 0, 0
+
+
+def _group_alive(pgid: int) -> list[int]:
+    alive = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if os.getpgid(int(proc.name)) == pgid and "Z" not in (proc / "stat").read_text().split(")")[1][:3]:
+                alive.append(int(proc.name))
+        except (OSError, ProcessLookupError):
+            pass
+    return alive
+
+
+@pytest.mark.slow
+def test_resume_after_the_driver_is_killed(tmp_path):
+    db = tmp_path / "mlruns.db"
+    argv = ["--space", "ablation_capacity", "--workload", "smoke", "--set", "epochs=4", "--max-concurrent", "1",
+            "--storage-path", str(tmp_path / "rr"), "--tracking-uri", f"sqlite:///{db}"]
+    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+    with open(tmp_path / "driver.log", "w") as log:
+        driver = subprocess.Popen([sys.executable, str(REPO / "tune" / "run_search.py"), *argv], cwd=tmp_path,
+                                  stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    deadline = time.monotonic() + 400
+    while time.monotonic() < deadline and driver.poll() is None:
+        done, running_epochs = _progress(db)
+        if done >= 1 and running_epochs >= 1:
+            break
+        time.sleep(0.5)
+    assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+    time.sleep(2)  # between epochs of the running trial, after a snapshot
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait(timeout=30)
+
+    os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = "1"
+    try:
+        assert main([*argv, "--resume"]) == 0
+    finally:
+        os.environ.pop("TUNE_GLOBAL_CHECKPOINT_S", None)
+
+    time.sleep(1)
+    assert _group_alive(driver.pid) == []  # nothing of the killed search is left running
+    client = MlflowClient(f"sqlite:///{db}")
+    exp = client.get_experiment_by_name("ablation_capacity")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(r.data.params["weight_net"] for r in children) == sorted(["128", "64", "64-64", "256"])
+    for r in children:
+        assert r.info.status == "FINISHED"
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_pgd_acc")]
+        assert sorted(steps) == [0, 1, 2, 3], (r.data.params["weight_net"], steps)  # one continuous history
+    study = optuna.load_study(study_name="ablation_capacity",
+                              storage=f"sqlite:///{tmp_path / 'rr' / 'ablation_capacity' / 'optuna.db'}")
+    assert sorted(t.params["weight_net"] for t in study.trials) == sorted(["128", "64", "64-64", "256"])
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+
+
+def test_resume_with_nothing_to_resume(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["--space", "ablation_capacity", "--workload", "smoke", "--resume"]) == 2
+    assert "nothing to resume for experiment 'ablation_capacity'" in capsys.readouterr().err
