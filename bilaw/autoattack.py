@@ -166,5 +166,5 @@ def run_autoattack(model: nn.Module, x: Tensor, y: Tensor, *, norm: str, eps: fl
                                eps=eps, norm=_AA_NORMS[norm], seed=seed, version=version)
         _configure(adversary, version=version, num_classes=num_classes, n_iter=n_iter)
         x_adv, y_pred = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
-    accuracy = y_pred.eq(y).float().mean().item()
+    accuracy = y_pred.eq(y).sum().item() / max(x.shape[0], 1)  # exact count / N
     return AutoAttackResult(x_adv=x_adv, y_pred=y_pred, accuracy=accuracy, n=x.shape[0])

@@ -26,7 +26,7 @@ def _children(uri: str, experiment: str):
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
     runs = client.search_runs([exp.experiment_id])
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags and "rerun_of" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     return client, parents, children
 
@@ -210,3 +210,105 @@ def test_search_on_a_separately_started_ray_cluster(tmp_path):
         assert all(r.info.status == "FINISHED" for r in children)
     finally:
         subprocess.run([str(RAY), "stop", "--force"], capture_output=True, timeout=120, env=env)
+
+
+@pytest.mark.slow
+def test_report_numbers_equal_tracked_metrics(smoke_search, capsys):
+    import csv
+    import io
+
+    from tune.report import main as report_main
+
+    root, uri = smoke_search
+    assert report_main(["--experiment", "ablation_capacity", "--tracking-uri", uri, "--format", "csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out.strip())))
+    _, _, children = _children(uri, "ablation_capacity")
+    by_value = {r.data.params["weight_net"]: r.data.metrics for r in children}
+    assert sorted(row["weight_net"] for row in rows) == sorted(by_value)
+    for row in rows:
+        m = by_value[row["weight_net"]]
+        assert float(row["clean_mean"]) == m["test_clean_acc"] and float(row["pgd_mean"]) == m["test_pgd_acc"]
+        assert float(row["aa_mean"]) == m["test_aa_acc"] and row["n"] == "1"
+        assert float(row["gap_mean"]) == pytest.approx(m["test_pgd_acc"] - m["test_clean_acc"], abs=1e-12)
+    assert report_main(["--experiment", "ablation_capacity", "--tracking-uri", uri, "--importance"]) == 0
+    out = capsys.readouterr().out
+    assert "| weight_net | Clean | PGD | AA | PGD - Clean | n |" in out and "weight_net           1.000" in out
+
+
+def test_report_errors(tmp_path, capsys):
+    from tune.report import main as report_main
+
+    assert report_main(["--experiment", "x", "--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}"]) == 2
+    assert "no tracking database" in capsys.readouterr().err
+    MlflowClient(f"sqlite:///{tmp_path / 'm.db'}").create_experiment("empty")
+    assert report_main(["--experiment", "empty", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]) == 2
+    assert "has no finished run" in capsys.readouterr().err
+    assert report_main(["--experiment", "emty", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]) == 2
+    assert "no experiment 'emty'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_rerun_best_makes_one_tagged_run_per_seed(smoke_search, capsys):
+    from tune.rerun_best import main as rerun_main
+
+    root, uri = smoke_search
+    _, _, children = _children(uri, "ablation_capacity")
+    trials = [r for r in children if "rerun_of" not in r.data.tags]
+    best = max(trials, key=lambda r: r.data.metrics["best_val_pgd_acc"])
+    rc = rerun_main(["--experiment", "ablation_capacity", "--tracking-uri", uri, "--seeds", "2",
+                     "--aa-samples", "16", "--set", "aa_attacks=[apgd-ce]", "--set", "aa_n_iter=5",
+                     "--storage-path", str(root / "rerun")])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert f"2 re-runs of {best.info.run_id}" in out and "AutoAttack" in out
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("ablation_capacity")
+    reruns = client.search_runs([exp.experiment_id], filter_string=f"tags.rerun_of = '{best.info.run_id}'")
+    assert sorted(r.data.params["seed"] for r in reruns) == ["0", "1"]
+    skip = {"seed", "aa_samples", "aa_attacks", "aa_n_iter", "eval_pgd_steps", "device"}
+    for r in reruns:
+        assert r.info.status == "FINISHED" and "mlflow.parentRunId" not in r.data.tags
+        assert {k: v for k, v in r.data.params.items() if k not in skip} == \
+               {k: v for k, v in best.data.params.items() if k not in skip}
+        assert r.data.params["aa_samples"] == "16" and r.data.params["eval_pgd_steps"] == "20"
+        assert 0.0 <= r.data.metrics["test_aa_acc"] <= r.data.metrics["test_clean_acc"]
+
+
+def test_rerun_best_without_finished_runs(tmp_path, capsys):
+    from tune.rerun_best import main as rerun_main
+
+    MlflowClient(f"sqlite:///{tmp_path / 'm.db'}").create_experiment("empty")
+    assert rerun_main(["--experiment", "empty", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]) == 2
+    assert "has no finished run" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_pareto_search_writes_exactly_the_non_dominated_trials(tmp_path):
+    import csv
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    assert main(["--space", "pareto", "--workload", "smoke", "--num-samples", "4", "--storage-path",
+                 str(tmp_path / "rr"), "--tracking-uri", uri]) == 0
+    folder = tmp_path / "rr" / "pareto"
+    rows = list(csv.DictReader(open(folder / "pareto_front.csv")))
+    client, parents, children = _children(uri, "pareto")
+    assert len(children) == 4
+    points = {r.data.tags["ray_trial_id"]: (r.data.metrics["best_val_pgd_acc"], r.data.metrics["val_clean_acc"])
+              for r in children}
+    expected = {t for t, (a, b) in points.items()
+                if not any(c >= a and d >= b and (c > a or d > b) for u, (c, d) in points.items() if u != t)}
+    assert {row["trial_id"] for row in rows} == expected
+    for row in rows:
+        assert (float(row["best_val_pgd_acc"]), float(row["val_clean_acc"])) == points[row["trial_id"]]
+    png = (folder / "pareto_front.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    names = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+    assert {"pareto_front.csv", "pareto_front.png", "best_config.yaml"} <= names
+
+
+def test_dominance():
+    from tune.pareto import non_dominated
+
+    pts = [(0.5, 0.9), (0.6, 0.8), (0.4, 0.85), (0.6, 0.8), (0.7, 0.1)]
+    assert non_dominated(pts, ["max", "max"]) == [0, 1, 3, 4]
+    assert non_dominated(pts, ["min", "min"]) == [1, 2, 3, 4]

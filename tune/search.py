@@ -301,9 +301,31 @@ def best_config(plan, results) -> tuple[TrainConfig | None, list[float]]:
     return max(groups.values(), key=lambda g: sign * statistics.fmean(g[1]))
 
 
+def pareto_report(plan, results, tracking: SearchTracking, folder: Path) -> list[Path]:
+    """Two objectives: print, save and plot the non-dominated trials."""
+    from tune.pareto import write_front
+
+    metrics, modes = plan.space.metric, plan.space.mode
+    rows = []
+    for r in results:
+        m = r.metrics or {}
+        if r.error is None and all(k in m and math.isfinite(m[k]) for k in metrics):
+            params = {k: getattr(trial_config(r.config), k) for k in plan.space.params}
+            rows.append({"trial_id": m.get("trial_id", ""), **params, **{k: m[k] for k in metrics}})
+    if not rows:
+        return []
+    csv_path, png_path, front = write_front(rows, metrics, modes, folder)
+    print(f"\nPareto front ({len(front)} of {len(rows)} trials; {metrics[0]} vs {metrics[1]}):")
+    for row in front:
+        print("  " + "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    print(f"front: {csv_path}\nplot:  {png_path}")
+    return [csv_path, png_path]
+
+
 def report(plan, results, tracking: SearchTracking, folder: Path) -> int:
     space = plan.space
     errors = sum(1 for r in results if r.error is not None)
+    front_files = pareto_report(plan, results, tracking, folder) if space.multi_objective else []
     cfg, values = best_config(plan, results)
     if cfg is None:
         tracking.finish_parent("FAILED")
@@ -319,7 +341,7 @@ def report(plan, results, tracking: SearchTracking, folder: Path) -> int:
         print(f"  {name} = {getattr(cfg, name)!r}")
     print(f"best config: {path}\n  re-run it: python -m bilaw.train --config {path} --out runs/best")
     tracking.finish_parent("FINISHED", {f"best_{space.metric[0]}": mean, "trials": len(results), "errors": errors},
-                           artifacts=[path, space.path])
+                           artifacts=[path, space.path, *front_files])
     print(f"MLflow: mlflow ui --backend-store-uri {redact_uri(plan.tracking_uri)} --host 127.0.0.1 --port 5000\n"
           f"  runs table: {runs_table_url(tracking.experiment_id)}")
     return 0

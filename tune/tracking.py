@@ -188,7 +188,7 @@ class SearchTracking:
 class TrialRun:
     """Trial side: the child run of one Ray trial, reused when the trial is retried or resumed."""
 
-    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, trial_id: str, trial_name: str,
+    def __init__(self, uri: str, experiment_id: str, parent_run_id: str | None, trial_id: str, trial_name: str,
                  config: dict[str, Any], tags: dict[str, str] | None = None) -> None:
         from mlflow.entities import Param
 
@@ -200,8 +200,9 @@ class TrialRun:
             self.client.update_run(self.run_id, status="RUNNING")
             self.logged_steps = {m.step for m in self.client.get_metric_history(self.run_id, "train_loss")}
         else:
+            parent = {PARENT_TAG: parent_run_id} if parent_run_id else {}
             run = self.client.create_run(experiment_id, run_name=trial_name, tags={
-                PARENT_TAG: parent_run_id, TRIAL_ID_TAG: trial_id, **(tags or {})})
+                **parent, TRIAL_ID_TAG: trial_id, **(tags or {})})
             self.run_id = run.info.run_id
             params = flatten_params(config)
             items = [Param(k, v) for k, v in params.items()]

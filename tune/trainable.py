@@ -55,8 +55,9 @@ def _open_run(cfg: TrainConfig, meta: dict[str, Any]) -> TrialRun | None:
         return None
     ctx = tune.get_context()
     try:
-        return TrialRun(uri, meta["experiment_id"], meta["parent_run_id"], ctx.get_trial_id(),
-                        ctx.get_trial_name(), cfg.to_dict(), tags={"space": meta.get("space", "")})
+        return TrialRun(uri, meta["experiment_id"], meta.get("parent_run_id"), ctx.get_trial_id(),
+                        ctx.get_trial_name(), cfg.to_dict(),
+                        tags={"space": meta.get("space", ""), **meta.get("tags", {})})
     except Exception as exc:  # tracking must not kill training; Ray's results still hold everything
         warnings.warn(f"MLflow tracking unavailable for this trial: {exc}")
         return None

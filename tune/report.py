@@ -1,0 +1,182 @@
+"""`python tune/report.py --experiment NAME [--by PARAM] [--format md|csv] [--importance]`:
+the tracked results of a search as a table in the layout of the seed paper's tables.
+
+One row per value of the searched parameter (or per method), columns Clean, PGD, AA where
+present, and the PGD - Clean gap of Table 6, each the mean and standard deviation over the
+finished trials with that value (seeds, re-runs). It reads MLflow only; `--importance` adds
+Optuna's parameter importances from the search's stored study.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):
+    _here = Path(__file__).resolve()
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here.parent]
+    sys.path.insert(0, str(_here.parents[1]))
+
+from tune.tracking import PARENT_TAG, STATUS_TAG, TrackingError, absolute_tracking_uri, check_tracking_uri  # noqa: E402
+
+COLUMNS = [("Clean", "test_clean_acc"), ("PGD", "test_pgd_acc"), ("AA", "test_aa_acc")]
+IGNORED_PARAMS = {"seed", "device", "data_dir"}
+
+
+class ReportError(ValueError):
+    """No such experiment, no finished run, or an unusable --by."""
+
+
+@dataclass
+class Row:
+    value: str
+    n: int
+    cells: dict[str, tuple[float, float] | None]  # column -> (mean, std) over runs
+    gap: tuple[float, float] | None
+
+
+def _mean_std(values: list[float]) -> tuple[float, float] | None:
+    if not values:
+        return None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def finished_runs(uri: str, experiment: str) -> list:
+    """Child runs of the experiment's searches (and re-runs) that finished with test metrics."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise ReportError(f"no experiment {experiment!r} in {uri}; experiments there: {', '.join(names) or 'none'}")
+    runs = [r for r in client.search_runs([exp.experiment_id], max_results=50000)
+            if PARENT_TAG in r.data.tags or "rerun_of" in r.data.tags]
+    done = [r for r in runs if r.info.status == "FINISHED" and "test_clean_acc" in r.data.metrics
+            and r.data.tags.get(STATUS_TAG, "completed") == "completed"]
+    if not done:
+        raise ReportError(f"experiment {experiment!r} has no finished run with test metrics yet")
+    return done
+
+
+def choose_by(runs: list, by: str | None) -> str:
+    """The parameter to group by: --by, else the one searched parameter that varies, else method."""
+    params = set().union(*(r.data.params for r in runs))
+    if by is not None:
+        if by not in params:
+            from bilaw.registry import unknown_name_message
+
+            raise ReportError("--by: " + unknown_name_message("parameter", by, params))
+        return by
+    varying = sorted(p for p in params - IGNORED_PARAMS if len({r.data.params.get(p) for r in runs}) > 1)
+    if len(varying) == 1:
+        return varying[0]
+    if "method" in varying or not varying:
+        return "method"
+    raise ReportError(f"several parameters vary ({', '.join(varying)}); choose one with --by")
+
+
+def build_rows(runs: list, by: str) -> list[Row]:
+    groups: dict[str, list] = {}
+    for r in runs:
+        groups.setdefault(r.data.params.get(by, "?"), []).append(r)
+    rows = []
+    for value, members in groups.items():
+        cells = {name: _mean_std([m.data.metrics[key] for m in members if key in m.data.metrics])
+                 for name, key in COLUMNS}
+        gaps = [m.data.metrics["test_pgd_acc"] - m.data.metrics["test_clean_acc"] for m in members]
+        rows.append(Row(value, len(members), cells, _mean_std(gaps)))
+    return sorted(rows, key=lambda row: _sort_key(row.value))
+
+
+def _sort_key(value: str):
+    try:
+        return (0, float(value), value)
+    except ValueError:
+        return (1, 0.0, value)
+
+
+def _pct(cell: tuple[float, float] | None) -> str:
+    return "-" if cell is None else f"{100 * cell[0]:.2f} ± {100 * cell[1]:.2f}"
+
+
+def format_markdown(rows: list[Row], by: str) -> str:
+    cols = [name for name, _ in COLUMNS if any(row.cells[name] for row in rows)]
+    head = [by, *cols, "PGD - Clean", "n"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        lines.append("| " + " | ".join([row.value, *(_pct(row.cells[c]) for c in cols), _pct(row.gap), str(row.n)])
+                     + " |")
+    return "\n".join(lines) + "\n\naccuracies in %, mean ± std over the finished runs of each row (n)"
+
+
+def format_csv(rows: list[Row], by: str) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    names = [name for name, _ in COLUMNS]
+    writer.writerow([by, *[f"{n.lower()}_{s}" for n in names for s in ("mean", "std")], "gap_mean", "gap_std", "n"])
+    for row in rows:
+        cells = [v for n in names for v in (row.cells[n] or ("", ""))]
+        writer.writerow([row.value, *cells, *(row.gap or ("", "")), row.n])
+    return buf.getvalue()
+
+
+def importances(runs: list, experiment: str, uri: str) -> dict[str, float]:
+    """Optuna's parameter importances for the search's ranking metric, from its stored study."""
+    import optuna
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    parent_ids = {r.data.tags.get(PARENT_TAG) for r in runs} - {None}
+    for parent_id in parent_ids:
+        path = client.get_run(parent_id).data.tags.get("ray_experiment_path")
+        db = Path(path or "") / "optuna.db"
+        if db.exists():
+            study = optuna.load_study(study_name=Path(path).name, storage=f"sqlite:///{db}")
+            done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+            if len({tuple(sorted(t.params.items())) for t in done}) < 2:
+                raise ReportError("importance needs at least two finished trials with different parameters")
+            target = (lambda t: t.values[0]) if len(study.directions) > 1 else None
+            return optuna.importance.get_param_importances(study, target=target)
+    raise ReportError(f"no stored Optuna study found for experiment {experiment!r} (ray_experiment_path tag)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="report.py", description="Tables of a search's tracked results (reads MLflow).")
+    p.add_argument("--experiment", required=True, help="MLflow experiment (the space name, or --experiment of the search)")
+    p.add_argument("--by", help="group rows by this parameter (default: the searched one, or method)")
+    p.add_argument("--format", choices=["md", "csv"], default="md")
+    p.add_argument("--importance", action="store_true", help="add Optuna's importance of each searched parameter")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlruns.db in this folder)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        uri = absolute_tracking_uri(args.tracking_uri)
+        if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+            raise ReportError(f"no tracking database at {uri}; pass the --tracking-uri the search used")
+        check_tracking_uri(uri)
+        runs = finished_runs(uri, args.experiment)
+        by = choose_by(runs, args.by)
+        rows = build_rows(runs, by)
+        print(format_markdown(rows, by) if args.format == "md" else format_csv(rows, by), end="\n")
+        if args.importance:
+            print("\nparameter importance (Optuna, fANOVA):")
+            for name, value in importances(runs, args.experiment, uri).items():
+                print(f"  {name:<20} {value:.3f}")
+    except (ReportError, TrackingError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""`python tune/rerun_best.py --experiment NAME [--metric M] [--seeds 3] [--epochs N]`: re-train the
+best finished trial's exact config once per seed with the full evaluation (PGD-20 and
+AutoAttack on the paper's 1,000 test samples), each re-run an MLflow run tagged with the run it
+re-runs, and print mean and standard deviation. The seeds run as Ray trials, so a GPU machine or
+cluster runs them in parallel.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    _here = Path(__file__).resolve()
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here.parent]
+    sys.path.insert(0, str(_here.parents[1]))
+
+from bilaw.config import ConfigError, TrainConfig, parse_overrides  # noqa: E402
+from tune.report import ReportError, finished_runs  # noqa: E402
+from tune.tracking import TrackingError, absolute_tracking_uri, check_tracking_uri  # noqa: E402
+
+FULL_EVAL = {"aa_samples": 1000, "aa_attacks": None, "aa_n_iter": None, "aa_version": "standard",
+             "eval_pgd_steps": 20}
+SUMMARY = [("clean", "test_clean_acc"), ("PGD-20", "test_pgd_acc"), ("AutoAttack", "test_aa_acc")]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rerun_best.py", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--experiment", required=True, help="MLflow experiment of the search")
+    p.add_argument("--metric", default="best_val_pgd_acc", help="rank finished trials by this metric (max)")
+    p.add_argument("--run-id", help="re-run this MLflow run instead of the best one")
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1), default 3")
+    p.add_argument("--epochs", type=int, help="override the epochs of the re-runs")
+    p.add_argument("--aa-samples", type=int, default=1000, help="AutoAttack test samples (default 1000, the paper's)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlruns.db in this folder)")
+    p.add_argument("--storage-path", default="ray_results", help="folder for the re-runs' Ray results")
+    p.add_argument("--gpus-per-trial", type=float, help="GPU share per seed (default: 1 if a GPU exists, else 0)")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    return p
+
+
+def pick_run(uri: str, experiment: str, metric: str, run_id: str | None):
+    runs = finished_runs(uri, experiment)
+    if run_id is not None:
+        for r in runs:
+            if r.info.run_id == run_id:
+                return r
+        raise ReportError(f"--run-id {run_id}: no finished run with that id in experiment {experiment!r}")
+    ranked = [r for r in runs if metric in r.data.metrics and "rerun_of" not in r.data.tags]
+    if not ranked:
+        raise ReportError(f"no finished run of {experiment!r} has the metric {metric!r}")
+    return max(ranked, key=lambda r: r.data.metrics[metric])
+
+
+def run_config(uri: str, run) -> dict:
+    """The run's exact config: its config.yaml artifact, else its params."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            path = client.download_artifacts(run.info.run_id, "config.yaml", d)
+            return TrainConfig.from_yaml(path).to_dict()
+    except Exception:
+        return TrainConfig.from_dict(run.data.params).to_dict()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.seeds < 1:
+            raise ConfigError([f"--seeds {args.seeds}: must be >= 1"])
+        uri = absolute_tracking_uri(args.tracking_uri)
+        if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+            raise ReportError(f"no tracking database at {uri}; pass the --tracking-uri the search used")
+        check_tracking_uri(uri)
+        best = pick_run(uri, args.experiment, args.metric, args.run_id)
+        config = {**run_config(uri, best), **FULL_EVAL, "aa_samples": args.aa_samples,
+                  **parse_overrides(args.set)}
+        if args.epochs is not None:
+            config["epochs"] = args.epochs
+        config.pop("seed", None)
+        TrainConfig.from_dict(config)  # validate before Ray starts
+    except (ReportError, TrackingError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"re-running run {best.info.run_id} ({best.info.run_name}, {args.metric} "
+          f"{best.data.metrics.get(args.metric, float('nan')):.4f}) with seeds 0..{args.seeds - 1}", flush=True)
+    return _run(args, uri, best, config)
+
+
+def _run(args, uri: str, best, config: dict) -> int:
+    import torch
+
+    from tune import search  # noqa: F401  (sets Ray's environment defaults before Ray is imported)
+    import ray
+    from ray import tune
+
+    from tune.search import TrialStatus
+    from tune.trainable import META_KEY, TRACKING_ENV, train_trial
+    from tune.tracking import FAST_FAIL_ENV, SearchTracking
+
+    tracking = SearchTracking(uri, args.experiment)
+    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (1.0 if torch.cuda.is_available() else 0.0)
+    if gpus == 0 and config.get("device", "auto") == "auto":
+        config["device"] = "cpu"
+    ray.init(include_dashboard=False, object_store_memory=256 * 1024 ** 2, logging_level="WARNING",
+             runtime_env={"env_vars": {TRACKING_ENV: uri, **FAST_FAIL_ENV}})
+    meta = {"experiment_id": tracking.experiment_id, "threads": max(1, int(args.cpus_per_trial)),
+            "tags": {"rerun_of": best.info.run_id, "rerun": "true"}}
+    name = f"{args.experiment}-rerun-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        tuner = tune.Tuner(
+            tune.with_resources(train_trial, {"cpu": args.cpus_per_trial, "gpu": gpus}),
+            param_space={**config, "seed": tune.grid_search(list(range(args.seeds))), META_KEY: meta},
+            run_config=tune.RunConfig(name=name, storage_path=str(Path(args.storage_path).resolve()),
+                                      failure_config=tune.FailureConfig(max_failures=2), verbose=1,
+                                      callbacks=[TrialStatus(tracking)]))
+        results = tuner.fit()
+    finally:
+        ray.shutdown()
+    finals = [r.metrics for r in results if r.error is None and "test_clean_acc" in (r.metrics or {})]
+    if not finals:
+        print(f"error: no re-run finished ({sum(r.error is not None for r in results)} errored)", file=sys.stderr)
+        return 1
+    print(f"\n{len(finals)} re-runs of {best.info.run_id}:")
+    for label, key in SUMMARY:
+        values = [m[key] for m in finals if key in m]
+        if values:
+            std = statistics.stdev(values) if len(values) > 1 else 0.0
+            print(f"  {label:<11} {100 * statistics.fmean(values):6.2f} ± {100 * std:.2f} %")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
