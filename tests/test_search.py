@@ -242,7 +242,7 @@ def test_report_errors(tmp_path, capsys):
     assert "no tracking database" in capsys.readouterr().err
     MlflowClient(f"sqlite:///{tmp_path / 'm.db'}").create_experiment("empty")
     assert report_main(["--experiment", "empty", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]) == 2
-    assert "has no finished run" in capsys.readouterr().err
+    assert "has no finished search trial" in capsys.readouterr().err
     assert report_main(["--experiment", "emty", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]) == 2
     assert "no experiment 'emty'" in capsys.readouterr().err
 
@@ -272,6 +272,12 @@ def test_rerun_best_makes_one_tagged_run_per_seed(smoke_search, capsys):
                {k: v for k, v in best.data.params.items() if k not in skip}
         assert r.data.params["aa_samples"] == "16" and r.data.params["eval_pgd_steps"] == "20"
         assert 0.0 <= r.data.metrics["test_aa_acc"] <= r.data.metrics["test_clean_acc"]
+    from tune.report import main as report_main
+
+    assert report_main(["--experiment", "ablation_capacity", "--tracking-uri", uri, "--reruns", "--by", "weight_net",
+                        "--format", "csv"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and lines[1].startswith(best.data.params["weight_net"] + ",") and lines[1].endswith(",2")
 
 
 def test_rerun_best_without_finished_runs(tmp_path, capsys):
@@ -279,7 +285,7 @@ def test_rerun_best_without_finished_runs(tmp_path, capsys):
 
     MlflowClient(f"sqlite:///{tmp_path / 'm.db'}").create_experiment("empty")
     assert rerun_main(["--experiment", "empty", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]) == 2
-    assert "has no finished run" in capsys.readouterr().err
+    assert "has no finished search trial" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -46,8 +46,9 @@ def _mean_std(values: list[float]) -> tuple[float, float] | None:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def finished_runs(uri: str, experiment: str) -> list:
-    """Child runs of the experiment's searches (and re-runs) that finished with test metrics."""
+def finished_runs(uri: str, experiment: str, reruns: bool | None = None) -> list:
+    """Child runs of the experiment's searches (and re-runs) that finished with test metrics.
+    reruns=None: both; False: search trials only; True: re-runs of the best config only."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
@@ -56,11 +57,12 @@ def finished_runs(uri: str, experiment: str) -> list:
         names = sorted(e.name for e in client.search_experiments())
         raise ReportError(f"no experiment {experiment!r} in {uri}; experiments there: {', '.join(names) or 'none'}")
     runs = [r for r in client.search_runs([exp.experiment_id], max_results=50000)
-            if PARENT_TAG in r.data.tags or "rerun_of" in r.data.tags]
+            if (reruns is not True and PARENT_TAG in r.data.tags) or (reruns is not False and "rerun_of" in r.data.tags)]
     done = [r for r in runs if r.info.status == "FINISHED" and "test_clean_acc" in r.data.metrics
             and r.data.tags.get(STATUS_TAG, "completed") == "completed"]
     if not done:
-        raise ReportError(f"experiment {experiment!r} has no finished run with test metrics yet")
+        kind = {True: "re-run", False: "search trial"}.get(reruns, "run")
+        raise ReportError(f"experiment {experiment!r} has no finished {kind} with test metrics yet")
     return done
 
 
@@ -152,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", required=True, help="MLflow experiment (the space name, or --experiment of the search)")
     p.add_argument("--by", help="group rows by this parameter (default: the searched one, or method)")
     p.add_argument("--format", choices=["md", "csv"], default="md")
+    p.add_argument("--reruns", action="store_true",
+                   help="tabulate the re-runs of rerun_best.py (full evaluation) instead of the search's trials")
     p.add_argument("--importance", action="store_true", help="add Optuna's importance of each searched parameter")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlruns.db in this folder)")
     return p
@@ -164,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
             raise ReportError(f"no tracking database at {uri}; pass the --tracking-uri the search used")
         check_tracking_uri(uri)
-        runs = finished_runs(uri, args.experiment)
+        runs = finished_runs(uri, args.experiment, reruns=args.reruns)
         by = choose_by(runs, args.by)
         rows = build_rows(runs, by)
         print(format_markdown(rows, by) if args.format == "md" else format_csv(rows, by), end="\n")

@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def pick_run(uri: str, experiment: str, metric: str, run_id: str | None):
-    runs = finished_runs(uri, experiment)
+    runs = finished_runs(uri, experiment, reruns=False)
     if run_id is not None:
         for r in runs:
             if r.info.run_id == run_id:
