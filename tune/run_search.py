@@ -230,10 +230,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             print(plan.describe())
             return 0
+        check_data(plan.cfg)
+        check_tracking_uri(plan.tracking_uri)
         check_storage(plan.storage)
         check_resumable(plan) if args.resume else check_fresh(plan)
-        check_tracking_uri(plan.tracking_uri)
-        check_data(plan.cfg)
     except (sp.SpaceError, ConfigError, SearchError, TrackingError, MissingDatasetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
