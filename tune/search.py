@@ -16,8 +16,10 @@ from typing import Any
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic progress table honours our columns
 os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
-# Snapshot the experiment often, so a killed driver resumes with (almost) every trial it started.
-os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "10")
+# Snapshot the experiment after every result, so a killed driver resumes with every trial it
+# started and each trial's snapshot names a checkpoint that still exists (num_to_keep below);
+# the snapshot is a few small files, cheap against an epoch.
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 import optuna  # noqa: E402
@@ -37,7 +39,25 @@ DRIVER_FILE = "driver.json"  # the running driver's pid, process group and Ray s
 BEST_CONFIG = "best_config.yaml"
 
 
-class PrunedAwareOptunaSearch(OptunaSearch):
+class ResumableOptunaSearch(OptunaSearch):
+    """OptunaSearch that survives a resume whose Ray snapshot predates the study: a trial Optuna
+    already finished (told before the driver was killed, after Ray's last experiment snapshot)
+    may report again once Ray re-runs it; its study entry is kept as it was."""
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        try:
+            super().on_trial_result(trial_id, result)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        try:
+            super().on_trial_complete(trial_id, result=result, error=error)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass
+
+
+class PrunedAwareOptunaSearch(ResumableOptunaSearch):
     """Tells Optuna that a trial the scheduler stopped early was PRUNED, not COMPLETE with its
     early-rung value (HPO.md sec. 2: otherwise TPE models truncated scores as finals)."""
 
@@ -50,8 +70,11 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         if (not error and early and trial_id in self._ot_trials and self._metric in result
                 and trial_id not in getattr(self, "_completed_trials", set())):
             trial = self._ot_trials[trial_id]
-            trial.report(result[self._metric], result["training_iteration"])
-            self._ot_study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            try:
+                trial.report(result[self._metric], result["training_iteration"])
+                self._ot_study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # finished in the study before a resume (see ResumableOptunaSearch)
             getattr(self, "_completed_trials", set()).add(trial_id)
             return
         super().on_trial_complete(trial_id, result=result, error=error)
@@ -102,7 +125,7 @@ def make_searcher(plan, folder: Path):
     if space.scheduler:
         searcher = PrunedAwareOptunaSearch(max_t=plan.cfg.epochs, **kwargs)
     else:
-        searcher = OptunaSearch(**kwargs)
+        searcher = ResumableOptunaSearch(**kwargs)
     if len(plan.seeds) > 1:  # each sampled config once per seed; Optuna sees the mean
         searcher = Repeater(searcher, repeat=len(plan.seeds), set_index=True)
     return searcher
@@ -269,7 +292,7 @@ def build_tuner(plan, tracking: SearchTracking, folder: Path, gpus: float) -> tu
         run_config=tune.RunConfig(
             name=plan.experiment, storage_path=str(plan.storage),
             failure_config=tune.FailureConfig(max_failures=2),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             progress_reporter=reporter, verbose=1, callbacks=[TrialStatus(tracking)]))
 
 
