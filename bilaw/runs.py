@@ -44,17 +44,9 @@ def save_run(result, out_dir: str | Path) -> Path:
     save_checkpoint({"model": result.best_state["model"] or result.model.state_dict(),
                      "weight_net": result.best_state.get("weight_net"),
                      "epoch": result.best_state.get("epoch", -1),
+                     "input_shape": result.best_state["input_shape"], "num_classes": result.best_state["num_classes"],
                      "config": result.config.to_dict()}, out / BEST_NAME)
     return out
-
-
-def _model_for(cfg: TrainConfig) -> nn.Module:
-    """An untrained model of the run's architecture (shape from the dataset's registry entry)."""
-    shapes = {"digits": ((1, 8, 8), 10), "mnist": ((1, 28, 28), 10), "fashion_mnist": ((1, 28, 28), 10),
-              "cifar10": ((3, 32, 32), 10), "cifar100": ((3, 32, 32), 100)}
-    shape, k = shapes[cfg.dataset]
-    kwargs = {"depth": cfg.wrn_depth, "widen_factor": cfg.wrn_width} if cfg.model == "wrn" else {}
-    return build_model(cfg.model, shape, k, **kwargs)
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, TrainConfig]:
@@ -66,7 +58,8 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[n
                                 f"(a run folder holds config.yaml, metrics.json and {BEST_NAME})")
     state = load_checkpoint(path)
     cfg = TrainConfig.from_dict(state["config"])
-    model = _model_for(cfg)
+    kwargs = {"depth": cfg.wrn_depth, "widen_factor": cfg.wrn_width} if cfg.model == "wrn" else {}
+    model = build_model(cfg.model, state["input_shape"], state["num_classes"], **kwargs)
     model.load_state_dict(state["model"])
     return model.to(device).eval(), cfg
 

@@ -28,7 +28,7 @@ from .evaluate import accuracy, evaluate_model, pgd_accuracy
 from .margins import margin_input_dim
 from .models import build_model
 from .objectives import OBJECTIVES, Objective, combine
-from .weighting import WeightInputs, WeightNet, Weighting, build_weighting, weight_stats
+from .weighting import WeightInputs, WeightNet, Weighting, as_mean_one, build_weighting
 
 CHECKPOINT_NAME = "checkpoint.pt"
 EpochCallback = Callable[[dict[str, Any], "Path | None"], None]
@@ -259,10 +259,14 @@ def _accumulate(acc: dict[str, torch.Tensor], loss_sum, n: int, w, raw) -> None:
                    raw_sum=torch.zeros((), device=loss_sum.device))
     acc["loss"] += loss_sum.float()
     acc["n"] += n
-    if w is None:
-        w = raw = torch.ones(n, device=loss_sum.device)
-    w = w.detach().float()
-    w1 = w / w.mean().clamp_min(1e-12)  # the mean-1 normalised weights
+    if w is None:  # uniform: every weight is 1 (no tensors allocated in the hot loop)
+        acc["w_sum"] += n
+        acc["w_sq"] += n
+        acc["w_min"].clamp_(max=1.0)
+        acc["w_max"].clamp_(min=1.0)
+        acc["raw_sum"] += n
+        return
+    w1 = as_mean_one(w)
     acc["w_sum"] += w1.sum()
     acc["w_sq"] += (w1 * w1).sum()
     acc["w_min"] = torch.minimum(acc["w_min"], w1.min())
@@ -393,4 +397,5 @@ def _finish_run(run: _Run) -> TrainResult:
     run.model.eval()
     return TrainResult(cfg, run.history, final, run.model, run.weight_net,
                        best_state={"model": run.best["model"], "weight_net": run.best["weight_net"],
-                                   "epoch": run.best["epoch"]})
+                                   "epoch": run.best["epoch"], "input_shape": list(d.input_shape),
+                                   "num_classes": d.num_classes})

@@ -219,10 +219,15 @@ def build_weighting(cfg) -> Weighting:
     return WEIGHTINGS.get(cfg.weighting)(cfg)
 
 
+def as_mean_one(w: torch.Tensor) -> torch.Tensor:
+    """The loss-scale weights rescaled to mean 1 (how every weighting's statistics are logged)."""
+    w = w.detach().float()
+    return w / w.mean().clamp_min(1e-12)
+
+
 def weight_stats(w: torch.Tensor, raw: torch.Tensor) -> dict[str, torch.Tensor]:
     """Device-side statistics of one batch's weights: the mean-1 normalised weights (std, min,
     max) and the raw mean. No host sync."""
-    w = w.detach()
-    w1 = w / w.mean().clamp_min(1e-12)
+    w1 = as_mean_one(w)
     return {"weight_std": w1.std(unbiased=False), "weight_min": w1.min(), "weight_max": w1.max(),
             "weight_raw_mean": raw.detach().float().mean()}

@@ -1,6 +1,9 @@
 """Small helpers shared by the test modules (not a test file)."""
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,3 +29,16 @@ def digits_mlp(steps: int = 150) -> tuple[nn.Module, torch.Tensor, torch.Tensor]
     torch.set_num_threads(threads)
     opt.zero_grad(set_to_none=True)
     return model, x, y
+
+
+def running_epochs(db: Path) -> int:
+    """Per-epoch val_pgd_acc rows logged by MLflow runs still RUNNING, read straight from SQLite
+    (0 while the database does not exist yet or is locked)."""
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(db, timeout=5) as con:
+            return con.execute("select count(*) from metrics m join runs r on m.run_uuid = r.run_uuid "
+                               "where m.key='val_pgd_acc' and r.status='RUNNING'").fetchone()[0]
+    except sqlite3.Error:
+        return 0

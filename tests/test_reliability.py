@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -18,6 +17,8 @@ from mlflow.tracking import MlflowClient
 
 from bilaw.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from tune.run_search import main
+
+from helpers import running_epochs
 from tune.search import _redacted_command
 from tune.tracking import flatten_params, redact_uri
 
@@ -112,15 +113,6 @@ def test_diverging_trial_fails_clearly_while_others_finish(tmp_path):
     assert good.info.status == "FINISHED" and "test_clean_acc" in good.data.metrics
 
 
-def _running_epochs(db: Path) -> int:
-    try:
-        with sqlite3.connect(db, timeout=5) as con:
-            return con.execute("select count(*) from metrics m join runs r on m.run_uuid = r.run_uuid "
-                               "where m.key='val_pgd_acc' and r.status='RUNNING'").fetchone()[0]
-    except sqlite3.Error:
-        return 0
-
-
 def _trial_workers() -> list[int]:
     pids = []
     for proc in Path("/proc").glob("[0-9]*"):
@@ -142,7 +134,7 @@ def test_killed_trial_worker_resumes_from_its_checkpoint(tmp_path):
                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and _running_epochs(db) < 2:
+        while time.monotonic() < deadline and running_epochs(db) < 2:
             time.sleep(0.2)
         workers = _trial_workers()
         assert len(workers) == 1, (tmp_path / "driver.log").read_text()[-3000:]

@@ -15,22 +15,18 @@ from mlflow.tracking import MlflowClient
 
 from tune.run_search import main
 
+from helpers import running_epochs
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _progress(db: Path) -> tuple[int, int]:
-    """(children finished, epochs logged by the running children), read straight from SQLite."""
-    if not db.exists():
-        return 0, 0
+def _finished(db: Path) -> int:
+    """Child runs whose trial completed, read straight from SQLite."""
     try:
         with sqlite3.connect(db, timeout=5) as con:
-            done = con.execute("select count(*) from tags where key='trial_status' and value='completed'").fetchone()[0]
-            running = con.execute(
-                "select count(*) from metrics m join runs r on m.run_uuid = r.run_uuid "
-                "where m.key='val_pgd_acc' and r.status='RUNNING'").fetchone()[0]
-        return done, running
+            return con.execute("select count(*) from tags where key='trial_status' and value='completed'").fetchone()[0]
     except sqlite3.Error:
-        return 0, 0
+        return 0
 
 
 def _group_alive(pgid: int) -> list[int]:
@@ -55,8 +51,7 @@ def test_resume_after_the_driver_is_killed(tmp_path):
                                   stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     deadline = time.monotonic() + 400
     while time.monotonic() < deadline and driver.poll() is None:
-        done, running_epochs = _progress(db)
-        if done >= 1 and running_epochs >= 1:
+        if db.exists() and _finished(db) >= 1 and running_epochs(db) >= 1:
             break
         time.sleep(0.5)
     assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
