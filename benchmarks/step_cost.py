@@ -6,8 +6,9 @@
 
 Every variant is built from the same initial model and batch; after warm-up the variants run
 interleaved round-robin (so drift hits all alike) and each timing is a median over repetitions.
-`bilaw_k5` times whole 5-step cycles (meta step once per cycle) divided by 5; `bilaw_fast` uses a
-32-sample validation batch attacked with PGD-3. PERFORMANCE.md has the pass-count floors.
+`bilaw_k5` times whole 5-step cycles (meta step once per cycle) divided by 5; `bilaw_fast` is
+meta_preset=fast (a 32-sample validation batch attacked with PGD-3); `*_jvp` use the Eq. 6 JVP
+hypergradient instead of double backward. PERFORMANCE.md has the pass-count floors.
 """
 from __future__ import annotations
 
@@ -35,7 +36,9 @@ VARIANTS = {  # name -> (config overrides, steps per timed cycle)
     "nonparam": ({"method": "nonparam"}, 1),
     "bilaw": ({"method": "bilaw"}, 1),
     "bilaw_k5": ({"method": "bilaw", "meta_interval": 5}, 5),
-    "bilaw_fast": ({"method": "bilaw", "val_batch_size": 32, "val_pgd_steps": 3}, 1),
+    "bilaw_fast": ({"method": "bilaw", "meta_preset": "fast"}, 1),
+    "bilaw_jvp": ({"method": "bilaw", "hypergrad": "jvp"}, 1),
+    "nonparam_jvp": ({"method": "nonparam", "hypergrad": "jvp"}, 1),
 }
 GATES = {"bilaw": 2.3, "nonparam": 2.3, "trades": 1.25, "bilaw_k5": 1.3, "bilaw_fast": 1.45}
 
@@ -69,10 +72,12 @@ def time_cycle(run: _Run, steps: int, x, y, device: torch.device) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def measure(model: str, reps: int, warmup: int, batch: int, device: torch.device) -> dict:
+def measure(model: str, reps: int, warmup: int, batch: int, device: torch.device,
+            variants: list[str] | None = None) -> dict:
     data = synthetic_bundle(SHAPES[model], batch, device)
     x, y = data.x_train[:batch], data.y_train[:batch]
-    runs = {v: build(model, v, batch, str(device.type), data) for v in VARIANTS}
+    names = ["at"] + [v for v in (variants or VARIANTS) if v != "at"]
+    runs = {v: build(model, v, batch, str(device.type), data) for v in names}
     init = runs["at"].model.state_dict()
     for run in runs.values():  # the same initial classifier for every variant
         run.model.load_state_dict(init)
@@ -102,7 +107,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="fc1,tiny_cnn,small_cnn")
     p.add_argument("--reps", type=int, default=30)
-    p.add_argument("--small-cnn-reps", type=int, default=8, help="fewer reps for small_cnn on the CPU")
+    p.add_argument("--small-cnn-reps", type=int, default=3, help="fewer reps for small_cnn on the CPU")
+    p.add_argument("--small-cnn-batch", type=int, default=32,
+                   help="smaller batch for small_cnn on the CPU (an AT step at 128 is ~800 GFLOP: ~15 s here)")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated; AT is always timed")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -111,6 +119,10 @@ def main(argv=None) -> int:
     p.add_argument("--check", action="store_true", help="exit 1 when a ratio exceeds its gate")
     p.add_argument("--out", default="step_cost.json")
     args = p.parse_args(argv)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        p.error(f"unknown variant(s) {unknown}; allowed: {', '.join(VARIANTS)}")
     if args.tiny:
         args.models, args.reps, args.warmup, args.batch = "fc1", 3, 1, 32
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
@@ -121,18 +133,24 @@ def main(argv=None) -> int:
     result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
               "device_type": device.type, "torch": torch.__version__, "threads": torch.get_num_threads(),
               "batch": args.batch, "models": {}}
+    start = time.perf_counter()
     for model in args.models.split(","):
-        reps = args.small_cnn_reps if model == "small_cnn" and device.type == "cpu" and not args.tiny else args.reps
-        result["models"][model] = measure(model, reps, args.warmup, args.batch, device)
-        print(f"\n{model} ({device.type}, batch {args.batch}, {reps} reps, {torch.get_num_threads()} threads)")
+        cpu_small = model == "small_cnn" and device.type == "cpu" and not args.tiny
+        reps = args.small_cnn_reps if cpu_small else args.reps
+        batch = args.small_cnn_batch if cpu_small else args.batch
+        warmup = min(args.warmup, 1) if cpu_small else args.warmup
+        rows = measure(model, reps, warmup, batch, device, variants)
+        result["models"][model] = {"batch": batch, "reps": reps, "variants": rows}
+        print(f"\n{model} ({device.type}, batch {batch}, {reps} reps, {torch.get_num_threads()} threads)")
         print(f"  {'variant':<11} {'median ms':>10} {'IQR ms':>15} {'x AT':>6} {'gate':>6}")
-        for v, r in result["models"][model].items():
+        for v, r in rows.items():
             gate = f"{r['gate']:.2f}" if r["gate"] else ""
             print(f"  {v:<11} {r['median_ms']:10.2f} {r['q1_ms']:7.2f}-{r['q3_ms']:<7.2f} {r['ratio_to_at']:6.2f} {gate:>6}")
+    result["total_s"] = time.perf_counter() - start
     Path(args.out).write_text(json.dumps(result, indent=1))
-    print(f"\nwrote {args.out}")
+    print(f"\n{result['total_s']:.0f} s in all; wrote {args.out}")
     if args.check:
-        bad = [(m, v, r["ratio_to_at"]) for m, rs in result["models"].items() for v, r in rs.items()
+        bad = [(m, v, r["ratio_to_at"]) for m, rs in result["models"].items() for v, r in rs["variants"].items()
                if r["gate"] and r["ratio_to_at"] > r["gate"]]
         for m, v, ratio in bad:
             print(f"over gate: {m} {v} {ratio:.2f}", file=sys.stderr)

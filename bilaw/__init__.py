@@ -2,6 +2,8 @@
 
 `train(cfg)` runs one config (`TrainConfig`); `load_run(DIR)` loads a finished run's best model.
 Names are imported lazily so that `python -m bilaw.train` / `python -m bilaw.evaluate` run cleanly.
+Once the CLI module `bilaw.train` has been imported, Python binds that name to the module; code
+that may meet it should import the function as `from bilaw.trainer import train`.
 """
 from importlib import import_module
 

@@ -8,11 +8,21 @@ is taken with `torch.func.functional_call` (no model copy), adversarial validati
 crafted at theta~ (or at theta, `val_attack_at=current`), and the unweighted robust validation loss
 L_val(theta~) is differentiated into the weights' parameters (Eq. 6). The look-ahead forwards use
 cloned buffers that are thrown away, so BN statistics change once per real step (A8).
+
+Two exact ways to get dL_val/dw (`hypergrad`):
+- `double_backward`: differentiate through the pseudo-update (create_graph=True), as MAML.
+- `jvp`: Eq. 6's own form. With theta~ = theta - lr/B sum_i w_i grad l_i,
+      dL_val/dw_i = -lr/B <grad_theta~ L_val, grad_theta l_i(theta)>,
+  and the B alignments are one forward-mode JVP of theta -> (l_1..l_B) along the validation
+  gradient. No create_graph memory: one first-order backward and one dual forward.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
+
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
@@ -81,6 +91,58 @@ def lookahead_val_loss(
     return F.cross_entropy(logits, y_val)
 
 
+@dataclass
+class TrainBatch:
+    """What the JVP form recomputes the per-sample weighted terms from: the objective's `terms`
+    function and the real step's inputs."""
+
+    terms_fn: Callable[..., Terms]
+    x: torch.Tensor
+    x_adv: torch.Tensor
+    y: torch.Tensor
+    trades_beta: float
+
+
+def _trainable(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def weight_gradient_jvp(
+    model: nn.Module, batch: TrainBatch, terms: Terms, weights: torch.Tensor, lr: float,
+    x_val: torch.Tensor, y_val: torch.Tensor, val_attack: ValAttack,
+    x_val_adv: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dL_val(theta~)/dw, L_val) by Eq. 6: a first-order pseudo-update, the validation gradient
+    at theta~, and one JVP for the alignments. Equals the double-backward gradient exactly (up to
+    float rounding); real parameters, .grad and BN buffers are left untouched."""
+    params = _trainable(model)
+    names = list(params)
+    grads = torch.autograd.grad(combine(terms, weights.detach()), list(params.values()), retain_graph=True)
+    pseudo = {n: (params[n] - lr * g).detach().requires_grad_(True) for n, g in zip(names, grads)}
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
+    if x_val_adv is None:
+        x_val_adv = val_attack.craft(AtParameters(model, {n: p.detach() for n, p in pseudo.items()}, buffers),
+                                     x_val, y_val)
+    was_training = model.training
+    model.train()
+    try:
+        with torch.enable_grad():
+            val_loss = F.cross_entropy(functional_call(model, (pseudo, buffers), (x_val_adv,)), y_val)
+            v = torch.autograd.grad(val_loss, [pseudo[n] for n in names])
+        direction = dict(zip(names, v))
+        # Forward-mode AD through the real step's forward (train mode, cloned buffers); the dual
+        # API rather than torch.func.jvp, which refuses BN's in-place buffer updates.
+        train_buffers = {n: b.clone() for n, b in model.named_buffers()}
+        with fwAD.dual_level():
+            duals = {n: fwAD.make_dual(params[n].detach(), direction[n]) for n in names}
+            f = lambda inp: functional_call(model, (duals, train_buffers), (inp,))  # noqa: E731
+            out = batch.terms_fn(f, batch.x, batch.x_adv, batch.y, batch.trades_beta).weighted
+            align = fwAD.unpack_dual(out).tangent
+    finally:
+        model.train(was_training)
+    return -lr / weights.numel() * align.detach(), val_loss.detach()
+
+
 def margin_features(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, terms: Terms, margin_input: str, margin_on: str,
 ) -> torch.Tensor:
@@ -117,13 +179,20 @@ def bilaw_meta_step(
     model: nn.Module, weight_net: WeightNet, meta_optimizer: torch.optim.Optimizer,
     terms: Terms, features: torch.Tensor, lr: float,
     x_val: torch.Tensor, y_val: torch.Tensor, val_attack: ValAttack,
+    hypergrad: str = "double_backward", batch: TrainBatch | None = None,
 ) -> torch.Tensor:
-    """Algorithm 1 lines 5-6: update the weight net with the meta-gradient; returns L_val."""
+    """Algorithm 1 lines 5-6: update the weight net with the meta-gradient; returns L_val.
+    `batch` is needed for hypergrad="jvp"."""
     x_val_adv = val_attack.craft(model, x_val, y_val) if val_attack.at == "current" else None
     weights, _ = bilaw_weights(weight_net, features)
-    val_loss = lookahead_val_loss(model, terms, weights, lr, x_val, y_val, val_attack, x_val_adv)
     meta_params = [p for p in weight_net.parameters() if p.requires_grad]
-    grads = torch.autograd.grad(val_loss, meta_params)
+    if hypergrad == "jvp":
+        g_w, val_loss = weight_gradient_jvp(model, _need(batch), terms, weights, lr, x_val, y_val,
+                                            val_attack, x_val_adv)
+        grads = torch.autograd.grad(weights, meta_params, grad_outputs=g_w)
+    else:
+        val_loss = lookahead_val_loss(model, terms, weights, lr, x_val, y_val, val_attack, x_val_adv)
+        grads = torch.autograd.grad(val_loss, meta_params)
     for p, g in zip(meta_params, grads):
         p.grad = g
     meta_optimizer.step()
@@ -133,13 +202,23 @@ def bilaw_meta_step(
 
 def nonparam_weights(
     model: nn.Module, terms: Terms, lr: float, x_val: torch.Tensor, y_val: torch.Tensor, val_attack: ValAttack,
+    hypergrad: str = "double_backward", batch: TrainBatch | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradient-alignment weights (L2RW, seed Sec. 4 variant 1): eps = 0 per sample,
     w~ = max(-dL_val(theta~(eps))/d eps, 0), normalised with the zero-sum guard.
     Returns (loss-scale weights B * w~/sum, raw w~)."""
     eps = torch.zeros_like(terms.weighted.detach(), requires_grad=True)
     x_val_adv = val_attack.craft(model, x_val, y_val) if val_attack.at == "current" else None
-    val_loss = lookahead_val_loss(model, terms, eps, lr, x_val, y_val, val_attack, x_val_adv)
-    (g_eps,) = torch.autograd.grad(val_loss, eps)
+    if hypergrad == "jvp":
+        g_eps, _ = weight_gradient_jvp(model, _need(batch), terms, eps, lr, x_val, y_val, val_attack, x_val_adv)
+    else:
+        val_loss = lookahead_val_loss(model, terms, eps, lr, x_val, y_val, val_attack, x_val_adv)
+        (g_eps,) = torch.autograd.grad(val_loss, eps)
     raw = torch.clamp(-g_eps, min=0)
     return raw.numel() * normalize_guarded(raw), raw
+
+
+def _need(batch: TrainBatch | None) -> TrainBatch:
+    if batch is None:
+        raise ValueError("hypergrad='jvp' needs the training batch (batch=TrainBatch(...))")
+    return batch

@@ -51,6 +51,9 @@ DEFAULT_EPS = {
 }
 # digits has 1,437 training images: the paper's 1,000-sample validation sets do not fit.
 DEFAULT_VAL_SIZE = {"digits": 150}
+# meta_preset "fast": a smaller, weaker validation attack per meta step (docs/performance.md).
+FAST_VAL_BATCH, FAST_VAL_PGD_STEPS = 32, 3
+HYPERGRADS = ("double_backward", "jvp")
 PAPER_VAL_SIZE = 1000
 
 
@@ -118,8 +121,10 @@ class TrainConfig:
     meta_optimizer: str = "adam"
     meta_interval: int = 1
     val_attack_at: str = "pseudo"
-    val_batch_size: int | None = None    # derived: batch_size
-    val_pgd_steps: int | None = None     # derived: pgd_steps
+    meta_preset: str = "exact"           # "fast": validation batch 32 and PGD-3 unless set
+    val_batch_size: int | None = None    # derived: batch_size (fast: 32)
+    val_pgd_steps: int | None = None     # derived: pgd_steps (fast: 3)
+    hypergrad: str = "double_backward"   # or "jvp": Eq. 6 as one forward-mode JVP (same value)
     burn_in_epochs: int | None = None    # derived per weighting (METHODS.md A13)
     # heuristic baselines
     gairat_lambda: float = -1.0
@@ -143,10 +148,16 @@ class TrainConfig:
     aa_attacks: list[str] | None = None  # a cheap custom AutoAttack subset, e.g. [apgd-ce]
     aa_n_iter: int | None = None         # iterations of the custom subset's APGD attacks
     eval_batch_size: int = 1024
+    # interpretability (bilaw/analysis.py, bilaw/plots.py)
+    analysis_samples: int = 1000         # training and test samples analysed at the end; 0 = none
+    plots: bool = True                   # write OUT/plots/*.png (needs analysis_samples > 0)
+    plot_every: int = 0                  # also redraw the plots every N epochs (0 = at the end only)
     # run
     seed: int = 0
     device: str = "auto"
-    amp: bool = False
+    amp: bool = False                    # bf16 autocast of the attack loops (CUDA only)
+    channels_last: bool = False          # channels_last memory format for conv models
+    compile: bool = False                # torch.compile the forward of the attacks and real step
 
     # ----- construction -------------------------------------------------------------------
     @classmethod
@@ -198,8 +209,10 @@ class TrainConfig:
             c.eps = DEFAULT_EPS[(c.dataset, c.norm)]
         if c.pgd_step_size is None:
             c.pgd_step_size = c.eps / 4
-        c.val_batch_size = c.val_batch_size or c.batch_size
-        c.val_pgd_steps = c.pgd_steps if c.val_pgd_steps is None else c.val_pgd_steps
+        fast = c.meta_preset == "fast"
+        c.val_batch_size = c.val_batch_size or (FAST_VAL_BATCH if fast else c.batch_size)
+        if c.val_pgd_steps is None:
+            c.val_pgd_steps = min(FAST_VAL_PGD_STEPS, c.pgd_steps) if fast else c.pgd_steps
         default_val = DEFAULT_VAL_SIZE.get(c.dataset, PAPER_VAL_SIZE)
         c.meta_val_size = default_val if c.meta_val_size is None else c.meta_val_size
         c.holdout_val_size = default_val if c.holdout_val_size is None else c.holdout_val_size
@@ -359,7 +372,8 @@ _CHECKS = [
     _choice("objective", OBJECTIVE_NAMES), _choice("weighting", WEIGHTING_NAMES),
     _choice("norm", NORM_NAMES), _choice("margin_input", MARGIN_INPUT_NAMES, "margin input"),
     _choice("margin_on", ("clean", "adv")), _choice("meta_optimizer", ("adam", "sgd")),
-    _choice("val_attack_at", ("pseudo", "current")), _choice("gairat_schedule", ("fixed", "linear", "piecewise")),
+    _choice("val_attack_at", ("pseudo", "current")), _choice("meta_preset", ("exact", "fast")),
+    _choice("hypergrad", HYPERGRADS), _choice("gairat_schedule", ("fixed", "linear", "piecewise")),
     _choice("gairat_weight_fn", ("tanh", "sigmoid", "discrete")), _choice("device", ("auto", "cpu", "cuda")),
     _choice("aa_version", ("standard", "plus", "rand")),
     _range("eps", 0, 1, lo_open=True), _range("pgd_step_size", 0, lo_open=True),
@@ -370,7 +384,7 @@ _CHECKS = [
     _range("meta_lr", 0, lo_open=True), _range("meta_weight_decay", 0), _range("meta_interval", 1),
     _range("burn_in_epochs", 0), _range("wmmr_alpha", 0), _range("mail_gamma", 0),
     _range("meta_val_size", 0), _range("holdout_val_size", 1), _range("label_noise", 0, 1, hi_open=True),
-    _range("aa_samples", 0), _range("aa_n_iter", 1), _range("wrn_depth", 8), _range("wrn_width", 1), _range("seed", 0),
+    _range("aa_samples", 0), _range("aa_n_iter", 1), _range("analysis_samples", 0), _range("plot_every", 0), _range("wrn_depth", 8), _range("wrn_width", 1), _range("seed", 0),
     _check_weight_net, _check_milestones, _check_gairat,
 ]
 

@@ -2,7 +2,9 @@
 re-evaluating it (`python -m bilaw.evaluate DIR`).
 
 Layout: DIR/config.yaml (resolved config), DIR/metrics.json ({"history": [...], "final": {...}}),
-DIR/best.pt (the best state's model and weight net, loadable with weights_only=True).
+DIR/best.pt (the best state's model and weight net, loadable with weights_only=True),
+DIR/analysis.pt (the per-sample training weights of every epoch, the weight trace and the
+end-of-training analysis of `bilaw/analysis.py`; weights_only) and DIR/plots/*.png.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from .data import MissingDatasetError, load_data
 from .models import build_model
 
 BEST_NAME = "best.pt"
+ANALYSIS_NAME = "analysis.pt"
 
 
 def _jsonable(value: Any) -> Any:
@@ -46,7 +49,23 @@ def save_run(result, out_dir: str | Path) -> Path:
                      "epoch": result.best_state.get("epoch", -1),
                      "input_shape": result.best_state["input_shape"], "num_classes": result.best_state["num_classes"],
                      "config": result.config.to_dict()}, out / BEST_NAME)
+    if result.analysis is not None or result.sample_weights is not None:
+        save_checkpoint({"analysis": result.analysis, "sample_weights": result.sample_weights,
+                         "trace": result.trace}, out / ANALYSIS_NAME)
+    if result.analysis is not None and result.config.plots:
+        from .plots import write_plots
+
+        write_plots(out / "plots", analysis=result.analysis, history=result.history, trace=result.trace,
+                    final=result.final)
     return out
+
+
+def load_analysis(run_dir: str | Path) -> dict[str, Any]:
+    """DIR/analysis.pt: {"analysis", "sample_weights" (epochs, n_train), "trace"}."""
+    path = Path(run_dir) / ANALYSIS_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} has no {ANALYSIS_NAME} (runs with analysis_samples: 0 write none)")
+    return load_checkpoint(path)
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, TrainConfig]:

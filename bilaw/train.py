@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"best epoch {f['best_epoch'] + 1}: test clean {f['test_clean_acc']:.4f}  PGD-{cfg.eval_pgd_steps} "
           f"{f['test_pgd_acc']:.4f}{aa}  | last epoch: clean {f['last_test_clean_acc']:.4f}  "
           f"PGD {f['last_test_pgd_acc']:.4f}")
-    print(f"wrote {out}/config.yaml, metrics.json, best.pt")
+    extra = "".join(f", {name}" for name in ("analysis.pt", "plots/") if (out / name).exists())
+    print(f"wrote {out}/config.yaml, metrics.json, best.pt{extra}")
     return 0
 
 

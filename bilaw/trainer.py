@@ -19,8 +19,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from .analysis import TRACE_SIZE, collect, fixed_subset, noise_weight_means, trace_weights, weight_auroc
 from .attacks import pgd, trades_attack
-from .bilevel import ValAttack, bilaw_meta_step, bilaw_weights, margin_features, nonparam_weights
+from .bilevel import TrainBatch, ValAttack, bilaw_meta_step, bilaw_weights, margin_features, nonparam_weights
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import ConfigError, TrainConfig
 from .data import CyclingBatches, DataBundle, augment_crop_flip, batch_indices, load_data
@@ -33,7 +34,8 @@ from .weighting import WeightInputs, WeightNet, Weighting, as_mean_one, build_we
 CHECKPOINT_NAME = "checkpoint.pt"
 EpochCallback = Callable[[dict[str, Any], "Path | None"], None]
 # Keys of the config that may differ between a checkpoint and the run resuming it.
-RESUME_FREE_KEYS = ("device", "data_dir", "aa_samples", "aa_version", "aa_attacks", "aa_n_iter", "eval_batch_size")
+RESUME_FREE_KEYS = ("device", "data_dir", "aa_samples", "aa_version", "aa_attacks", "aa_n_iter", "eval_batch_size",
+                    "analysis_samples", "plots", "plot_every")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -51,6 +53,9 @@ class TrainResult:
     model: nn.Module
     weight_net: WeightNet | None = None
     best_state: dict[str, Any] = field(default_factory=dict)
+    analysis: dict[str, Any] | None = None        # bilaw/analysis.py `collect`, at the last state
+    sample_weights: torch.Tensor | None = None    # (epochs, n_train) recorded training weights
+    trace: list[dict[str, list[float]]] = field(default_factory=list)  # Fig. 5, per epoch
 
 
 def resolve_device(name: str) -> torch.device:
@@ -81,6 +86,11 @@ class _Run:
             device=self.device, include_val_in_train=cfg.baselines_full_train and not self.learned)
         kwargs = {"depth": cfg.wrn_depth, "widen_factor": cfg.wrn_width} if cfg.model == "wrn" else {}
         self.model = build_model(cfg.model, self.data.input_shape, self.data.num_classes, **kwargs).to(self.device)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        # The attacks and the real step call `forward` (compiled when asked); the bilevel look-ahead
+        # and evaluation call the eager module, which shares its parameters.
+        self.forward: nn.Module = torch.compile(self.model) if cfg.compile else self.model
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay)
         self.objective: Objective = OBJECTIVES.get(cfg.objective)
@@ -97,6 +107,15 @@ class _Run:
         self.val_attack = ValAttack(cfg.norm, cfg.eps, cfg.val_pgd_steps, cfg.pgd_step_size,
                                     self.gens["attack"], cfg.val_attack_at, self.amp)
         self.epoch, self.step = 0, 0
+        n_train = len(self.data.y_train)
+        self.epoch_weights = torch.ones(n_train, device=self.device)  # this epoch's weight per sample
+        self.sample_weights: list[torch.Tensor] = []                  # one (n_train,) CPU tensor per epoch
+        self.noisy_mask = None
+        if len(self.data.noisy_idx):
+            self.noisy_mask = torch.zeros(n_train, dtype=torch.bool, device=self.device)
+            self.noisy_mask[self.data.noisy_idx] = True
+        self.trace_idx = fixed_subset(n_train, TRACE_SIZE, cfg.seed).to(self.device)
+        self.trace: list[dict[str, list[float]]] = []                 # Fig. 5, one entry per epoch
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"val_pgd_acc": -1.0, "epoch": -1, "model": None, "weight_net": None}
 
@@ -135,45 +154,53 @@ class _Run:
             return x, None
         with self.autocast():
             if kind == "trades":
-                return trades_attack(self.model, x, norm=cfg.norm, eps=cfg.eps, steps=cfg.pgd_steps,
+                return trades_attack(self.forward, x, norm=cfg.norm, eps=cfg.eps, steps=cfg.pgd_steps,
                                      step_size=cfg.pgd_step_size, generator=self.gens["attack"]), None
-            out = pgd(self.model, x, y, norm=cfg.norm, eps=cfg.eps, steps=cfg.pgd_steps,
+            out = pgd(self.forward, x, y, norm=cfg.norm, eps=cfg.eps, steps=cfg.pgd_steps,
                       step_size=cfg.pgd_step_size, generator=self.gens["attack"],
                       return_kappa=self.weighting.needs_kappa,
                       loss_fn=self.weighting.attack_loss if active else None)
         return out if self.weighting.needs_kappa else (out, None)
 
-    def weights_for(self, terms, x, y, kappa, active: bool, lr: float):
+    def weights_for(self, terms, x, x_adv, y, kappa, active: bool, lr: float):
         """(loss-scale weights or None for uniform, raw weights or None)."""
-        if not active or self.cfg.weighting == "none":
+        cfg = self.cfg
+        if not active or cfg.weighting == "none":
             return None, None
-        if self.cfg.weighting == "bilaw":
-            feats = margin_features(self.model, x, y, terms, self.cfg.margin_input, self.cfg.margin_on)
-            if self.step % self.cfg.meta_interval == 0:
+        batch = TrainBatch(self.objective.terms, x, x_adv, y, cfg.trades_beta)
+        if cfg.weighting == "bilaw":
+            feats = margin_features(self.model, x, y, terms, cfg.margin_input, cfg.margin_on)
+            if self.step % cfg.meta_interval == 0:
                 x_val, y_val = next(self.meta_batches)
                 bilaw_meta_step(self.model, self.weight_net, self.meta_optimizer, terms, feats, lr,
-                                x_val, y_val, self.val_attack)
+                                x_val, y_val, self.val_attack, cfg.hypergrad, batch)
             with torch.no_grad():
                 return bilaw_weights(self.weight_net, feats)
-        if self.cfg.weighting == "nonparam":
-            if self.step % self.cfg.meta_interval != 0:
+        if cfg.weighting == "nonparam":
+            if self.step % cfg.meta_interval != 0:
                 return None, None  # uniform between alignment steps
             x_val, y_val = next(self.meta_batches)
-            return nonparam_weights(self.model, terms, lr, x_val, y_val, self.val_attack)
+            return nonparam_weights(self.model, terms, lr, x_val, y_val, self.val_attack, cfg.hypergrad, batch)
         out = self.weighting.compute(WeightInputs(y, terms.logits_adv, kappa, self.epoch))
         return out.w, out.raw
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor, lr: float, acc: dict[str, torch.Tensor]) -> None:
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, lr: float, acc: dict[str, torch.Tensor],
+                   idx: torch.Tensor | None = None) -> None:
+        """One step on batch (x, y); `idx` (the batch's training-set indices) records its weights."""
         active = self.epoch >= self.cfg.burn_in_epochs
+        if self.cfg.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         x_adv, kappa = self.craft(x, y, active)
         self.model.train()
-        terms = self.objective.terms(self.model, x, x_adv, y, self.cfg.trades_beta)
-        w, raw = self.weights_for(terms, x, y, kappa, active, lr)
+        terms = self.objective.terms(self.forward, x, x_adv, y, self.cfg.trades_beta)
+        w, raw = self.weights_for(terms, x, x_adv, y, kappa, active, lr)
         loss = combine(terms, w)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         self.step += 1
+        if idx is not None and w is not None:
+            self.epoch_weights[idx] = as_mean_one(w)
         _accumulate(acc, loss.detach() * len(y), len(y), w, raw)
 
     # ----- one epoch -------------------------------------------------------------------------
@@ -183,6 +210,7 @@ class _Run:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         acc: dict[str, torch.Tensor] = {}
+        self.epoch_weights.fill_(1.0)
         self._sync()
         start = time.perf_counter()
         batches = batch_indices(len(data.y_train), cfg.batch_size, generator=self.gens["data"], device=self.device)
@@ -190,10 +218,14 @@ class _Run:
             x, y = data.x_train[idx], data.y_train[idx]
             if data.augment:
                 x = augment_crop_flip(x, self.gens["data"])
-            self.train_step(x, y, lr, acc)
+            self.train_step(x, y, lr, acc, idx)
         self._sync()
-        metrics = _finish(acc)  # the epoch's one host read
-        metrics.update(lr=lr, epoch_time_s=time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        if self.noisy_mask is not None:
+            acc.update(noise_weight_means(self.epoch_weights, self.noisy_mask))
+        metrics = _finish(acc)  # the epoch's one host read (with the per-sample weights' copy below)
+        self.sample_weights.append(self.epoch_weights.to("cpu", copy=True))
+        metrics.update(lr=lr, epoch_time_s=elapsed)
         if not math.isfinite(metrics["train_loss"]):
             raise NonFiniteLossError(
                 f"training loss became {metrics['train_loss']} in epoch {self.epoch} "
@@ -232,6 +264,8 @@ class _Run:
             "meta_optimizer": None if self.meta_optimizer is None else self.meta_optimizer.state_dict(),
             "meta_batches": None if self.meta_batches is None else self.meta_batches.state_dict(),
             "rng": rng_state(self.gens), "best": self.best, "history": self.history,
+            "sample_weights": torch.stack(self.sample_weights) if self.sample_weights else None,
+            "trace": self.trace,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -247,6 +281,9 @@ class _Run:
         # the meta generator is restored by meta_batches; the rest here
         set_rng_state(state["rng"], {k: g for k, g in self.gens.items() if k != "meta"})
         self.best, self.history = state["best"], list(state["history"])
+        weights = state.get("sample_weights")
+        self.sample_weights = [] if weights is None else list(weights.unbind(0))
+        self.trace = list(state.get("trace") or [])
 
 
 def _accumulate(acc: dict[str, torch.Tensor], loss_sum, n: int, w, raw) -> None:
@@ -275,11 +312,13 @@ def _accumulate(acc: dict[str, torch.Tensor], loss_sum, n: int, w, raw) -> None:
 
 
 def _finish(acc: dict[str, torch.Tensor]) -> dict[str, float]:
-    v = {k: t.item() for k, t in acc.items()}
+    v = dict(zip(acc, torch.stack([t.float() for t in acc.values()]).tolist()))
     n = max(v["n"], 1.0)
     mean = v["w_sum"] / n
-    return {"train_loss": v["loss"] / n, "weight_std": math.sqrt(max(v["w_sq"] / n - mean * mean, 0.0)),
-            "weight_min": v["w_min"], "weight_max": v["w_max"], "weight_raw_mean": v["raw_sum"] / n}
+    out = {"train_loss": v["loss"] / n, "weight_std": math.sqrt(max(v["w_sq"] / n - mean * mean, 0.0)),
+           "weight_min": v["w_min"], "weight_max": v["w_max"], "weight_raw_mean": v["raw_sum"] / n}
+    out.update({k: v[k] for k in ("weight_mean_noisy", "weight_mean_clean") if k in v})
+    return out
 
 
 def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -288,6 +327,8 @@ def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
 
 def _check_same_config(saved: dict[str, Any], cfg: TrainConfig) -> None:
     now = cfg.to_dict()
+    defaults = TrainConfig().to_dict()  # keys added after the checkpoint was written had their default
+    saved = {**{k: defaults[k] for k in now if k not in saved}, **saved}
     diff = [k for k in now if k not in RESUME_FREE_KEYS and saved.get(k) != now[k]
             and not (_both_nan(saved.get(k), now[k]))]
     if diff:
@@ -348,7 +389,14 @@ def train(
     last = cfg.epochs if stop_after is None else min(stop_after, cfg.epochs)
     result = None
     while run.epoch < last and not _early_stopped(run):
-        metrics = {"epoch": run.epoch, **run.train_epoch(wrap), **run.validate()}
+        metrics = {"epoch": run.epoch, **run.train_epoch(wrap)}
+        start = time.perf_counter()
+        metrics.update(run.validate())
+        metrics["eval_time_s"] = time.perf_counter() - start
+        if cfg.analysis_samples > 0:
+            trace = trace_weights(run, run.trace_idx)
+            if trace is not None:
+                run.trace.append(trace)
         run.update_best(metrics)
         run.history.append(metrics)
         run.epoch += 1
@@ -357,6 +405,8 @@ def train(
         if log:
             log(format_epoch(metrics, cfg.epochs))
         finished = run.epoch >= cfg.epochs or _early_stopped(run)
+        if cfg.plot_every and run.epoch % cfg.plot_every == 0 and not finished and ckpt is not None:
+            _draw_interim_plots(run, ckpt.parent / "plots")
         if finished:  # the last epoch's report carries the test metrics (a scheduler may stop after it)
             result = _finish_run(run)
             metrics.update(scalar_final(result.final))
@@ -378,6 +428,8 @@ def _early_stopped(run: _Run) -> bool:
 def _finish_run(run: _Run) -> TrainResult:
     """Test metrics of the last state (clean, PGD) and of the best state (clean, PGD, AA)."""
     cfg, d = run.cfg, run.data
+    start = time.perf_counter()
+    analysis = collect(run, run.sample_weights, cfg.analysis_samples) if cfg.analysis_samples > 0 else None
     last = evaluate_model(run.model, d.x_test, d.y_test, num_classes=d.num_classes, norm=cfg.norm, eps=cfg.eps,
                           pgd_steps=cfg.eval_pgd_steps, seed=cfg.seed, batch_size=cfg.eval_batch_size)
     if run.best["model"] is not None:
@@ -394,8 +446,27 @@ def _finish_run(run: _Run) -> TrainResult:
              "test_per_class_pgd_acc": best["per_class_pgd_acc"], "test_adv_confusion": best["adv_confusion"]}
     if "aa_acc" in best:
         final["test_aa_acc"] = best["aa_acc"]
+    final.update({f"test_pgd_acc_class_{k}": v for k, v in enumerate(best["per_class_pgd_acc"]) if v == v})
+    if analysis is not None and cfg.weighting != "none":
+        auroc = weight_auroc(analysis["weights"], analysis["misclassified_adv"])
+        if auroc == auroc:
+            final["weight_pgd_auroc"] = auroc
+    final["test_eval_time_s"] = time.perf_counter() - start
     run.model.eval()
     return TrainResult(cfg, run.history, final, run.model, run.weight_net,
                        best_state={"model": run.best["model"], "weight_net": run.best["weight_net"],
                                    "epoch": run.best["epoch"], "input_shape": list(d.input_shape),
-                                   "num_classes": d.num_classes})
+                                   "num_classes": d.num_classes},
+                       analysis=analysis,
+                       sample_weights=torch.stack(run.sample_weights) if run.sample_weights else None,
+                       trace=list(run.trace))
+
+
+def _draw_interim_plots(run: _Run, folder: Path) -> None:
+    """`plot_every`: the plots at the current state, overwritten each time (the trainer's own
+    RNG streams and BN statistics are untouched)."""
+    from .plots import write_plots
+
+    analysis = collect(run, run.sample_weights, run.cfg.analysis_samples) if run.cfg.analysis_samples else None
+    if analysis is not None and run.cfg.plots:
+        write_plots(folder, analysis=analysis, history=run.history, trace=run.trace, final=None)

@@ -1,9 +1,12 @@
-"""The step-cost benchmark runs in its tiny mode and writes every field its docs table shows."""
+"""Both benchmarks run in their tiny modes and write every field their docs tables show."""
 from __future__ import annotations
 
 import importlib.util
 import json
 from pathlib import Path
+
+import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -21,11 +24,38 @@ def test_step_cost_tiny_mode_writes_its_table(tmp_path, capsys):
     assert bench.main(["--tiny", "--device", "cpu", "--out", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["device_type"] == "cpu" and data["torch"] and data["threads"] >= 1
-    rows = data["models"]["fc1"]
-    assert set(rows) == set(bench.VARIANTS)
+    assert data["models"]["fc1"]["batch"] == 32 and data["models"]["fc1"]["reps"] == 3 and data["total_s"] > 0
+    rows = data["models"]["fc1"]["variants"]
+    assert set(rows) == set(bench.VARIANTS)  # every variant, the JVP and fast ones included
     for variant, row in rows.items():
         assert {"median_ms", "q1_ms", "q3_ms", "ratio_to_at", "gate", "peak_mem_mb", "reps"} <= set(row)
         assert row["q1_ms"] <= row["median_ms"] <= row["q3_ms"] and row["reps"] == 3
     assert rows["at"]["ratio_to_at"] == 1.0
     assert rows["plain"]["ratio_to_at"] < 1.0 < rows["bilaw"]["ratio_to_at"]  # BiLAW does strictly more work
     assert "bilaw_k5" in capsys.readouterr().out
+
+
+def test_search_overhead_tiny_mode_writes_its_table(tmp_path, capsys):
+    bench = _load("search_overhead")
+    out = tmp_path / "search_overhead.json"
+    assert bench.main(["--tiny", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert set(data["versions"]) == {"ray", "optuna", "mlflow", "torch"} and data["cpus"] >= 1
+    o = data["overhead"]
+    assert {"workload", "epochs", "trials", "concurrency", "wall_s", "trainer_s_sum", "ideal_wall_s", "overhead",
+            "gate", "trial_trainer_s"} <= set(o)
+    assert o["trials"] == 2 and len(o["trial_trainer_s"]) == 2 and all(t > 0 for t in o["trial_trainer_s"])
+    assert o["trainer_s_sum"] == sum(o["trial_trainer_s"])
+    assert o["ideal_wall_s"] == o["trainer_s_sum"] / o["concurrency"]
+    assert o["overhead"] == o["wall_s"] / o["ideal_wall_s"] - 1 and o["wall_s"] > o["ideal_wall_s"]
+    assert "overhead" in capsys.readouterr().out
+
+
+def test_search_overhead_refuses_gpu_packing_without_cuda(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    bench = _load("search_overhead")
+    with pytest.raises(SystemExit):
+        bench.main(["--gpu-packing", "1,2,4", "--out", str(tmp_path / "x.json")])
+    assert "--gpu-packing 1,2,4: no CUDA device here" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()

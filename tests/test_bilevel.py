@@ -10,7 +10,8 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
-from bilaw.bilevel import ValAttack, bilaw_meta_step, bilaw_weights, lookahead_val_loss, nonparam_weights
+from bilaw.bilevel import (TrainBatch, ValAttack, bilaw_meta_step, bilaw_weights, lookahead_val_loss,
+                           nonparam_weights)
 from bilaw.objectives import OBJECTIVES
 from bilaw.weighting import WeightNet
 
@@ -172,3 +173,62 @@ def test_val_attack_at_pseudo_parameters_is_inside_the_ball():
                     torch.randint(0, 10, (8,)), attack)
     delta = seen["x_adv"] - seen["x"]
     assert delta.abs().max() <= 0.1 + 1e-6 and delta.abs().max() > 0
+
+
+def _bn_problem(seed=0, dtype=torch.float64):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(3 * 6 * 6, K)).to(dtype)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(B, 1, 6, 6, generator=g, dtype=dtype)
+    x_adv = (x + 0.05 * torch.randn(x.shape, generator=g, dtype=dtype)).clamp(0, 1)
+    y = torch.randint(0, K, (B,), generator=g)
+    x_val, y_val = torch.rand(N_VAL, 1, 6, 6, generator=g, dtype=dtype), torch.randint(0, K, (N_VAL,), generator=g)
+    return model, x, x_adv, y, x_val, y_val
+
+
+@pytest.mark.parametrize("objective", ["at", "trades"])
+def test_jvp_meta_step_equals_double_backward_with_batchnorm(objective):
+    """Eq. 6 as one JVP gives the same weight-net update as differentiating through the
+    pseudo-step, for a BN model in train mode (batch statistics couple the samples)."""
+    model, x, x_adv, y, x_val, y_val = _bn_problem()
+    model.train()
+    feats = torch.rand(B, K, dtype=torch.float64)
+    updated = {}
+    for mode in ("double_backward", "jvp"):
+        torch.manual_seed(5)
+        net = WeightNet(K, (6,)).to(torch.float64)
+        opt = torch.optim.SGD(net.parameters(), lr=1.0)
+        terms = OBJECTIVES.get(objective).terms(model, x, x_adv, y, 6.0)
+        batch = TrainBatch(OBJECTIVES.get(objective).terms, x, x_adv, y, 6.0)
+        before = copy.deepcopy(dict(model.named_buffers()))
+        bilaw_meta_step(model, net, opt, terms, feats, LR, x_val, y_val, NO_ATTACK, hypergrad=mode, batch=batch)
+        for name, buf in model.named_buffers():
+            assert torch.equal(buf, before[name]), (mode, name)
+        assert all(p.grad is None for p in model.parameters())
+        updated[mode] = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+    torch.manual_seed(5)
+    start = torch.cat([p.detach().reshape(-1) for p in WeightNet(K, (6,)).to(torch.float64).parameters()])
+    step_db, step_jvp = updated["double_backward"] - start, updated["jvp"] - start
+    assert step_db.norm() > 1e-8
+    torch.testing.assert_close(step_jvp, step_db, rtol=1e-9, atol=1e-13)
+
+
+def test_jvp_nonparam_weights_equal_double_backward():
+    model, x, x_adv, y, x_val, y_val = _bn_problem(seed=4)
+    model.train()
+    terms = OBJECTIVES.get("at").terms(model, x, x_adv, y)
+    batch = TrainBatch(OBJECTIVES.get("at").terms, x, x_adv, y, 0.0)
+    w_db, raw_db = nonparam_weights(model, terms, LR, x_val, y_val, NO_ATTACK)
+    w_jvp, raw_jvp = nonparam_weights(model, terms, LR, x_val, y_val, NO_ATTACK, hypergrad="jvp", batch=batch)
+    assert (raw_db > 0).any()
+    torch.testing.assert_close(raw_jvp, raw_db, rtol=1e-9, atol=1e-15)
+    torch.testing.assert_close(w_jvp, w_db, rtol=1e-9, atol=1e-12)
+
+
+def test_jvp_without_the_training_batch_is_a_clear_error():
+    model, net, x, y, x_adv, x_val_adv, y_val, feats = _problem()
+    terms = OBJECTIVES.get("at").terms(model, x, x_adv, y)
+    with pytest.raises(ValueError, match="hypergrad='jvp' needs the training batch"):
+        bilaw_meta_step(model, net, torch.optim.SGD(net.parameters(), lr=0.1), terms, feats, LR,
+                        x_val_adv, y_val, NO_ATTACK, hypergrad="jvp")

@@ -37,7 +37,7 @@ def smoke_search(tmp_path_factory):
     root = tmp_path_factory.mktemp("search")
     uri = f"sqlite:///{root / 'mlruns.db'}"
     argv = ["--space", "ablation_capacity", "--workload", "smoke", "--storage-path", str(root / "ray_results"),
-            "--tracking-uri", uri]
+            "--tracking-uri", uri, "--set", "plots=true"]
     assert main(argv) == 0
     return root, uri
 
@@ -63,7 +63,12 @@ def test_smoke_search_tracks_parent_and_children(smoke_search):
         for key in ("test_clean_acc", "test_pgd_acc", "test_aa_acc", "last_test_pgd_acc"):
             assert 0.0 <= run.data.metrics[key] <= 1.0
         names = {a.path for a in client.list_artifacts(run.info.run_id)}
-        assert {"config.yaml", "metrics.json"} <= names
+        assert {"config.yaml", "metrics.json", "plots"} <= names
+        plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+        assert {"plots/weights_per_class.png", "plots/adv_confusion.png", "plots/weight_extremes.png",
+                "plots/weights_over_epochs.png"} <= plots
+        assert 0.0 <= run.data.metrics["weight_pgd_auroc"] <= 1.0
+        assert {f"test_pgd_acc_class_{k}" for k in range(10)} <= set(run.data.metrics)
 
 
 @pytest.mark.slow

@@ -288,6 +288,7 @@ def build_tuner(plan, tracking: SearchTracking, folder: Path, gpus: float) -> tu
             metric=None if multi else space.metric[0], mode=None if multi else space.mode[0],
             search_alg=make_searcher(plan, folder), scheduler=make_scheduler(plan),
             num_samples=plan.num_samples, max_concurrent_trials=plan.args.max_concurrent,
+            reuse_actors=True,  # later trials skip the worker start-up and imports (benchmarks/search_overhead.py)
             trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
         run_config=tune.RunConfig(
             name=plan.experiment, storage_path=str(plan.storage),

@@ -186,14 +186,15 @@ class SearchTracking:
 
 
 class TrialRun:
-    """Trial side: the child run of one Ray trial, reused when the trial is retried or resumed."""
+    """Trial side: the child run of one Ray trial, reused when the trial is retried or resumed.
+    `key_tag` names the tag that identifies the run (the Ray trial id; reproduce.py's run key)."""
 
     def __init__(self, uri: str, experiment_id: str, parent_run_id: str | None, trial_id: str, trial_name: str,
-                 config: dict[str, Any], tags: dict[str, str] | None = None) -> None:
+                 config: dict[str, Any], tags: dict[str, str] | None = None, key_tag: str = TRIAL_ID_TAG) -> None:
         from mlflow.entities import Param
 
         self.client = _client(uri)
-        found = self.client.search_runs([experiment_id], filter_string=f"tags.{TRIAL_ID_TAG} = '{trial_id}'",
+        found = self.client.search_runs([experiment_id], filter_string=f"tags.{key_tag} = '{trial_id}'",
                                         max_results=1)
         if found:
             self.run_id = found[0].info.run_id
@@ -202,7 +203,7 @@ class TrialRun:
         else:
             parent = {PARENT_TAG: parent_run_id} if parent_run_id else {}
             run = self.client.create_run(experiment_id, run_name=trial_name, tags={
-                **parent, TRIAL_ID_TAG: trial_id, **(tags or {})})
+                **parent, key_tag: trial_id, **(tags or {})})
             self.run_id = run.info.run_id
             params = flatten_params(config)
             items = [Param(k, v) for k, v in params.items()]
@@ -229,6 +230,19 @@ class TrialRun:
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_final(self, final: dict[str, Any], step: int, run_dir: Path) -> None:
+        """The final metrics (at the last epoch's step) and a saved run's files: config.yaml,
+        metrics.json and plots/*.png."""
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, v, ts, step) for k, v in numeric_metrics(final).items()])
+        for name in ("config.yaml", "metrics.json"):
+            if (run_dir / name).is_file():
+                self.log_artifact(run_dir / name)
+        for png in sorted((run_dir / "plots").glob("*.png")):
+            self.log_artifact(png, "plots")
 
     def set_tags(self, tags: dict[str, str]) -> None:
         for k, v in tags.items():

@@ -100,20 +100,6 @@ def train_trial(config: dict[str, Any]) -> None:
 
 
 def _log_final(run: TrialRun, result, work: Path) -> None:
-    from mlflow.entities import Metric
-
     out = save_run(result, work / "run")
-    final = scalar_final(result.final)
-    final.update({f"test_pgd_acc_class_{i}": v for i, v in enumerate(result.final["test_per_class_pgd_acc"])
-                  if v == v})
     step = result.history[-1]["epoch"] if result.history else 0
-
-    def log() -> None:
-        run.client.log_batch(run.run_id, metrics=[Metric(k, float(v), 0, step) for k, v in final.items()])
-        run.log_artifact(out / "config.yaml")
-        run.log_artifact(out / "metrics.json")
-        if (out / "plots").is_dir():
-            for png in sorted((out / "plots").glob("*.png")):
-                run.log_artifact(png, "plots")
-
-    _safe(log)
+    _safe(run.log_final, scalar_final(result.final), step, out)
