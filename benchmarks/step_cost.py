@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bilaw.config import TrainConfig  # noqa: E402
+from bilaw.config import TrainConfig, parse_overrides  # noqa: E402
 from bilaw.data import DataBundle  # noqa: E402
 from bilaw.trainer import _Run  # noqa: E402
 
@@ -52,11 +52,11 @@ def synthetic_bundle(shape, batch: int, device: torch.device, k: int = 10) -> Da
                       False, empty, y)
 
 
-def build(model: str, variant: str, batch: int, device: str, data: DataBundle) -> _Run:
+def build(model: str, variant: str, batch: int, device: str, data: DataBundle, extra: dict | None = None) -> _Run:
     overrides, _ = VARIANTS[variant]
     cfg = TrainConfig.from_dict({"dataset": "mnist", "model": model, "batch_size": batch, "device": device,
                                  "eps": 0.1, "epochs": 10, "meta_val_size": batch, "holdout_val_size": batch,
-                                 "burn_in_epochs": 0, **overrides}).resolved()
+                                 "burn_in_epochs": 0, **(extra or {}), **overrides}).resolved()
     return _Run(cfg, data)
 
 
@@ -73,11 +73,11 @@ def time_cycle(run: _Run, steps: int, x, y, device: torch.device) -> float:
 
 
 def measure(model: str, reps: int, warmup: int, batch: int, device: torch.device,
-            variants: list[str] | None = None) -> dict:
+            variants: list[str] | None = None, extra: dict | None = None) -> dict:
     data = synthetic_bundle(SHAPES[model], batch, device)
     x, y = data.x_train[:batch], data.y_train[:batch]
     names = ["at"] + [v for v in (variants or VARIANTS) if v != "at"]
-    runs = {v: build(model, v, batch, str(device.type), data) for v in names}
+    runs = {v: build(model, v, batch, str(device.type), data, extra) for v in names}
     init = runs["at"].model.state_dict()
     for run in runs.values():  # the same initial classifier for every variant
         run.model.load_state_dict(init)
@@ -111,6 +111,8 @@ def main(argv=None) -> int:
     p.add_argument("--small-cnn-batch", type=int, default=32,
                    help="smaller batch for small_cnn on the CPU (an AT step at 128 is ~800 GFLOP: ~15 s here)")
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated; AT is always timed")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config key for every variant, e.g. amp=true, channels_last=true, compile=true")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -119,6 +121,7 @@ def main(argv=None) -> int:
     p.add_argument("--check", action="store_true", help="exit 1 when a ratio exceeds its gate")
     p.add_argument("--out", default="step_cost.json")
     args = p.parse_args(argv)
+    extra = parse_overrides(args.set)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
@@ -132,14 +135,14 @@ def main(argv=None) -> int:
     torch.set_flush_denormal(True)
     result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
               "device_type": device.type, "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "batch": args.batch, "models": {}}
+              "batch": args.batch, "settings": extra, "models": {}}
     start = time.perf_counter()
     for model in args.models.split(","):
         cpu_small = model == "small_cnn" and device.type == "cpu" and not args.tiny
         reps = args.small_cnn_reps if cpu_small else args.reps
         batch = args.small_cnn_batch if cpu_small else args.batch
         warmup = min(args.warmup, 1) if cpu_small else args.warmup
-        rows = measure(model, reps, warmup, batch, device, variants)
+        rows = measure(model, reps, warmup, batch, device, variants, extra)
         result["models"][model] = {"batch": batch, "reps": reps, "variants": rows}
         print(f"\n{model} ({device.type}, batch {batch}, {reps} reps, {torch.get_num_threads()} threads)")
         print(f"  {'variant':<11} {'median ms':>10} {'IQR ms':>15} {'x AT':>6} {'gate':>6}")

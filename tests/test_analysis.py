@@ -134,3 +134,13 @@ def test_correlations_by_hand():
     r, rho = correlations(a, torch.tensor([1.0, 3.0, 2.0, 10.0]))
     assert rho == pytest.approx(0.8)  # ranks 1,3,2,4 vs 1,2,3,4: 1 - 6*2/(4*15)
     assert r == pytest.approx(13 / (5 * 50) ** 0.5)  # centred: (-1.5,-.5,.5,1.5).(-3,-1,-2,6) = 13
+
+
+def test_plot_every_draws_the_plots_during_training(tmp_path):
+    from bilaw.trainer import train
+
+    cfg = TrainConfig.from_dict({**TINY, "method": "mail", "burn_in_epochs": 0, "plot_every": 1, "epochs": 3})
+    train(cfg, checkpoint_dir=tmp_path, stop_after=1, progress=False)  # one epoch of three: not finished
+    drawn = {p.name for p in (tmp_path / "plots").glob("*.png")}
+    assert {"weights_per_class.png", "weights_over_epochs.png", "likelihood_pca.png"} <= drawn
+    assert not (tmp_path / "metrics.json").exists()
