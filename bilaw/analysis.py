@@ -51,7 +51,7 @@ def _logits(model, x: torch.Tensor) -> torch.Tensor:
         return model(x).float()
 
 
-def weights_on(run, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor, logits_clean: torch.Tensor,
+def weights_on(run, y: torch.Tensor, logits: torch.Tensor, logits_clean: torch.Tensor,
                logits_adv: torch.Tensor, kappa: torch.Tensor | None) -> torch.Tensor | None:
     """The run's weighting evaluated on `logits` (clean or adversarial) of a subset, mean-1 over
     the subset; None for weightings without a per-sample formula (none, nonparam)."""
@@ -77,8 +77,8 @@ def trace_weights(run, idx: torch.Tensor) -> dict[str, list[float]] | None:
     x, y = run.data.x_train[idx], run.data.y_train[idx]
     x_adv, kappa = _attack(run, x, y, run.cfg.pgd_steps, kappa=True)
     clean, adv = _logits(run.model, x), _logits(run.model, x_adv)
-    w_clean = weights_on(run, x, y, clean, clean, adv, kappa)
-    w_adv = weights_on(run, x, y, adv, clean, adv, kappa)
+    w_clean = weights_on(run, y, clean, clean, adv, kappa)
+    w_adv = weights_on(run, y, adv, clean, adv, kappa)
     return {"clean": w_clean.tolist(), "adv": w_adv.tolist()}
 
 
