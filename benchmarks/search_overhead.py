@@ -12,6 +12,10 @@ concurrency the search ran with:
 
     overhead = wall / (sum of trial trainer time / concurrency) - 1
 
+split into what each trial spends outside the trainer within its MLflow run (set-up, per-epoch
+bookkeeping, finish; as a fraction of trainer time) and what the search itself costs in seconds
+(Ray and worker start-up, scheduling, shut-down), which only longer searches amortise.
+
 Packing (GPU only): the same number of small-model trials with 1, 2 and 4 trials sharing each GPU
 (fractional GPU resources); trials per hour and the speed-up over one trial per GPU.
 """
@@ -38,7 +42,13 @@ GATE = 0.05
 
 
 def trial_times(tracking_uri: str, experiment: str) -> list[dict]:
-    """Per trial (MLflow child run): time inside the trainer, from the metrics it logged."""
+    """Per trial (MLflow child run): time inside the trainer, from the metrics it logged, and where
+    the rest of the run's life went.
+
+    Each epoch's metrics are logged (with a timestamp) right after its checkpoint is written, so
+    the time between two epochs' timestamps, less the second epoch's training and evaluation, is
+    that epoch's bookkeeping: best-state copy, checkpoint, the MLflow log and Ray's report.
+    """
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
@@ -46,10 +56,21 @@ def trial_times(tracking_uri: str, experiment: str) -> list[dict]:
     runs = client.search_runs([exp.experiment_id], filter_string="tags.`mlflow.parentRunId` != ''")
     rows = []
     for run in runs:
-        total = sum(m.value for key in TRAINER_TIME_KEYS for m in client.get_metric_history(run.info.run_id, key))
-        total += run.data.metrics.get("test_eval_time_s", 0.0)
-        rows.append({"run_id": run.info.run_id, "trainer_s": total,
-                     "epochs": len(client.get_metric_history(run.info.run_id, "epoch_time_s"))})
+        hist = {key: sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
+                for key in TRAINER_TIME_KEYS}
+        inside = [sum(ms) for ms in zip(*([m.value for m in hist[key]] for key in TRAINER_TIME_KEYS))]
+        stamps = [m.timestamp / 1000 for m in hist[TRAINER_TIME_KEYS[0]]]
+        test_eval = run.data.metrics.get("test_eval_time_s", 0.0)
+        row = {"run_id": run.info.run_id, "trainer_s": sum(inside) + test_eval, "epochs": len(inside)}
+        if stamps and run.info.end_time:
+            start, end = run.info.start_time / 1000, run.info.end_time / 1000
+            row.update(
+                run_s=end - start,
+                setup_s=stamps[0] - start - inside[0],  # MLflow run -> first epoch: data, model, first imports
+                epoch_bookkeeping_s=sum(stamps[i] - stamps[i - 1] - inside[i] for i in range(1, len(stamps))),
+                finish_s=end - stamps[-1] - test_eval)  # final report, saved run, MLflow artifacts
+            row["outside_s"] = row["run_s"] - row["trainer_s"]
+        rows.append(row)
     return rows
 
 
@@ -86,9 +107,17 @@ def overhead(root: Path, workload: str, epochs: int, trials: int, concurrency: i
         "--gpus-per-trial", "0", "--set", "aa_samples=0", "--set", f"plots={str(plots).lower()}"], quiet)
     inside = sum(r["trainer_s"] for r in rows)
     ideal = inside / concurrency
-    return {"workload": workload, "epochs": epochs, "trials": len(rows), "concurrency": concurrency,
-            "plots": plots, "wall_s": wall, "trainer_s_sum": inside, "ideal_wall_s": ideal, "overhead": wall / ideal - 1,
-            "gate": GATE, "trial_trainer_s": [r["trainer_s"] for r in rows]}
+    out = {"workload": workload, "epochs": epochs, "trials": len(rows), "concurrency": concurrency,
+           "plots": plots, "wall_s": wall, "trainer_s_sum": inside, "ideal_wall_s": ideal, "overhead": wall / ideal - 1,
+           "gate": GATE, "trial_trainer_s": [r["trainer_s"] for r in rows]}
+    if all("run_s" in r for r in rows):
+        # per trial, outside the trainer but inside its MLflow run; the rest of the wall time is the
+        # search's own: Ray start-up, worker start-up, scheduling between trials, the end
+        for key in ("setup_s", "epoch_bookkeeping_s", "finish_s", "outside_s"):
+            out[f"trial_{key}"] = [r[key] for r in rows]
+        out["per_trial_overhead"] = sum(r["outside_s"] for r in rows) / inside
+        out["search_fixed_s"] = wall - sum(r["run_s"] for r in rows) / concurrency
+    return out
 
 
 def packing(root: Path, shares: list[int], trials: int, epochs: int, quiet: bool) -> list[dict]:
@@ -138,6 +167,11 @@ def main(argv=None) -> int:
         print(f"search of {o['trials']} trials ({o['workload']}, {o['epochs']} epochs, {o['concurrency']} at once): "
               f"wall {o['wall_s']:.1f} s; inside the trainer {o['trainer_s_sum']:.1f} s "
               f"(ideal wall {o['ideal_wall_s']:.1f} s); overhead {100 * o['overhead']:+.1f}% (gate {100 * GATE:.0f}%)")
+        if "per_trial_overhead" in o:
+            mean = {k: sum(o[f"trial_{k}"]) / o["trials"] for k in ("setup_s", "epoch_bookkeeping_s", "finish_s")}
+            print(f"  of which per trial {100 * o['per_trial_overhead']:+.1f}% (mean set-up {mean['setup_s']:.1f} s, "
+                  f"per-epoch bookkeeping {mean['epoch_bookkeeping_s']:.1f} s in all, finish {mean['finish_s']:.1f} s), "
+                  f"and the search's own {o['search_fixed_s']:.1f} s (Ray and worker start-up, scheduling, shut-down)")
         if shares:
             result["packing"] = rows = packing(Path(tmp), shares, args.packing_trials, args.epochs, not args.verbose)
             for r in rows:

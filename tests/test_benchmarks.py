@@ -48,7 +48,14 @@ def test_search_overhead_tiny_mode_writes_its_table(tmp_path, capsys):
     assert o["trainer_s_sum"] == sum(o["trial_trainer_s"])
     assert o["ideal_wall_s"] == o["trainer_s_sum"] / o["concurrency"]
     assert o["overhead"] == o["wall_s"] / o["ideal_wall_s"] - 1 and o["wall_s"] > o["ideal_wall_s"]
-    assert "overhead" in capsys.readouterr().out
+    parts = [o[f"trial_{k}"] for k in ("setup_s", "epoch_bookkeeping_s", "finish_s", "outside_s")]
+    assert all(len(p) == 2 for p in parts) and all(t >= 0 for t in o["trial_outside_s"])
+    assert o["per_trial_overhead"] == pytest.approx(sum(o["trial_outside_s"]) / o["trainer_s_sum"])
+    for setup, book, finish, outside in zip(*parts):  # the parts add up to the run's time outside the trainer
+        assert setup + book + finish == pytest.approx(outside, abs=1e-6)
+    assert 0 < o["search_fixed_s"] < o["wall_s"]
+    printed = capsys.readouterr().out
+    assert "overhead" in printed and "the search's own" in printed
 
 
 def test_search_overhead_refuses_gpu_packing_without_cuda(tmp_path, capsys):

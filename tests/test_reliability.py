@@ -128,7 +128,7 @@ def _trial_workers() -> list[int]:
 def test_killed_trial_worker_resumes_from_its_checkpoint(tmp_path):
     db = tmp_path / "mlruns.db"
     argv = ["--space", "ablation_capacity", "--workload", "smoke", "--set", "epochs=5", "--max-concurrent", "1",
-            "--storage-path", str(tmp_path / "rr"), "--tracking-uri", f"sqlite:///{db}"]
+            "--checkpoint-every", "0", "--storage-path", str(tmp_path / "rr"), "--tracking-uri", f"sqlite:///{db}"]
     with open(tmp_path / "driver.log", "w") as log:
         driver = subprocess.Popen([sys.executable, str(REPO / "tune" / "run_search.py"), *argv], cwd=tmp_path,
                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

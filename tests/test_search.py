@@ -69,6 +69,11 @@ def test_smoke_search_tracks_parent_and_children(smoke_search):
                 "plots/weights_over_epochs.png"} <= plots
         assert 0.0 <= run.data.metrics["weight_pgd_auroc"] <= 1.0
         assert {f"test_pgd_acc_class_{k}" for k in range(10)} <= set(run.data.metrics)
+    # epochs far shorter than --checkpoint-every (30 s): only the last report carries a checkpoint
+    for trial in (root / "ray_results" / "ablation_capacity").glob("trial_*"):
+        reports = [json.loads(line) for line in (trial / "result.json").read_text().splitlines()]
+        assert [r["checkpoint_dir_name"] is not None for r in reports] == [False, True], trial
+        assert len(list(trial.glob("checkpoint_*"))) == 1
 
 
 @pytest.mark.slow
@@ -131,6 +136,7 @@ def test_list_spaces(capsys):
     (["--space", "bilaw_tpe", "--num-samples", "0"], "--num-samples 0"),
     (["--space", "ablation_capacity", "--seeds", "0"], "--seeds '0'"),
     (["--space", "ablation_capacity", "--num-samples", "3"], "runs each of its 4 values once per seed"),
+    (["--space", "ablation_capacity", "--checkpoint-every", "-5"], "--checkpoint-every -5: must be >= 0"),
 ])
 def test_bad_input_is_a_message_before_ray(argv, message, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -27,6 +27,7 @@ from tune.tracking import TrackingError, absolute_tracking_uri, check_tracking_u
 
 # Default GPU share per trial by model size: small models are host-bound (PERFORMANCE.md sec. 4),
 # so several share one GPU.
+DEFAULT_CHECKPOINT_EVERY_S = 30.0
 GPU_SHARE = {"fc1": 0.25, "tiny_cnn": 0.25, "small_cnn": 0.5, "wrn": 1.0, "wrn32_10": 1.0, "wrn34_10": 1.0}
 
 
@@ -57,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GPU share per trial, fractions allowed (default when GPUs exist: 0.25 fc1/tiny_cnn, "
                         "0.5 small_cnn, 1 wrn; 0 = CPU)")
     p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (default 1)")
+    p.add_argument("--checkpoint-every", type=float, default=DEFAULT_CHECKPOINT_EVERY_S, metavar="SECONDS",
+                   help="a trial hands Ray a checkpoint at most this often (and always after its last epoch); "
+                        "a crashed or resumed trial redoes at most this much training. 0: every epoch "
+                        f"(default {DEFAULT_CHECKPOINT_EVERY_S:g}; each checkpoint also makes the driver snapshot "
+                        "the whole experiment, which short epochs pay for)")
     p.add_argument("--address", help="join a running Ray cluster (e.g. 'auto' or 'HEAD_IP:6379') instead of "
                                      "starting a local one")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlruns.db in this folder)")
@@ -121,6 +127,9 @@ class Plan:
         self.gpus = self._gpus_per_trial()
         if args.max_concurrent is not None and args.max_concurrent < 1:
             raise SearchError(f"--max-concurrent {args.max_concurrent}: must be >= 1")
+        if not args.checkpoint_every >= 0:  # also NaN
+            raise SearchError(f"--checkpoint-every {args.checkpoint_every:g}: must be >= 0 seconds "
+                              f"(0 = a checkpoint every epoch)")
 
     def _num_samples(self) -> int:
         n = self.args.num_samples

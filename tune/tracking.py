@@ -210,18 +210,29 @@ class TrialRun:
             for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
                 self.client.log_batch(self.run_id, params=items[i:i + 100])
             self.logged_steps = set()
+        self.pending: list = []  # epochs handed to MLflow's logging thread, not yet confirmed
 
     def log_epoch(self, metrics: dict[str, Any]) -> None:
-        """Per-epoch metrics with step = epoch; an epoch already logged (retry) is skipped."""
+        """Per-epoch metrics with step = epoch; an epoch already logged (retry) is skipped. The
+        write happens on MLflow's logging thread (a store round trip per epoch is tens of ms,
+        which short epochs feel); `flush` waits for it and raises what it raised."""
         from mlflow.entities import Metric
 
         step = int(metrics["epoch"])
         if step in self.logged_steps:
             return
         ts = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, v, ts, step)
-                                                    for k, v in numeric_metrics(metrics).items() if k != "epoch"])
+        ops = self.client.log_batch(self.run_id, synchronous=False, metrics=[
+            Metric(k, v, ts, step) for k, v in numeric_metrics(metrics).items() if k != "epoch"])
+        if ops is not None:
+            self.pending.append(ops)
         self.logged_steps.add(step)
+
+    def flush(self) -> None:
+        """Wait until every epoch handed to `log_epoch` is in the store."""
+        pending, self.pending = self.pending, []
+        for ops in pending:
+            ops.wait()
 
     def log_history(self, history: list[dict[str, Any]]) -> None:
         """Re-log epochs that a checkpoint holds but the run lacks (a kill between the two)."""
@@ -236,6 +247,7 @@ class TrialRun:
         metrics.json and plots/*.png."""
         from mlflow.entities import Metric
 
+        self.flush()
         ts = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, v, ts, step) for k, v in numeric_metrics(final).items()])
         for name in ("config.yaml", "metrics.json"):
@@ -249,4 +261,5 @@ class TrialRun:
             self.client.set_tag(self.run_id, k, v)
 
     def finish(self, status: str = "FINISHED") -> None:
+        self.flush()
         self.client.set_terminated(self.run_id, status)

@@ -1,8 +1,9 @@
 """The Ray Tune function trainable around `bilaw.trainer.train`.
 
-Per epoch it reports the scalar metrics with a checkpoint (the trainer's own checkpoint file),
-so a crashed trial retries from its last epoch and a resumed search continues it; it logs the
-same metrics to its MLflow child run. Everything the trial needs that is not a TrainConfig key
+Per epoch it reports the scalar metrics, with a checkpoint (the trainer's own checkpoint file)
+at most every `checkpoint_every_s` seconds and after the last epoch, so a crashed trial retries
+from its last checkpoint and a resumed search continues it; it logs the same metrics to its
+MLflow child run (an epoch redone after a retry is not logged twice). Everything the trial needs that is not a TrainConfig key
 travels under the `_bilaw` config entry (never logged as a param); the tracking URI travels in
 the environment so that credentials in it never land in Ray's result files.
 """
@@ -12,6 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -80,16 +82,24 @@ def train_trial(config: dict[str, Any]) -> None:
     try:
         _restore_checkpoint(work)
         run = _open_run(cfg, meta)
-        state = {"final_reported": False}
+        every = float(meta.get("checkpoint_every_s", 0.0))
+        state = {"final_reported": False, "last_checkpoint": time.monotonic()}
 
         def on_epoch(metrics: dict[str, Any], ckpt_dir: Path | None) -> None:
             if run is not None:
                 _safe(run.log_epoch, metrics)
-            state["final_reported"] = "test_clean_acc" in metrics
-            tune.report({k: v for k, v in metrics.items() if isinstance(v, (int, float))},
-                        checkpoint=tune.Checkpoint.from_directory(str(ckpt_dir)))
+            final = state["final_reported"] = "test_clean_acc" in metrics
+            now = time.monotonic()
+            checkpoint = None
+            if final or now - state["last_checkpoint"] >= every:
+                checkpoint, state["last_checkpoint"] = tune.Checkpoint.from_directory(str(ckpt_dir)), now
+            tune.report({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, checkpoint=checkpoint)
 
-        result = train(cfg, on_epoch, checkpoint_dir=work, progress=False, log=None)
+        try:
+            result = train(cfg, on_epoch, checkpoint_dir=work, progress=False, log=None)
+        finally:  # what was logged stays logged, whatever stopped the trial
+            if run is not None:
+                _safe(run.flush)
         if run is not None:
             _safe(run.log_history, result.history)
             _log_final(run, result, work)
