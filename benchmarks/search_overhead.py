@@ -63,12 +63,15 @@ def trial_times(tracking_uri: str, experiment: str) -> list[dict]:
         test_eval = run.data.metrics.get("test_eval_time_s", 0.0)
         row = {"run_id": run.info.run_id, "trainer_s": sum(inside) + test_eval, "epochs": len(inside)}
         if stamps and run.info.end_time:
+            # the last epoch is logged after the final test evaluation (its report carries the test metrics)
             start, end = run.info.start_time / 1000, run.info.end_time / 1000
+            one = len(stamps) == 1
             row.update(
                 run_s=end - start,
-                setup_s=stamps[0] - start - inside[0],  # MLflow run -> first epoch: data, model, first imports
-                epoch_bookkeeping_s=sum(stamps[i] - stamps[i - 1] - inside[i] for i in range(1, len(stamps))),
-                finish_s=end - stamps[-1] - test_eval)  # final report, saved run, MLflow artifacts
+                setup_s=stamps[0] - start - inside[0] - (test_eval if one else 0.0),  # data, model, first imports
+                epoch_bookkeeping_s=sum(stamps[i] - stamps[i - 1] - inside[i] for i in range(1, len(stamps)))
+                - (0.0 if one else test_eval),
+                finish_s=end - stamps[-1])  # saved run, MLflow artifacts, Ray's last report
             row["outside_s"] = row["run_s"] - row["trainer_s"]
         rows.append(row)
     return rows
