@@ -115,7 +115,8 @@ def overhead(root: Path, workload: str, epochs: int, trials: int, concurrency: i
            "gate": GATE, "trial_trainer_s": [r["trainer_s"] for r in rows]}
     if all("run_s" in r for r in rows):
         # per trial, outside the trainer but inside its MLflow run; the rest of the wall time is the
-        # search's own: Ray start-up, worker start-up, scheduling between trials, the end
+        # search's own: Ray start-up, worker start-up, scheduling between trials, the end, and any
+        # slot left idle while the last trials finish (trials of unequal length do not pack evenly)
         for key in ("setup_s", "epoch_bookkeeping_s", "finish_s", "outside_s"):
             out[f"trial_{key}"] = [r[key] for r in rows]
         out["per_trial_overhead"] = sum(r["outside_s"] for r in rows) / inside
@@ -174,7 +175,8 @@ def main(argv=None) -> int:
             mean = {k: sum(o[f"trial_{k}"]) / o["trials"] for k in ("setup_s", "epoch_bookkeeping_s", "finish_s")}
             print(f"  of which per trial {100 * o['per_trial_overhead']:+.1f}% (mean set-up {mean['setup_s']:.1f} s, "
                   f"per-epoch bookkeeping {mean['epoch_bookkeeping_s']:.1f} s in all, finish {mean['finish_s']:.1f} s), "
-                  f"and the search's own {o['search_fixed_s']:.1f} s (Ray and worker start-up, scheduling, shut-down)")
+                  f"and the search's own {o['search_fixed_s']:.1f} s (Ray and worker start-up, scheduling, idle slots "
+                  f"at the end, shut-down)")
         if shares:
             result["packing"] = rows = packing(Path(tmp), shares, args.packing_trials, args.epochs, not args.verbose)
             for r in rows:

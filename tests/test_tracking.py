@@ -1,10 +1,14 @@
 """A trial's MLflow run without Ray: per-epoch metrics written on MLflow's logging thread arrive
-whole, a retried trial reopens its run and skips the epochs it already logged."""
+whole, a failed background write is retried or reported (never silently lost), and a retried
+trial reopens its run and skips the epochs it already logged."""
 from __future__ import annotations
 
+import warnings
+
+import pytest
 from mlflow.tracking import MlflowClient
 
-from tune.tracking import TrialRun
+from tune.tracking import TrackingError, TrialRun
 
 
 def _epoch(e: int) -> dict:
@@ -34,3 +38,42 @@ def test_epochs_logged_in_the_background_arrive_and_a_retry_skips_them(tmp_path)
     assert client.get_run(run.run_id).data.metrics["test_clean_acc"] == 0.9
     again.finish()
     assert client.get_run(run.run_id).info.status == "FINISHED"
+
+
+class _FailedWrite:
+    def wait(self):
+        raise RuntimeError("database is locked")
+
+
+def test_a_failed_background_write_is_retried_and_never_silently_lost(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    client = MlflowClient(uri)
+    run = TrialRun(uri, client.create_experiment("t"), None, "trial-b", "trial-b", {"method": "at"})
+    real = run.client.log_batch
+    broken = {"async": {1, 2}, "sync": {2}}  # epoch 1's background write fails; epoch 2 fails both ways
+
+    def log_batch(run_id, metrics=(), synchronous=None, **kw):
+        step = metrics[0].step if metrics else None
+        if synchronous is False and step in broken["async"]:
+            return _FailedWrite()
+        if synchronous is not False and step in broken["sync"]:
+            raise RuntimeError("disk full")
+        return real(run_id, metrics=metrics, synchronous=synchronous, **kw)
+
+    run.client.log_batch = log_batch
+    history = [_epoch(e) for e in range(4)]
+    for metrics in history:
+        run.log_epoch(metrics)
+    with pytest.raises(TrackingError, match=r"could not log epoch 2 \(disk full\)"):
+        run.flush()
+    steps = sorted(m.step for m in client.get_metric_history(run.run_id, "val_pgd_acc"))
+    assert steps == [0, 1, 3]  # epoch 1 written again synchronously; epoch 2 is missing and known to be
+    assert run.logged_steps == {0, 1, 3}
+    broken["async"].clear()
+    broken["sync"].clear()
+    run.log_history(history)  # what the trainable does after training: re-log what the run lacks
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the final flush has nothing left to complain about
+        run.finish()
+    values = sorted((m.step, m.value) for m in client.get_metric_history(run.run_id, "val_pgd_acc"))
+    assert values == [(e, 0.1 * e) for e in range(4)]

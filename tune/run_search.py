@@ -58,11 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GPU share per trial, fractions allowed (default when GPUs exist: 0.25 fc1/tiny_cnn, "
                         "0.5 small_cnn, 1 wrn; 0 = CPU)")
     p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (default 1)")
-    p.add_argument("--checkpoint-every", type=float, default=DEFAULT_CHECKPOINT_EVERY_S, metavar="SECONDS",
-                   help="a trial hands Ray a checkpoint at most this often (and always after its last epoch); "
-                        "a crashed or resumed trial redoes at most this much training. 0: every epoch "
-                        f"(default {DEFAULT_CHECKPOINT_EVERY_S:g}; each checkpoint also makes the driver snapshot "
-                        "the whole experiment, which short epochs pay for)")
+    p.add_argument("--checkpoint-every", type=float, metavar="SECONDS",
+                   help="a trial hands Ray a checkpoint at the end of the first epoch that ends this long after "
+                        "its last one, and after its last epoch; a crashed or resumed trial redoes at most this "
+                        "long plus one epoch of training. 0: every epoch (default "
+                        f"{DEFAULT_CHECKPOINT_EVERY_S:g}; short epochs pay for each checkpoint; a resumed search "
+                        "keeps the value it started with)")
     p.add_argument("--address", help="join a running Ray cluster (e.g. 'auto' or 'HEAD_IP:6379') instead of "
                                      "starting a local one")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlruns.db in this folder)")
@@ -127,9 +128,13 @@ class Plan:
         self.gpus = self._gpus_per_trial()
         if args.max_concurrent is not None and args.max_concurrent < 1:
             raise SearchError(f"--max-concurrent {args.max_concurrent}: must be >= 1")
-        if not args.checkpoint_every >= 0:  # also NaN
-            raise SearchError(f"--checkpoint-every {args.checkpoint_every:g}: must be >= 0 seconds "
-                              f"(0 = a checkpoint every epoch)")
+        every = args.checkpoint_every
+        if every is not None and args.resume:
+            raise SearchError(f"--checkpoint-every {every:g} with --resume: a resumed search keeps the value it "
+                              f"started with; drop the option")
+        self.checkpoint_every = DEFAULT_CHECKPOINT_EVERY_S if every is None else every
+        if not self.checkpoint_every >= 0:  # also NaN
+            raise SearchError(f"--checkpoint-every {every:g}: must be >= 0 seconds (0 = a checkpoint every epoch)")
 
     def _num_samples(self) -> int:
         n = self.args.num_samples

@@ -275,7 +275,7 @@ def build_tuner(plan, tracking: SearchTracking, folder: Path, gpus: float) -> tu
     space = plan.space
     meta = {"experiment_id": tracking.experiment_id, "parent_run_id": tracking.parent_run_id,
             "seeds": plan.seeds, "threads": max(1, int(plan.cpus)), "space": space.name,
-            "checkpoint_every_s": plan.args.checkpoint_every}
+            "checkpoint_every_s": plan.checkpoint_every}
     constants = {k: v for k, v in plan.base.items() if k not in space.params}
     if gpus == 0 and constants.get("device", "auto") == "auto":
         constants["device"] = "cpu"  # a 0-GPU trial on a GPU box still sees every GPU (ray#54868)

@@ -13,6 +13,7 @@ import re
 import time
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
 from typing import Any, Iterable
 from urllib.parse import urlsplit, urlunsplit
@@ -210,29 +211,44 @@ class TrialRun:
             for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
                 self.client.log_batch(self.run_id, params=items[i:i + 100])
             self.logged_steps = set()
-        self.pending: list = []  # epochs handed to MLflow's logging thread, not yet confirmed
+        self.pending: list = []  # (step, metrics, operation) handed to MLflow's logging thread
 
     def log_epoch(self, metrics: dict[str, Any]) -> None:
         """Per-epoch metrics with step = epoch; an epoch already logged (retry) is skipped. The
         write happens on MLflow's logging thread (a store round trip per epoch is tens of ms,
-        which short epochs feel); `flush` waits for it and raises what it raised."""
+        which short epochs feel); `flush` confirms it."""
         from mlflow.entities import Metric
 
         step = int(metrics["epoch"])
         if step in self.logged_steps:
             return
         ts = int(time.time() * 1000)
-        ops = self.client.log_batch(self.run_id, synchronous=False, metrics=[
-            Metric(k, v, ts, step) for k, v in numeric_metrics(metrics).items() if k != "epoch"])
+        batch = [Metric(k, v, ts, step) for k, v in numeric_metrics(metrics).items() if k != "epoch"]
+        ops = self.client.log_batch(self.run_id, synchronous=False, metrics=batch)
         if ops is not None:
-            self.pending.append(ops)
+            self.pending.append((step, batch, ops))
         self.logged_steps.add(step)
 
     def flush(self) -> None:
-        """Wait until every epoch handed to `log_epoch` is in the store."""
+        """Wait for every epoch handed to the logging thread; one whose background write failed is
+        written again here, and an epoch that still cannot be written is left unmarked (so
+        `log_history` tries it again) and named in the TrackingError raised at the end."""
         pending, self.pending = self.pending, []
-        for ops in pending:
-            ops.wait()
+        failed = []
+        for step, batch, ops in pending:  # wait for all of them before writing anything else
+            try:
+                ops.wait()
+            except Exception:  # noqa: BLE001 - any store error; retried below
+                failed.append((step, batch))
+        lost = []
+        for step, batch in failed:
+            try:
+                self.client.log_batch(self.run_id, metrics=batch)
+            except Exception as exc:  # noqa: BLE001
+                self.logged_steps.discard(step)
+                lost.append(f"epoch {step} ({exc})")
+        if lost:
+            raise TrackingError(f"MLflow run {self.run_id}: could not log {', '.join(lost)}")
 
     def log_history(self, history: list[dict[str, Any]]) -> None:
         """Re-log epochs that a checkpoint holds but the run lacks (a kill between the two)."""
@@ -247,7 +263,7 @@ class TrialRun:
         metrics.json and plots/*.png."""
         from mlflow.entities import Metric
 
-        self.flush()
+        self._flush_or_warn()
         ts = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, v, ts, step) for k, v in numeric_metrics(final).items()])
         for name in ("config.yaml", "metrics.json"):
@@ -261,5 +277,12 @@ class TrialRun:
             self.client.set_tag(self.run_id, k, v)
 
     def finish(self, status: str = "FINISHED") -> None:
-        self.flush()
+        self._flush_or_warn()
         self.client.set_terminated(self.run_id, status)
+
+    def _flush_or_warn(self) -> None:
+        """A lost epoch must not also cost the final metrics, the artifacts or the run's status."""
+        try:
+            self.flush()
+        except TrackingError as exc:
+            warnings.warn(str(exc))

@@ -1,8 +1,8 @@
 """The Ray Tune function trainable around `bilaw.trainer.train`.
 
 Per epoch it reports the scalar metrics, with a checkpoint (the trainer's own checkpoint file)
-at most every `checkpoint_every_s` seconds and after the last epoch, so a crashed trial retries
-from its last checkpoint and a resumed search continues it; it logs the same metrics to its
+at the first epoch end `checkpoint_every_s` seconds after the last one and after the last epoch,
+so a crashed trial retries from its last checkpoint and a resumed search continues it; it logs the same metrics to its
 MLflow child run (an epoch redone after a retry is not logged twice). Everything the trial needs that is not a TrainConfig key
 travels under the `_bilaw` config entry (never logged as a param); the tracking URI travels in
 the environment so that credentials in it never land in Ray's result files.
