@@ -194,9 +194,12 @@ def test_asha_stopped_trials_are_pruned_in_optuna_and_mlflow(tmp_path):
     _, _, children = _children(uri, "asha_lr")
     by_status = {r.data.tags["trial_status"] for r in children}
     assert by_status == {"completed", "pruned"}
+    client = MlflowClient(uri)
     for r in children:  # pruned runs stopped before the last epoch and have no test metrics
         pruned = r.data.tags["trial_status"] == "pruned"
         assert ("test_clean_acc" in r.data.metrics) != pruned
+        if not pruned:  # ASHA also stops a trial at max_t, inside its last report: its saved run came first
+            assert {"config.yaml", "metrics.json"} <= {a.path for a in client.list_artifacts(r.info.run_id)}
 
 
 @pytest.mark.slow

@@ -83,17 +83,20 @@ def train_trial(config: dict[str, Any]) -> None:
         _restore_checkpoint(work)
         run = _open_run(cfg, meta)
         every = float(meta.get("checkpoint_every_s", 0.0))
-        state = {"final_reported": False, "last_checkpoint": time.monotonic()}
+        state: dict[str, Any] = {"final": None, "last_checkpoint": time.monotonic()}
 
         def on_epoch(metrics: dict[str, Any], ckpt_dir: Path | None) -> None:
             if run is not None:
                 _safe(run.log_epoch, metrics)
-            final = state["final_reported"] = "test_clean_acc" in metrics
+            numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+            if "test_clean_acc" in metrics:  # the last epoch: reported below, once its run is logged
+                state["final"] = numbers
+                return
             now = time.monotonic()
             checkpoint = None
-            if final or now - state["last_checkpoint"] >= every:
+            if now - state["last_checkpoint"] >= every:
                 checkpoint, state["last_checkpoint"] = tune.Checkpoint.from_directory(str(ckpt_dir)), now
-            tune.report({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, checkpoint=checkpoint)
+            tune.report(numbers, checkpoint=checkpoint)
 
         try:
             result = train(cfg, on_epoch, checkpoint_dir=work, progress=False, log=None)
@@ -103,8 +106,12 @@ def train_trial(config: dict[str, Any]) -> None:
         if run is not None:
             _safe(run.log_history, result.history)
             _log_final(run, result, work)
-        if not state["final_reported"]:  # resumed after the last epoch: report the test metrics now
-            tune.report({**result.history[-1], **scalar_final(result.final)})
+        # The final report comes last: a scheduler may stop the trial inside it (ASHA stops every
+        # trial at max_t), which must not cost the saved run. Resumed after the last epoch, the
+        # trainer made no callback: the test metrics are reported from its result.
+        final = state["final"] or {k: v for k, v in {**result.history[-1], **scalar_final(result.final)}.items()
+                                   if isinstance(v, (int, float))}
+        tune.report(final, checkpoint=tune.Checkpoint.from_directory(str(work)))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
