@@ -179,9 +179,13 @@ def bilaw_meta_step(
     model: nn.Module, weight_net: WeightNet, meta_optimizer: torch.optim.Optimizer,
     terms: Terms, features: torch.Tensor, lr: float,
     x_val: torch.Tensor, y_val: torch.Tensor, val_attack: ValAttack,
-    hypergrad: str = "double_backward", batch: TrainBatch | None = None,
-) -> torch.Tensor:
-    """Algorithm 1 lines 5-6: update the weight net with the meta-gradient; returns L_val.
+    hypergrad: str = "double_backward", batch: TrainBatch | None = None, grad_scale: str = "raw",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Algorithm 1 lines 5-6: update the weight net with the meta-gradient.
+
+    The meta-gradient carries the classifier's lr as a factor (Eq. 6); `grad_scale="per_lr"`
+    divides it by `lr` before the optimiser, so its size does not fall with the lr schedule.
+    Returns (L_val, the L2 norm of the meta-gradient before that scaling), both on the device.
     `batch` is needed for hypergrad="jvp"."""
     x_val_adv = val_attack.craft(model, x_val, y_val) if val_attack.at == "current" else None
     weights, _ = bilaw_weights(weight_net, features)
@@ -193,11 +197,24 @@ def bilaw_meta_step(
     else:
         val_loss = lookahead_val_loss(model, terms, weights, lr, x_val, y_val, val_attack, x_val_adv)
         grads = torch.autograd.grad(val_loss, meta_params)
+    grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
     for p, g in zip(meta_params, grads):
-        p.grad = g
+        p.grad = g / lr if grad_scale == "per_lr" else g
     meta_optimizer.step()
     meta_optimizer.zero_grad(set_to_none=True)
-    return val_loss.detach()
+    return val_loss.detach(), grad_norm.detach()
+
+
+def build_meta_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """The weight net's optimiser by name (`META_OPTIMIZERS`)."""
+    return META_OPTIMIZERS[name](params, lr=lr, weight_decay=weight_decay)
+
+
+# adam: L2 decay added to the gradient (what Adam normalises); adamw: decay applied to the
+# parameters directly, whatever the gradient's size; sgd: plain SGD with L2 decay.
+META_OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
+}
 
 
 def nonparam_weights(

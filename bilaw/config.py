@@ -54,6 +54,12 @@ DEFAULT_VAL_SIZE = {"digits": 150}
 # meta_preset "fast": a smaller, weaker validation attack per meta step (docs/performance.md).
 FAST_VAL_BATCH, FAST_VAL_PGD_STEPS = 32, 3
 HYPERGRADS = ("double_backward", "jvp")
+META_OPTIMIZER_NAMES = ("adam", "adamw", "sgd")
+META_GRAD_SCALES = ("raw", "per_lr")
+# Keys added after configs were first stored, with the value that reproduces what a config written
+# before the key existed did. A stored config that lacks such a key is read with this value, not
+# with the key's current default, wherever stored and current configs are compared.
+LEGACY_VALUES: dict[str, Any] = {"meta_grad_scale": "raw"}
 PAPER_VAL_SIZE = 1000
 
 
@@ -118,7 +124,8 @@ class TrainConfig:
     margin_on: str = "clean"
     meta_lr: float = 1e-3
     meta_weight_decay: float = 1e-4
-    meta_optimizer: str = "adam"
+    meta_optimizer: str = "adam"         # adam (coupled L2 decay), adamw (decoupled decay) or sgd
+    meta_grad_scale: str = "raw"         # per_lr: the meta-gradient divided by the classifier's current lr
     meta_interval: int = 1
     val_attack_at: str = "pseudo"
     meta_preset: str = "exact"           # "fast": validation batch 32 and PGD-3 unless set
@@ -367,15 +374,19 @@ def _check_gairat(c: TrainConfig) -> list[str]:
     return []
 
 
+# Keys whose value is one of a fixed set of names (listed by `python -m bilaw.train --help`).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "dataset": DATASET_NAMES, "model": MODEL_NAMES, "objective": OBJECTIVE_NAMES, "weighting": WEIGHTING_NAMES,
+    "norm": NORM_NAMES, "margin_input": MARGIN_INPUT_NAMES, "margin_on": ("clean", "adv"),
+    "meta_optimizer": META_OPTIMIZER_NAMES, "meta_grad_scale": META_GRAD_SCALES,
+    "val_attack_at": ("pseudo", "current"), "meta_preset": ("exact", "fast"), "hypergrad": HYPERGRADS,
+    "gairat_schedule": ("fixed", "linear", "piecewise"), "gairat_weight_fn": ("tanh", "sigmoid", "discrete"),
+    "device": ("auto", "cpu", "cuda"), "aa_version": ("standard", "plus", "rand"),
+}
+_KINDS = {"margin_input": "margin input", "meta_optimizer": "meta optimizer", "meta_grad_scale": "meta gradient scale"}
+
 _CHECKS = [
-    _choice("dataset", DATASET_NAMES), _choice("model", MODEL_NAMES), _check_method,
-    _choice("objective", OBJECTIVE_NAMES), _choice("weighting", WEIGHTING_NAMES),
-    _choice("norm", NORM_NAMES), _choice("margin_input", MARGIN_INPUT_NAMES, "margin input"),
-    _choice("margin_on", ("clean", "adv")), _choice("meta_optimizer", ("adam", "sgd")),
-    _choice("val_attack_at", ("pseudo", "current")), _choice("meta_preset", ("exact", "fast")),
-    _choice("hypergrad", HYPERGRADS), _choice("gairat_schedule", ("fixed", "linear", "piecewise")),
-    _choice("gairat_weight_fn", ("tanh", "sigmoid", "discrete")), _choice("device", ("auto", "cpu", "cuda")),
-    _choice("aa_version", ("standard", "plus", "rand")),
+    _check_method, *(_choice(key, names, _KINDS.get(key)) for key, names in CHOICES.items()),
     _range("eps", 0, 1, lo_open=True), _range("pgd_step_size", 0, lo_open=True),
     _range("pgd_steps", 0), _range("eval_pgd_steps", 0), _range("val_pgd_steps", 0),
     _range("epochs", 1), _range("batch_size", 1), _range("val_batch_size", 1), _range("eval_batch_size", 1),
@@ -387,6 +398,13 @@ _CHECKS = [
     _range("aa_samples", 0), _range("aa_n_iter", 1), _range("analysis_samples", 0), _range("plot_every", 0), _range("wrn_depth", 8), _range("wrn_width", 1), _range("seed", 0),
     _check_weight_net, _check_milestones, _check_gairat,
 ]
+
+
+def stored_config_dict(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored config (a checkpoint's or a run's `config.yaml`) with every key it predates filled
+    in: `LEGACY_VALUES` where a key changed what runs without it did, else the key's default."""
+    defaults = TrainConfig().to_dict()
+    return {**{k: LEGACY_VALUES.get(k, v) for k, v in defaults.items() if k not in saved}, **saved}
 
 
 def load_yaml_mapping(path: str | Path) -> dict[str, Any]:

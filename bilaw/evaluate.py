@@ -124,8 +124,8 @@ def evaluate_model(model: Model, x: Tensor, y: Tensor, *, num_classes: int, norm
         batch_size: evaluation batch size (AutoAttack keeps its own 250).
 
     Returns:
-        dict with fractions in [0, 1]: `clean_acc`, `pgd_acc`, `aa_acc` (only if aa_samples
-        > 0), `per_class_clean_acc` and `per_class_pgd_acc` (k floats, NaN for an absent
+        dict with fractions in [0, 1]: `clean_acc`, `pgd_acc`, `aa_acc` and
+        `pgd_acc_aa_subset` (PGD on the same first aa_samples points; both only if aa_samples > 0), `per_class_clean_acc` and `per_class_pgd_acc` (k floats, NaN for an absent
         class), `adv_confusion` (k x k ints: rows true class, columns class predicted on the
         PGD examples).
     """
@@ -146,6 +146,8 @@ def evaluate_model(model: Model, x: Tensor, y: Tensor, *, num_classes: int, norm
             "adv_confusion": conf[1],
         }
         if aa_samples > 0:
+            n = min(aa_samples, len(y))  # PGD on exactly AutoAttack's points, for a like-for-like gap
+            metrics["pgd_acc_aa_subset"] = adv[:n].eq(y_dev[:n]).sum().item() / n
             metrics["aa_acc"] = run_autoattack(
                 model, x, y, norm=norm, eps=eps, n=aa_samples, version=aa_version,
                 attacks=aa_attacks, n_iter=aa_n_iter, seed=seed).accuracy

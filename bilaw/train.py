@@ -10,7 +10,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from .config import ConfigError, TrainConfig, load_yaml_mapping, parse_overrides
+from .config import CHOICES, ConfigError, TrainConfig, load_yaml_mapping, parse_overrides
 from .data import MissingDatasetError
 
 
@@ -18,7 +18,8 @@ def _keys_help() -> str:
     lines = ["config keys (YAML, --set key=value) and their defaults (None = derived):"]
     for f in dataclasses.fields(TrainConfig):
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        lines.append(f"  {f.name:<22} {default!r}")
+        allowed = f"  (one of: {', '.join(CHOICES[f.name])})" if f.name in CHOICES else ""
+        lines.append(f"  {f.name:<22} {default!r}{allowed}")
     return "\n".join(lines)
 
 

@@ -21,14 +21,16 @@ from torch import nn
 
 from .analysis import TRACE_SIZE, collect, fixed_subset, noise_weight_means, trace_weights, weight_auroc
 from .attacks import pgd, trades_attack
-from .bilevel import TrainBatch, ValAttack, bilaw_meta_step, bilaw_weights, margin_features, nonparam_weights
+from .bilevel import (TrainBatch, ValAttack, bilaw_meta_step, bilaw_weights, build_meta_optimizer, margin_features,
+                      nonparam_weights)
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import ConfigError, TrainConfig
+from .config import ConfigError, TrainConfig, stored_config_dict
 from .data import CyclingBatches, DataBundle, augment_crop_flip, batch_indices, load_data
 from .evaluate import accuracy, evaluate_model, pgd_accuracy
 from .margins import margin_input_dim
 from .models import build_model
 from .objectives import OBJECTIVES, Objective, combine
+from .weight_health import collapse_message, collapsed_epoch, fade_message, weight_health
 from .weighting import WeightInputs, WeightNet, Weighting, as_mean_one, build_weighting
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -99,6 +101,7 @@ class _Run:
         self.gens = {name: torch.Generator(device=self.device).manual_seed(cfg.seed * 1000 + i)
                      for i, name in enumerate(("data", "attack", "meta"), start=1)}
         self.meta_batches = None
+        self.meta_grad_norms: list[torch.Tensor] = []  # this epoch's meta-gradient norms (on the device)
         if self.learned:
             if len(self.data.y_meta) == 0:
                 raise ConfigError([f"meta_val_size: 0 is not allowed with weighting {cfg.weighting!r}"])
@@ -135,11 +138,8 @@ class _Run:
         net = WeightNet(margin_input_dim(self.cfg.margin_input, self.data.num_classes),
                         self.cfg.weight_net_hidden).to(self.device)
         torch.set_rng_state(gen_state)
-        if self.cfg.meta_optimizer == "adam":
-            opt = torch.optim.Adam(net.parameters(), lr=self.cfg.meta_lr, weight_decay=self.cfg.meta_weight_decay)
-        else:
-            opt = torch.optim.SGD(net.parameters(), lr=self.cfg.meta_lr, weight_decay=self.cfg.meta_weight_decay)
-        return net, opt
+        return net, build_meta_optimizer(self.cfg.meta_optimizer, net.parameters(), self.cfg.meta_lr,
+                                         self.cfg.meta_weight_decay)
 
     # ----- one step --------------------------------------------------------------------------
     def autocast(self):
@@ -172,8 +172,10 @@ class _Run:
             feats = margin_features(self.model, x, y, terms, cfg.margin_input, cfg.margin_on)
             if self.step % cfg.meta_interval == 0:
                 x_val, y_val = next(self.meta_batches)
-                bilaw_meta_step(self.model, self.weight_net, self.meta_optimizer, terms, feats, lr,
-                                x_val, y_val, self.val_attack, cfg.hypergrad, batch)
+                _, grad_norm = bilaw_meta_step(self.model, self.weight_net, self.meta_optimizer, terms, feats, lr,
+                                               x_val, y_val, self.val_attack, cfg.hypergrad, batch,
+                                               cfg.meta_grad_scale)
+                self.meta_grad_norms.append(grad_norm)
             with torch.no_grad():
                 return bilaw_weights(self.weight_net, feats)
         if cfg.weighting == "nonparam":
@@ -211,6 +213,7 @@ class _Run:
             group["lr"] = lr
         acc: dict[str, torch.Tensor] = {}
         self.epoch_weights.fill_(1.0)
+        self.meta_grad_norms.clear()
         self._sync()
         start = time.perf_counter()
         batches = batch_indices(len(data.y_train), cfg.batch_size, generator=self.gens["data"], device=self.device)
@@ -223,6 +226,8 @@ class _Run:
         elapsed = time.perf_counter() - start
         if self.noisy_mask is not None:
             acc.update(noise_weight_means(self.epoch_weights, self.noisy_mask))
+        if self.meta_grad_norms:  # BiLAW epochs with meta steps (none during burn-in)
+            acc["meta_grad_norm"] = torch.stack(self.meta_grad_norms).mean()
         metrics = _finish(acc)  # the epoch's one host read (with the per-sample weights' copy below)
         self.sample_weights.append(self.epoch_weights.to("cpu", copy=True))
         metrics.update(lr=lr, epoch_time_s=elapsed)
@@ -317,7 +322,7 @@ def _finish(acc: dict[str, torch.Tensor]) -> dict[str, float]:
     mean = v["w_sum"] / n
     out = {"train_loss": v["loss"] / n, "weight_std": math.sqrt(max(v["w_sq"] / n - mean * mean, 0.0)),
            "weight_min": v["w_min"], "weight_max": v["w_max"], "weight_raw_mean": v["raw_sum"] / n}
-    out.update({k: v[k] for k in ("weight_mean_noisy", "weight_mean_clean") if k in v})
+    out.update({k: v[k] for k in ("weight_mean_noisy", "weight_mean_clean", "meta_grad_norm") if k in v})
     return out
 
 
@@ -327,8 +332,7 @@ def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
 
 def _check_same_config(saved: dict[str, Any], cfg: TrainConfig) -> None:
     now = cfg.to_dict()
-    defaults = TrainConfig().to_dict()  # keys added after the checkpoint was written had their default
-    saved = {**{k: defaults[k] for k in now if k not in saved}, **saved}
+    saved = stored_config_dict(saved)  # keys added after the checkpoint was written: what it did without them
     diff = [k for k in now if k not in RESUME_FREE_KEYS and saved.get(k) != now[k]
             and not (_both_nan(saved.get(k), now[k]))]
     if diff:
@@ -356,9 +360,10 @@ def _progress_factory(enabled: bool, run: _Run):
 
 
 def format_epoch(m: dict[str, Any], epochs: int) -> str:
+    meta = f"  meta |g| {m['meta_grad_norm']:.3g}" if "meta_grad_norm" in m else ""
     return (f"epoch {m['epoch'] + 1:>3}/{epochs}  loss {m['train_loss']:.4f}  val clean {m['val_clean_acc']:.4f}  "
             f"val pgd {m['val_pgd_acc']:.4f}  best {m['best_val_pgd_acc']:.4f}  lr {m['lr']:.4g}  "
-            f"w std {m['weight_std']:.3f}  {m['epoch_time_s']:.1f}s")
+            f"w std {m['weight_std']:.3f}{meta}  {m['epoch_time_s']:.1f}s")
 
 
 def train(
@@ -385,6 +390,7 @@ def train(
         run.load_state_dict(load_checkpoint(ckpt, map_location=run.device))
     progress = sys.stderr.isatty() if progress is None else progress
     log = log if log is not None else (print if progress else None)
+    say = log or _print_stderr  # warnings about the run reach its log even without per-epoch lines
     wrap = _progress_factory(progress, run)
     last = cfg.epochs if stop_after is None else min(stop_after, cfg.epochs)
     result = None
@@ -399,6 +405,8 @@ def train(
         metrics["eval_time_s"] = time.perf_counter() - start  # validation and the Fig. 5 trace
         run.update_best(metrics)
         run.history.append(metrics)
+        if run.weight_net is not None and collapsed_epoch(run.history, cfg.burn_in_epochs) == run.epoch:
+            say(collapse_message(run.epoch, metrics["weight_std"]))
         run.epoch += 1
         if ckpt is not None:
             save_checkpoint(run.state_dict(), ckpt)
@@ -408,11 +416,15 @@ def train(
         if cfg.plot_every and run.epoch % cfg.plot_every == 0 and not finished and ckpt is not None:
             _draw_interim_plots(run, ckpt.parent / "plots")
         if finished:  # the last epoch's report carries the test metrics (a scheduler may stop after it)
-            result = _finish_run(run)
+            result = _finish_run(run, say)
             metrics.update(scalar_final(result.final))
         if callback is not None:
             callback(dict(metrics), ckpt.parent if ckpt is not None else None)
-    return result if result is not None else _finish_run(run)
+    return result if result is not None else _finish_run(run, say)
+
+
+def _print_stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 def scalar_final(final: dict[str, Any]) -> dict[str, float]:
@@ -425,8 +437,9 @@ def _early_stopped(run: _Run) -> bool:
     return p > 0 and run.best["epoch"] >= 0 and run.epoch - 1 - run.best["epoch"] >= p
 
 
-def _finish_run(run: _Run) -> TrainResult:
-    """Test metrics of the last state (clean, PGD) and of the best state (clean, PGD, AA)."""
+def _finish_run(run: _Run, say: Callable[[str], None] = _print_stderr) -> TrainResult:
+    """Test metrics of the last state (clean, PGD) and of the best state (clean, PGD, AA), and
+    for a weight net whether its weights collapsed or faded (`bilaw/weight_health.py`)."""
     cfg, d = run.cfg, run.data
     start = time.perf_counter()
     analysis = collect(run, run.sample_weights, cfg.analysis_samples) if cfg.analysis_samples > 0 else None
@@ -446,11 +459,17 @@ def _finish_run(run: _Run) -> TrainResult:
              "test_per_class_pgd_acc": best["per_class_pgd_acc"], "test_adv_confusion": best["adv_confusion"]}
     if "aa_acc" in best:
         final["test_aa_acc"] = best["aa_acc"]
+        final["test_pgd_acc_aa_subset"] = best["pgd_acc_aa_subset"]
     final.update({f"test_pgd_acc_class_{k}": v for k, v in enumerate(best["per_class_pgd_acc"]) if v == v})
     if analysis is not None and cfg.weighting != "none":
         auroc = weight_auroc(analysis["weights"], analysis["misclassified_adv"])
         if auroc == auroc:
             final["weight_pgd_auroc"] = auroc
+    if run.weight_net is not None:
+        health = weight_health(run.history, cfg.burn_in_epochs)
+        final.update(health)
+        if health.get("weights_faded"):
+            say(fade_message(health))
     final["test_eval_time_s"] = time.perf_counter() - start
     run.model.eval()
     return TrainResult(cfg, run.history, final, run.model, run.weight_net,

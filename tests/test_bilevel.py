@@ -232,3 +232,33 @@ def test_jvp_without_the_training_batch_is_a_clear_error():
     with pytest.raises(ValueError, match="hypergrad='jvp' needs the training batch"):
         bilaw_meta_step(model, net, torch.optim.SGD(net.parameters(), lr=0.1), terms, feats, LR,
                         x_val_adv, y_val, NO_ATTACK, hypergrad="jvp")
+
+
+class _GradRecorder(torch.optim.Optimizer):
+    """An optimiser that only records the gradients it is handed."""
+
+    def __init__(self, params):
+        super().__init__(params, {})
+        self.seen: list[torch.Tensor] = []
+
+    def step(self, closure=None):
+        self.seen = [p.grad.clone() for group in self.param_groups for p in group["params"]]
+
+
+@pytest.mark.parametrize("lr", [0.1, 0.01, 0.001])
+def test_per_lr_scaling_divides_the_meta_gradient_by_the_current_lr(lr):
+    model, net, x, y, x_adv, x_val_adv, y_val, feats = _problem(seed=2)
+    terms = OBJECTIVES.get("at").terms(model, x, x_adv, y, 6.0)
+    seen, norms = {}, {}
+    for scale in ("raw", "per_lr"):
+        rec = _GradRecorder(net.parameters())
+        _, norms[scale] = bilaw_meta_step(model, net, rec, terms, feats, lr, x_val_adv, y_val, NO_ATTACK,
+                                          grad_scale=scale)
+        seen[scale] = rec.seen
+    for raw, scaled in zip(seen["raw"], seen["per_lr"]):
+        assert raw.abs().max() > 0
+        assert torch.equal(scaled, raw / lr)
+    # the reported norm is the raw meta-gradient's, whatever the scaling
+    expected = torch.cat([g.reshape(-1) for g in seen["raw"]]).norm()
+    assert torch.equal(norms["raw"], norms["per_lr"])
+    torch.testing.assert_close(norms["raw"], expected, rtol=1e-12, atol=0)

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import statistics
+from pathlib import Path
 
 import pytest
 import yaml
 
+from bilaw.config import TrainConfig
 from tune.reproduce import main as reproduce_main
+
+REPO = Path(__file__).resolve().parents[1]
 
 ARGS = ["--table", "1", "--dataset", "digits", "--model", "fc1", "--norm", "linf", "--methods", "at,bilaw",
         "--seeds", "2", "--epochs", "2", "--set", "aa_samples=16", "--set", "aa_attacks=[apgd-ce]",
@@ -91,3 +95,17 @@ def test_dry_run_lists_the_paper_runs(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2 * 8
     assert lines[0].split()[0] == "table2/cifar10_small_cnn_linf2/gairat/seed0" and "100 epochs" in lines[0]
+
+
+def test_a_stored_config_without_meta_grad_scale_matches_raw_only():
+    """The stored Table 1 BiLAW runs predate meta_grad_scale: they are reused for raw, never for per_lr."""
+    from bilaw.config import yaml_load
+    from tune.reproduce import config_difference
+
+    stored = REPO / "docs/results/runs/table1/fmnist_fc1_linf/bilaw/seed0/config.yaml"
+    saved = yaml_load(stored.read_text())
+    assert "meta_grad_scale" not in saved
+    cfg = TrainConfig.from_dict(saved)
+    assert config_difference(saved, cfg.replace(meta_grad_scale="raw")) == []
+    assert config_difference(saved, cfg.replace(meta_grad_scale="per_lr")) == [
+        "meta_grad_scale: run 'raw' vs now 'per_lr'"]

@@ -9,6 +9,7 @@ import optuna
 import pytest
 
 from bilaw.config import ConfigError, TrainConfig
+from bilaw.trainer import lr_at
 from tune import spaces as sp
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -74,8 +75,13 @@ def test_workloads_are_the_papers_settings(workloads):
     for name, w in workloads.items():
         cfg = TrainConfig.from_dict(w.config).resolved()
         assert w.name == name and w.description
-        if name not in ("digits", "smoke"):
+        if name not in ("digits", "smoke", "fmnist_fc1_linf_rank"):
             assert {k: getattr(cfg, k) for k in PAPER_SCHEDULE} == PAPER_SCHEDULE, name
+    # the ranking schedule of the meta-optimiser search: the paper's setting cut to 5 epochs, both lr drops in it
+    rank = TrainConfig.from_dict(workloads["fmnist_fc1_linf_rank"].config).resolved()
+    assert (rank.dataset, rank.model, rank.norm, rank.eps, rank.aa_samples) == ("fashion_mnist", "fc1", "linf", 0.1, 0)
+    assert [lr_at(rank, e) for e in range(rank.epochs)] == pytest.approx([0.1, 0.1, 0.01, 0.001, 0.001])
+    assert (rank.holdout_val_size, rank.meta_val_size, rank.pgd_steps, rank.eval_pgd_steps) == (1000, 1000, 10, 20)
     mnist_like = {f"{d}_{m}_{n}" for d in ("mnist", "fmnist") for m in ("fc1", "tiny_cnn") for n in ("linf", "l2")}
     cifar = {"cifar10_small_cnn_linf2", "cifar10_small_cnn_linf8", "cifar10_wrn32_linf2", "cifar10_wrn32_linf8",
              "cifar100_wrn32_linf8"}

@@ -11,7 +11,7 @@ import yaml
 from bilaw import TrainConfig, load_run
 from bilaw.trainer import train
 from bilaw.config import METHODS
-from bilaw.evaluate import accuracy
+from bilaw.evaluate import accuracy, pgd_predictions
 from bilaw.data import load_data
 from bilaw.train import main as train_main
 from bilaw.trainer import NonFiniteLossError, lr_at
@@ -28,9 +28,12 @@ def _strip_times(history):
     return [{k: v for k, v in h.items() if not k.endswith("_time_s")} for h in history]
 
 
-@pytest.mark.parametrize("method", ["bilaw", "gairat", "trades"])
-def test_resume_is_bit_exact(tmp_path, method):
-    cfg = _cfg(method=method, epochs=3, burn_in_epochs=1, meta_val_size=60, holdout_val_size=60)
+@pytest.mark.parametrize("method, extra", [
+    ("bilaw", {}), ("bilaw", {"meta_optimizer": "adamw", "meta_grad_scale": "per_lr"}),
+    ("bilaw", {"meta_optimizer": "sgd", "meta_grad_scale": "per_lr", "meta_lr": 0.1}),
+    ("gairat", {}), ("trades", {})])
+def test_resume_is_bit_exact(tmp_path, method, extra):
+    cfg = _cfg(method=method, epochs=3, burn_in_epochs=1, meta_val_size=60, holdout_val_size=60, **extra)
     full = train(cfg, checkpoint_dir=tmp_path / "full", progress=False)
     train(cfg, checkpoint_dir=tmp_path / "split", stop_after=1, progress=False)
     resumed = train(cfg, checkpoint_dir=tmp_path / "split", progress=False)
@@ -119,6 +122,38 @@ def test_nan_loss_stops_with_a_clear_error():
 def test_final_metrics_include_autoattack_when_asked():
     result = train(_cfg(epochs=1, aa_samples=16, aa_attacks=["apgd-ce"], aa_n_iter=5), progress=False)
     assert 0.0 <= result.final["test_aa_acc"] <= result.final["test_clean_acc"]
+    # PGD on exactly AutoAttack's 16 points: the same attack as test_pgd_acc (same starts), first 16 points
+    cfg, data = result.config, load_data("digits", meta_val_size=100, holdout_val_size=100, seed=0)
+    preds = pgd_predictions(result.model, data.x_test, data.y_test, norm=cfg.norm, eps=cfg.eps,
+                            steps=cfg.eval_pgd_steps, batch_size=cfg.eval_batch_size,
+                            generator=torch.Generator().manual_seed(cfg.seed))
+    assert (preds == data.y_test).sum().item() / len(data.y_test) == result.final["test_pgd_acc"]
+    correct = sum(int(p == t) for p, t in zip(preds[:16].tolist(), data.y_test[:16].tolist()))
+    assert result.final["test_pgd_acc_aa_subset"] == correct / 16
+
+
+def test_a_checkpoint_older_than_meta_grad_scale_resumes_as_raw(tmp_path):
+    """A stored config without a key reads it as what runs did before the key existed."""
+    from bilaw.checkpoint import load_checkpoint, save_checkpoint
+
+    train(_cfg(method="bilaw", epochs=2), checkpoint_dir=tmp_path, stop_after=1, progress=False)
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    del state["config"]["meta_grad_scale"]
+    save_checkpoint(state, tmp_path / "checkpoint.pt")
+    with pytest.raises(ValueError, match=r"meta_grad_scale: checkpoint 'raw' vs now 'per_lr'"):
+        train(_cfg(method="bilaw", epochs=2, meta_grad_scale="per_lr"), checkpoint_dir=tmp_path, progress=False)
+    resumed = train(_cfg(method="bilaw", epochs=2, meta_grad_scale="raw"), checkpoint_dir=tmp_path, progress=False)
+    assert [h["epoch"] for h in resumed.history] == [0, 1]
+
+
+@pytest.mark.parametrize("key, value, allowed", [
+    ("meta_optimizer", "adamx", "adam, adamw, sgd"), ("meta_grad_scale", "per-lr", "raw, per_lr")])
+def test_meta_optimiser_options_are_validated_and_listed(key, value, allowed, capsys):
+    with pytest.raises(ValueError, match=rf"{key}: .*{value!r}"):
+        _cfg(**{key: value})
+    with pytest.raises(SystemExit):
+        train_main(["--help"])
+    assert f"(one of: {allowed})" in capsys.readouterr().out
 
 
 def test_cli_errors_are_messages_not_tracebacks(tmp_path, capsys):

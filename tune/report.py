@@ -1,10 +1,12 @@
-"""`python tune/report.py --experiment NAME [--by PARAM] [--format md|csv] [--importance]`:
+"""`python tune/report.py --experiment NAME [--by PARAM] [--format md|csv] [--importance] [--trials]`:
 the tracked results of a search as a table in the layout of the seed paper's tables.
 
 One row per value of the searched parameter (or per method), columns Clean, PGD, AA where
 present, and the PGD - Clean gap of Table 6, each the mean and standard deviation over the
 finished trials with that value (seeds, re-runs). It reads MLflow only; `--importance` adds
-Optuna's parameter importances from the search's stored study.
+Optuna's parameter importances from the search's stored study. `--trials` lists every finished
+trial instead (its searched values, the held-out ranking metric, test metrics and whether its
+learned weights stayed alive), best first: the view for searches over several parameters.
 """
 from __future__ import annotations
 
@@ -25,6 +27,10 @@ if __package__ in (None, ""):
 from tune.tracking import PARENT_TAG, STATUS_TAG, TrackingError, absolute_tracking_uri, check_tracking_uri  # noqa: E402
 
 COLUMNS = [("Clean", "test_clean_acc"), ("PGD", "test_pgd_acc"), ("AA", "test_aa_acc")]
+# --trials: per-run columns after the searched values (header, metric, percent?)
+TRIAL_COLUMNS = [("held-out PGD (best)", "best_val_pgd_acc", True), ("Clean", "test_clean_acc", True),
+                 ("PGD", "test_pgd_acc", True), ("AA", "test_aa_acc", True),
+                 ("w std peak", "weight_std_peak", False), ("w std last", "weight_std_last", False)]
 IGNORED_PARAMS = {"seed", "device", "data_dir"}
 
 
@@ -75,12 +81,13 @@ def choose_by(runs: list, by: str | None) -> str:
 
             raise ReportError("--by: " + unknown_name_message("parameter", by, params))
         return by
-    varying = sorted(p for p in params - IGNORED_PARAMS if len({r.data.params.get(p) for r in runs}) > 1)
+    varying = varying_params(runs)
     if len(varying) == 1:
         return varying[0]
     if "method" in varying or not varying:
         return "method"
-    raise ReportError(f"several parameters vary ({', '.join(varying)}); choose one with --by")
+    raise ReportError(f"several parameters vary ({', '.join(varying)}); choose one with --by, or list every "
+                      f"trial with --trials")
 
 
 def build_rows(runs: list, by: str) -> list[Row]:
@@ -115,6 +122,55 @@ def format_markdown(rows: list[Row], by: str) -> str:
         lines.append("| " + " | ".join([row.value, *(_pct(row.cells[c]) for c in cols), _pct(row.gap), str(row.n)])
                      + " |")
     return "\n".join(lines) + "\n\naccuracies in %, mean ± std over the finished runs of each row (n)"
+
+
+def varying_params(runs: list) -> list[str]:
+    """Parameters whose logged value differs between runs (a run without one shows "-")."""
+    params = set().union(*(r.data.params for r in runs)) - IGNORED_PARAMS
+    return sorted(p for p in params if len({r.data.params.get(p) for r in runs}) > 1)
+
+
+def trial_table(runs: list) -> tuple[list[str], list[list[str]]]:
+    """(header, rows): one row per run, best held-out PGD accuracy first."""
+    params = varying_params(runs)
+    cols = [c for c in TRIAL_COLUMNS if any(c[1] in r.data.metrics for r in runs)]
+    ordered = sorted(runs, key=lambda r: -r.data.metrics.get("best_val_pgd_acc", -math.inf))
+    rows = []
+    for r in ordered:
+        m = r.data.metrics
+        cells = [r.data.params.get(p, "-") for p in params]
+        for _, key, pct in cols:
+            cells.append("-" if key not in m else (f"{100 * m[key]:.2f}" if pct else f"{m[key]:.4f}"))
+        if any(key == "weight_std_peak" for _, key, _ in cols):
+            peak, last = m.get("weight_std_peak"), m.get("weight_std_last")
+            cells.append(f"{last / peak:.2f}" if peak and last is not None else "-")
+            cells.append(_weights_state(m) if peak else "-")
+        rows.append([r.info.run_name, *cells])
+    header = ["run", *params, *(c[0] for c in cols)]
+    if any(key == "weight_std_peak" for _, key, _ in cols):
+        header += ["last/peak", "weights"]
+    return header, rows
+
+
+def _weights_state(metrics: dict[str, float]) -> str:
+    """collapsed / faded / alive from a run's final metrics (the same rule that tags the run)."""
+    from bilaw.weight_health import health_label, is_faded
+
+    faded = is_faded(metrics["weight_std_last"], metrics["weight_std_peak"])
+    return health_label({"weights_collapsed_epoch": metrics.get("weights_collapsed_epoch"),
+                         "weights_faded": faded}) or "alive"
+
+
+def format_trials(header: list[str], rows: list[list[str]], fmt: str) -> str:
+    if fmt == "csv":
+        buf = io.StringIO()
+        csv.writer(buf).writerows([header, *rows])
+        return buf.getvalue()
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + ("\n\naccuracies in %; held-out PGD is the best epoch's PGD accuracy on the held-out "
+                               "validation set (the ranking metric); w std is the weights' standard deviation "
+                               "(mean-1 scale) at its peak epoch and at the last epoch")
 
 
 def format_csv(rows: list[Row], by: str) -> str:
@@ -157,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reruns", action="store_true",
                    help="tabulate the re-runs of rerun_best.py (full evaluation) instead of the search's trials")
     p.add_argument("--importance", action="store_true", help="add Optuna's importance of each searched parameter")
+    p.add_argument("--trials", action="store_true",
+                   help="one row per finished trial (searched values, held-out and test metrics, weight health), "
+                        "best first, instead of rows grouped by one parameter")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlruns.db in this folder)")
     return p
 
@@ -169,9 +228,12 @@ def main(argv: list[str] | None = None) -> int:
             raise ReportError(f"no tracking database at {uri}; pass the --tracking-uri the search used")
         check_tracking_uri(uri)
         runs = finished_runs(uri, args.experiment, reruns=args.reruns)
-        by = choose_by(runs, args.by)
-        rows = build_rows(runs, by)
-        print(format_markdown(rows, by) if args.format == "md" else format_csv(rows, by), end="\n")
+        if args.trials:
+            print(format_trials(*trial_table(runs), args.format), end="\n")
+        else:
+            by = choose_by(runs, args.by)
+            rows = build_rows(runs, by)
+            print(format_markdown(rows, by) if args.format == "md" else format_csv(rows, by), end="\n")
         if args.importance:
             print("\nparameter importance (Optuna, fANOVA):")
             for name, value in importances(runs, args.experiment, uri).items():

@@ -25,7 +25,7 @@ if __package__ in (None, ""):  # run as a script: import the package, not the sc
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here.parent]
     sys.path.insert(0, str(_here.parents[1]))
 
-from bilaw.config import ConfigError, TrainConfig, parse_overrides  # noqa: E402
+from bilaw.config import ConfigError, TrainConfig, parse_overrides, stored_config_dict  # noqa: E402
 from bilaw.data import MissingDatasetError  # noqa: E402
 from bilaw.registry import unknown_name_message  # noqa: E402
 from tune import spaces as sp  # noqa: E402
@@ -203,11 +203,11 @@ def plan_jobs(args, table: Table, settings: list[Setting], rows: list[Row], seed
 
 def config_difference(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
     """Keys (outside IMPLEMENTATION_KEYS) where a finished run's config differs from `cfg`;
-    keys the saved config predates count as their defaults."""
+    keys the saved config predates count as what runs did without them (`stored_config_dict`)."""
     now = cfg.to_dict()
-    defaults = TrainConfig().to_dict()
-    return [f"{k}: run {saved.get(k, defaults[k])!r} vs now {now[k]!r}" for k in now
-            if k not in IMPLEMENTATION_KEYS and saved.get(k, defaults[k]) != now[k]]
+    saved = stored_config_dict(saved)
+    return [f"{k}: run {saved[k]!r} vs now {now[k]!r}" for k in now
+            if k not in IMPLEMENTATION_KEYS and saved[k] != now[k]]
 
 
 def check_finished(jobs: list[Job], out: Path) -> None:

@@ -22,6 +22,7 @@ DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
 TRIAL_ID_TAG = "ray_trial_id"
 PARENT_TAG = "mlflow.parentRunId"
 STATUS_TAG = "trial_status"  # completed | pruned | error
+WEIGHTS_TAG = "weights"  # "collapsed" or "faded": a trial whose learned weights died (bilaw/weight_health.py)
 # MLflow's own HTTP retries block for minutes on a dead server (HPO.md: 247 s); keep them short.
 FAST_FAIL_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
                  "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}

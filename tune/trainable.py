@@ -24,8 +24,9 @@ from ray import tune
 from bilaw.config import TrainConfig
 from bilaw.runs import save_run
 from bilaw.trainer import CHECKPOINT_NAME, scalar_final, train
+from bilaw.weight_health import health_label
 
-from .tracking import TrialRun
+from .tracking import WEIGHTS_TAG, TrialRun
 
 META_KEY = "_bilaw"
 TRACKING_ENV = "BILAW_TRACKING_URI"
@@ -120,3 +121,6 @@ def _log_final(run: TrialRun, result, work: Path) -> None:
     out = save_run(result, work / "run")
     step = result.history[-1]["epoch"] if result.history else 0
     _safe(run.log_final, scalar_final(result.final), step, out)
+    label = health_label(result.final)
+    if label is not None:
+        _safe(run.set_tags, {WEIGHTS_TAG: label})

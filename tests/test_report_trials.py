@@ -1,0 +1,47 @@
+"""tune/report.py --trials: one row per finished trial, best held-out PGD first, with the weight
+health read from the run's own metrics."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from tune.report import format_trials, trial_table
+
+
+def _run(name, params, metrics, tags=None):
+    return SimpleNamespace(info=SimpleNamespace(run_name=name),
+                           data=SimpleNamespace(params=params, metrics=metrics, tags=tags or {}))
+
+
+RUNS = [
+    _run("a", {"meta_optimizer": "adam", "meta_lr": "0.001", "seed": "0"},
+         {"best_val_pgd_acc": 0.70, "test_clean_acc": 0.81, "test_pgd_acc": 0.66,
+          "weight_std_peak": 0.277, "weight_std_last": 0.0195}),
+    _run("b", {"meta_optimizer": "adamw", "meta_lr": "0.01", "seed": "0"},
+         {"best_val_pgd_acc": 0.72, "test_clean_acc": 0.80, "test_pgd_acc": 0.67,
+          "weight_std_peak": 0.30, "weight_std_last": 0.20}),
+    _run("c", {"meta_optimizer": "sgd", "meta_lr": "0.1", "seed": "0"},
+         {"best_val_pgd_acc": 0.69, "test_clean_acc": 0.79, "test_pgd_acc": 0.65,
+          "weight_std_peak": 1.4, "weight_std_last": 0.5, "weights_collapsed_epoch": 1.0}),
+]
+
+
+def test_trials_are_listed_best_first_with_their_values_and_weight_state():
+    header, rows = trial_table(RUNS)
+    assert header == ["run", "meta_lr", "meta_optimizer", "held-out PGD (best)", "Clean", "PGD", "w std peak",
+                      "w std last", "last/peak", "weights"]
+    assert [r[0] for r in rows] == ["b", "a", "c"]
+    assert rows[0] == ["b", "0.01", "adamw", "72.00", "80.00", "67.00", "0.3000", "0.2000", "0.67", "alive"]
+    assert rows[1][-2:] == ["0.07", "faded"]        # 0.0195 / 0.277
+    assert rows[2][-2:] == ["0.36", "collapsed"]    # collapse wins over the ratio
+
+
+def test_a_parameter_only_some_trials_have_shows_a_dash():
+    runs = [*RUNS, _run("d", {"meta_optimizer": "adam", "meta_lr": "0.001", "trades_beta": "6.0", "seed": "0"},
+                        {"best_val_pgd_acc": 0.5, "test_clean_acc": 0.7, "test_pgd_acc": 0.4})]
+    header, rows = trial_table(runs)
+    col = header.index("trades_beta")
+    assert [r[col] for r in rows] == ["-", "-", "-", "6.0"]
+    assert rows[-1][-4:] == ["-", "-", "-", "-"]    # no learned weights: no weight columns
+    text = format_trials(header, rows, "md")
+    assert text.splitlines()[0].startswith("| run | meta_lr | meta_optimizer | trades_beta | held-out PGD (best) |")
+    assert "| d | 0.001 | adam | 6.0 | 50.00 | 70.00 | 40.00 | - | - | - | - |" in text
