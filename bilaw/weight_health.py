@@ -5,7 +5,9 @@ plain AT at twice the cost). `weight_std` is the per-epoch standard deviation of
 the mean-1 scale of their batches (0 = uniform), so both conditions are read from it:
 
 - **collapsed**: an epoch after burn-in whose `weight_std` is below `COLLAPSE_STD` (every weight
-  within about 0.1% of its batch mean): `weights_collapsed_epoch` is the first such epoch (0-based).
+  within about 0.1% of its batch mean) after an epoch at or above it: `weights_collapsed_epoch` is
+  the first such epoch (0-based). A freshly initialised weight net gives nearly uniform weights,
+  so a run whose first few meta steps have not yet moved it is not called collapsed.
 - **faded**: the last epoch's `weight_std` is below `FADE_FRACTION` of its peak over the epochs
   after burn-in: `weights_faded`, with `weight_std_peak`.
 """
@@ -22,8 +24,15 @@ def _active(history: Sequence[dict[str, Any]], burn_in: int) -> list[dict[str, A
 
 
 def collapsed_epoch(history: Sequence[dict[str, Any]], burn_in: int) -> int | None:
-    """The first epoch after burn-in with `weight_std` < COLLAPSE_STD, or None."""
-    return next((m["epoch"] for m in _active(history, burn_in) if m["weight_std"] < COLLAPSE_STD), None)
+    """The first epoch after burn-in with `weight_std` < COLLAPSE_STD that follows a weighted
+    epoch with `weight_std` >= COLLAPSE_STD, or None."""
+    spread = False
+    for m in _active(history, burn_in):
+        if m["weight_std"] >= COLLAPSE_STD:
+            spread = True
+        elif spread:
+            return m["epoch"]
+    return None
 
 
 def is_faded(last: float, peak: float) -> bool:

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Iterator
 
 import optuna
 import pytest
@@ -202,29 +208,176 @@ def test_asha_stopped_trials_are_pruned_in_optuna_and_mlflow(tmp_path):
             assert {"config.yaml", "metrics.json"} <= {a.path for a in client.list_artifacts(r.info.run_id)}
 
 
-@pytest.mark.slow
-def test_search_on_a_separately_started_ray_cluster(tmp_path):
-    with socket.socket() as s:
+def _reported_trial(trial_id: str, config: dict, value: float):
+    """A finished trial as Ray's progress reporter reads it (its storage only names the folder)."""
+    from ray.tune.experiment import Trial
+
+    trial = Trial("train_trial", config=config, stub=True, trial_id=trial_id)
+    trial.storage = SimpleNamespace(experiment_driver_staging_path="ray_results", trial_driver_staging_path=None)
+    trial.update_last_result({"best_val_pgd_acc": value, "epoch": 1, "config": config})
+    trial.set_status(Trial.TERMINATED)
+    return trial
+
+
+def test_progress_report_shows_a_conditional_parameter_a_trial_lacks(capsys):
+    """bilaw_tpe searches trades_beta only for BiLAW-TRADES; a leading plain BiLAW trial shows "-" in
+    the current-best line (Ray's own reporter raises KeyError there) and a blank table cell."""
+    from tune.search import PROGRESS_COLUMNS, ConditionalParamsReporter
+
+    trials = [_reported_trial("aaaa", {"method": "bilaw_trades", "trades_beta": 6.5, "meta_lr": 0.01}, 0.3),
+              _reported_trial("bbbb", {"method": "bilaw", "meta_lr": 0.02}, 0.4)]
+    reporter = ConditionalParamsReporter(parameter_columns=["method", "trades_beta", "meta_lr"],
+                                         metric_columns=PROGRESS_COLUMNS)
+    reporter.setup(start_time=time.time(), total_samples=2, metric="best_val_pgd_acc", mode="max")
+    reporter.report(trials, True)
+    out = capsys.readouterr().out
+    assert ("Current best trial: bbbb with best_val_pgd_acc=0.4 and parameters="
+            "{'method': 'bilaw', 'trades_beta': '-', 'meta_lr': 0.02}") in out
+    header, *rows = [[c.strip() for c in line.split("|")[1:-1]] for line in out.splitlines()
+                     if line.startswith("| ")]
+    cells = {row[0]: dict(zip(header, row)) for row in rows}
+    assert cells["train_trial_aaaa"]["trades_beta"] == "6.5" and cells["train_trial_bbbb"]["trades_beta"] == ""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
-    start = subprocess.run([str(RAY), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-                            "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats"],
-                           capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path)
-    assert start.returncode == 0, start.stderr[-2000:]
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_tmp():
+    """Ray's temp folder for one test (RAY_TMPDIR; short, for Ray's socket paths): the cluster file
+    and sessions of the clusters it starts go there, never to the machine's /tmp/ray."""
+    folder = Path(tempfile.mkdtemp(prefix="raytest-", dir="/tmp"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _ray_env(ray_tmp: Path, **extra: str) -> dict[str, str]:
+    return {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled"), "RAY_TMPDIR": str(ray_tmp),
+            **extra}
+
+
+@contextmanager
+def _separate_cluster(ray_tmp: Path) -> Iterator[tuple[str, Path, subprocess.Popen]]:
+    """A Ray head node started apart from any search with `ray start --head --block`: yields its
+    address, its session folder and the `ray start` process. The node's processes share that
+    process's group; on exit it is stopped by its PID (SIGTERM: its node stops its processes),
+    then any process left in its group, by PID. Never `ray stop`: that stops every Ray here."""
+    port = _free_port()
+    log = open(ray_tmp / "ray_start.log", "w")
+    proc = subprocess.Popen([str(RAY), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+                             f"--port={port}", "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false",
+                             "--disable-usage-stats"], stdout=log, stderr=subprocess.STDOUT, env=_ray_env(ray_tmp),
+                            cwd=ray_tmp, start_new_session=True)
     try:
+        address_file = ray_tmp / "ray" / "ray_current_cluster"
+        deadline = time.monotonic() + 180
+        while not address_file.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert address_file.exists(), (ray_tmp / "ray_start.log").read_text()[-2000:]
+        yield f"127.0.0.1:{port}", (ray_tmp / "ray" / "session_latest").resolve(), proc
+    finally:
+        _stop_group(proc)
+        log.close()
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """Stop a process this test started, then whatever is left of its process group, each by PID."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+    for pid in _group_members(proc.pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 15
+    while _group_members(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of the process group `pgid`."""
+    pids = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            pids.append(int(entry.name))
+    return pids
+
+
+def _search(tmp_path: Path, env: dict[str, str], *extra: str) -> tuple[subprocess.CompletedProcess, str]:
+    """A one-trial search run as a user runs it; returns the finished process and its MLflow URI."""
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    out = subprocess.run([sys.executable, str(REPO / "tune" / "run_search.py"), "--space", "mail", "--workload",
+                          "smoke", "--num-samples", "1", "--storage-path", str(tmp_path / "rr"),
+                          "--tracking-uri", uri, *extra],
+                         capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    return out, uri
+
+
+def _driver_session(tmp_path: Path, experiment: str) -> Path:
+    return Path(json.loads((tmp_path / "rr" / experiment / "driver.json").read_text())["session_dir"])
+
+
+def _assert_finished(out: subprocess.CompletedProcess, uri: str, experiment: str, trials: int) -> None:
+    log = out.stdout + out.stderr
+    assert out.returncode == 0 and "Traceback" not in log, log[-4000:]
+    assert "best best_val_pgd_acc" in out.stdout
+    _, parents, children = _children(uri, experiment)
+    assert len(parents) == 1 and len(children) == trials
+    assert all(r.info.status == "FINISHED" for r in children)
+
+
+@pytest.mark.slow
+def test_search_on_a_separately_started_ray_cluster(tmp_path, ray_tmp):
+    with _separate_cluster(ray_tmp) as (address, session, cluster):
         uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
         out = subprocess.run([sys.executable, str(REPO / "tune" / "run_search.py"), "--space", "ablation_capacity",
-                              "--workload", "smoke", "--address", f"127.0.0.1:{port}", "--storage-path",
+                              "--workload", "smoke", "--address", address, "--storage-path",
                               str(tmp_path / "rr"), "--tracking-uri", uri],
-                             capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
-        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-        assert "best best_val_pgd_acc" in out.stdout
-        _, parents, children = _children(uri, "ablation_capacity")
-        assert len(parents) == 1 and len(children) == 4
-        assert all(r.info.status == "FINISHED" for r in children)
-    finally:
-        subprocess.run([str(RAY), "stop", "--force"], capture_output=True, timeout=120, env=env)
+                             capture_output=True, text=True, timeout=600, env=_ray_env(ray_tmp), cwd=tmp_path)
+        _assert_finished(out, uri, "ablation_capacity", 4)
+        assert _driver_session(tmp_path, "ablation_capacity") == session  # joined, as --address asked
+        assert cluster.poll() is None
+    assert not _group_members(cluster.pid)
+
+
+@pytest.mark.slow
+def test_search_without_address_ignores_a_stale_cluster_file(tmp_path, ray_tmp):
+    """A head node killed without cleaning up leaves its address in Ray's cluster file (and maybe
+    in RAY_ADDRESS); a search without --address starts its own Ray all the same."""
+    dead = f"127.0.0.1:{_free_port()}"
+    (ray_tmp / "ray").mkdir()
+    (ray_tmp / "ray" / "ray_current_cluster").write_text(dead)
+    out, uri = _search(tmp_path, _ray_env(ray_tmp, RAY_ADDRESS=dead))
+    _assert_finished(out, uri, "mail", 1)
+    session = _driver_session(tmp_path, "mail")
+    assert session.parent == ray_tmp / "ray" and session.name.startswith("session_")
+    assert (ray_tmp / "ray" / "ray_current_cluster").read_text() == dead
+
+
+@pytest.mark.slow
+def test_search_without_address_does_not_join_a_running_cluster(tmp_path, ray_tmp):
+    with _separate_cluster(ray_tmp) as (_, cluster_session, cluster):
+        cluster_file = (ray_tmp / "ray" / "ray_current_cluster").read_text()
+        before = {p.name for p in (ray_tmp / "ray").glob("session_2*")}
+        out, uri = _search(tmp_path, _ray_env(ray_tmp))
+        _assert_finished(out, uri, "mail", 1)
+        session = _driver_session(tmp_path, "mail")
+        assert session != cluster_session and session.parent == ray_tmp / "ray"
+        assert session.name not in before  # a fresh session of its own
+        assert cluster.poll() is None  # the other cluster is left running, still the one its file names
+        assert (ray_tmp / "ray" / "ray_current_cluster").read_text() == cluster_file
 
 
 @pytest.mark.slow

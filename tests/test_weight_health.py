@@ -34,6 +34,9 @@ def test_collapse_is_the_first_whole_epoch_under_1e_3_after_burn_in():
     assert health["weights_collapsed_epoch"] == 3 and health["weight_std_peak"] == 0.3
     assert health_label(health) == "collapsed"  # the stronger condition wins over fading
     assert collapsed_epoch(_history([0.3, 0.001, 0.2]), burn_in=0) is None  # 1e-3 itself is not under it
+    # a net still near its (almost uniform) initialisation has not collapsed; one that spread and fell back has
+    assert collapsed_epoch(_history([0.0009, 0.0008]), burn_in=0) is None
+    assert collapsed_epoch(_history([0.0009, 0.2, 0.0005]), burn_in=0) == 2
     assert weight_health(_history([0.0, 0.0]), burn_in=2) == {}  # no weighted epoch yet
 
 

@@ -64,8 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "long plus one epoch of training. 0: every epoch (default "
                         f"{DEFAULT_CHECKPOINT_EVERY_S:g}; short epochs pay for each checkpoint; a resumed search "
                         "keeps the value it started with)")
-    p.add_argument("--address", help="join a running Ray cluster (e.g. 'auto' or 'HEAD_IP:6379') instead of "
-                                     "starting a local one")
+    p.add_argument("--address", help="join the running Ray cluster at this address (e.g. 'auto' or "
+                                     "'HEAD_IP:6379'). Without it the search starts its own local Ray and "
+                                     "never joins another: not a cluster running on this machine, not one "
+                                     "that RAY_ADDRESS or Ray's cluster file (/tmp/ray/ray_current_cluster) "
+                                     "names")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlruns.db in this folder)")
     p.add_argument("--experiment", help="MLflow experiment and Ray experiment name (default: the space name)")
     p.add_argument("--storage-path", default="ray_results",

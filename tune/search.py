@@ -11,6 +11,7 @@ import signal
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -140,15 +141,26 @@ def make_scheduler(plan):
                                          reduction_factor=asha["reduction_factor"])
 
 
+LOCAL_RAY = "local"  # ray.init's address for a new Ray of this driver's own
+
+
+def ray_address(plan) -> str:
+    """The cluster --address names, else a new local Ray. Never what ray.init would find on its own
+    (RAY_ADDRESS, or the cluster file in Ray's temp folder): that file outlives a killed head and
+    then names a dead address, and a live cluster there belongs to someone else."""
+    return plan.args.address or LOCAL_RAY
+
+
 def start_ray(plan) -> float:
-    """Start (or join) Ray with the trials' environment; return the GPUs the cluster has."""
+    """Start Ray, or join the --address cluster, with the trials' environment; return the GPUs
+    the cluster has."""
     env = {TRACKING_ENV: plan.tracking_uri, **FAST_FAIL_ENV, "RAY_AIR_NEW_OUTPUT": "0"}
     kwargs: dict[str, Any] = dict(include_dashboard=False, runtime_env={"env_vars": env},
                                   log_to_driver=True, configure_logging=True, logging_level="WARNING")
-    if plan.args.address:
-        ray.init(address=plan.args.address, **kwargs)
-    else:
-        ray.init(object_store_memory=256 * 1024 ** 2, **kwargs)
+    address = ray_address(plan)
+    if address == LOCAL_RAY:  # a joined cluster keeps its own object store (Ray refuses the option)
+        kwargs["object_store_memory"] = 256 * 1024 ** 2
+    ray.init(address=address, **kwargs)
     return float(ray.cluster_resources().get("GPU", 0.0))
 
 
@@ -280,8 +292,8 @@ def build_tuner(plan, tracking: SearchTracking, folder: Path, gpus: float) -> tu
     if gpus == 0 and constants.get("device", "auto") == "auto":
         constants["device"] = "cpu"  # a 0-GPU trial on a GPU box still sees every GPU (ray#54868)
     multi = space.multi_objective
-    reporter = tune.CLIReporter(parameter_columns=list(space.params), metric_columns=PROGRESS_COLUMNS,
-                                max_report_frequency=15)
+    reporter = ConditionalParamsReporter(parameter_columns=list(space.params), metric_columns=PROGRESS_COLUMNS,
+                                         max_report_frequency=15)
     return tune.Tuner(
         tune.with_resources(train_trial, _resources(plan, gpus)),
         param_space={**constants, META_KEY: meta},
@@ -308,6 +320,32 @@ def _trial_name(trial) -> str:
 
 
 PROGRESS_COLUMNS = ["epoch", "val_clean_acc", "val_pgd_acc", "best_val_pgd_acc"]
+NO_VALUE = "-"  # a searched parameter a trial does not have (its `when` does not hold)
+
+
+@dataclass
+class BestTrialView:
+    """What Ray's current-best-trial line reads of a trial (its id, and its last result with the
+    config), each searched parameter the trial lacks set to NO_VALUE."""
+
+    trial_id: str
+    last_result: dict
+
+
+class ConditionalParamsReporter(tune.CLIReporter):
+    """The progress table and current-best-trial line for a space with conditional parameters.
+
+    Ray looks up each parameter column in the best trial's config without a default, so a leading
+    trial without a conditional parameter (bilaw_tpe's trades_beta for a plain BiLAW trial) stops
+    the search with a KeyError; here it reads NO_VALUE. The table already shows such a cell blank."""
+
+    def _current_best_trial(self, trials):
+        trial, metric = super()._current_best_trial(trials)
+        if trial is None:
+            return None, metric
+        config = trial.last_result.get("config", {})
+        filled = {**{name: NO_VALUE for name in self._parameter_columns}, **config}
+        return BestTrialView(trial.trial_id, {**trial.last_result, "config": filled}), metric
 
 
 def best_config(plan, results) -> tuple[TrainConfig | None, list[float]]:
