@@ -400,6 +400,33 @@ _CHECKS = [
 ]
 
 
+# How a key may differ between a stored config (a checkpoint's, a finished run's) and the current
+# one. "output": where the run reads and writes, and what it draws at the end (free to change on
+# resume and for reusing a finished run); "evaluation": what the final evaluation measures (free on
+# resume, which evaluates at the end anyway, not for reuse); "implementation": how training is
+# computed, not what (free for reuse; not on resume, whose bit-exactness it would break).
+KEY_ROLES: dict[str, str] = {
+    "device": "output", "data_dir": "output", "eval_batch_size": "output", "analysis_samples": "output",
+    "plots": "output", "plot_every": "output",
+    "aa_samples": "evaluation", "aa_version": "evaluation", "aa_attacks": "evaluation", "aa_n_iter": "evaluation",
+    "hypergrad": "implementation", "compile": "implementation", "channels_last": "implementation",
+}
+RESUME_FREE_KEYS = tuple(k for k, role in KEY_ROLES.items() if role in ("output", "evaluation"))
+REUSE_FREE_KEYS = tuple(k for k, role in KEY_ROLES.items() if role in ("output", "implementation"))
+
+
+def config_differences(saved: Mapping[str, Any], cfg: "TrainConfig", free: tuple[str, ...]) -> list[tuple[str, Any, Any]]:
+    """(key, stored value, current value) for each key outside `free` where a stored config
+    differs from `cfg`; keys the stored config predates count as `stored_config_dict` fills them."""
+    now, saved = cfg.to_dict(), stored_config_dict(saved)
+    return [(k, saved[k], now[k]) for k in now
+            if k not in free and saved[k] != now[k] and not _both_nan(saved[k], now[k])]
+
+
+def _both_nan(a: Any, b: Any) -> bool:
+    return isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)
+
+
 def stored_config_dict(saved: Mapping[str, Any]) -> dict[str, Any]:
     """A stored config (a checkpoint's or a run's `config.yaml`) with every key it predates filled
     in: `LEGACY_VALUES` where a key changed what runs without it did, else the key's default."""

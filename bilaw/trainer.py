@@ -24,7 +24,7 @@ from .attacks import pgd, trades_attack
 from .bilevel import (TrainBatch, ValAttack, bilaw_meta_step, bilaw_weights, build_meta_optimizer, margin_features,
                       nonparam_weights)
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import ConfigError, TrainConfig, stored_config_dict
+from .config import RESUME_FREE_KEYS, ConfigError, TrainConfig, config_differences
 from .data import CyclingBatches, DataBundle, augment_crop_flip, batch_indices, load_data
 from .evaluate import accuracy, evaluate_model, pgd_accuracy
 from .margins import margin_input_dim
@@ -35,9 +35,6 @@ from .weighting import WeightInputs, WeightNet, Weighting, as_mean_one, build_we
 
 CHECKPOINT_NAME = "checkpoint.pt"
 EpochCallback = Callable[[dict[str, Any], "Path | None"], None]
-# Keys of the config that may differ between a checkpoint and the run resuming it.
-RESUME_FREE_KEYS = ("device", "data_dir", "aa_samples", "aa_version", "aa_attacks", "aa_n_iter", "eval_batch_size",
-                    "analysis_samples", "plots", "plot_every")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -331,18 +328,11 @@ def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _check_same_config(saved: dict[str, Any], cfg: TrainConfig) -> None:
-    now = cfg.to_dict()
-    saved = stored_config_dict(saved)  # keys added after the checkpoint was written: what it did without them
-    diff = [k for k in now if k not in RESUME_FREE_KEYS and saved.get(k) != now[k]
-            and not (_both_nan(saved.get(k), now[k]))]
+    diff = config_differences(saved, cfg, RESUME_FREE_KEYS)
     if diff:
-        shown = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {now[k]!r}" for k in diff)
+        shown = ", ".join(f"{k}: checkpoint {old!r} vs now {new!r}" for k, old, new in diff)
         raise ConfigError([f"the checkpoint was written by a different config ({shown}); "
                            f"use another checkpoint folder or the same config"])
-
-
-def _both_nan(a, b) -> bool:
-    return isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)
 
 
 def _progress_factory(enabled: bool, run: _Run):

@@ -372,3 +372,23 @@ def test_malformed_list_value_is_a_config_error():
         TrainConfig.from_dict(parse_overrides(["lr_milestones=[0.3, 0.6", "epochs=x"]))
     assert len(info.value.errors) == 2
     assert info.value.errors[0].startswith("lr_milestones:") or info.value.errors[1].startswith("lr_milestones:")
+
+
+def test_key_roles_give_the_resume_and_reuse_exemptions():
+    from bilaw.config import KEY_ROLES, KEYS, RESUME_FREE_KEYS, REUSE_FREE_KEYS
+
+    assert set(KEY_ROLES) <= set(KEYS)
+    assert set(RESUME_FREE_KEYS) == {"device", "data_dir", "aa_samples", "aa_version", "aa_attacks", "aa_n_iter",
+                                     "eval_batch_size", "analysis_samples", "plots", "plot_every"}
+    assert set(REUSE_FREE_KEYS) == {"device", "data_dir", "eval_batch_size", "hypergrad", "compile", "channels_last",
+                                    "analysis_samples", "plots", "plot_every"}
+
+
+def test_config_differences_fill_keys_a_stored_config_predates():
+    from bilaw.config import config_differences
+
+    cfg = TrainConfig(gairat_lambda_max=math.nan)
+    stored = {k: v for k, v in cfg.to_dict().items() if k != "meta_grad_scale"}
+    assert config_differences(stored, cfg, ()) == []  # NaN equals NaN here; the missing key reads as raw
+    assert config_differences(stored, cfg.replace(meta_grad_scale="per_lr", lr=0.05), ("lr",)) == [
+        ("meta_grad_scale", "raw", "per_lr")]

@@ -25,7 +25,7 @@ if __package__ in (None, ""):  # run as a script: import the package, not the sc
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here.parent]
     sys.path.insert(0, str(_here.parents[1]))
 
-from bilaw.config import ConfigError, TrainConfig, parse_overrides, stored_config_dict  # noqa: E402
+from bilaw.config import REUSE_FREE_KEYS, ConfigError, TrainConfig, config_differences, parse_overrides  # noqa: E402
 from bilaw.data import MissingDatasetError  # noqa: E402
 from bilaw.registry import unknown_name_message  # noqa: E402
 from tune import spaces as sp  # noqa: E402
@@ -33,9 +33,6 @@ from tune.tracking import TrackingError, absolute_tracking_uri, check_tracking_u
 
 KEY_TAG = "reproduce_key"
 QUICK_DATASET = "digits"  # the embedded workload: every table's columns run anywhere, for checks
-# Keys that change how a run is computed, not what it computes: a finished run is reused across them.
-IMPLEMENTATION_KEYS = ("device", "data_dir", "eval_batch_size", "hypergrad", "compile", "channels_last",
-                       "analysis_samples", "plots", "plot_every")
 
 
 @dataclass(frozen=True)
@@ -202,12 +199,9 @@ def plan_jobs(args, table: Table, settings: list[Setting], rows: list[Row], seed
 
 
 def config_difference(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
-    """Keys (outside IMPLEMENTATION_KEYS) where a finished run's config differs from `cfg`;
-    keys the saved config predates count as what runs did without them (`stored_config_dict`)."""
-    now = cfg.to_dict()
-    saved = stored_config_dict(saved)
-    return [f"{k}: run {saved[k]!r} vs now {now[k]!r}" for k in now
-            if k not in IMPLEMENTATION_KEYS and saved[k] != now[k]]
+    """Where a finished run's config differs from `cfg`, outside the keys that change how a run
+    is computed but not what (`REUSE_FREE_KEYS`)."""
+    return [f"{k}: run {old!r} vs now {new!r}" for k, old, new in config_differences(saved, cfg, REUSE_FREE_KEYS)]
 
 
 def check_finished(jobs: list[Job], out: Path) -> None:
