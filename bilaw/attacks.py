@@ -156,6 +156,12 @@ def model_device(model: Callable[..., Tensor], default: torch.device) -> torch.d
     return default
 
 
+def default_step_size(eps: float) -> float:
+    """The PGD step every attack here takes unless told otherwise: eps / 4 (the paper's, for
+    training, validation and evaluation alike)."""
+    return eps / 4
+
+
 def _check_budget(eps: float, steps: int, step_size: Optional[float]) -> float:
     """Validate the attack budget and return the resolved step size (default eps/4)."""
     if not eps > 0:
@@ -163,7 +169,7 @@ def _check_budget(eps: float, steps: int, step_size: Optional[float]) -> float:
     if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
         raise ValueError(f"steps must be an int >= 0, got {steps!r}")
     if step_size is None:
-        return eps / 4
+        return default_step_size(eps)
     if not step_size > 0:
         raise ValueError(f"step_size must be > 0 (or None for eps/4), got {step_size!r}")
     return float(step_size)

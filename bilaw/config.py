@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from .attacks import default_step_size
 from .registry import unknown_name_message
 
 DATASET_NAMES = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100")
@@ -215,7 +216,7 @@ class TrainConfig:
         if c.eps is None:
             c.eps = DEFAULT_EPS[(c.dataset, c.norm)]
         if c.pgd_step_size is None:
-            c.pgd_step_size = c.eps / 4
+            c.pgd_step_size = default_step_size(c.eps)
         fast = c.meta_preset == "fast"
         c.val_batch_size = c.val_batch_size or (FAST_VAL_BATCH if fast else c.batch_size)
         if c.val_pgd_steps is None:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .analysis import TRACE_SIZE, collect, fixed_subset, noise_weight_means, trace_weights, weight_auroc
-from .attacks import pgd, trades_attack
+from .attacks import default_step_size, pgd, trades_attack
 from .bilevel import (TrainBatch, ValAttack, bilaw_meta_step, bilaw_weights, build_meta_optimizer, margin_features,
                       nonparam_weights)
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -239,14 +239,15 @@ class _Run:
             torch.cuda.synchronize(self.device)
 
     def validate(self) -> dict[str, float]:
-        """Held-out validation: clean and PGD (eval steps) accuracy, fixed attack seed so every
+        """Held-out validation: clean and PGD (eval steps, the default step eps/4 whatever
+        `pgd_step_size` says, as in the test evaluation) accuracy, fixed attack seed so every
         epoch is scored against the same random starts."""
         cfg, d = self.cfg, self.data
         gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 99)
         return {
             "val_clean_acc": accuracy(self.model, d.x_holdout, d.y_holdout, cfg.eval_batch_size),
             "val_pgd_acc": pgd_accuracy(self.model, d.x_holdout, d.y_holdout, norm=cfg.norm, eps=cfg.eps,
-                                        steps=cfg.eval_pgd_steps, step_size=cfg.eps / 4,
+                                        steps=cfg.eval_pgd_steps, step_size=default_step_size(cfg.eps),
                                         batch_size=cfg.eval_batch_size, generator=gen),
         }
 

@@ -109,15 +109,6 @@ class WeightNet(nn.Module):
         return torch.sigmoid(self.net(margin_input)).squeeze(1)
 
 
-def parse_capacity(capacity: str) -> tuple[int, ...]:
-    """"64-64" -> (64, 64); a clear error for anything else."""
-    parts = str(capacity).split("-")
-    if not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise ValueError(f"weight-net capacity {capacity!r} is not allowed; use positive hidden sizes "
-                         f"joined by '-', e.g. '128', '64', '64-64', '256'")
-    return tuple(int(p) for p in parts)
-
-
 # ----- the heuristic weightings as plug-ins ----------------------------------------------------------
 @dataclass
 class WeightInputs:
@@ -223,11 +214,3 @@ def as_mean_one(w: torch.Tensor) -> torch.Tensor:
     """The loss-scale weights rescaled to mean 1 (how every weighting's statistics are logged)."""
     w = w.detach().float()
     return w / w.mean().clamp_min(1e-12)
-
-
-def weight_stats(w: torch.Tensor, raw: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Device-side statistics of one batch's weights: the mean-1 normalised weights (std, min,
-    max) and the raw mean. No host sync."""
-    w1 = as_mean_one(w)
-    return {"weight_std": w1.std(unbiased=False), "weight_min": w1.min(), "weight_max": w1.max(),
-            "weight_raw_mean": raw.detach().float().mean()}

@@ -225,8 +225,17 @@ def test_mode_restored_on_error(digits):
 
 
 def test_eval_mode_passes_plain_callables_through():
-    with eval_mode(lambda x: x):
-        pass
+    """A functional wrapper is not a module: eval_mode leaves it, and the module it closes over, as they are."""
+    inner = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)).train()
+
+    def wrapper(x):
+        return inner(x)
+
+    with eval_mode(wrapper):
+        assert inner.training and all(m.training for m in inner.modules())
+    with eval_mode(inner):
+        assert not any(m.training for m in inner.modules())
+    assert inner.training and all(m.training for m in inner.modules())
 
 
 def test_pgd_works_under_no_grad(digits):

@@ -11,11 +11,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bilaw.config import TrainConfig
+from bilaw.config import ConfigError, TrainConfig
 from bilaw.registry import UnknownNameError
 from bilaw.weighting import (
-    WeightInputs, WeightNet, build_weighting, gairat_lambda, gairat_weights, mail_weights,
-    normalize_guarded, normalize_mean_one, normalize_sum_one, parse_capacity, weight_stats,
+    WeightInputs, WeightNet, as_mean_one, build_weighting, gairat_lambda, gairat_weights, mail_weights,
+    normalize_guarded, normalize_mean_one, normalize_sum_one,
     wmmr_weights,
 )
 
@@ -280,9 +280,9 @@ def test_normalize_mean_one():
 @pytest.mark.parametrize("capacity,hidden", [("128", (128,)), ("64", (64,)), ("64-64", (64, 64)),
                                              ("256", (256,)), ("32-16-8", (32, 16, 8))])
 def test_weight_net_layers_follow_capacity(capacity, hidden):
-    assert parse_capacity(capacity) == hidden
+    assert TrainConfig(weight_net=capacity).weight_net_hidden == hidden
     torch.manual_seed(0)
-    net = WeightNet(10, parse_capacity(capacity))
+    net = WeightNet(10, TrainConfig(weight_net=capacity).weight_net_hidden)
     linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
     sizes = [(m.in_features, m.out_features) for m in linears]
     widths = (10, *hidden, 1)
@@ -300,31 +300,34 @@ def test_weight_net_single_sample_and_default():
     assert net(torch.zeros(1, 1)).shape == (1,)
 
 
-def test_parse_capacity_accepts_int():
-    assert parse_capacity(128) == (128,)
+def test_capacity_from_yaml_int_is_a_string():
+    assert TrainConfig.from_dict({"weight_net": 128}).weight_net_hidden == (128,)
 
 
 @pytest.mark.parametrize("bad", ["abc", "0-64", "64-", "", "64--64", "-1", "64.0", "6 4"])
-def test_parse_capacity_errors(bad):
-    with pytest.raises(ValueError) as info:
-        parse_capacity(bad)
-    assert str(info.value).startswith(f"weight-net capacity {bad!r} is not allowed")
+def test_bad_capacities_are_config_errors(bad):
+    with pytest.raises(ConfigError) as info:
+        TrainConfig.from_dict({"weight_net": bad})
+    assert f"weight_net: {bad!r} is not a capacity string" in str(info.value)
     assert "'64-64'" in str(info.value)
 
 
-# ----- weight_stats -----------------------------------------------------------------------------------
-def test_weight_stats_values():
-    w = torch.tensor([1.0, 2.0, 3.0, 6.0])
-    raw = torch.tensor([0.5, 0.25, 0.125, 0.125])
-    s = weight_stats(w, raw)
-    # mean-1 version: [1/3, 2/3, 1, 2]; population std = sqrt(((4 + 1 + 0 + 9) / 9) / 4)
-    assert s["weight_std"].item() == pytest.approx(math.sqrt(14 / 36), rel=1e-6)
-    assert s["weight_min"].item() == pytest.approx(1 / 3, rel=1e-6)
-    assert s["weight_max"].item() == pytest.approx(2.0, rel=1e-6)
-    assert s["weight_raw_mean"].item() == pytest.approx(0.25, rel=1e-6)
-    u = weight_stats(torch.full((5,), 0.2), torch.full((5,), 0.2))  # sum-1 uniform -> mean-1 uniform
-    assert u["weight_std"].item() == pytest.approx(0.0, abs=1e-7)
-    assert u["weight_min"].item() == pytest.approx(1.0) and u["weight_max"].item() == pytest.approx(1.0)
+# ----- the epoch statistics of the logged weights -------------------------------------------------------
+def test_epoch_weight_statistics_are_those_of_the_mean_one_weights():
+    """The trainer's device-side sums over batches give the population statistics of the
+    mean-1 weights: two batches, [1, 2, 3, 6] (mean-1: [1/3, 2/3, 1, 2]) and a uniform one."""
+    from bilaw.trainer import _accumulate, _finish
+
+    acc: dict = {}
+    _accumulate(acc, torch.tensor(8.0), 4, torch.tensor([1.0, 2.0, 3.0, 6.0]), torch.tensor([0.5, 0.25, 0.125, 0.125]))
+    _accumulate(acc, torch.tensor(4.0), 4, None, None)  # uniform: four weights of 1
+    ws = [1 / 3, 2 / 3, 1, 2, 1, 1, 1, 1]
+    mean = sum(ws) / 8
+    out = _finish(acc)
+    assert out["weight_std"] == pytest.approx(math.sqrt(sum((w - mean) ** 2 for w in ws) / 8), rel=1e-6)
+    assert out["weight_min"] == pytest.approx(1 / 3, rel=1e-6) and out["weight_max"] == pytest.approx(2.0, rel=1e-6)
+    assert out["weight_raw_mean"] == pytest.approx((1.0 + 4) / 8, rel=1e-6)
+    assert out["train_loss"] == pytest.approx(12 / 8)
 
 
 # ----- heuristic weightings on a real batch -------------------------------------------------------------
@@ -351,13 +354,11 @@ def test_heuristic_weights_are_non_uniform_on_a_real_batch(digits_batch, method)
     model, x_adv, y, kappa = digits_batch
     assert kappa.unique().numel() > 1  # precondition: the attack path differs between samples
     cfg = _cfg(method=method, burn_in_epochs=0)
-    assert cfg.burn_in_epochs == 0
     weighting = build_weighting(cfg)
     logits = model(x_adv)
     out = weighting.compute(WeightInputs(y, logits, kappa if weighting.needs_kappa else None, epoch=0))
     assert out.w.shape == (128,) and torch.isfinite(out.w).all() and (out.w > 0).all()
-    stats = weight_stats(out.w, out.raw)
-    assert stats["weight_std"].item() > 1e-4
+    assert as_mean_one(out.w).std().item() > 1e-4
     assert out.w.detach().std().item() > 0
     if method == "gairat":
         # smaller kappa -> at least as large a weight
