@@ -120,8 +120,9 @@ def _l2_project_(delta: Tensor, eps: float) -> Tensor:
     return delta.mul_((eps / _per_sample_norm(delta).clamp_min_(_TINY)).clamp_(max=1.0))
 
 
-NORMS.register("linf")(Norm("linf", _linf_start, _linf_step_, _linf_project_))
-NORMS.register("l2")(Norm("l2", _l2_start, _l2_step_, _l2_project_))
+# `autoattack`: the norm's name in AutoAttack.
+NORMS.register("linf", autoattack="Linf")(Norm("linf", _linf_start, _linf_step_, _linf_project_))
+NORMS.register("l2", autoattack="L2")(Norm("l2", _l2_start, _l2_step_, _l2_project_))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -32,12 +32,10 @@ import torch
 from pyautoattack import AutoAttack
 from torch import Tensor, nn
 
-from bilaw.attacks import eval_mode, model_device
-from bilaw.registry import UnknownNameError, unknown_name_message
+from bilaw.attacks import NORMS, eval_mode, model_device
 
 __all__ = ["AutoAttackResult", "run_autoattack", "VERSIONS", "ATTACKS"]
 
-_AA_NORMS = {"linf": "Linf", "l2": "L2"}  # our norm names -> pyautoattack's
 VERSIONS = ("standard", "plus", "rand", "custom")
 ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 
@@ -63,8 +61,7 @@ class AutoAttackResult:
 def _check_args(norm: str, version: str, attacks: Optional[Sequence[str]],
                 n_iter: Optional[int], n: int) -> None:
     """Raise a ValueError (or UnknownNameError) naming the bad argument and the valid values."""
-    if norm not in _AA_NORMS:
-        raise UnknownNameError(unknown_name_message("norm", norm, _AA_NORMS))
+    NORMS.get(norm)  # an unknown norm is an UnknownNameError naming the registered ones
     if version not in VERSIONS:
         raise ValueError(f"unknown AutoAttack version {version!r}; valid: {', '.join(VERSIONS)}")
     if version == "custom" and not attacks:
@@ -163,7 +160,7 @@ def run_autoattack(model: nn.Module, x: Tensor, y: Tensor, *, norm: str, eps: fl
         with torch.no_grad():
             num_classes = model(x[:1].to(device)).shape[1]
         adversary = AutoAttack(model, attacks=list(attacks) if attacks else None, device=device,
-                               eps=eps, norm=_AA_NORMS[norm], seed=seed, version=version)
+                               eps=eps, norm=NORMS.facts(norm)["autoattack"], seed=seed, version=version)
         _configure(adversary, version=version, num_classes=num_classes, n_iter=n_iter)
         x_adv, y_pred = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
     accuracy = y_pred.eq(y).sum().item() / max(x.shape[0], 1)  # exact count / N

@@ -17,15 +17,18 @@ from typing import Any, Mapping
 
 import yaml
 
-from .attacks import default_step_size
-from .registry import unknown_name_message
+from .attacks import NORMS, default_step_size
+from .data import DATASETS
+from .margins import MARGIN_INPUTS
+from .models import MODELS
+from .objectives import OBJECTIVES
+from .registry import Registry, unknown_name_message
+from .weighting import WEIGHTINGS
 
-DATASET_NAMES = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100")
-MODEL_NAMES = ("fc1", "tiny_cnn", "small_cnn", "wrn", "wrn32_10", "wrn34_10")
-NORM_NAMES = ("linf", "l2")
-OBJECTIVE_NAMES = ("plain", "at", "trades")
-WEIGHTING_NAMES = ("none", "gairat", "wmmr", "mail", "nonparam", "bilaw")
-MARGIN_INPUT_NAMES = ("multiclass", "margin", "robust_loss", "loss_diff")
+# Keys whose values are registry names: validated against the registry when checked, so a name
+# registered by a plug-in is accepted like a built-in one.
+REGISTRY_KEYS: dict[str, Registry] = {"dataset": DATASETS, "model": MODELS, "norm": NORMS, "objective": OBJECTIVES,
+                                      "weighting": WEIGHTINGS, "margin_input": MARGIN_INPUTS}
 
 # Named methods are presets of (objective, weighting).
 METHODS: dict[str, tuple[str, str]] = {
@@ -41,17 +44,6 @@ METHODS: dict[str, tuple[str, str]] = {
 }
 CUSTOM_METHOD = "custom"  # an (objective, weighting) pair that is no preset
 
-# Paper budgets (seed Sec. 4 / METHODS.md A13): MNIST-like l-inf 0.1, l-2 0.3; CIFAR l-inf 0.031.
-# digits (8x8, 17 grey levels) is not in the paper: at l-inf 0.1 an undefended FC1 keeps ~65% PGD
-# accuracy, so its default budget is 0.2 (l-2 1.0), where robustness has to be learnt.
-DEFAULT_EPS = {
-    ("digits", "linf"): 0.2, ("mnist", "linf"): 0.1, ("fashion_mnist", "linf"): 0.1,
-    ("digits", "l2"): 1.0, ("mnist", "l2"): 0.3, ("fashion_mnist", "l2"): 0.3,
-    ("cifar10", "linf"): 0.031, ("cifar100", "linf"): 0.031,
-    ("cifar10", "l2"): 0.5, ("cifar100", "l2"): 0.5,
-}
-# digits has 1,437 training images: the paper's 1,000-sample validation sets do not fit.
-DEFAULT_VAL_SIZE = {"digits": 150}
 # meta_preset "fast": a smaller, weaker validation attack per meta step (docs/performance.md).
 FAST_VAL_BATCH, FAST_VAL_PGD_STEPS = 32, 3
 HYPERGRADS = ("double_backward", "jvp")
@@ -61,7 +53,6 @@ META_GRAD_SCALES = ("raw", "per_lr")
 # before the key existed did. A stored config that lacks such a key is read with this value, not
 # with the key's current default, wherever stored and current configs are compared.
 LEGACY_VALUES: dict[str, Any] = {"meta_grad_scale": "raw"}
-PAPER_VAL_SIZE = 1000
 
 
 class _Loader(yaml.SafeLoader):
@@ -214,14 +205,17 @@ class TrainConfig:
             c.weighting = c.weighting or preset[1]
         c.method = next((m for m, pair in METHODS.items() if pair == (c.objective, c.weighting)), CUSTOM_METHOD)
         if c.eps is None:
-            c.eps = DEFAULT_EPS[(c.dataset, c.norm)]
+            budgets = DATASETS.facts(c.dataset).get("eps", {})
+            if c.norm not in budgets:
+                raise ConfigError([f"eps: dataset {c.dataset!r} has no default budget for norm {c.norm!r}; set eps"])
+            c.eps = budgets[c.norm]
         if c.pgd_step_size is None:
             c.pgd_step_size = default_step_size(c.eps)
         fast = c.meta_preset == "fast"
         c.val_batch_size = c.val_batch_size or (FAST_VAL_BATCH if fast else c.batch_size)
         if c.val_pgd_steps is None:
             c.val_pgd_steps = min(FAST_VAL_PGD_STEPS, c.pgd_steps) if fast else c.pgd_steps
-        default_val = DEFAULT_VAL_SIZE.get(c.dataset, PAPER_VAL_SIZE)
+        default_val = DATASETS.facts(c.dataset)["val_size"]
         c.meta_val_size = default_val if c.meta_val_size is None else c.meta_val_size
         c.holdout_val_size = default_val if c.holdout_val_size is None else c.holdout_val_size
         if c.burn_in_epochs is None:
@@ -245,16 +239,10 @@ KEYS: dict[str, dataclasses.Field] = {f.name: f for f in fields(TrainConfig)}
 
 
 def default_burn_in(weighting: str, epochs: int) -> int:
-    """Unweighted epochs before a heuristic weighting starts (METHODS.md A13).
-
-    GAIRAT: its repo switches at epoch 60 for >= 110 epochs, else 30 (30% of a 100-epoch run);
-    MAIL: the first 60% of training (75/120 or 60/100 in its repo); BiLAW and the rest: none.
-    """
-    if weighting == "gairat":
-        return 60 if epochs >= 110 else int(round(0.3 * epochs))
-    if weighting == "mail":
-        return int(round(0.6 * epochs))
-    return 0
+    """Unweighted epochs before `weighting` starts (its registered `burn_in(epochs)`; none if it
+    registered no burn-in)."""
+    rule = WEIGHTINGS.facts(weighting).get("burn_in")
+    return 0 if rule is None else rule(epochs)
 
 
 # ----- coercion of YAML / --set values to the dataclass types ---------------------------------
@@ -330,6 +318,16 @@ def _choice(key: str, allowed: tuple[str, ...], kind: str | None = None):
     return check
 
 
+def _registered(key: str, registry: Registry):
+    def check(c: TrainConfig) -> list[str]:
+        value = getattr(c, key)
+        if value is None or value in registry:
+            return []
+        return [f"{key}: " + unknown_name_message(registry.kind, value, registry.names())]
+
+    return check
+
+
 def _range(key: str, lo: float | None = None, hi: float | None = None, *, lo_open=False, hi_open=False):
     def check(c: TrainConfig) -> list[str]:
         v = getattr(c, key)
@@ -375,19 +373,25 @@ def _check_gairat(c: TrainConfig) -> list[str]:
     return []
 
 
-# Keys whose value is one of a fixed set of names (listed by `python -m bilaw.train --help`).
+# Keys whose value is one of a fixed set of names (with REGISTRY_KEYS: what `choices()` lists).
 CHOICES: dict[str, tuple[str, ...]] = {
-    "dataset": DATASET_NAMES, "model": MODEL_NAMES, "objective": OBJECTIVE_NAMES, "weighting": WEIGHTING_NAMES,
-    "norm": NORM_NAMES, "margin_input": MARGIN_INPUT_NAMES, "margin_on": ("clean", "adv"),
+    "margin_on": ("clean", "adv"),
     "meta_optimizer": META_OPTIMIZER_NAMES, "meta_grad_scale": META_GRAD_SCALES,
     "val_attack_at": ("pseudo", "current"), "meta_preset": ("exact", "fast"), "hypergrad": HYPERGRADS,
     "gairat_schedule": ("fixed", "linear", "piecewise"), "gairat_weight_fn": ("tanh", "sigmoid", "discrete"),
     "device": ("auto", "cpu", "cuda"), "aa_version": ("standard", "plus", "rand"),
 }
-_KINDS = {"margin_input": "margin input", "meta_optimizer": "meta optimizer", "meta_grad_scale": "meta gradient scale"}
+_KINDS = {"meta_optimizer": "meta optimizer", "meta_grad_scale": "meta gradient scale"}
+
+
+def choices() -> dict[str, tuple[str, ...]]:
+    """Every key whose value is a name, with the names allowed now (registries included)."""
+    return {**{key: tuple(reg.names()) for key, reg in REGISTRY_KEYS.items()}, **CHOICES}
+
 
 _CHECKS = [
-    _check_method, *(_choice(key, names, _KINDS.get(key)) for key, names in CHOICES.items()),
+    _check_method, *(_registered(key, reg) for key, reg in REGISTRY_KEYS.items()),
+    *(_choice(key, names, _KINDS.get(key)) for key, names in CHOICES.items()),
     _range("eps", 0, 1, lo_open=True), _range("pgd_step_size", 0, lo_open=True),
     _range("pgd_steps", 0), _range("eval_pgd_steps", 0), _range("val_pgd_steps", 0),
     _range("epochs", 1), _range("batch_size", 1), _range("val_batch_size", 1), _range("eval_batch_size", 1),

@@ -43,30 +43,30 @@ def binary_margin(probs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return p_y - others.amax(1)
 
 
-@MARGIN_INPUTS.register("multiclass")
+# `dim(num_classes)`: the width of the weight net's input for this margin input.
+@MARGIN_INPUTS.register("multiclass", dim=lambda num_classes: num_classes)
 def _multiclass(s: MarginSources) -> torch.Tensor:
     return multiclass_margin(s.probs, s.y)
 
 
-@MARGIN_INPUTS.register("margin")
+@MARGIN_INPUTS.register("margin", dim=lambda num_classes: 1)
 def _margin(s: MarginSources) -> torch.Tensor:
     return binary_margin(s.probs, s.y)[:, None]
 
 
-@MARGIN_INPUTS.register("robust_loss")
+@MARGIN_INPUTS.register("robust_loss", dim=lambda num_classes: 1)
 def _robust_loss(s: MarginSources) -> torch.Tensor:
     return s.robust_loss[:, None]
 
 
-@MARGIN_INPUTS.register("loss_diff")
+@MARGIN_INPUTS.register("loss_diff", dim=lambda num_classes: 1)
 def _loss_diff(s: MarginSources) -> torch.Tensor:
     return (s.robust_loss - s.clean_loss)[:, None]
 
 
 def margin_input_dim(name: str, num_classes: int) -> int:
-    """Width of the weight net's input: k for the multi-class margin, 1 for the scalar inputs."""
-    MARGIN_INPUTS.get(name)
-    return num_classes if name == "multiclass" else 1
+    """Width of the weight net's input (k for the multi-class margin, 1 for the scalar inputs)."""
+    return MARGIN_INPUTS.facts(name)["dim"](num_classes)
 
 
 def compute_margin_input(name: str, sources: MarginSources) -> torch.Tensor:

@@ -37,14 +37,16 @@ def _flat_size(features: nn.Module, input_shape: Shape) -> int:
         return int(features(torch.zeros(1, *input_shape)).numel())
 
 
-@MODELS.register("fc1")
+# `gpu_share`: the default GPU fraction of one search trial. Small models are host-bound, so
+# several of their trials share one GPU.
+@MODELS.register("fc1", gpu_share=0.25)
 def fc1(input_shape: Shape, num_classes: int) -> nn.Module:
     """FC1 (seed Table 4): flatten -> FC 1024 -> ReLU -> FC k."""
     c, h, w = input_shape
     return nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, 1024), nn.ReLU(), nn.Linear(1024, num_classes))
 
 
-@MODELS.register("tiny_cnn")
+@MODELS.register("tiny_cnn", gpu_share=0.25)
 def tiny_cnn(input_shape: Shape, num_classes: int) -> nn.Module:
     """Wong & Kolter's MNIST net (seed Table 4): Conv16 4x4/2 -> Conv32 4x4/2 -> FC100 -> FC k.
 
@@ -62,7 +64,7 @@ def _conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
     return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU()]
 
 
-@MODELS.register("small_cnn")
+@MODELS.register("small_cnn", gpu_share=0.5)
 def small_cnn(input_shape: Shape, num_classes: int) -> nn.Module:
     """GAIRAT's SmallCNN (seed Table 5): 3 x [conv-BN-ReLU x2, maxpool 2] with 64/128/196 channels,
     then FC 256 -> FC k. The flatten size follows the input (196*4*4 on 32x32 CIFAR)."""
@@ -135,19 +137,19 @@ class WideResNet(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(o, 1), 1))
 
 
-@MODELS.register("wrn")
+@MODELS.register("wrn", gpu_share=1.0)
 def wrn(input_shape: Shape, num_classes: int, depth: int = 32, widen_factor: int = 10) -> nn.Module:
     """WideResNet with a chosen depth and widen factor (config keys `wrn_depth`, `wrn_width`)."""
     return WideResNet(input_shape, num_classes, depth, widen_factor)
 
 
-@MODELS.register("wrn32_10")
+@MODELS.register("wrn32_10", gpu_share=1.0)
 def wrn32_10(input_shape: Shape, num_classes: int) -> nn.Module:
     """WRN-32-10, the seed's CIFAR model (GAIRAT's Wide_ResNet_Madry)."""
     return WideResNet(input_shape, num_classes, 32, 10)
 
 
-@MODELS.register("wrn34_10")
+@MODELS.register("wrn34_10", gpu_share=1.0)
 def wrn34_10(input_shape: Shape, num_classes: int) -> nn.Module:
     """TRADES' "WRN-34-10": the same network as WRN-32-10 under TRADES' depth convention."""
     return WideResNet(input_shape, num_classes, 32, 10)

@@ -7,7 +7,7 @@ names and the closest match, so a typo in a YAML file or on the command line is 
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Generic, Iterable, TypeVar
+from typing import Any, Callable, Generic, Iterable, TypeVar
 
 T = TypeVar("T")
 
@@ -30,20 +30,31 @@ def unknown_name_message(kind: str, name: object, valid: Iterable[str]) -> str:
 
 
 class Registry(Generic[T]):
-    """A plain dict from name to factory, filled with `@registry.register("name")`."""
+    """A plain dict from name to factory, filled with `@registry.register("name", **facts)`.
+
+    The facts are what the rest of the code needs to know about a name without building it (a
+    dataset's default budget per norm, a model's GPU share, a weighting's burn-in): they are
+    given once, at the registration, and read with `facts(name)`."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, T] = {}
+        self._facts: dict[str, dict[str, Any]] = {}
 
-    def register(self, name: str) -> Callable[[T], T]:
+    def register(self, name: str, **facts: Any) -> Callable[[T], T]:
         def add(obj: T) -> T:
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
             self._entries[name] = obj
+            self._facts[name] = dict(facts)
             return obj
 
         return add
+
+    def facts(self, name: str) -> dict[str, Any]:
+        """The facts registered with `name` (an unknown name is an `UnknownNameError`)."""
+        self.get(name)
+        return self._facts[name]
 
     def get(self, name: str) -> T:
         try:

@@ -10,15 +10,16 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from .config import CHOICES, ConfigError, TrainConfig, load_yaml_mapping, parse_overrides
+from .config import ConfigError, TrainConfig, choices, load_yaml_mapping, parse_overrides
 from .data import MissingDatasetError
 
 
 def _keys_help() -> str:
     lines = ["config keys (YAML, --set key=value) and their defaults (None = derived):"]
+    allowed_names = choices()
     for f in dataclasses.fields(TrainConfig):
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        allowed = f"  (one of: {', '.join(CHOICES[f.name])})" if f.name in CHOICES else ""
+        allowed = f"  (one of: {', '.join(allowed_names[f.name])})" if f.name in allowed_names else ""
         lines.append(f"  {f.name:<22} {default!r}{allowed}")
     return "\n".join(lines)
 

@@ -31,7 +31,7 @@ from .margins import margin_input_dim
 from .models import build_model
 from .objectives import OBJECTIVES, Objective, combine
 from .weight_health import collapse_message, collapsed_epoch, fade_message, weight_health
-from .weighting import WeightInputs, WeightNet, Weighting, as_mean_one, build_weighting
+from .weighting import WEIGHTINGS, WeightInputs, WeightNet, Weighting, as_mean_one, build_weighting
 
 CHECKPOINT_NAME = "checkpoint.pt"
 EpochCallback = Callable[[dict[str, Any], "Path | None"], None]
@@ -121,7 +121,7 @@ class _Run:
 
     @property
     def learned(self) -> bool:
-        return self.cfg.weighting in ("bilaw", "nonparam")
+        return bool(WEIGHTINGS.facts(self.cfg.weighting).get("learned", False))
 
     @property
     def amp(self) -> bool:

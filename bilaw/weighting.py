@@ -135,13 +135,13 @@ class WeightOutput:
 class Weighting:
     """A heuristic weighting: `compute(inputs) -> WeightOutput`. `needs_kappa` asks the training
     attack for GAIRAT's kappa; `attack_loss` replaces PGD's objective (WMMR attacks its weighted
-    loss); `learned` marks weightings computed by the bilevel step (bilaw, nonparam)."""
+    loss). Weightings registered with `learned=True` (bilaw, nonparam) have no `compute`: the
+    bilevel step gives their weights."""
 
     name: str
     compute: Callable[[WeightInputs], WeightOutput] | None = None
     needs_kappa: bool = False
     attack_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
-    learned: bool = False
 
 
 WEIGHTINGS: Registry[Callable[..., Weighting]] = Registry("weighting")
@@ -157,7 +157,10 @@ def _none(cfg) -> Weighting:
     return Weighting("none", _uniform)
 
 
-@WEIGHTINGS.register("gairat")
+# `burn_in(epochs)`: unweighted epochs before the weighting starts. GAIRAT's repo switches at
+# epoch 60 for runs of >= 110 epochs, else 30 (30% of a 100-epoch run); MAIL's weights start
+# after the first 60% of training (75/120 or 60/100 in its repo). The rest start at once.
+@WEIGHTINGS.register("gairat", burn_in=lambda epochs: 60 if epochs >= 110 else int(round(0.3 * epochs)))
 def _gairat(cfg) -> Weighting:
     def compute(inputs: WeightInputs) -> WeightOutput:
         lam = gairat_lambda(inputs.epoch, cfg.epochs, cfg)
@@ -167,7 +170,7 @@ def _gairat(cfg) -> Weighting:
     return Weighting("gairat", compute, needs_kappa=True)
 
 
-@WEIGHTINGS.register("mail")
+@WEIGHTINGS.register("mail", burn_in=lambda epochs: int(round(0.6 * epochs)))
 def _mail(cfg) -> Weighting:
     def compute(inputs: WeightInputs) -> WeightOutput:
         margin = binary_margin(F.softmax(inputs.logits_adv.detach(), 1), inputs.y)
@@ -196,14 +199,14 @@ def _wmmr(cfg) -> Weighting:
     return Weighting("wmmr", compute, attack_loss=attack_loss)
 
 
-@WEIGHTINGS.register("bilaw")
+@WEIGHTINGS.register("bilaw", learned=True)
 def _bilaw(cfg) -> Weighting:
-    return Weighting("bilaw", learned=True)
+    return Weighting("bilaw")
 
 
-@WEIGHTINGS.register("nonparam")
+@WEIGHTINGS.register("nonparam", learned=True)
 def _nonparam(cfg) -> Weighting:
-    return Weighting("nonparam", learned=True)
+    return Weighting("nonparam")
 
 
 def build_weighting(cfg) -> Weighting:

@@ -392,3 +392,21 @@ def test_config_differences_fill_keys_a_stored_config_predates():
     assert config_differences(stored, cfg, ()) == []  # NaN equals NaN here; the missing key reads as raw
     assert config_differences(stored, cfg.replace(meta_grad_scale="per_lr", lr=0.05), ("lr",)) == [
         ("meta_grad_scale", "raw", "per_lr")]
+
+
+def test_a_registered_plugin_name_is_valid_with_its_facts(monkeypatch):
+    """Adding a weighting or a dataset is one registration: validation and derived values follow."""
+    from bilaw.data import DATASETS
+    from bilaw.weighting import WEIGHTINGS, Weighting
+
+    monkeypatch.setitem(WEIGHTINGS._entries, "halfway", lambda cfg: Weighting("halfway"))
+    monkeypatch.setitem(WEIGHTINGS._facts, "halfway", {"burn_in": lambda epochs: epochs // 2})
+    cfg = TrainConfig(method="custom", objective="at", weighting="halfway", epochs=10).resolved()
+    assert cfg.burn_in_epochs == 5
+    monkeypatch.setitem(DATASETS._entries, "tiny_set", DATASETS.get("digits"))
+    monkeypatch.setitem(DATASETS._facts, "tiny_set", {"eps": {"linf": 0.3}, "val_size": 20, "disk": None})
+    cfg = TrainConfig(dataset="tiny_set").resolved()
+    assert (cfg.eps, cfg.meta_val_size, cfg.holdout_val_size) == (0.3, 20, 20)
+    with pytest.raises(ConfigError, match=r"eps: dataset 'tiny_set' has no default budget for norm 'l2'; set eps"):
+        TrainConfig(dataset="tiny_set", norm="l2").resolved()
+    assert TrainConfig(dataset="tiny_set", norm="l2", eps=0.5).resolved().eps == 0.5

@@ -262,7 +262,7 @@ def test_missing_data_error(tmp_path, no_download, dataset):
     msg = str(err)
     assert isinstance(err, FileNotFoundError)
     assert repr(dataset) in msg
-    assert str(root) in msg and str(root / data._DISK[dataset][1]) in msg  # every folder tried
+    assert str(root) in msg and str(root / data.DATASETS.facts(dataset)["disk"].folder) in msg  # every folder tried
     assert "--data-dir" in msg and "data_dir" in msg and "BILAW_DATA_DIR" in msg
     assert "dataset=digits" in msg
     assert "URLError" in msg and "Temporary failure in name resolution" in msg  # one line

@@ -14,7 +14,7 @@ from torch.nn import functional as F
 from bilaw.config import ConfigError, TrainConfig
 from bilaw.registry import UnknownNameError
 from bilaw.weighting import (
-    WeightInputs, WeightNet, as_mean_one, build_weighting, gairat_lambda, gairat_weights, mail_weights,
+    WEIGHTINGS, WeightInputs, WeightNet, as_mean_one, build_weighting, gairat_lambda, gairat_weights, mail_weights,
     normalize_guarded, normalize_mean_one, normalize_sum_one,
     wmmr_weights,
 )
@@ -115,7 +115,7 @@ def test_gairat_lambda_schedules():
 def test_gairat_compute_is_mean_one_and_proportional_to_raw():
     cfg = _cfg(method="gairat", pgd_steps=10, gairat_lambda=-1.0)
     weighting = build_weighting(cfg)
-    assert weighting.name == "gairat" and weighting.needs_kappa and not weighting.learned
+    assert weighting.name == "gairat" and weighting.needs_kappa and not WEIGHTINGS.facts("gairat").get("learned")
     kappa = torch.tensor([0, 2, 5, 7, 10])
     y = torch.zeros(5, dtype=torch.long)
     out = weighting.compute(WeightInputs(y, torch.zeros(5, 3), kappa, epoch=40))
@@ -248,7 +248,7 @@ def test_other_weightings_have_no_attack_loss_and_uniform_none():
     none = build_weighting(_cfg(method="at"))
     out = none.compute(WeightInputs(torch.tensor([0, 1, 2]), torch.zeros(3, 3)))
     assert out.w.tolist() == [1.0, 1.0, 1.0]
-    assert build_weighting(_cfg(method="bilaw")).learned and build_weighting(_cfg(method="nonparam")).learned
+    assert WEIGHTINGS.facts("bilaw")["learned"] and WEIGHTINGS.facts("nonparam")["learned"]
     assert build_weighting(_cfg(method="bilaw")).compute is None
 
 
