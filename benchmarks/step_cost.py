@@ -8,7 +8,7 @@ Every variant is built from the same initial model and batch; after warm-up the 
 interleaved round-robin (so drift hits all alike) and each timing is a median over repetitions.
 `bilaw_k5` times whole 5-step cycles (meta step once per cycle) divided by 5; `bilaw_fast` is
 meta_preset=fast (a 32-sample validation batch attacked with PGD-3); `*_jvp` use the Eq. 6 JVP
-hypergradient instead of double backward. PERFORMANCE.md has the pass-count floors.
+hypergradient instead of double backward. docs/performance.md sec. 1 has the pass-count floors.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """AutoAttack adapter: the only module that imports `pyautoattack` (0.2.0).
 
-pyautoattack's API differs from upstream fra31/auto-attack (see METHODS.md section 6):
+pyautoattack's API differs from upstream fra31/auto-attack (docs/methods.md sec. autoattack):
 keyword-only constructor, `device` defaults to 'cpu', no `log_path`/`verbose` arguments (it logs
 to the 'auto-attack' logger), and `run_standard_evaluation` returns `(x_adv, y_adv)`, where
 y_adv is the final prediction per point, so robust accuracy = mean(y_adv == y).

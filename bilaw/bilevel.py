@@ -1,5 +1,5 @@
 """The bilevel step (seed Algorithm 1) for BiLAW, and the gradient-alignment weights of the
-non-parametric variant (L2RW-style, METHODS.md A12).
+non-parametric variant (L2RW-style, docs/methods.md A12).
 
 Both share one look-ahead: with per-sample terms l_i(theta) from the real step's forward (train
 mode; the only forward that moves BatchNorm running statistics), a pseudo-update
@@ -7,7 +7,7 @@ mode; the only forward that moves BatchNorm running statistics), a pseudo-update
 is taken with `torch.func.functional_call` (no model copy), adversarial validation examples are
 crafted at theta~ (or at theta, `val_attack_at=current`), and the unweighted robust validation loss
 L_val(theta~) is differentiated into the weights' parameters (Eq. 6). The look-ahead forwards use
-cloned buffers that are thrown away, so BN statistics change once per real step (A8).
+cloned buffers that are thrown away, so BN statistics change once per real step (docs/methods.md A8).
 
 Two exact ways to get dL_val/dw (`hypergrad`):
 - `double_backward`: differentiate through the pseudo-update (create_graph=True), as MAML.
@@ -79,11 +79,11 @@ def lookahead_val_loss(
     grads = torch.autograd.grad(combine(terms, weights), params, create_graph=True)
     pseudo = {n: p - lr * g for n, p, g in zip(names, params, grads)}
     buffers = {n: b.clone() for n, b in model.named_buffers()}
-    if x_val_adv is None:  # attack theta~ (A7): parameters detached, the attack needs no graph to mu
+    if x_val_adv is None:  # attack theta~ (docs/methods.md A7): parameters detached, the attack needs no graph to mu
         detached = AtParameters(model, {n: p.detach() for n, p in pseudo.items()}, buffers)
         x_val_adv = val_attack.craft(detached, x_val, y_val)
     was_training = model.training
-    model.train()  # look-ahead forwards use batch statistics on the cloned buffers (A8)
+    model.train()  # look-ahead forwards use batch statistics on the cloned buffers (docs/methods.md A8)
     try:
         logits = functional_call(model, (pseudo, buffers), (x_val_adv,))
     finally:
@@ -146,7 +146,7 @@ def weight_gradient_jvp(
 def margin_features(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, terms: Terms, margin_input: str, margin_on: str,
 ) -> torch.Tensor:
-    """The weight net's input for a training batch, detached, at theta_t (A2, A3).
+    """The weight net's input for a training batch, detached, at theta_t (docs/methods.md A2, A3).
 
     margin_on=clean: probabilities of the clean inputs in eval mode under no_grad (no BN side
     effects); margin_on=adv: of the training forward on the attacked inputs. robust_loss is the
@@ -170,7 +170,7 @@ def margin_features(
 
 
 def bilaw_weights(weight_net: WeightNet, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss-scale weights B * w~/sum w~, raw w~): sum-1 normalisation (A1) on the mean-1 scale."""
+    """(loss-scale weights B * w~/sum w~, raw w~): sum-1 normalisation (docs/methods.md A1) on the mean-1 scale."""
     raw = weight_net(features)
     return raw.numel() * normalize_sum_one(raw), raw
 

@@ -83,7 +83,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class TrainConfig:
-    """One training run. See docs in README / DESIGN for each key."""
+    """One training run. `python -m bilaw.train --help` lists every key; docs/methods.md says what each does."""
 
     # what to train
     dataset: str = "digits"
@@ -124,7 +124,7 @@ class TrainConfig:
     val_batch_size: int | None = None    # derived: batch_size (fast: 32)
     val_pgd_steps: int | None = None     # derived: pgd_steps (fast: 3)
     hypergrad: str = "double_backward"   # or "jvp": Eq. 6 as one forward-mode JVP (same value)
-    burn_in_epochs: int | None = None    # derived per weighting (METHODS.md A13)
+    burn_in_epochs: int | None = None    # derived per weighting (docs/methods.md A13)
     # heuristic baselines
     gairat_lambda: float = -1.0
     gairat_lambda_max: float = math.inf

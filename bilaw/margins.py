@@ -1,7 +1,7 @@
 """Margin inputs: what the BiLAW weight net sees for each training sample.
 
 All functions take probabilities or losses already detached (the weight net's input carries no
-gradient into the classifier, as MW-Net feeds `cost.data`; METHODS.md A2) and return (B, d).
+gradient into the classifier, as MW-Net feeds `cost.data`; docs/methods.md A2) and return (B, d).
 """
 from __future__ import annotations
 

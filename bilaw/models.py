@@ -50,7 +50,7 @@ def fc1(input_shape: Shape, num_classes: int) -> nn.Module:
 def tiny_cnn(input_shape: Shape, num_classes: int) -> nn.Module:
     """Wong & Kolter's MNIST net (seed Table 4): Conv16 4x4/2 -> Conv32 4x4/2 -> FC100 -> FC k.
 
-    Padding 1 as in Wong & Kolter's code (METHODS.md A13): 28x28 -> 14 -> 7, flatten 32*7*7.
+    Padding 1 as in Wong & Kolter's code (docs/methods.md A13): 28x28 -> 14 -> 7, flatten 32*7*7.
     """
     features = nn.Sequential(
         nn.Conv2d(input_shape[0], 16, 4, stride=2, padding=1), nn.ReLU(),
@@ -101,7 +101,7 @@ class _WideBasicBlock(nn.Module):
 class WideResNet(nn.Module):
     """Madry/GAIRAT WideResNet: (depth-2)/6 blocks per stage, widths 16, 16w, 32w, 64w.
 
-    WRN-32-10 (the seed's, A4) and TRADES' "WRN-34-10" have the same forward: 5 blocks per stage.
+    WRN-32-10 (the seed's, docs/methods.md A4) and TRADES' "WRN-34-10" have the same forward: 5 blocks per stage.
     Global average pooling is adaptive so small inputs (digits, MNIST) also work.
     """
 

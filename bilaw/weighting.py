@@ -3,7 +3,7 @@ net) and nonparam (gradient alignment, computed in `bilevel.py`).
 
 Every weighting returns weights on the *mean-1 loss scale*: the trainer's loss is
 mean_i(w_i * loss_i), so uniform weights reproduce the unweighted method. Each weighting owns its
-normalisation (METHODS.md sections 1-3 and A1):
+normalisation (docs/methods.md sec. gairat, wmmr, mail and A1):
 - gairat: w~ / mean(w~) (GAIRAT's B * w~ / sum w~), detached;
 - mail:   3 * sigmoid(-gamma (m - beta)), not batch-normalised, detached (MAIL's code);
 - wmmr:   exp(-alpha m), not normalised and not detached (WMMR's code) unless
@@ -23,7 +23,7 @@ from torch.nn import functional as F
 from .margins import binary_margin
 from .registry import Registry
 
-SUM_EPS = 1e-12  # keeps sum-1 normalisation finite in low precision (A1)
+SUM_EPS = 1e-12  # keeps sum-1 normalisation finite in low precision (docs/methods.md A1)
 
 
 # ----- normalisation -------------------------------------------------------------------------
@@ -157,7 +157,7 @@ def _none(cfg) -> Weighting:
     return Weighting("none", _uniform)
 
 
-# `burn_in(epochs)`: unweighted epochs before the weighting starts. GAIRAT's repo switches at
+# `burn_in(epochs)`: unweighted epochs before the weighting starts (docs/methods.md A13). GAIRAT's repo switches at
 # epoch 60 for runs of >= 110 epochs, else 30 (30% of a 100-epoch run); MAIL's weights start
 # after the first 60% of training (75/120 or 60/100 in its repo). The rest start at once.
 @WEIGHTINGS.register("gairat", burn_in=lambda epochs: 60 if epochs >= 110 else int(round(0.3 * epochs)))

@@ -1,4 +1,4 @@
-"""Margin inputs of the weight net (seed Def. 2 / Def. 3, METHODS.md A2)."""
+"""Margin inputs of the weight net (seed Def. 2 / Def. 3, docs/methods.md A2)."""
 from __future__ import annotations
 
 import pytest

@@ -43,7 +43,7 @@ def test_wrn_small_width_output_shape(dataset):
 def test_wrn32_10_structure_matches_madry_wrn():
     model = build_model("wrn32_10", (3, 32, 32), 10)
     n_params = sum(p.numel() for p in model.parameters())
-    # Madry's WRN-32-10 (GAIRAT) has about 46.2M parameters (METHODS.md sec. 1 / PERFORMANCE.md).
+    # Madry's WRN-32-10 (GAIRAT) has about 46.2M parameters (docs/methods.md sec. architectures).
     assert 46.0e6 < n_params < 46.5e6
     assert [len(s) for s in model.stages] == [5, 5, 5]
     assert model.fc.in_features == 640

@@ -1,4 +1,4 @@
-"""Objectives plain / at / trades and `combine` against direct computations (METHODS.md 4, A1, A10)."""
+"""Objectives plain / at / trades and `combine` against direct computations (docs/methods.md sec. objectives, A1, A10)."""
 from __future__ import annotations
 
 import math

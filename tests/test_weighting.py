@@ -1,4 +1,4 @@
-"""Sample weightings: GAIRAT / MAIL / WMMR formulas (METHODS.md 1-3, A1), normalisations, the
+"""Sample weightings: GAIRAT / MAIL / WMMR formulas (docs/methods.md sec. gairat, wmmr, mail and A1), normalisations, the
 weight net, and the registered weightings' `compute`."""
 from __future__ import annotations
 

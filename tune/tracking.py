@@ -23,7 +23,7 @@ TRIAL_ID_TAG = "ray_trial_id"
 PARENT_TAG = "mlflow.parentRunId"
 STATUS_TAG = "trial_status"  # completed | pruned | error
 WEIGHTS_TAG = "weights"  # "collapsed" or "faded": a trial whose learned weights died (bilaw/weight_health.py)
-# MLflow's own HTTP retries block for minutes on a dead server (HPO.md: 247 s); keep them short.
+# MLflow's own HTTP retries block for minutes on a dead server (measured: 247 s); keep them short.
 FAST_FAIL_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
                  "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 SECRET_PARAM = re.compile(r"(token|password|secret|credential|api[_-]?key)", re.I)
@@ -115,7 +115,7 @@ def numeric_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def runs_table_url(experiment_id: str, ui: str = "http://127.0.0.1:5000") -> str:
-    """The MLflow UI's runs table (its default landing page is the GenAI view, HPO.md)."""
+    """The MLflow UI's runs table (MLflow 3's default landing page is the GenAI view)."""
     return f"{ui}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
