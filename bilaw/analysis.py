@@ -20,8 +20,8 @@ import torch
 from torch.nn import functional as F
 
 from .attacks import eval_mode, pgd
-from .margins import MarginSources, binary_margin, compute_margin_input
-from .weighting import WeightInputs, as_mean_one, gairat_lambda, gairat_weights, mail_weights, normalize_sum_one
+from .margins import binary_margin
+from .weighting import as_mean_one, gairat_lambda, gairat_weights, mail_weights
 
 TRACE_SIZE = 64
 ANALYSIS_SEED_OFFSET = 4242
@@ -55,24 +55,12 @@ def weights_on(run, y: torch.Tensor, logits: torch.Tensor, logits_clean: torch.T
                logits_adv: torch.Tensor, kappa: torch.Tensor | None) -> torch.Tensor | None:
     """The run's weighting evaluated on `logits` (clean or adversarial) of a subset, mean-1 over
     the subset; None for weightings without a per-sample formula (none, nonparam)."""
-    cfg = run.cfg
-    with torch.no_grad():
-        if cfg.weighting == "bilaw":
-            sources = MarginSources(
-                probs=F.softmax(logits, 1), y=y,
-                robust_loss=F.cross_entropy(logits_adv, y, reduction="none"),
-                clean_loss=F.cross_entropy(logits_clean, y, reduction="none"))
-            raw = run.weight_net(compute_margin_input(cfg.margin_input, sources))
-            return as_mean_one(normalize_sum_one(raw))
-        if run.weighting.compute is None or cfg.weighting == "none":
-            return None
-        out = run.weighting.compute(WeightInputs(y, logits, kappa, run.epoch))
-        return as_mean_one(out.w)
+    return run.weighting.on_subset(y, logits, logits_clean, logits_adv, kappa, run.epoch)
 
 
 def trace_weights(run, idx: torch.Tensor) -> dict[str, list[float]] | None:
     """Fig. 5: the weighting on clean and on PGD inputs of the fixed subset `idx`, now."""
-    if run.cfg.weighting in ("none", "nonparam"):
+    if run.weighting.uniform or not run.weighting.per_sample_formula:
         return None
     x, y = run.data.x_train[idx], run.data.y_train[idx]
     x_adv, kappa = _attack(run, x, y, run.cfg.pgd_steps, kappa=True)

@@ -24,6 +24,7 @@ from .models import MODELS
 from .objectives import OBJECTIVES
 from .registry import Registry, unknown_name_message
 from .weighting import WEIGHTINGS
+from . import learned  # noqa: F401  (registers the learned weightings: bilaw, nonparam)
 
 # Keys whose values are registry names: validated against the registry when checked, so a name
 # registered by a plug-in is accepted like a built-in one.
@@ -367,6 +368,13 @@ def _check_milestones(c: TrainConfig) -> list[str]:
     return [f"lr_milestones: {ms!r} must be increasing fractions of training in (0, 1], e.g. [0.3, 0.6]"]
 
 
+def _check_meta_val(c: TrainConfig) -> list[str]:
+    learned = c.weighting in WEIGHTINGS and WEIGHTINGS.facts(c.weighting).get("learned", False)
+    if learned and c.meta_val_size == 0:
+        return [f"meta_val_size: 0 is not allowed with weighting {c.weighting!r} (it learns from that set)"]
+    return []
+
+
 def _check_gairat(c: TrainConfig) -> list[str]:
     if c.gairat_schedule == "linear" and not math.isfinite(c.gairat_lambda_max):
         return [f"gairat_lambda_max: {c.gairat_lambda_max!r} must be finite with gairat_schedule 'linear'"]
@@ -401,7 +409,7 @@ _CHECKS = [
     _range("burn_in_epochs", 0), _range("wmmr_alpha", 0), _range("mail_gamma", 0),
     _range("meta_val_size", 0), _range("holdout_val_size", 1), _range("label_noise", 0, 1, hi_open=True),
     _range("aa_samples", 0), _range("aa_n_iter", 1), _range("analysis_samples", 0), _range("plot_every", 0), _range("wrn_depth", 8), _range("wrn_width", 1), _range("seed", 0),
-    _check_weight_net, _check_milestones, _check_gairat,
+    _check_weight_net, _check_milestones, _check_gairat, _check_meta_val,
 ]
 
 

@@ -8,7 +8,6 @@ with `checkpoint_dir` it writes a checkpoint after every epoch and resumes from 
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import sys
 import time
@@ -21,17 +20,15 @@ from torch import nn
 
 from .analysis import TRACE_SIZE, collect, fixed_subset, noise_weight_means, trace_weights, weight_auroc
 from .attacks import default_step_size, pgd, trades_attack
-from .bilevel import (TrainBatch, ValAttack, bilaw_meta_step, bilaw_weights, build_meta_optimizer, margin_features,
-                      nonparam_weights)
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import RESUME_FREE_KEYS, ConfigError, TrainConfig, config_differences
-from .data import CyclingBatches, DataBundle, augment_crop_flip, batch_indices, load_data
+from .data import DataBundle, augment_crop_flip, batch_indices, load_data
 from .evaluate import accuracy, evaluate_model, pgd_accuracy
-from .margins import margin_input_dim
 from .models import build_model
 from .objectives import OBJECTIVES, Objective, combine
 from .weight_health import collapse_message, collapsed_epoch, fade_message, weight_health
-from .weighting import WEIGHTINGS, WeightInputs, WeightNet, Weighting, as_mean_one, build_weighting
+from .learned import RunContext
+from .weighting import WEIGHTINGS, StepInputs, WeightNet, Weighting, as_mean_one, build_weighting
 
 CHECKPOINT_NAME = "checkpoint.pt"
 EpochCallback = Callable[[dict[str, Any], "Path | None"], None]
@@ -93,19 +90,11 @@ class _Run:
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay)
         self.objective: Objective = OBJECTIVES.get(cfg.objective)
-        self.weighting: Weighting = build_weighting(cfg)
-        self.weight_net, self.meta_optimizer = self._build_weight_net()
         self.gens = {name: torch.Generator(device=self.device).manual_seed(cfg.seed * 1000 + i)
                      for i, name in enumerate(("data", "attack", "meta"), start=1)}
-        self.meta_batches = None
-        self.meta_grad_norms: list[torch.Tensor] = []  # this epoch's meta-gradient norms (on the device)
-        if self.learned:
-            if len(self.data.y_meta) == 0:
-                raise ConfigError([f"meta_val_size: 0 is not allowed with weighting {cfg.weighting!r}"])
-            self.meta_batches = CyclingBatches(self.data.x_meta, self.data.y_meta, cfg.val_batch_size,
-                                               self.gens["meta"])
-        self.val_attack = ValAttack(cfg.norm, cfg.eps, cfg.val_pgd_steps, cfg.pgd_step_size,
-                                    self.gens["attack"], cfg.val_attack_at, self.amp)
+        self.weighting: Weighting = build_weighting(cfg)
+        self.weighting.bind(RunContext(self.model, self.data.x_meta, self.data.y_meta, self.data.num_classes,
+                                       self.device, self.gens["attack"], self.gens["meta"], self.amp))
         self.epoch, self.step = 0, 0
         n_train = len(self.data.y_train)
         self.epoch_weights = torch.ones(n_train, device=self.device)  # this epoch's weight per sample
@@ -127,16 +116,9 @@ class _Run:
     def amp(self) -> bool:
         return self.cfg.amp and self.device.type == "cuda"
 
-    def _build_weight_net(self):
-        if self.cfg.weighting != "bilaw":
-            return None, None
-        gen_state = torch.get_rng_state()
-        torch.manual_seed(self.cfg.seed + 7)  # the weight net's init does not shift the classifier's
-        net = WeightNet(margin_input_dim(self.cfg.margin_input, self.data.num_classes),
-                        self.cfg.weight_net_hidden).to(self.device)
-        torch.set_rng_state(gen_state)
-        return net, build_meta_optimizer(self.cfg.meta_optimizer, net.parameters(), self.cfg.meta_lr,
-                                         self.cfg.meta_weight_decay)
+    @property
+    def weight_net(self) -> WeightNet | None:
+        return self.weighting.weight_net
 
     # ----- one step --------------------------------------------------------------------------
     def autocast(self):
@@ -161,27 +143,10 @@ class _Run:
 
     def weights_for(self, terms, x, x_adv, y, kappa, active: bool, lr: float):
         """(loss-scale weights or None for uniform, raw weights or None)."""
-        cfg = self.cfg
-        if not active or cfg.weighting == "none":
+        if not active:
             return None, None
-        batch = TrainBatch(self.objective.terms, x, x_adv, y, cfg.trades_beta)
-        if cfg.weighting == "bilaw":
-            feats = margin_features(self.model, x, y, terms, cfg.margin_input, cfg.margin_on)
-            if self.step % cfg.meta_interval == 0:
-                x_val, y_val = next(self.meta_batches)
-                _, grad_norm = bilaw_meta_step(self.model, self.weight_net, self.meta_optimizer, terms, feats, lr,
-                                               x_val, y_val, self.val_attack, cfg.hypergrad, batch,
-                                               cfg.meta_grad_scale)
-                self.meta_grad_norms.append(grad_norm)
-            with torch.no_grad():
-                return bilaw_weights(self.weight_net, feats)
-        if cfg.weighting == "nonparam":
-            if self.step % cfg.meta_interval != 0:
-                return None, None  # uniform between alignment steps
-            x_val, y_val = next(self.meta_batches)
-            return nonparam_weights(self.model, terms, lr, x_val, y_val, self.val_attack, cfg.hypergrad, batch)
-        out = self.weighting.compute(WeightInputs(y, terms.logits_adv, kappa, self.epoch))
-        return out.w, out.raw
+        return self.weighting.batch_weights(StepInputs(x, x_adv, y, terms, self.objective.terms, kappa, self.epoch,
+                                                       lr, self.step))
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, lr: float, acc: dict[str, torch.Tensor],
                    idx: torch.Tensor | None = None) -> None:
@@ -210,7 +175,7 @@ class _Run:
             group["lr"] = lr
         acc: dict[str, torch.Tensor] = {}
         self.epoch_weights.fill_(1.0)
-        self.meta_grad_norms.clear()
+        self.weighting.start_epoch()
         self._sync()
         start = time.perf_counter()
         batches = batch_indices(len(data.y_train), cfg.batch_size, generator=self.gens["data"], device=self.device)
@@ -223,8 +188,7 @@ class _Run:
         elapsed = time.perf_counter() - start
         if self.noisy_mask is not None:
             acc.update(noise_weight_means(self.epoch_weights, self.noisy_mask))
-        if self.meta_grad_norms:  # BiLAW epochs with meta steps (none during burn-in)
-            acc["meta_grad_norm"] = torch.stack(self.meta_grad_norms).mean()
+        acc.update(self.weighting.epoch_sums())
         metrics = _finish(acc)  # the epoch's one host read (with the per-sample weights' copy below)
         self.sample_weights.append(self.epoch_weights.to("cpu", copy=True))
         metrics.update(lr=lr, epoch_time_s=elapsed)
@@ -263,9 +227,7 @@ class _Run:
         return {
             "config": self.cfg.to_dict(), "epoch": self.epoch, "step": self.step,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "weight_net": None if self.weight_net is None else self.weight_net.state_dict(),
-            "meta_optimizer": None if self.meta_optimizer is None else self.meta_optimizer.state_dict(),
-            "meta_batches": None if self.meta_batches is None else self.meta_batches.state_dict(),
+            "weight_net": None, "meta_optimizer": None, "meta_batches": None, **self.weighting.state_dict(),
             "rng": rng_state(self.gens), "best": self.best, "history": self.history,
             "sample_weights": torch.stack(self.sample_weights) if self.sample_weights else None,
             "trace": self.trace,
@@ -276,12 +238,8 @@ class _Run:
         self.epoch, self.step = state["epoch"], state["step"]
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        if self.weight_net is not None:
-            self.weight_net.load_state_dict(state["weight_net"])
-            self.meta_optimizer.load_state_dict(state["meta_optimizer"])
-        if self.meta_batches is not None:
-            self.meta_batches.load_state_dict(state["meta_batches"])
-        # the meta generator is restored by meta_batches; the rest here
+        self.weighting.load_state_dict(state)
+        # the meta generator is restored with the learned weighting's meta batches; the rest here
         set_rng_state(state["rng"], {k: g for k, g in self.gens.items() if k != "meta"})
         self.best, self.history = state["best"], list(state["history"])
         weights = state.get("sample_weights")
@@ -452,7 +410,7 @@ def _finish_run(run: _Run, say: Callable[[str], None] = _print_stderr) -> TrainR
         final["test_aa_acc"] = best["aa_acc"]
         final["test_pgd_acc_aa_subset"] = best["pgd_acc_aa_subset"]
     final.update({f"test_pgd_acc_class_{k}": v for k, v in enumerate(best["per_class_pgd_acc"]) if v == v})
-    if analysis is not None and cfg.weighting != "none":
+    if analysis is not None and not run.weighting.uniform:
         auroc = weight_auroc(analysis["weights"], analysis["misclassified_adv"])
         if auroc == auroc:
             final["weight_pgd_auroc"] = auroc

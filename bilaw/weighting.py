@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -92,21 +92,40 @@ def wmmr_weights(margin: torch.Tensor, alpha: float) -> torch.Tensor:
 class WeightNet(nn.Module):
     """BiLAW's omega_mu: MLP from the margin input (B, d) through `hidden` ReLU layers to one
     sigmoid output (B,). hidden=(128,) is the paper's net; the capacity ablation uses
-    (64,), (64, 64), (256,)."""
+    (64,), (64, 64), (256,).
 
-    def __init__(self, in_dim: int, hidden: tuple[int, ...] = (128,)) -> None:
+    With `generator`, the layers' default initialisation (kaiming-uniform weights, uniform
+    biases) is drawn from it instead of the global generator, which stays untouched: the values
+    equal those of a net built after `torch.manual_seed(s)` when the generator is seeded with s."""
+
+    def __init__(self, in_dim: int, hidden: tuple[int, ...] = (128,), generator: torch.Generator | None = None) -> None:
         super().__init__()
+        device = "meta" if generator is not None else None  # meta layers draw nothing at construction
         layers: list[nn.Module] = []
         width = in_dim
         for h in hidden:
-            layers += [nn.Linear(width, h), nn.ReLU()]
+            layers += [nn.Linear(width, h, device=device), nn.ReLU()]
             width = h
-        layers.append(nn.Linear(width, 1))
+        layers.append(nn.Linear(width, 1, device=device))
         self.net = nn.Sequential(*layers)
         self.in_dim, self.hidden = in_dim, tuple(hidden)
+        if generator is not None:
+            self.to_empty(device="cpu")
+            _init_linear_layers(self, generator)
 
     def forward(self, margin_input: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.net(margin_input)).squeeze(1)
+
+
+def _init_linear_layers(module: nn.Module, generator: torch.Generator) -> None:
+    """nn.Linear's own default initialisation, layer by layer, drawn from `generator`."""
+    with torch.no_grad():
+        for layer in module.modules():
+            if isinstance(layer, nn.Linear):
+                nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=generator)
+                if layer.bias is not None:
+                    bound = 1 / math.sqrt(layer.in_features) if layer.in_features > 0 else 0.0
+                    nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
 
 
 # ----- the heuristic weightings as plug-ins ----------------------------------------------------------
@@ -132,16 +151,73 @@ class WeightOutput:
 
 
 @dataclass
+class StepInputs:
+    """What the trainer hands a weighting for one training step: the batch, its attacked copy,
+    the objective's per-sample terms and the function that computes them, GAIRAT's kappa (when
+    asked for), the epoch, the current lr and the step count."""
+
+    x: torch.Tensor
+    x_adv: torch.Tensor
+    y: torch.Tensor
+    terms: Any
+    terms_fn: Callable[..., Any]
+    kappa: torch.Tensor | None
+    epoch: int
+    lr: float
+    step: int
+
+
+@dataclass
 class Weighting:
-    """A heuristic weighting: `compute(inputs) -> WeightOutput`. `needs_kappa` asks the training
-    attack for GAIRAT's kappa; `attack_loss` replaces PGD's objective (WMMR attacks its weighted
-    loss). Weightings registered with `learned=True` (bilaw, nonparam) have no `compute`: the
-    bilevel step gives their weights."""
+    """Gives each training batch its weights: `batch_weights(step) -> (loss-scale weights, raw
+    weights)`, or (None, None) for uniform. A heuristic weighting is its `compute` formula;
+    `needs_kappa` asks the training attack for GAIRAT's kappa; `attack_loss` replaces PGD's
+    objective (WMMR attacks its weighted loss); `uniform` marks the unweighted baseline. Learned
+    weightings (bilaw/learned.py) override `bind` (take the run's model and data), the epoch hooks
+    and the checkpoint state."""
 
     name: str
     compute: Callable[[WeightInputs], WeightOutput] | None = None
     needs_kappa: bool = False
     attack_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    uniform: bool = False
+    per_sample_formula: bool = True  # its weight of any sample can be evaluated (analysis, Fig. 5)
+
+    def bind(self, ctx: Any) -> None:
+        """Take what the weighting needs from its run (nothing, for a formula)."""
+
+    def batch_weights(self, step: StepInputs) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if self.uniform:
+            return None, None
+        out = self.compute(WeightInputs(step.y, step.terms.logits_adv, step.kappa, step.epoch))
+        return out.w, out.raw
+
+    def on_subset(self, y: torch.Tensor, logits: torch.Tensor, logits_clean: torch.Tensor,
+                  logits_adv: torch.Tensor, kappa: torch.Tensor | None, epoch: int) -> torch.Tensor | None:
+        """The weights (mean 1 over the subset) this weighting gives samples whose logits are
+        `logits`; None where there is no per-sample formula."""
+        if self.uniform or not self.per_sample_formula:
+            return None
+        with torch.no_grad():
+            return as_mean_one(self.compute(WeightInputs(y, logits, kappa, epoch)).w)
+
+    def start_epoch(self) -> None:
+        """Called before each training epoch."""
+
+    def epoch_sums(self) -> dict[str, torch.Tensor]:
+        """Device-side values of the epoch just trained, added to its metrics."""
+        return {}
+
+    @property
+    def weight_net(self) -> nn.Module | None:
+        """The learned network whose state is kept with the best model, if any."""
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
 
 
 WEIGHTINGS: Registry[Callable[..., Weighting]] = Registry("weighting")
@@ -154,7 +230,7 @@ def _uniform(inputs: WeightInputs) -> WeightOutput:
 
 @WEIGHTINGS.register("none")
 def _none(cfg) -> Weighting:
-    return Weighting("none", _uniform)
+    return Weighting("none", _uniform, uniform=True)
 
 
 # `burn_in(epochs)`: unweighted epochs before the weighting starts (docs/methods.md A13). GAIRAT's repo switches at
@@ -197,16 +273,6 @@ def _wmmr(cfg) -> Weighting:
                 * F.cross_entropy(logits, y, reduction="none")).sum()
 
     return Weighting("wmmr", compute, attack_loss=attack_loss)
-
-
-@WEIGHTINGS.register("bilaw", learned=True)
-def _bilaw(cfg) -> Weighting:
-    return Weighting("bilaw")
-
-
-@WEIGHTINGS.register("nonparam", learned=True)
-def _nonparam(cfg) -> Weighting:
-    return Weighting("nonparam")
 
 
 def build_weighting(cfg) -> Weighting:

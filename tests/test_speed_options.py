@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-import bilaw.trainer as trainer_module
+import bilaw.learned as learned_module
 from bilaw import TrainConfig
 from bilaw.trainer import train
 
@@ -36,13 +36,13 @@ def test_unknown_preset_and_hypergrad_are_named_errors():
 
 def _spy_meta_steps(monkeypatch):
     calls = []
-    real = trainer_module.bilaw_meta_step
+    real = learned_module.bilaw_meta_step
 
     def spy(model, net, opt, terms, feats, lr, x_val, y_val, attack, *args):
         calls.append({"val_batch": len(y_val), "val_steps": attack.steps, "args": args})
         return real(model, net, opt, terms, feats, lr, x_val, y_val, attack, *args)
 
-    monkeypatch.setattr(trainer_module, "bilaw_meta_step", spy)
+    monkeypatch.setattr(learned_module, "bilaw_meta_step", spy)
     return calls
 
 
