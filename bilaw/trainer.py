@@ -8,6 +8,7 @@ with `checkpoint_dir` it writes a checkpoint after every epoch and resumes from 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import sys
 import time
@@ -23,6 +24,7 @@ from .attacks import default_step_size, pgd, trades_attack
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import RESUME_FREE_KEYS, ConfigError, TrainConfig, config_differences
 from .data import DataBundle, augment_crop_flip, batch_indices, load_data
+from .epoch_stats import accumulate, finish_epoch
 from .evaluate import accuracy, evaluate_model, pgd_accuracy
 from .models import build_model
 from .objectives import OBJECTIVES, Objective, combine
@@ -165,7 +167,7 @@ class _Run:
         self.step += 1
         if idx is not None and w is not None:
             self.epoch_weights[idx] = as_mean_one(w)
-        _accumulate(acc, loss.detach() * len(y), len(y), w, raw)
+        accumulate(acc, loss.detach() * len(y), len(y), w, raw)
 
     # ----- one epoch -------------------------------------------------------------------------
     def train_epoch(self, progress) -> dict[str, float]:
@@ -189,7 +191,7 @@ class _Run:
         if self.noisy_mask is not None:
             acc.update(noise_weight_means(self.epoch_weights, self.noisy_mask))
         acc.update(self.weighting.epoch_sums())
-        metrics = _finish(acc)  # the epoch's one host read (with the per-sample weights' copy below)
+        metrics = finish_epoch(acc)  # the epoch's one host read (with the per-sample weights' copy below)
         self.sample_weights.append(self.epoch_weights.to("cpu", copy=True))
         metrics.update(lr=lr, epoch_time_s=elapsed)
         if not math.isfinite(metrics["train_loss"]):
@@ -245,41 +247,6 @@ class _Run:
         weights = state.get("sample_weights")
         self.sample_weights = [] if weights is None else list(weights.unbind(0))
         self.trace = list(state.get("trace") or [])
-
-
-def _accumulate(acc: dict[str, torch.Tensor], loss_sum, n: int, w, raw) -> None:
-    """Device-side sums for the epoch metrics (no host sync per batch)."""
-    if "loss" not in acc:
-        acc.update(loss=torch.zeros((), device=loss_sum.device), n=torch.zeros((), device=loss_sum.device),
-                   w_sum=torch.zeros((), device=loss_sum.device), w_sq=torch.zeros((), device=loss_sum.device),
-                   w_min=torch.full((), math.inf, device=loss_sum.device),
-                   w_max=torch.full((), -math.inf, device=loss_sum.device),
-                   raw_sum=torch.zeros((), device=loss_sum.device))
-    acc["loss"] += loss_sum.float()
-    acc["n"] += n
-    if w is None:  # uniform: every weight is 1 (no tensors allocated in the hot loop)
-        acc["w_sum"] += n
-        acc["w_sq"] += n
-        acc["w_min"].clamp_(max=1.0)
-        acc["w_max"].clamp_(min=1.0)
-        acc["raw_sum"] += n
-        return
-    w1 = as_mean_one(w)
-    acc["w_sum"] += w1.sum()
-    acc["w_sq"] += (w1 * w1).sum()
-    acc["w_min"] = torch.minimum(acc["w_min"], w1.min())
-    acc["w_max"] = torch.maximum(acc["w_max"], w1.max())
-    acc["raw_sum"] += raw.detach().float().sum()
-
-
-def _finish(acc: dict[str, torch.Tensor]) -> dict[str, float]:
-    v = dict(zip(acc, torch.stack([t.float() for t in acc.values()]).tolist()))
-    n = max(v["n"], 1.0)
-    mean = v["w_sum"] / n
-    out = {"train_loss": v["loss"] / n, "weight_std": math.sqrt(max(v["w_sq"] / n - mean * mean, 0.0)),
-           "weight_min": v["w_min"], "weight_max": v["w_max"], "weight_raw_mean": v["raw_sum"] / n}
-    out.update({k: v[k] for k in ("weight_mean_noisy", "weight_mean_clean", "meta_grad_norm") if k in v})
-    return out
 
 
 def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -342,7 +309,7 @@ def train(
     say = log or _print_stderr  # warnings about the run reach its log even without per-epoch lines
     wrap = _progress_factory(progress, run)
     last = cfg.epochs if stop_after is None else min(stop_after, cfg.epochs)
-    result = None
+    finish = functools.cache(lambda: _finish_run(run, say))  # the one place a run is finished
     while run.epoch < last and not _early_stopped(run):
         metrics = {"epoch": run.epoch, **run.train_epoch(wrap)}
         start = time.perf_counter()
@@ -365,11 +332,10 @@ def train(
         if cfg.plot_every and run.epoch % cfg.plot_every == 0 and not finished and ckpt is not None:
             _draw_interim_plots(run, ckpt.parent / "plots")
         if finished:  # the last epoch's report carries the test metrics (a scheduler may stop after it)
-            result = _finish_run(run, say)
-            metrics.update(scalar_final(result.final))
+            metrics.update(scalar_final(finish().final))
         if callback is not None:
             callback(dict(metrics), ckpt.parent if ckpt is not None else None)
-    return result if result is not None else _finish_run(run, say)
+    return finish()
 
 
 def _print_stderr(text: str) -> None:

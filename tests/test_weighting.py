@@ -316,14 +316,14 @@ def test_bad_capacities_are_config_errors(bad):
 def test_epoch_weight_statistics_are_those_of_the_mean_one_weights():
     """The trainer's device-side sums over batches give the population statistics of the
     mean-1 weights: two batches, [1, 2, 3, 6] (mean-1: [1/3, 2/3, 1, 2]) and a uniform one."""
-    from bilaw.trainer import _accumulate, _finish
+    from bilaw.epoch_stats import accumulate, finish_epoch
 
     acc: dict = {}
-    _accumulate(acc, torch.tensor(8.0), 4, torch.tensor([1.0, 2.0, 3.0, 6.0]), torch.tensor([0.5, 0.25, 0.125, 0.125]))
-    _accumulate(acc, torch.tensor(4.0), 4, None, None)  # uniform: four weights of 1
+    accumulate(acc, torch.tensor(8.0), 4, torch.tensor([1.0, 2.0, 3.0, 6.0]), torch.tensor([0.5, 0.25, 0.125, 0.125]))
+    accumulate(acc, torch.tensor(4.0), 4, None, None)  # uniform: four weights of 1
     ws = [1 / 3, 2 / 3, 1, 2, 1, 1, 1, 1]
     mean = sum(ws) / 8
-    out = _finish(acc)
+    out = finish_epoch(acc)
     assert out["weight_std"] == pytest.approx(math.sqrt(sum((w - mean) ** 2 for w in ws) / 8), rel=1e-6)
     assert out["weight_min"] == pytest.approx(1 / 3, rel=1e-6) and out["weight_max"] == pytest.approx(2.0, rel=1e-6)
     assert out["weight_raw_mean"] == pytest.approx((1.0 + 4) / 8, rel=1e-6)

@@ -1,0 +1,51 @@
+"""A training epoch's statistics: device-side sums over its batches (no host sync per batch),
+read back once at the end of the epoch as the per-epoch metrics `train_loss`, `weight_std`,
+`weight_min`, `weight_max`, `weight_raw_mean` and whatever the weighting adds (docs/methods.md
+sec. weight-health)."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .weighting import as_mean_one
+
+# Extra epoch sums copied to the metrics as they are (label-noise means, BiLAW's meta-gradient norm).
+PASSTHROUGH = ("weight_mean_noisy", "weight_mean_clean", "meta_grad_norm")
+
+
+def accumulate(acc: dict[str, torch.Tensor], loss_sum, n: int, w, raw) -> None:
+    """Device-side sums for the epoch metrics (no host sync per batch)."""
+    if "loss" not in acc:
+        acc.update(loss=torch.zeros((), device=loss_sum.device), n=torch.zeros((), device=loss_sum.device),
+                   w_sum=torch.zeros((), device=loss_sum.device), w_sq=torch.zeros((), device=loss_sum.device),
+                   w_min=torch.full((), math.inf, device=loss_sum.device),
+                   w_max=torch.full((), -math.inf, device=loss_sum.device),
+                   raw_sum=torch.zeros((), device=loss_sum.device))
+    acc["loss"] += loss_sum.float()
+    acc["n"] += n
+    if w is None:  # uniform: every weight is 1 (no tensors allocated in the hot loop)
+        acc["w_sum"] += n
+        acc["w_sq"] += n
+        acc["w_min"].clamp_(max=1.0)
+        acc["w_max"].clamp_(min=1.0)
+        acc["raw_sum"] += n
+        return
+    w1 = as_mean_one(w)
+    acc["w_sum"] += w1.sum()
+    acc["w_sq"] += (w1 * w1).sum()
+    acc["w_min"] = torch.minimum(acc["w_min"], w1.min())
+    acc["w_max"] = torch.maximum(acc["w_max"], w1.max())
+    acc["raw_sum"] += raw.detach().float().sum()
+
+
+def finish_epoch(acc: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The epoch's metrics from its sums: one host read. `weight_std` is the population standard
+    deviation of all the epoch's mean-1 weights."""
+    v = dict(zip(acc, torch.stack([t.float() for t in acc.values()]).tolist()))
+    n = max(v["n"], 1.0)
+    mean = v["w_sum"] / n
+    out = {"train_loss": v["loss"] / n, "weight_std": math.sqrt(max(v["w_sq"] / n - mean * mean, 0.0)),
+           "weight_min": v["w_min"], "weight_max": v["w_max"], "weight_raw_mean": v["raw_sum"] / n}
+    out.update({k: v[k] for k in PASSTHROUGH if k in v})
+    return out
