@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bilaw.config import TrainConfig, parse_overrides  # noqa: E402
 from bilaw.data import DataBundle  # noqa: E402
-from bilaw.trainer import _Run  # noqa: E402
+from bilaw.trainer import RunState  # noqa: E402
 
 SHAPES = {"fc1": (1, 28, 28), "tiny_cnn": (1, 28, 28), "small_cnn": (3, 32, 32)}
 VARIANTS = {  # name -> (config overrides, steps per timed cycle)
@@ -52,15 +52,15 @@ def synthetic_bundle(shape, batch: int, device: torch.device, k: int = 10) -> Da
                       False, empty, y)
 
 
-def build(model: str, variant: str, batch: int, device: str, data: DataBundle, extra: dict | None = None) -> _Run:
+def build(model: str, variant: str, batch: int, device: str, data: DataBundle, extra: dict | None = None) -> RunState:
     overrides, _ = VARIANTS[variant]
     cfg = TrainConfig.from_dict({"dataset": "mnist", "model": model, "batch_size": batch, "device": device,
                                  "eps": 0.1, "epochs": 10, "meta_val_size": batch, "holdout_val_size": batch,
                                  "burn_in_epochs": 0, **(extra or {}), **overrides}).resolved()
-    return _Run(cfg, data)
+    return RunState(cfg, data)
 
 
-def time_cycle(run: _Run, steps: int, x, y, device: torch.device) -> float:
+def time_cycle(run: RunState, steps: int, x, y, device: torch.device) -> float:
     acc: dict = {}
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -14,14 +14,28 @@ numbers, computed from what the trainer already holds.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from .attacks import eval_mode, pgd
+from .config import TrainConfig
+from .data import DataBundle
 from .margins import binary_margin
-from .weighting import as_mean_one, gairat_lambda, gairat_weights, mail_weights
+from .weighting import Weighting, as_mean_one, gairat_lambda, gairat_weights, mail_weights
+
+
+class AnalysedRun(Protocol):
+    """What the analysis reads of a training run (the trainer's run state has it)."""
+
+    cfg: TrainConfig
+    model: nn.Module
+    data: DataBundle
+    weighting: Weighting
+    epoch: int
+
 
 TRACE_SIZE = 64
 ANALYSIS_SEED_OFFSET = 4242
@@ -39,7 +53,7 @@ def noise_weight_means(epoch_weights: torch.Tensor, noisy_mask: torch.Tensor) ->
             "weight_mean_clean": epoch_weights[~noisy_mask].mean()}
 
 
-def _attack(run, x: torch.Tensor, y: torch.Tensor, steps: int, kappa: bool = False):
+def _attack(run: AnalysedRun, x: torch.Tensor, y: torch.Tensor, steps: int, kappa: bool = False):
     cfg = run.cfg
     g = torch.Generator(device=x.device).manual_seed(cfg.seed + ANALYSIS_SEED_OFFSET + run.epoch)
     return pgd(run.model, x, y, norm=cfg.norm, eps=cfg.eps, steps=steps, step_size=cfg.pgd_step_size,
@@ -51,14 +65,14 @@ def _logits(model, x: torch.Tensor) -> torch.Tensor:
         return model(x).float()
 
 
-def weights_on(run, y: torch.Tensor, logits: torch.Tensor, logits_clean: torch.Tensor,
+def weights_on(run: AnalysedRun, y: torch.Tensor, logits: torch.Tensor, logits_clean: torch.Tensor,
                logits_adv: torch.Tensor, kappa: torch.Tensor | None) -> torch.Tensor | None:
     """The run's weighting evaluated on `logits` (clean or adversarial) of a subset, mean-1 over
     the subset; None for weightings without a per-sample formula (none, nonparam)."""
     return run.weighting.on_subset(y, logits, logits_clean, logits_adv, kappa, run.epoch)
 
 
-def trace_weights(run, idx: torch.Tensor) -> dict[str, list[float]] | None:
+def trace_weights(run: AnalysedRun, idx: torch.Tensor) -> dict[str, list[float]] | None:
     """Fig. 5: the weighting on clean and on PGD inputs of the fixed subset `idx`, now."""
     if run.weighting.uniform or not run.weighting.per_sample_formula:
         return None
@@ -91,7 +105,7 @@ def weight_auroc(weights: torch.Tensor, misclassified: torch.Tensor) -> float:
     return float(roc_auc_score(labels, scores))
 
 
-def collect(run, sample_weights: list[torch.Tensor], n: int) -> dict[str, Any]:
+def collect(run: AnalysedRun, sample_weights: list[torch.Tensor], n: int) -> dict[str, Any]:
     """The end-of-training analysis at the run's current (last) state; CPU tensors."""
     cfg, d = run.cfg, run.data
     idx = fixed_subset(len(d.y_train), n, cfg.seed).to(d.x_train.device)

@@ -71,8 +71,10 @@ def lr_at(cfg: TrainConfig, epoch: int) -> float:
     return cfg.lr * cfg.lr_gamma ** passed
 
 
-class _Run:
-    """State of one training run: data, model, optimisers, generators, best state, history."""
+class RunState:
+    """State of one training run: data, model, optimiser, weighting, generators, best state,
+    history. Public for the analysis (`bilaw.analysis.AnalysedRun`) and the step-cost benchmark;
+    `train` is the way to run one."""
 
     def __init__(self, cfg: TrainConfig, data: DataBundle | None = None) -> None:
         self.cfg = cfg
@@ -261,7 +263,7 @@ def _check_same_config(saved: dict[str, Any], cfg: TrainConfig) -> None:
                            f"use another checkpoint folder or the same config"])
 
 
-def _progress_factory(enabled: bool, run: _Run):
+def _progress_factory(enabled: bool, run: RunState):
     if not enabled:
         return lambda it: it
     from tqdm.auto import tqdm
@@ -300,7 +302,7 @@ def train(
     schedule still follows `cfg.epochs`). `progress`: a tqdm bar per epoch (default: on a
     terminal). `log`: where the per-epoch lines go (default: print when progress is shown)."""
     cfg = cfg.resolved()
-    run = _Run(cfg, data)
+    run = RunState(cfg, data)
     ckpt = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     if ckpt is not None and ckpt.exists():
         run.load_state_dict(load_checkpoint(ckpt, map_location=run.device))
@@ -347,12 +349,12 @@ def scalar_final(final: dict[str, Any]) -> dict[str, float]:
     return {k: v for k, v in final.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def _early_stopped(run: _Run) -> bool:
+def _early_stopped(run: RunState) -> bool:
     p = run.cfg.early_stop_patience
     return p > 0 and run.best["epoch"] >= 0 and run.epoch - 1 - run.best["epoch"] >= p
 
 
-def _finish_run(run: _Run, say: Callable[[str], None] = _print_stderr) -> TrainResult:
+def _finish_run(run: RunState, say: Callable[[str], None] = _print_stderr) -> TrainResult:
     """Test metrics of the last state (clean, PGD) and of the best state (clean, PGD, AA), and
     for a weight net whether its weights collapsed or faded (`bilaw/weight_health.py`)."""
     cfg, d = run.cfg, run.data
@@ -396,7 +398,7 @@ def _finish_run(run: _Run, say: Callable[[str], None] = _print_stderr) -> TrainR
                        trace=list(run.trace))
 
 
-def _draw_interim_plots(run: _Run, folder: Path) -> None:
+def _draw_interim_plots(run: RunState, folder: Path) -> None:
     """`plot_every`: the plots at the current state, overwritten each time (the trainer's own
     RNG streams and BN statistics are untouched)."""
     from .plots import write_plots
