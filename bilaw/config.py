@@ -24,7 +24,7 @@ from .models import MODELS
 from .objectives import OBJECTIVES
 from .registry import Registry, unknown_name_message
 from .weighting import WEIGHTINGS
-from . import learned  # noqa: F401  (registers the learned weightings: bilaw, nonparam)
+from . import learned as _learned_weightings  # noqa: F401  (registers bilaw and nonparam)
 
 # Keys whose values are registry names: validated against the registry when checked, so a name
 # registered by a plug-in is accepted like a built-in one.
@@ -369,8 +369,8 @@ def _check_milestones(c: TrainConfig) -> list[str]:
 
 
 def _check_meta_val(c: TrainConfig) -> list[str]:
-    learned = c.weighting in WEIGHTINGS and WEIGHTINGS.facts(c.weighting).get("learned", False)
-    if learned and c.meta_val_size == 0:
+    is_learned = c.weighting in WEIGHTINGS and WEIGHTINGS.facts(c.weighting).get("learned", False)
+    if is_learned and c.meta_val_size == 0:
         return [f"meta_val_size: 0 is not allowed with weighting {c.weighting!r} (it learns from that set)"]
     return []
 

@@ -8,27 +8,25 @@ Batches are index tensors on the device (`batch_indices`, `CyclingBatches`) and 
 augmentation runs on the whole batch on the device (`augment_crop_flip`), so no DataLoader and no
 per-sample Python work sits in the training loop.
 
-Files on disk are read by our own readers (IDX for MNIST / Fashion-MNIST, the pickled batches for
-CIFAR), not by torchvision's dataset classes: those check every file's MD5, which rejects any copy
-that is not byte-identical to the official archives (e.g. the small files the tests write).
-torchvision is used only to download missing files.
+Files on disk are read by our own readers (bilaw/dataset_files.py); torchvision is used only to
+download missing files. The splits live in bilaw/splits.py and the batching in bilaw/batches.py;
+their public names are re-exported here, the data API.
 """
 from __future__ import annotations
 
-import gzip
 import os
-import pickle
 import socket
-import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from bilaw.batches import CyclingBatches, augment_crop_flip, batch_indices
+from bilaw.dataset_files import read_cifar_batch, read_idx
 from bilaw.registry import Registry
+from bilaw.splits import SplitIndices, apply_label_noise, noise_generator, split_indices
 
 __all__ = [
     "DATASETS",
@@ -82,15 +80,6 @@ class RawDataset:
 
 
 @dataclass
-class SplitIndices:
-    """Disjoint indices into a training set: what is trained on and the two validation sets."""
-
-    train: torch.Tensor
-    meta_val: torch.Tensor
-    holdout: torch.Tensor
-
-
-@dataclass
 class DataBundle:
     """Everything a run needs, already on its device.
 
@@ -141,81 +130,8 @@ def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
 
 
 # --------------------------------------------------------------------------------------------
-# Readers for the on-disk formats
+# Converting what the readers return
 # --------------------------------------------------------------------------------------------
-
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-
-
-def _open_maybe_gz(path: Path):
-    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
-
-
-def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read one IDX file (plain or .gz), the format of MNIST and Fashion-MNIST.
-
-    Header: two zero bytes, a type code, the number of dims, then each dim as a big-endian
-    uint32 (so images have magic 2051 = 0x803, labels 2049 = 0x801).
-    """
-    path = Path(path)
-    with _open_maybe_gz(path) as f:
-        raw = bytearray(f.read())  # writable, so torch.from_numpy does not warn
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise ValueError(f"{path} is not an IDX file (bad magic number {bytes(raw[:4])!r})")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    shape = struct.unpack(f">{ndim}I", raw[4:header])
-    dtype = np.dtype(_IDX_DTYPES[raw[2]])
-    expected = int(np.prod(shape)) * dtype.itemsize
-    if len(raw) - header != expected:
-        raise ValueError(
-            f"{path}: header says shape {shape} ({expected} bytes) but the file holds "
-            f"{len(raw) - header} bytes of data"
-        )
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
-
-
-class _CifarUnpickler(pickle.Unpickler):
-    """Unpickler that only builds numpy arrays: a pickle can run any code, a CIFAR batch needs
-    nothing else, so a tampered file fails instead of executing."""
-
-    _ALLOWED = {
-        ("_codecs", "encode"),  # protocol-2 pickles rebuild bytes with it
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-        ("numpy.core.numeric", "_frombuffer"),
-        ("numpy._core.numeric", "_frombuffer"),
-    }
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in self._ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR batch")
-        return super().find_class(module, name)
-
-
-def read_cifar_batch(path: str | os.PathLike[str], label_key: str = "labels") -> tuple[np.ndarray, np.ndarray]:
-    """Read one pickled CIFAR batch: uint8 images (N, 3, 32, 32) and int64 labels (N,).
-
-    Each row of `data` is 1024 red, then 1024 green, then 1024 blue bytes, row-major, so a
-    reshape gives CHW directly. Keys may be bytes (the official files) or str.
-    """
-    path = Path(path)
-    with open(path, "rb") as f:
-        entry = _CifarUnpickler(f, encoding="latin1").load()
-    if not isinstance(entry, dict):
-        raise ValueError(f"{path}: expected a pickled dict, got {type(entry).__name__}")
-    entry = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
-    if "data" not in entry or label_key not in entry:
-        raise ValueError(f"{path}: needs keys 'data' and {label_key!r}, has {sorted(entry)}")
-    data = np.asarray(entry["data"], dtype=np.uint8)
-    labels = np.asarray(entry[label_key], dtype=np.int64)
-    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(labels):
-        raise ValueError(f"{path}: data {data.shape} / labels {labels.shape} are not CIFAR batches")
-    return data.reshape(-1, 3, 32, 32), labels
 
 
 def _to_images(x: np.ndarray) -> torch.Tensor:
@@ -452,103 +368,6 @@ def load_digits(data_dir: str | os.PathLike[str] | None = None) -> RawDataset:
     )
 
 
-# --------------------------------------------------------------------------------------------
-# Splits and label noise
-# --------------------------------------------------------------------------------------------
-
-
-def _stratified_quota(counts: list[int], total: int) -> list[int]:
-    """How many to take from each class: as equal as the class sizes allow; the remainder goes
-    one each to the lowest-numbered classes that still have samples left."""
-    quota = [0] * len(counts)
-    remaining = total
-    while remaining > 0:
-        open_classes = [c for c, n in enumerate(counts) if quota[c] < n]
-        share = remaining // len(open_classes)
-        if share == 0:
-            for c in open_classes[:remaining]:
-                quota[c] += 1
-            break
-        for c in open_classes:
-            take = min(share, counts[c] - quota[c])
-            quota[c] += take
-            remaining -= take
-    return quota
-
-
-def split_indices(
-    y: torch.Tensor | np.ndarray, *, meta_val_size: int, holdout_val_size: int, seed: int
-) -> SplitIndices:
-    """Class-stratified, disjoint train / meta-val / hold-out indices, fixed by `seed`.
-
-    Each validation set takes an equal share of every class (e.g. 100 per class for 1000 and 10
-    classes); the training part is the rest. Each class is shuffled with a generator seeded by
-    `seed`: its first indices go to meta-val, the next to hold-out. Returned indices are sorted.
-    """
-    y = torch.as_tensor(y).reshape(-1).cpu()
-    n = y.numel()
-    if meta_val_size < 0 or holdout_val_size < 0:
-        raise ValueError(
-            f"validation sizes must be >= 0, got meta_val_size={meta_val_size}, "
-            f"holdout_val_size={holdout_val_size}"
-        )
-    if meta_val_size + holdout_val_size >= n:
-        raise ValueError(
-            f"meta_val_size={meta_val_size} + holdout_val_size={holdout_val_size} must leave "
-            f"training samples, but the training set has only {n}"
-        )
-    classes = torch.unique(y).tolist()
-    members = [torch.nonzero(y == c).flatten() for c in classes]
-    counts = [len(m) for m in members]
-    meta_q = _stratified_quota(counts, meta_val_size)
-    hold_q = _stratified_quota([n_c - q for n_c, q in zip(counts, meta_q)], holdout_val_size)
-    g = torch.Generator().manual_seed(seed)
-    parts: dict[str, list[torch.Tensor]] = {"train": [], "meta": [], "hold": []}
-    for idx, mq, hq in zip(members, meta_q, hold_q):
-        shuffled = idx[torch.randperm(len(idx), generator=g)]
-        parts["meta"].append(shuffled[:mq])
-        parts["hold"].append(shuffled[mq:mq + hq])
-        parts["train"].append(shuffled[mq + hq:])
-    return SplitIndices(
-        train=_sorted_cat(parts["train"]),
-        meta_val=_sorted_cat(parts["meta"]),
-        holdout=_sorted_cat(parts["hold"]),
-    )
-
-
-def _sorted_cat(parts: list[torch.Tensor]) -> torch.Tensor:
-    return torch.sort(torch.cat(parts)).values if parts else torch.empty(0, dtype=torch.long)
-
-
-def apply_label_noise(
-    y: torch.Tensor, fraction: float, num_classes: int, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric label noise: exactly round(fraction * N) random samples get a uniformly drawn
-    wrong class (never their own). Returns (noisy copy of y, sorted indices that were changed).
-
-    Drawn on the generator's device and moved to y's device.
-    """
-    if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"label noise fraction must be in [0, 1), got {fraction}")
-    n_noisy = int(round(fraction * y.numel()))
-    if n_noisy and num_classes < 2:
-        raise ValueError(f"label noise needs num_classes >= 2, got {num_classes}")
-    gdev = generator.device
-    idx = torch.randperm(y.numel(), generator=generator, device=gdev)[:n_noisy]
-    idx = torch.sort(idx).values.to(y.device)
-    # Adding 1..K-1 (mod K) reaches every other class with equal probability, never the same one.
-    shift = torch.randint(1, max(num_classes, 2), (n_noisy,), generator=generator, device=gdev)
-    y_noisy = y.clone()
-    y_noisy[idx] = (y[idx] + shift.to(y.device)) % num_classes
-    return y_noisy, idx
-
-
-def _noise_generator(seed: int) -> torch.Generator:
-    """A generator for label noise, independent of the split's generator for the same seed."""
-    mixed = int(np.random.SeedSequence([seed, 1]).generate_state(1, dtype=np.uint64)[0])
-    return torch.Generator().manual_seed(mixed)
-
-
 def load_data(
     dataset: str,
     *,
@@ -573,7 +392,7 @@ def load_data(
         raw.y_train, meta_val_size=meta_val_size, holdout_val_size=holdout_val_size, seed=seed
     )
     y_noisy_part, noisy_local = apply_label_noise(
-        raw.y_train[split.train], label_noise, raw.num_classes, _noise_generator(seed)
+        raw.y_train[split.train], label_noise, raw.num_classes, noise_generator(seed)
     )
     if include_val_in_train:
         x_train, y_train_clean = raw.x_train, raw.y_train
@@ -602,106 +421,3 @@ def load_data(
         noisy_idx=to(noisy_idx),
         y_train_clean=to(y_train_clean),
     )
-
-
-# --------------------------------------------------------------------------------------------
-# Batching and augmentation on the device
-# --------------------------------------------------------------------------------------------
-
-
-def _permutation(n: int, generator: torch.Generator | None) -> torch.Tensor:
-    device = generator.device if generator is not None else "cpu"
-    return torch.randperm(n, generator=generator, device=device)
-
-
-def batch_indices(
-    n: int,
-    batch_size: int,
-    *,
-    generator: torch.Generator | None = None,
-    shuffle: bool = True,
-    drop_last: bool = False,
-    device: str | torch.device = "cpu",
-) -> Iterator[torch.Tensor]:
-    """One epoch of index batches over range(n), as LongTensors on `device`.
-
-    The permutation is drawn from `generator` on the generator's device and moved to `device`
-    once per epoch; every index appears exactly once (unless `drop_last` drops the short tail).
-    """
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    order = _permutation(n, generator) if shuffle else torch.arange(n)
-    order = order.to(device)
-    stop = n - n % batch_size if drop_last else n
-    for start in range(0, stop, batch_size):
-        yield order[start:start + batch_size]
-
-
-class CyclingBatches:
-    """An endless iterator of shuffled (x, y) batches, reshuffled on every pass (meta-val batches).
-
-    Batches are always min(batch_size, N) long: a pass ends when fewer than that are left (the
-    tail waits for a later pass, reshuffled). `state_dict()` holds the current permutation, the
-    position and the generator's state, so `load_state_dict()` continues identically; give it its
-    own generator, since restoring rewinds that generator.
-    """
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int,
-                 generator: torch.Generator) -> None:
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        if len(x) != len(y) or len(x) == 0:
-            raise ValueError(f"need equally many (>0) inputs and labels, got {len(x)} and {len(y)}")
-        self.x, self.y = x, y
-        self.batch_size = min(batch_size, len(x))
-        self.generator = generator
-        self._perm: torch.Tensor | None = None
-        self._pos = 0
-
-    def __iter__(self) -> "CyclingBatches":
-        return self
-
-    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._perm is None or self._pos + self.batch_size > len(self._perm):
-            self._perm = _permutation(len(self.x), self.generator).to(self.x.device)
-            self._pos = 0
-        idx = self._perm[self._pos:self._pos + self.batch_size]
-        self._pos += self.batch_size
-        return self.x[idx], self.y[idx]
-
-    def state_dict(self) -> dict[str, Any]:
-        """Permutation (CPU), position and generator state: enough to resume identically."""
-        return {
-            "perm": None if self._perm is None else self._perm.cpu().clone(),
-            "pos": self._pos,
-            "generator": self.generator.get_state(),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what `state_dict()` returned (also rewinds the generator)."""
-        perm = state["perm"]
-        self._perm = None if perm is None else perm.to(self.x.device)
-        self._pos = int(state["pos"])
-        self.generator.set_state(state["generator"])
-
-
-def augment_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """CIFAR augmentation for a whole batch: random crop from the zero-padded image (an
-    independent offset per sample) and horizontal flip with p = 0.5.
-
-    All randomness comes from `generator`, drawn on the generator's device (CPU or x's device)
-    and moved to x's device, so a given generator state always gives the same result. No Python
-    loop over samples: one gather with per-sample row/column indices.
-    """
-    n, c, h, w = x.shape
-    gdev = generator.device
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=gdev).to(x.device)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=gdev).to(x.device)
-    flip = (torch.rand(n, generator=generator, device=gdev) < 0.5).to(x.device)
-    padded = F.pad(x, (pad, pad, pad, pad))
-    rows = dy[:, None] + torch.arange(h, device=x.device)  # (N, H)
-    cols = dx[:, None] + torch.arange(w, device=x.device)  # (N, W)
-    cols = torch.where(flip[:, None], cols.flip(1), cols)
-    batch = torch.arange(n, device=x.device)[:, None, None, None]
-    chans = torch.arange(c, device=x.device)[None, :, None, None]
-    return padded[batch, chans, rows[:, None, :, None], cols[:, None, None, :]]
