@@ -7,7 +7,6 @@ cluster runs them in parallel.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile

@@ -136,7 +136,7 @@ class SearchTracking:
         self.parent_run_id: str | None = None
 
     def start_parent(self, run_name: str, tags: dict[str, str], params: dict[str, str] | None = None) -> str:
-        from mlflow.entities import Param, RunTag
+        from mlflow.entities import Param
 
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
         self.parent_run_id = run.info.run_id
