@@ -28,6 +28,7 @@ from .epoch_stats import accumulate, finish_epoch
 from .evaluate import accuracy, evaluate_model, pgd_accuracy
 from .models import build_model
 from .objectives import OBJECTIVES, Objective, combine
+from .progress import batch_progress, format_epoch
 from .weight_health import collapse_message, collapsed_epoch, fade_message, weight_health
 from .learned import RunContext
 from .weighting import WEIGHTINGS, StepInputs, WeightNet, Weighting, as_mean_one, build_weighting
@@ -263,27 +264,6 @@ def _check_same_config(saved: dict[str, Any], cfg: TrainConfig) -> None:
                            f"use another checkpoint folder or the same config"])
 
 
-def _progress_factory(enabled: bool, run: RunState):
-    if not enabled:
-        return lambda it: it
-    from tqdm.auto import tqdm
-
-    n_batches = math.ceil(len(run.data.y_train) / run.cfg.batch_size)
-
-    def wrap(it):
-        return tqdm(it, total=n_batches, desc=f"epoch {run.epoch + 1}/{run.cfg.epochs}", leave=False,
-                    unit="batch", dynamic_ncols=True)
-
-    return wrap
-
-
-def format_epoch(m: dict[str, Any], epochs: int) -> str:
-    meta = f"  meta |g| {m['meta_grad_norm']:.3g}" if "meta_grad_norm" in m else ""
-    return (f"epoch {m['epoch'] + 1:>3}/{epochs}  loss {m['train_loss']:.4f}  val clean {m['val_clean_acc']:.4f}  "
-            f"val pgd {m['val_pgd_acc']:.4f}  best {m['best_val_pgd_acc']:.4f}  lr {m['lr']:.4g}  "
-            f"w std {m['weight_std']:.3f}{meta}  {m['epoch_time_s']:.1f}s")
-
-
 def train(
     cfg: TrainConfig,
     callback: EpochCallback | None = None,
@@ -309,7 +289,7 @@ def train(
     progress = sys.stderr.isatty() if progress is None else progress
     log = log if log is not None else (print if progress else None)
     say = log or _print_stderr  # warnings about the run reach its log even without per-epoch lines
-    wrap = _progress_factory(progress, run)
+    wrap = batch_progress(progress, run)
     last = cfg.epochs if stop_after is None else min(stop_after, cfg.epochs)
     finish = functools.cache(lambda: _finish_run(run, say))  # the one place a run is finished
     while run.epoch < last and not _early_stopped(run):

@@ -1,0 +1,28 @@
+"""What a training run shows while it runs: a progress bar per epoch and one line per epoch."""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterable
+
+
+def batch_progress(enabled: bool, run: Any) -> Callable[[Iterable], Iterable]:
+    """A wrapper that shows a tqdm bar over one epoch's batches of `run` (or passes them through)."""
+    if not enabled:
+        return lambda it: it
+    from tqdm.auto import tqdm
+
+    n_batches = math.ceil(len(run.data.y_train) / run.cfg.batch_size)
+
+    def wrap(it):
+        return tqdm(it, total=n_batches, desc=f"epoch {run.epoch + 1}/{run.cfg.epochs}", leave=False,
+                    unit="batch", dynamic_ncols=True)
+
+    return wrap
+
+
+def format_epoch(m: dict[str, Any], epochs: int) -> str:
+    """One epoch's log line."""
+    meta = f"  meta |g| {m['meta_grad_norm']:.3g}" if "meta_grad_norm" in m else ""
+    return (f"epoch {m['epoch'] + 1:>3}/{epochs}  loss {m['train_loss']:.4f}  val clean {m['val_clean_acc']:.4f}  "
+            f"val pgd {m['val_pgd_acc']:.4f}  best {m['best_val_pgd_acc']:.4f}  lr {m['lr']:.4g}  "
+            f"w std {m['weight_std']:.3f}{meta}  {m['epoch_time_s']:.1f}s")
