@@ -161,3 +161,14 @@ def test_cli_errors_are_messages_not_tracebacks(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "unknown config key 'methd'" in err and "did you mean 'method'" in err and "Traceback" not in err
     assert not (tmp_path / "metrics.json").exists()
+
+
+def test_every_registered_metric_is_reported_where_registered():
+    """bilaw/metrics.py is what search spaces may rank by: each epoch metric is in every epoch's
+    report and each final metric in the final ones (a run with AutoAttack)."""
+    from bilaw.metrics import METRICS
+
+    result = train(_cfg(epochs=1, aa_samples=16, aa_attacks=["apgd-ce"], aa_n_iter=5), progress=False)
+    for name in METRICS.names():
+        where = result.history[-1] if METRICS.facts(name)["when"] == "epoch" else result.final
+        assert isinstance(where.get(name), float), name

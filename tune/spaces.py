@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import yaml
 
 from bilaw.config import KEYS, ConfigError, TrainConfig, load_yaml_mapping
+from bilaw.metrics import METRICS, epoch_metrics
 from bilaw.registry import unknown_name_message
 
 if TYPE_CHECKING:  # optuna is only needed by the caller that runs the study
@@ -36,10 +37,6 @@ WORKLOADS_FILE = SPACES_DIR / "workloads.yaml"
 SAMPLERS = ("grid", "tpe", "random", "nsga2")
 KINDS = ("choice", "uniform", "loguniform", "int")
 MODES = ("max", "min")
-# The trainer's metrics: per epoch (ASHA can act on these), then final (reported after training).
-EPOCH_METRICS = ("train_loss", "val_clean_acc", "val_pgd_acc", "best_val_pgd_acc")
-METRICS = EPOCH_METRICS + ("test_clean_acc", "test_pgd_acc", "test_aa_acc", "last_test_clean_acc",
-                           "last_test_pgd_acc")
 TOP_KEYS = ("description", "workload", "paper_workload", "base", "search", "sampler", "metric", "mode",
             "num_samples", "seeds", "scheduler", "resources", "max_concurrent")
 WORKLOAD_KEYS = ("description", "config")
@@ -466,7 +463,7 @@ def _parse_objectives(path: Path, data: dict, sampler: str) -> tuple[list[str], 
     mode = _as_list(data.get("mode", "max"))
     for m in metric:
         if m not in METRICS:
-            raise _err(path, "metric", unknown_name_message("metric", m, METRICS))
+            raise _err(path, "metric", unknown_name_message("metric", m, METRICS.names()))
     for m in mode:
         if m not in MODES:
             raise _err(path, "mode", f"{m!r} is not a mode; allowed: max, min")
@@ -535,8 +532,8 @@ def _parse_scheduler(path: Path, value: Any, sampler: str, seeds: list[int], met
     if len(seeds) > 1:
         raise _err(path, "scheduler", f"asha with seeds {seeds!r}: ASHA would compare seeds of one config as "
                    "rivals; use one seed or scheduler: none")
-    if metric[0] not in EPOCH_METRICS:
-        raise _err(path, "scheduler", f"asha needs a per-epoch metric ({', '.join(EPOCH_METRICS)}); "
+    if metric[0] not in epoch_metrics():
+        raise _err(path, "scheduler", f"asha needs a per-epoch metric ({', '.join(epoch_metrics())}); "
                    f"{metric[0]!r} is only reported after training")
     return {"asha": {"grace_period": grace, "reduction_factor": factor}}
 
