@@ -29,6 +29,8 @@ from bilaw.config import REUSE_FREE_KEYS, ConfigError, TrainConfig, config_diffe
 from bilaw.data import MissingDatasetError  # noqa: E402
 from bilaw.registry import unknown_name_message  # noqa: E402
 from tune import spaces as sp  # noqa: E402
+from tune.seeds import SeedsError  # noqa: E402
+from tune.seeds import parse_seeds as seeds_rule  # noqa: E402
 from tune.tracking import TrackingError, absolute_tracking_uri, check_tracking_uri, redact_uri  # noqa: E402
 
 KEY_TAG = "reproduce_key"
@@ -131,15 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_seeds(text: str) -> list[int]:
     try:
-        if "," in text:
-            seeds = [int(s) for s in text.split(",") if s.strip()]
-        else:
-            seeds = list(range(int(text)))
-    except ValueError:
-        raise ReproduceError(f"--seeds {text!r}: expected a count such as 2 or a list such as 0,3") from None
-    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
-        raise ReproduceError(f"--seeds {text!r}: needs at least one seed, all >= 0 and distinct")
-    return seeds
+        return seeds_rule(text)
+    except SeedsError as exc:
+        raise ReproduceError(f"--seeds {text!r}: {exc}") from None
 
 
 def select(args) -> tuple[Table, list[Setting], list[Row]]:

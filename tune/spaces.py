@@ -28,6 +28,7 @@ import yaml
 from bilaw.config import KEYS, ConfigError, TrainConfig, load_yaml_mapping
 from bilaw.metrics import METRICS, epoch_metrics
 from bilaw.registry import unknown_name_message
+from tune.seeds import SeedsError, parse_seeds
 
 if TYPE_CHECKING:  # optuna is only needed by the caller that runs the study
     import optuna
@@ -500,13 +501,10 @@ def _parse_num_samples(path: Path, value: Any, space: SearchSpace) -> int | None
 
 
 def _parse_seeds(path: Path, seeds: Any) -> list[int]:
-    ok = (isinstance(seeds, list) and seeds
-          and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds))
-    if not ok:
-        raise _err(path, "seeds", f"{seeds!r}: a non-empty list of integers >= 0 is required, e.g. [0, 1, 2]")
-    if len(set(seeds)) != len(seeds):
-        raise _err(path, "seeds", f"{seeds!r} repeats a seed")
-    return list(seeds)
+    try:
+        return parse_seeds(seeds, allow_count=False)
+    except SeedsError as exc:
+        raise _err(path, "seeds", f"{seeds!r}: {exc}") from None
 
 
 def _parse_scheduler(path: Path, value: Any, sampler: str, seeds: list[int], metric: list[str]) -> dict | None:
