@@ -147,7 +147,7 @@ class TrainConfig:
         for key, value in data.items():
             if key in KEYS:
                 try:
-                    kwargs[key] = coerce(key, value, _HINTS[key])
+                    kwargs[key] = coerce(key, value, TYPE_HINTS[key])
                 except ValueError as exc:
                     errors.append(str(exc))
         cfg = cls(**kwargs)
@@ -215,7 +215,7 @@ class TrainConfig:
 
 
 KEYS: dict[str, dataclasses.Field] = {f.name: f for f in fields(TrainConfig)}
-_HINTS = typing.get_type_hints(TrainConfig)
+TYPE_HINTS: dict[str, Any] = typing.get_type_hints(TrainConfig)  # key -> its field type
 
 
 def default_burn_in(weighting: str, epochs: int) -> int:

@@ -17,6 +17,9 @@ class ConfigError(ValueError):
         self.errors = list(errors)
         super().__init__("invalid config:\n  - " + "\n  - ".join(self.errors))
 
+    def __reduce__(self):  # rebuilt from its list of errors (Ray sends errors between processes)
+        return (type(self), (self.errors,))
+
 
 class _Loader(yaml.SafeLoader):
     """YAML without implicit timestamps: a capacity string such as 1024-64-64 stays a string

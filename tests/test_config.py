@@ -410,3 +410,12 @@ def test_a_registered_plugin_name_is_valid_with_its_facts(monkeypatch):
     with pytest.raises(ConfigError, match=r"eps: dataset 'tiny_set' has no default budget for norm 'l2'; set eps"):
         TrainConfig(dataset="tiny_set", norm="l2").resolved()
     assert TrainConfig(dataset="tiny_set", norm="l2", eps=0.5).resolved().eps == 0.5
+
+
+def test_config_errors_survive_pickling():
+    """Ray sends a trial's exception to the driver pickled: the list of errors must come back whole."""
+    import pickle
+
+    err = ConfigError(["eps: 0 is out of range", "lr: -1 is out of range"])
+    back = pickle.loads(pickle.dumps(err))
+    assert back.errors == err.errors and str(back) == str(err)

@@ -3,6 +3,7 @@ distributions, conditions hold, and each kind of broken file gives an error nami
 from __future__ import annotations
 
 import math
+import pickle
 import textwrap
 
 import optuna
@@ -212,6 +213,31 @@ def test_choice_values_take_the_keys_type(tmp_path, workloads):
     assert TrainConfig.from_dict({"lr_milestones": "[0.5, 0.75]"}).lr_milestones == [0.5, 0.75]
 
 
+def test_define_by_run_pickles_and_suggests_the_same_params(workloads):
+    """Ray pickles the searcher, and with it this function, into its experiment snapshots."""
+    space = sp.load_space("bilaw_tpe")
+    fn = sp.define_by_run(space, sp.base_config(space, workloads["digits"]))
+    data = pickle.dumps(fn)
+    assert sp.DefineByRun.__module__ == "tune.spaces" and b"tune.spaces" in data  # the path old snapshots name
+    again = pickle.loads(data)
+    assert type(again) is sp.DefineByRun and again.base == fn.base and again.ordered == fn.ordered
+    fixed = {"method": "bilaw_trades", "weight_net": "64-64", "margin_input": "margin", "trades_beta": 3.5,
+             "meta_lr": 0.001, "meta_interval": 2}
+    for params in (fixed, {**fixed, "method": "bilaw"}):
+        trials = [optuna.trial.FixedTrial(params) for _ in range(2)]
+        fn(trials[0]), again(trials[1])
+        assert trials[0].params == trials[1].params
+        assert ("trades_beta" in trials[1].params) == (params["method"] == "bilaw_trades")
+    drawn = []  # and the same draws from equally seeded studies
+    for f in (fn, again):
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+        trials = [study.ask() for _ in range(5)]
+        for trial in trials:
+            f(trial)
+        drawn.append([trial.params for trial in trials])
+    assert drawn[0] == drawn[1]
+
+
 # ----- broken spaces: one per rule --------------------------------------------------------------
 def replace(**changes: str) -> str:
     """VALID with top-level entries replaced (value None removes the key)."""
@@ -304,6 +330,61 @@ def test_broken_space_names_file_key_and_value(case, tmp_path):
     msg = space_error(write(tmp_path, text))
     for fragment in fragments:
         assert fragment in msg, (fragment, msg)
+
+
+def test_every_problem_of_a_file_is_reported_at_once(tmp_path):
+    path = write(tmp_path, replace(samplr="grid", seeds="[0, -1]", resources="{gpu: -1}"))
+    with pytest.raises(sp.SpaceError) as info:
+        sp.load_space(str(path))
+    assert len(info.value.errors) == 3, info.value.errors
+    msg = str(info.value)
+    assert msg.startswith("3 problems:\n  - "), msg
+    for fragment in ("samplr", "did you mean 'sampler'", "seeds: [0, -1]", ">= 0", "resources.gpu: -1"):
+        assert fragment in msg, (fragment, msg)
+    assert all(line.startswith(f"  - {path}: ") for line in msg.splitlines()[1:]), msg
+    again = pickle.loads(pickle.dumps(info.value))  # e.g. sent between Ray processes
+    assert again.errors == info.value.errors and str(again) == msg
+
+
+def test_a_dependent_check_is_skipped_after_the_problem_it_depends_on(tmp_path):
+    # an unknown sampler: no grid or num_samples complaints built on a guess of the sampler
+    msg = space_error(write(tmp_path, replace(sampler="gird", search="{lr: {uniform: [0.1, 0.2]}}")))
+    assert "did you mean 'grid'" in msg and "choice lists" not in msg and "num_samples" not in msg, msg
+    # a bad param and a bad seed list are both reported; the grid size is not checked on a broken search
+    msg = space_error(write(tmp_path, replace(search="{weight_net: {choice: []}}", seeds="[]", num_samples="5")))
+    assert "search.weight_net.choice" in msg and "seeds" in msg and "grid size" not in msg, msg
+
+
+def test_choice_values_are_converted_as_the_config_converts_them(tmp_path):
+    space = sp.load_space(str(write(tmp_path, """\
+        description: types
+        search:
+          trades_beta: {choice: [1e-4, 6]}
+          aa_attacks: {choice: [apgd-ce, [apgd-ce, apgd-t], null]}
+        sampler: grid
+        """)))
+    assert space.grid_values() == {"trades_beta": [0.0001, 6.0], "aa_attacks": ["[apgd-ce]", "[apgd-ce, apgd-t]", None]}
+    msg = space_error(write(tmp_path, replace(search="{pgd_steps: {choice: [3, true, 2.5]}, lr: {choice: [fast]}}")))
+    for fragment in ("search.pgd_steps.choice: pgd_steps: True is not an integer", "2.5 is not an integer",
+                     "search.lr.choice: lr: 'fast' is not a number"):
+        assert fragment in msg, (fragment, msg)
+
+
+def test_a_check_against_the_config_lists_every_bad_value(tmp_path, workloads):
+    space = sp.load_space(str(write(tmp_path, """\
+        description: x
+        search:
+          weight_net: {choice: ["64", abc, "0-1"]}
+          mail_gamma: {uniform: [-1, 5]}
+        sampler: tpe
+        num_samples: 4
+        """)))
+    with pytest.raises(sp.SpaceError) as info:
+        sp.check_space_against_config(space, sp.base_config(space, workloads["smoke"]))
+    assert [e.split(": ")[1:3] for e in info.value.errors] == [
+        ["search.weight_net", "value 'abc' gives an invalid config"],
+        ["search.weight_net", "value '0-1' gives an invalid config"],
+        ["search.mail_gamma", "value -1.0 gives an invalid config"]], info.value.errors
 
 
 def test_the_valid_template_loads(tmp_path):
