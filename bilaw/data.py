@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from bilaw.batches import CyclingBatches, augment_crop_flip, batch_indices
-from bilaw.dataset_files import read_cifar_batch, read_idx
+from bilaw.dataset_files import (CIFAR10_FILES, CIFAR100_FILES, IDX_EXPECTED, DiskLayout, find_idx_files,
+                                 find_named_files, read_cifar_batch, read_idx)
 from bilaw.registry import Registry
 from bilaw.splits import SplitIndices, apply_label_noise, noise_generator, split_indices
 
@@ -153,50 +154,8 @@ def _to_labels(y: np.ndarray, num_classes: int, source: str) -> torch.Tensor:
 # Finding files, downloading, and the one error when neither works
 # --------------------------------------------------------------------------------------------
 
-_IDX_STEMS = {
-    "x_train": "train-images-idx3-ubyte",
-    "y_train": "train-labels-idx1-ubyte",
-    "x_test": "t10k-images-idx3-ubyte",
-    "y_test": "t10k-labels-idx1-ubyte",
-}
-_CIFAR10_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
-_CIFAR100_FILES = ("train", "test")
-
-
-
-@dataclass(frozen=True)
-class DiskLayout:
-    """How a downloadable dataset sits on disk: torchvision's class name, its folder under the
-    data root (also where torchvision puts it), and the files expected there (for error texts)."""
-
-    torchvision_class: str
-    folder: str
-    expected: str
-
-
-_IDX_EXPECTED = ", ".join(_IDX_STEMS.values()) + " (plain or .gz)"
-
-
 def _disk(dataset: str) -> DiskLayout:
     return DATASETS.facts(dataset)["disk"]
-
-
-def _find_idx_files(folder: Path) -> dict[str, Path] | None:
-    """The four IDX files in `folder` (plain preferred over .gz), or None if any is missing."""
-    found = {}
-    for key, stem in _IDX_STEMS.items():
-        for candidate in (folder / stem, folder / f"{stem}.gz"):
-            if candidate.is_file():
-                found[key] = candidate
-                break
-        else:
-            return None
-    return found
-
-
-def _find_named_files(folder: Path, names: Sequence[str]) -> dict[str, Path] | None:
-    paths = {name: folder / name for name in names}
-    return paths if all(p.is_file() for p in paths.values()) else None
 
 
 def download_with_torchvision(dataset: str, root: Path) -> None:
@@ -275,7 +234,7 @@ def _locate(
 
 
 def _load_idx_dataset(name: str, data_dir, extra_folders: Sequence[Path] = ()) -> RawDataset:
-    files = _locate(name, data_dir, _find_idx_files, extra_folders)
+    files = _locate(name, data_dir, find_idx_files, extra_folders)
     x_train, x_test = read_idx(files["x_train"]), read_idx(files["x_test"])
     y_train, y_test = read_idx(files["y_train"]), read_idx(files["y_test"])
     for x, y, split in ((x_train, y_train, "train"), (x_test, y_test, "test")):
@@ -299,14 +258,14 @@ _CIFAR_EPS = {"linf": 0.031, "l2": 0.5}
 
 
 @DATASETS.register("mnist", eps=_MNIST_EPS, val_size=PAPER_VAL_SIZE,
-                   disk=DiskLayout("MNIST", "MNIST/raw", _IDX_EXPECTED))
+                   disk=DiskLayout("MNIST", "MNIST/raw", IDX_EXPECTED))
 def load_mnist(data_dir: str | os.PathLike[str] | None = None) -> RawDataset:
     """MNIST (60k/10k, 1x28x28) from IDX files in <root>/MNIST/raw or <root>."""
     return _load_idx_dataset("mnist", data_dir)
 
 
 @DATASETS.register("fashion_mnist", eps=_MNIST_EPS, val_size=PAPER_VAL_SIZE,
-                   disk=DiskLayout("FashionMNIST", "FashionMNIST/raw", _IDX_EXPECTED))
+                   disk=DiskLayout("FashionMNIST", "FashionMNIST/raw", IDX_EXPECTED))
 def load_fashion_mnist(data_dir: str | os.PathLike[str] | None = None) -> RawDataset:
     """Fashion-MNIST (60k/10k, 1x28x28) from <root>/FashionMNIST/raw, <root>, or Debian's copy."""
     return _load_idx_dataset("fashion_mnist", data_dir, [DEBIAN_FASHION_MNIST_DIR])
@@ -314,7 +273,7 @@ def load_fashion_mnist(data_dir: str | os.PathLike[str] | None = None) -> RawDat
 
 def _load_cifar(name: str, data_dir, train_files: Sequence[str], test_file: str,
                 label_key: str, num_classes: int) -> RawDataset:
-    files = _locate(name, data_dir, lambda d: _find_named_files(d, [*train_files, test_file]))
+    files = _locate(name, data_dir, lambda d: find_named_files(d, [*train_files, test_file]))
     parts = [read_cifar_batch(files[f], label_key) for f in train_files]
     x_test, y_test = read_cifar_batch(files[test_file], label_key)
     return RawDataset(
@@ -329,14 +288,14 @@ def _load_cifar(name: str, data_dir, train_files: Sequence[str], test_file: str,
 
 
 @DATASETS.register("cifar10", eps=_CIFAR_EPS, val_size=PAPER_VAL_SIZE,
-                   disk=DiskLayout("CIFAR10", "cifar-10-batches-py", ", ".join(_CIFAR10_FILES)))
+                   disk=DiskLayout("CIFAR10", "cifar-10-batches-py", ", ".join(CIFAR10_FILES)))
 def load_cifar10(data_dir: str | os.PathLike[str] | None = None) -> RawDataset:
     """CIFAR-10 (50k/10k, 3x32x32) from <root>/cifar-10-batches-py or <root>."""
-    return _load_cifar("cifar10", data_dir, _CIFAR10_FILES[:-1], "test_batch", "labels", 10)
+    return _load_cifar("cifar10", data_dir, CIFAR10_FILES[:-1], "test_batch", "labels", 10)
 
 
 @DATASETS.register("cifar100", eps=_CIFAR_EPS, val_size=PAPER_VAL_SIZE,
-                   disk=DiskLayout("CIFAR100", "cifar-100-python", ", ".join(_CIFAR100_FILES)))
+                   disk=DiskLayout("CIFAR100", "cifar-100-python", ", ".join(CIFAR100_FILES)))
 def load_cifar100(data_dir: str | os.PathLike[str] | None = None) -> RawDataset:
     """CIFAR-100 (50k/10k, 3x32x32, the 100 fine labels) from <root>/cifar-100-python or <root>."""
     return _load_cifar("cifar100", data_dir, ["train"], "test", "fine_labels", 100)

@@ -9,8 +9,9 @@ import gzip
 import os
 import pickle
 import struct
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -86,3 +87,46 @@ def read_cifar_batch(path: str | os.PathLike[str], label_key: str = "labels") ->
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(labels):
         raise ValueError(f"{path}: data {data.shape} / labels {labels.shape} are not CIFAR batches")
     return data.reshape(-1, 3, 32, 32), labels
+
+
+# ----- how the files are laid out on disk ---------------------------------------------------------
+IDX_STEMS = {
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
+}
+CIFAR10_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
+CIFAR100_FILES = ("train", "test")
+
+
+
+@dataclass(frozen=True)
+class DiskLayout:
+    """How a downloadable dataset sits on disk: torchvision's class name, its folder under the
+    data root (also where torchvision puts it), and the files expected there (for error texts)."""
+
+    torchvision_class: str
+    folder: str
+    expected: str
+
+
+IDX_EXPECTED = ", ".join(IDX_STEMS.values()) + " (plain or .gz)"
+
+
+def find_idx_files(folder: Path) -> dict[str, Path] | None:
+    """The four IDX files in `folder` (plain preferred over .gz), or None if any is missing."""
+    found = {}
+    for key, stem in IDX_STEMS.items():
+        for candidate in (folder / stem, folder / f"{stem}.gz"):
+            if candidate.is_file():
+                found[key] = candidate
+                break
+        else:
+            return None
+    return found
+
+
+def find_named_files(folder: Path, names: Sequence[str]) -> dict[str, Path] | None:
+    paths = {name: folder / name for name in names}
+    return paths if all(p.is_file() for p in paths.values()) else None

@@ -152,11 +152,3 @@ def evaluate_model(model: Model, x: Tensor, y: Tensor, *, num_classes: int, norm
                 model, x, y, norm=norm, eps=eps, n=aa_samples, version=aa_version,
                 attacks=aa_attacks, n_iter=aa_n_iter, seed=seed).accuracy
     return metrics
-
-
-if __name__ == "__main__":  # python -m bilaw.evaluate RUN_DIR
-    import sys
-
-    from .runs import evaluate_main
-
-    sys.exit(evaluate_main())
