@@ -145,7 +145,9 @@ class TrainConfig:
         errors = [unknown_name_message("config key", k, KEYS) for k in data if k not in KEYS]
         kwargs = {}
         for key, value in data.items():
-            if key in KEYS:
+            if key in REGISTRY_KEYS and isinstance(value, str) and value in REGISTRY_KEYS[key]:
+                kwargs[key] = value  # a registered name, even one spelled like a null ("none")
+            elif key in KEYS:
                 try:
                     kwargs[key] = coerce(key, value, TYPE_HINTS[key])
                 except ValueError as exc:
@@ -285,6 +287,17 @@ def _check_milestones(c: TrainConfig) -> list[str]:
     return [f"lr_milestones: {ms!r} must be increasing fractions of training in (0, 1], e.g. [0.3, 0.6]"]
 
 
+def _check_eps(c: TrainConfig) -> list[str]:
+    """l-inf budgets are fractions of the [0, 1] pixel range; an l-2 budget may exceed 1."""
+    if c.eps is None:
+        return []
+    hi = 1.0 if c.norm == "linf" else math.inf
+    if isinstance(c.eps, (int, float)) and not isinstance(c.eps, bool) and math.isfinite(c.eps) and 0 < c.eps <= hi:
+        return []
+    allowed = "> 0 and <= 1" if hi == 1.0 else "> 0 and finite, norm l2"
+    return [f"eps: {c.eps!r} is out of range (allowed: {allowed})"]
+
+
 def _check_meta_val(c: TrainConfig) -> list[str]:
     is_learned = c.weighting in WEIGHTINGS and WEIGHTINGS.facts(c.weighting).get("learned", False)
     if is_learned and c.meta_val_size == 0:
@@ -317,7 +330,7 @@ def choices() -> dict[str, tuple[str, ...]]:
 _CHECKS = [
     _check_method, *(_registered(key, reg) for key, reg in REGISTRY_KEYS.items()),
     *(_choice(key, names, _KINDS.get(key)) for key, names in CHOICES.items()),
-    _range("eps", 0, 1, lo_open=True), _range("pgd_step_size", 0, lo_open=True),
+    _check_eps, _range("pgd_step_size", 0, lo_open=True),
     _range("pgd_steps", 0), _range("eval_pgd_steps", 0), _range("val_pgd_steps", 0),
     _range("epochs", 1), _range("batch_size", 1), _range("val_batch_size", 1), _range("eval_batch_size", 1),
     _range("lr", 0, lo_open=True), _range("momentum", 0, 1, hi_open=True), _range("weight_decay", 0),

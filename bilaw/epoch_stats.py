@@ -18,7 +18,7 @@ def accumulate(acc: dict[str, torch.Tensor], loss_sum, n: int, w, raw) -> None:
     """Device-side sums for the epoch metrics (no host sync per batch)."""
     if "loss" not in acc:
         acc.update(loss=torch.zeros((), device=loss_sum.device), n=torch.zeros((), device=loss_sum.device),
-                   w_sum=torch.zeros((), device=loss_sum.device), w_sq=torch.zeros((), device=loss_sum.device),
+                   w_sum=torch.zeros((), device=loss_sum.device), w_dev_sq=torch.zeros((), device=loss_sum.device),
                    w_min=torch.full((), math.inf, device=loss_sum.device),
                    w_max=torch.full((), -math.inf, device=loss_sum.device),
                    raw_sum=torch.zeros((), device=loss_sum.device))
@@ -26,14 +26,13 @@ def accumulate(acc: dict[str, torch.Tensor], loss_sum, n: int, w, raw) -> None:
     acc["n"] += n
     if w is None:  # uniform: every weight is 1 (no tensors allocated in the hot loop)
         acc["w_sum"] += n
-        acc["w_sq"] += n
         acc["w_min"].clamp_(max=1.0)
         acc["w_max"].clamp_(min=1.0)
         acc["raw_sum"] += n
         return
     w1 = as_mean_one(w)
     acc["w_sum"] += w1.sum()
-    acc["w_sq"] += (w1 * w1).sum()
+    acc["w_dev_sq"] += (w1 - 1).square().sum()  # about 1, so deviations keep float32's precision
     acc["w_min"] = torch.minimum(acc["w_min"], w1.min())
     acc["w_max"] = torch.maximum(acc["w_max"], w1.max())
     acc["raw_sum"] += raw.detach().float().sum()
@@ -45,7 +44,10 @@ def finish_epoch(acc: dict[str, torch.Tensor]) -> dict[str, float]:
     v = dict(zip(acc, torch.stack([t.float() for t in acc.values()]).tolist()))
     n = max(v["n"], 1.0)
     mean = v["w_sum"] / n
-    out = {"train_loss": v["loss"] / n, "weight_std": math.sqrt(max(v["w_sq"] / n - mean * mean, 0.0)),
+    # Var(w) = E[(w - 1)^2] - (E[w] - 1)^2: sums of squared deviations from 1, not E[w^2] - E[w]^2,
+    # which cancels catastrophically in float32 when the weights are nearly uniform.
+    out = {"train_loss": v["loss"] / n,
+           "weight_std": math.sqrt(max(v["w_dev_sq"] / n - (mean - 1) ** 2, 0.0)),
            "weight_min": v["w_min"], "weight_max": v["w_max"], "weight_raw_mean": v["raw_sum"] / n}
     out.update({k: v[k] for k in PASSTHROUGH if k in v})
     return out

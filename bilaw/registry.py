@@ -7,7 +7,8 @@ names and the closest match, so a typo in a YAML file or on the command line is 
 from __future__ import annotations
 
 import difflib
-from typing import Any, Callable, Generic, Iterable, TypeVar
+from types import MappingProxyType
+from typing import Any, Callable, Generic, Iterable, Mapping, TypeVar
 
 T = TypeVar("T")
 
@@ -51,10 +52,10 @@ class Registry(Generic[T]):
 
         return add
 
-    def facts(self, name: str) -> dict[str, Any]:
-        """The facts registered with `name` (an unknown name is an `UnknownNameError`)."""
+    def facts(self, name: str) -> Mapping[str, Any]:
+        """The facts registered with `name`, read-only (an unknown name is an `UnknownNameError`)."""
         self.get(name)
-        return self._facts[name]
+        return MappingProxyType(self._facts[name])
 
     def get(self, name: str) -> T:
         try:

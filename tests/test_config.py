@@ -419,3 +419,16 @@ def test_config_errors_survive_pickling():
     err = ConfigError(["eps: 0 is out of range", "lr: -1 is out of range"])
     back = pickle.loads(pickle.dumps(err))
     assert back.errors == err.errors and str(back) == str(err)
+
+
+def test_an_l2_budget_may_exceed_one_an_linf_budget_may_not():
+    assert TrainConfig(dataset="mnist", norm="l2", eps=2.0).resolved().eps == 2.0
+    with pytest.raises(ConfigError, match=r"eps: 2.0 is out of range \(allowed: > 0 and <= 1\)"):
+        TrainConfig(dataset="mnist", norm="linf", eps=2.0).resolved()
+    with pytest.raises(ConfigError, match=r"eps: inf is out of range \(allowed: > 0 and finite, norm l2\)"):
+        TrainConfig.from_dict({"norm": "l2", "eps": "inf"})
+
+
+def test_the_weighting_named_none_can_be_chosen():
+    cfg = TrainConfig.from_dict({"method": "custom", "objective": "at", "weighting": "none"}).resolved()
+    assert (cfg.weighting, cfg.method) == ("none", "at")
