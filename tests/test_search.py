@@ -227,7 +227,8 @@ def test_progress_report_shows_a_conditional_parameter_a_trial_lacks(capsys):
     trials = [_reported_trial("aaaa", {"method": "bilaw_trades", "trades_beta": 6.5, "meta_lr": 0.01}, 0.3),
               _reported_trial("bbbb", {"method": "bilaw", "meta_lr": 0.02}, 0.4)]
     reporter = ConditionalParamsReporter(parameter_columns=["method", "trades_beta", "meta_lr"],
-                                         metric_columns=PROGRESS_COLUMNS)
+                                         metric_columns=PROGRESS_COLUMNS,
+                                         print_intermediate_tables=True)  # whatever Tune's global verbosity
     reporter.setup(start_time=time.time(), total_samples=2, metric="best_val_pgd_acc", mode="max")
     reporter.report(trials, True)
     out = capsys.readouterr().out
