@@ -476,3 +476,11 @@ def test_base_config_precedence_and_errors(tmp_path, workloads):
     with pytest.raises(ValueError, match="eps"):
         sp.base_config(space, smoke, {"eps": 5})
     assert math.isclose(TrainConfig.from_dict(sp.base_config(space, workloads["digits"])).resolved().eps, 0.2)
+
+
+def test_summaries_show_a_dash_for_a_conditional_parameter_a_trial_lacks():
+    space = sp.load_space("bilaw_tpe")
+    beta = space.params["trades_beta"]
+    assert beta.shown_for(TrainConfig(method="bilaw").resolved()) == "-"
+    assert beta.shown_for(TrainConfig(method="bilaw_trades", trades_beta=3.5).resolved()) == 3.5
+    assert space.params["meta_lr"].shown_for(TrainConfig(meta_lr=0.01)) == 0.01

@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{j.key:<50} {j.cfg.epochs} epochs -> {out / j.key}")
             return 0
         check_finished(jobs, out)
-        from tune.run_search import check_data
+        from tune.plan import check_data
 
         for cfg in {j.cfg.dataset: j.cfg for j in jobs}.values():
             check_data(cfg)

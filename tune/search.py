@@ -3,11 +3,9 @@ the Tuner, and what is printed and written at the end. `run_search.py` validates
 before calling `run_search(plan, argv)`."""
 from __future__ import annotations
 
-import json
 import math
 import os
 import shlex
-import signal
 import statistics
 import sys
 import time
@@ -31,12 +29,14 @@ from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
 from bilaw.config import TrainConfig  # noqa: E402
 from tune import spaces as sp  # noqa: E402
+from tune.driver import clean_up_killed_driver, record_driver  # noqa: E402
+from tune.plan import SearchError, git_commit  # noqa: E402
+from tune.space_schema import NOT_SEARCHED  # noqa: E402
 from tune.trainable import META_KEY, TRACKING_ENV, train_trial, trial_config  # noqa: E402
 from tune.tracking import (FAST_FAIL_ENV, SearchTracking, redact_uri, runs_table_url,  # noqa: E402
                            use_fast_fail_http)
 
 OPTUNA_DB = "optuna.db"
-DRIVER_FILE = "driver.json"  # the running driver's pid, process group and Ray session
 BEST_CONFIG = "best_config.yaml"
 
 
@@ -60,7 +60,8 @@ class ResumableOptunaSearch(OptunaSearch):
 
 class PrunedAwareOptunaSearch(ResumableOptunaSearch):
     """Tells Optuna that a trial the scheduler stopped early was PRUNED, not COMPLETE with its
-    early-rung value (HPO.md sec. 2: otherwise TPE models truncated scores as finals)."""
+    early-rung value (Ray's OptunaSearch tells it COMPLETE, and TPE would then model truncated scores
+    as finals)."""
 
     def __init__(self, *args, max_t: int, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -165,8 +166,6 @@ def start_ray(plan) -> float:
 
 
 def parent_tags(plan, argv: list[str]) -> dict[str, str]:
-    from tune.run_search import git_commit
-
     return {"space": plan.space.name, "workload": plan.workload.name, "sampler": plan.space.sampler,
             "command": _redacted_command(argv), "git_commit": git_commit(),
             "ray_experiment_path": str(plan.storage / plan.experiment), "seeds": ",".join(map(str, plan.seeds)),
@@ -187,62 +186,6 @@ def _redacted_command(argv: list[str]) -> str:
     return "python tune/run_search.py " + shlex.join(out)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return Path(f"/proc/{pid}").exists() and "zombie" not in _proc_state(pid)
-
-
-def _proc_state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0].lower()
-    except (OSError, IndexError):
-        return ""
-
-
-def clean_up_killed_driver(folder: Path) -> None:
-    """Before resuming: stop the Ray processes a killed driver left behind (HPO.md: they survive a
-    SIGKILL). Refuses to resume while that driver still runs."""
-    path = folder / DRIVER_FILE
-    if not path.exists():
-        return
-    info = json.loads(path.read_text())
-    if info["pid"] != os.getpid() and _alive(info["pid"]):
-        from tune.run_search import SearchError
-
-        raise SearchError(f"--resume: the search is still running (driver pid {info['pid']}); stop it first")
-    session = Path(info.get("session_dir", "")).name
-    victims = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        pid = int(proc.name)
-        if pid == os.getpid():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            pgid = os.getpgid(pid)
-        except (OSError, ProcessLookupError):
-            continue
-        same_group = info.get("pgid") == info["pid"] and pgid == info["pgid"] and pgid != os.getpgrp()
-        if (session and session in cmdline) or same_group:
-            victims.append(pid)
-    for pid in victims:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    if victims:
-        print(f"stopped {len(victims)} processes left behind by the killed search", flush=True)
-
-
-def record_driver(folder: Path) -> None:
-    session = ray._private.worker._global_node.get_session_dir_path() if ray.is_initialized() else ""
-    (folder / DRIVER_FILE).write_text(json.dumps({"pid": os.getpid(), "pgid": os.getpgrp(), "session_dir": session}))
-
-
 def run_search(plan, argv: list[str]) -> int:
     use_fast_fail_http()
     folder = plan.storage / plan.experiment
@@ -252,7 +195,7 @@ def run_search(plan, argv: list[str]) -> int:
     tracking = SearchTracking(plan.tracking_uri, plan.experiment)
     available = start_ray(plan)
     try:
-        record_driver(folder)
+        record_driver(folder, joined_cluster=bool(plan.args.address))
         gpus = plan.resolve_gpus(available)
         where = (f"GPUs: {gpus:g} GPU + {plan.cpus:g} CPU per trial ({available:g} GPUs in the cluster)"
                  if gpus > 0 else f"CPUs: {plan.cpus:g} CPU per trial (no GPU in the cluster)")
@@ -264,8 +207,6 @@ def run_search(plan, argv: list[str]) -> int:
                                        resume_unfinished=True, resume_errored=True)
         else:
             if plan.args.resume:
-                from tune.run_search import SearchError
-
                 raise SearchError(f"--resume: no MLflow parent run of {folder} in {redact_uri(plan.tracking_uri)}; "
                                   f"pass the --tracking-uri the search used")
             tracking.start_parent(f"search-{plan.space.name}-{time.strftime('%Y%m%d-%H%M%S')}",
@@ -319,14 +260,13 @@ def _trial_name(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-PROGRESS_COLUMNS = ["epoch", "val_clean_acc", "val_pgd_acc", "best_val_pgd_acc"]
-NO_VALUE = "-"  # a searched parameter a trial does not have (its `when` does not hold)
+PROGRESS_COLUMNS = ["epoch", "val_clean_acc", "val_pgd_acc", "best_val_pgd_acc", "weight_std"]
 
 
 @dataclass
 class BestTrialView:
     """What Ray's current-best-trial line reads of a trial (its id, and its last result with the
-    config), each searched parameter the trial lacks set to NO_VALUE."""
+    config), each searched parameter the trial lacks set to NOT_SEARCHED."""
 
     trial_id: str
     last_result: dict
@@ -337,14 +277,14 @@ class ConditionalParamsReporter(tune.CLIReporter):
 
     Ray looks up each parameter column in the best trial's config without a default, so a leading
     trial without a conditional parameter (bilaw_tpe's trades_beta for a plain BiLAW trial) stops
-    the search with a KeyError; here it reads NO_VALUE. The table already shows such a cell blank."""
+    the search with a KeyError; here it reads NOT_SEARCHED. The table already shows such a cell blank."""
 
     def _current_best_trial(self, trials):
         trial, metric = super()._current_best_trial(trials)
         if trial is None:
             return None, metric
         config = trial.last_result.get("config", {})
-        filled = {**{name: NO_VALUE for name in self._parameter_columns}, **config}
+        filled = {**{name: NOT_SEARCHED for name in self._parameter_columns}, **config}
         return BestTrialView(trial.trial_id, {**trial.last_result, "config": filled}), metric
 
 
@@ -373,7 +313,8 @@ def pareto_report(plan, results, tracking: SearchTracking, folder: Path) -> list
     for r in results:
         m = r.metrics or {}
         if r.error is None and all(k in m and math.isfinite(m[k]) for k in metrics):
-            params = {k: getattr(trial_config(r.config), k) for k in plan.space.params}
+            cfg = trial_config(r.config)
+            params = {k: p.shown_for(cfg) for k, p in plan.space.params.items()}
             rows.append({"trial_id": m.get("trial_id", ""), **params, **{k: m[k] for k in metrics}})
     if not rows:
         return []
@@ -401,7 +342,7 @@ def report(plan, results, tracking: SearchTracking, folder: Path) -> int:
     spread = f" +- {statistics.stdev(values):.4f} over {len(values)} seeds" if len(values) > 1 else ""
     print(f"\nbest {space.metric[0]}: {mean:.4f}{spread}  ({len(results)} trials, {errors} errored)")
     for name in space.params:
-        print(f"  {name} = {getattr(cfg, name)!r}")
+        print(f"  {name} = {plan.space.params[name].shown_for(cfg)!r}")
     print(f"best config: {path}\n  re-run it: python -m bilaw.train --config {path} --out runs/best")
     tracking.finish_parent("FINISHED", {f"best_{space.metric[0]}": mean, "trials": len(results), "errors": errors},
                            artifacts=[path, space.path, *front_files])

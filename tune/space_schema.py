@@ -68,6 +68,9 @@ class Problems:
             raise SpaceError(self.errors)
 
 
+NOT_SEARCHED = "-"  # how summaries show a conditional parameter a trial does not have
+
+
 @dataclass
 class Param:
     """One searched TrainConfig key and its distribution."""
@@ -84,6 +87,13 @@ class Param:
         for key, allowed in (self.when or {}).items():
             text += f" when {key} in {allowed!r}"
         return text
+
+    def shown_for(self, cfg: Any) -> Any:
+        """This parameter's value in a trial's config, or NOT_SEARCHED where its `when` does not
+        hold (the trial was never given a value: what it has is the default)."""
+        if all(getattr(cfg, key) in allowed for key, allowed in (self.when or {}).items()):
+            return getattr(cfg, self.name)
+        return NOT_SEARCHED
 
 
 @dataclass

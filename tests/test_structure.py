@@ -1,0 +1,86 @@
+"""The codebase's own rules, checked on its source: small modules, no import cycles (imports
+inside functions count), bilaw/ free of Ray, Optuna and MLflow, and comments that cite only
+documents inside the repository."""
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("bilaw", "tune")
+MAX_LINES = 400
+OUTSIDE_DOCS = re.compile(r"\b(METHODS|HPO|PERFORMANCE|DESIGN|PAPER|STYLE)\.md\b|shared/spec")
+
+
+def _modules() -> dict[str, Path]:
+    """Dotted module name -> file, for every module of the project's packages (sub-packages too)."""
+    out = {}
+    for pkg in PACKAGES:
+        for p in sorted((REPO / pkg).rglob("*.py")):
+            parts = p.relative_to(REPO).with_suffix("").parts
+            out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
+    return out
+
+
+def _imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """Project modules `name` imports anywhere in its file (top level, functions, __main__ blocks)."""
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from . import x / from .x import y (from .. goes one package up)
+                anchor = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{anchor}.{base}" if base else anchor
+            targets = [base] + [f"{base}.{a.name}" for a in node.names]
+        else:
+            continue
+        found |= {t for t in targets if t in known and t != name}
+    return found
+
+
+def test_no_module_is_over_400_lines():
+    long = {name: n for name, path in _modules().items() if (n := len(path.read_text().splitlines())) > MAX_LINES}
+    assert not long, long
+
+
+def test_no_import_cycle_among_project_modules():
+    modules = _modules()
+    graph = {name: _imports(name, path, set(modules)) for name, path in modules.items()}
+    cycles, state = [], {}
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = "open"
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert not cycles, "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_bilaw_never_imports_the_search_stack():
+    for name, path in _modules().items():
+        if name.startswith("bilaw"):
+            tree = ast.parse(path.read_text())
+            roots = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+            roots |= {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+            assert not roots & {"ray", "optuna", "mlflow", "tune"}, (name, roots & {"ray", "optuna", "mlflow", "tune"})
+
+
+@pytest.mark.parametrize("folder", ["bilaw", "tune", "tests", "benchmarks", "docs", "scripts"])
+def test_code_and_docs_cite_only_documents_inside_the_repository(folder):
+    hits = [f"{p.relative_to(REPO)}:{i}" for p in sorted((REPO / folder).rglob("*"))
+            if p.suffix in (".py", ".md", ".sh", ".yaml") and p.name != "test_structure.py"
+            for i, line in enumerate(p.read_text().splitlines(), 1) if OUTSIDE_DOCS.search(line)]
+    assert not hits, hits
