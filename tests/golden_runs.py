@@ -23,7 +23,9 @@ GOLDEN = Path(__file__).resolve().parent / "data" / "golden_runs.json"
 METHODS = ("at", "trades", "gairat", "mail", "bilaw")
 BASE = {"dataset": "digits", "model": "fc1", "batch_size": 256, "epochs": 2, "burn_in_epochs": 0,
         "meta_val_size": 100, "holdout_val_size": 100, "pgd_steps": 5, "eval_pgd_steps": 5, "aa_samples": 0,
-        "analysis_samples": 0, "plots": False, "device": "cpu", "seed": 3}
+        "analysis_samples": 0, "plots": False, "device": "cpu", "seed": 3,
+        # the meta optimiser the traces were recorded with, pinned so a change of its defaults does not move them
+        "meta_optimizer": "adam", "meta_lr": 1e-3, "meta_weight_decay": 1e-4, "meta_grad_scale": "raw"}
 SAMPLES = 64
 
 
