@@ -77,3 +77,23 @@ def test_a_failed_background_write_is_retried_and_never_silently_lost(tmp_path):
         run.finish()
     values = sorted((m.step, m.value) for m in client.get_metric_history(run.run_id, "val_pgd_acc"))
     assert values == [(e, 0.1 * e) for e in range(4)]
+
+
+@pytest.mark.parametrize("final, tag", [({"weights_collapsed_epoch": 3, "weights_faded": True}, "collapsed"),
+                                        ({"weights_faded": True}, "faded"), ({"weights_faded": False}, None)])
+def test_a_trial_whose_weights_died_is_tagged(tmp_path, final, tag):
+    """The trainable tags the trial's run `weights: collapsed | faded` from its final metrics."""
+    from bilaw import TrainConfig
+    from bilaw.trainer import train
+    from tune.trainable import _log_final
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("t")
+    result = train(TrainConfig.from_dict({"method": "bilaw", "epochs": 1, "batch_size": 256, "pgd_steps": 2,
+                                          "eval_pgd_steps": 2, "aa_samples": 0, "analysis_samples": 0,
+                                          "plots": False, "device": "cpu"}), progress=False, log=lambda _: None)
+    result.final = {k: v for k, v in result.final.items() if not k.startswith("weights_")} | final
+    run = TrialRun(uri, exp, None, "trial-w", "trial-w", result.config.to_dict())
+    _log_final(run, result, tmp_path)
+    assert client.get_run(run.run_id).data.tags.get("weights") == tag
