@@ -30,6 +30,9 @@ VARIANTS: dict[str, dict] = {
     "no_decay": {"meta_optimizer": "adam", "meta_lr": 1e-3, "meta_weight_decay": 0.0, "meta_grad_scale": "raw"},
     "adamw": {"meta_optimizer": "adamw", "meta_lr": 1e-3, "meta_weight_decay": 1e-4, "meta_grad_scale": "raw"},
     "per_lr": {"meta_optimizer": "adam", "meta_lr": 1e-3, "meta_weight_decay": 1e-4, "meta_grad_scale": "per_lr"},
+    # the two settings the Fashion-MNIST bilaw_meta search put first (docs/results.md)
+    "sgd_0.025": {"meta_optimizer": "sgd", "meta_lr": 0.025, "meta_weight_decay": 1e-5, "meta_grad_scale": "raw"},
+    "adamw_1.2e-4": {"meta_optimizer": "adamw", "meta_lr": 1.2e-4, "meta_weight_decay": 1e-4, "meta_grad_scale": "raw"},
 }
 
 
