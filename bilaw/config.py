@@ -24,7 +24,7 @@ from .margins import MARGIN_INPUTS
 from .models import MODELS
 from .objectives import OBJECTIVES
 from .registry import Registry, unknown_name_message
-from .weighting import WEIGHTINGS
+from .weighting import WEIGHTINGS, is_learned
 from . import learned as _learned_weightings  # noqa: F401  (registers bilaw and nonparam)
 
 # Keys whose values are registry names: validated against the registry when checked, so a name
@@ -299,8 +299,7 @@ def _check_eps(c: TrainConfig) -> list[str]:
 
 
 def _check_meta_val(c: TrainConfig) -> list[str]:
-    is_learned = c.weighting in WEIGHTINGS and WEIGHTINGS.facts(c.weighting).get("learned", False)
-    if is_learned and c.meta_val_size == 0:
+    if c.weighting in WEIGHTINGS and is_learned(c.weighting) and c.meta_val_size == 0:
         return [f"meta_val_size: 0 is not allowed with weighting {c.weighting!r} (it learns from that set)"]
     return []
 

@@ -59,8 +59,8 @@ class _Learned(Weighting):
     def _meta_step_due(self, step: StepInputs) -> bool:
         return step.step % self.cfg.meta_interval == 0
 
-    def _train_batch(self, step: StepInputs, terms_fn) -> TrainBatch:
-        return TrainBatch(terms_fn, step.x, step.x_adv, step.y, self.cfg.trades_beta)
+    def _train_batch(self, step: StepInputs) -> TrainBatch:
+        return TrainBatch(step.terms_fn, step.x, step.x_adv, step.y, self.cfg.trades_beta)
 
     def state_dict(self) -> dict[str, Any]:
         return {"meta_batches": self.meta_batches.state_dict()}
@@ -94,7 +94,7 @@ class BiLAWWeighting(_Learned):
             x_val, y_val = next(self.meta_batches)
             _, grad_norm = bilaw_meta_step(self.model, self.net, self.optimizer, step.terms, feats, step.lr,
                                            x_val, y_val, self.val_attack, cfg.hypergrad,
-                                           self._train_batch(step, step.terms_fn), cfg.meta_grad_scale)
+                                           self._train_batch(step), cfg.meta_grad_scale)
             self.grad_norms.append(grad_norm)
         with torch.no_grad():
             return bilaw_weights(self.net, feats)
@@ -142,7 +142,7 @@ class NonParamWeighting(_Learned):
             return None, None
         x_val, y_val = next(self.meta_batches)
         return nonparam_weights(self.model, step.terms, step.lr, x_val, y_val, self.val_attack, self.cfg.hypergrad,
-                                self._train_batch(step, step.terms_fn))
+                                self._train_batch(step))
 
 
 @WEIGHTINGS.register("bilaw", learned=True)

@@ -31,7 +31,7 @@ from .objectives import OBJECTIVES, Objective, combine
 from .progress import batch_progress, format_epoch
 from .weight_health import collapse_message, collapsed_epoch, fade_message, weight_health
 from .learned import RunContext
-from .weighting import WEIGHTINGS, StepInputs, WeightNet, Weighting, as_mean_one, build_weighting
+from .weighting import StepInputs, WeightNet, Weighting, as_mean_one, build_weighting, is_learned
 
 CHECKPOINT_NAME = "checkpoint.pt"
 EpochCallback = Callable[[dict[str, Any], "Path | None"], None]
@@ -115,7 +115,7 @@ class RunState:
 
     @property
     def learned(self) -> bool:
-        return bool(WEIGHTINGS.facts(self.cfg.weighting).get("learned", False))
+        return is_learned(self.cfg.weighting)
 
     @property
     def amp(self) -> bool:

@@ -275,6 +275,11 @@ def _wmmr(cfg) -> Weighting:
     return Weighting("wmmr", compute, attack_loss=attack_loss)
 
 
+def is_learned(weighting: str) -> bool:
+    """Whether `weighting` was registered as learned (it trains on the meta-validation set)."""
+    return bool(WEIGHTINGS.facts(weighting).get("learned", False))
+
+
 def build_weighting(cfg) -> Weighting:
     return WEIGHTINGS.get(cfg.weighting)(cfg)
 
