@@ -1,6 +1,7 @@
 """Small helpers shared by the test modules (not a test file)."""
 from __future__ import annotations
 
+import re
 import sqlite3
 from pathlib import Path
 
@@ -42,3 +43,16 @@ def running_epochs(db: Path) -> int:
                                "where m.key='val_pgd_acc' and r.status='RUNNING'").fetchone()[0]
     except sqlite3.Error:
         return 0
+
+
+_WORKER_SIGTERM_NOISE = re.compile(
+    r"^.*Exception ignored in: .*\n(?:^.*\(\w+ pid=\d+\).*\n)*?^.*SystemExit: 1[ \t]*$", re.MULTILINE)
+
+
+def tracebacks(log: str) -> list[str]:
+    """The lines of `log` that start a Python traceback, leaving out one known harmless case: Ray
+    stops idle worker processes with SIGTERM when a run ends, and a worker interrupted inside a
+    weakref callback prints an "Exception ignored ... SystemExit: 1" block naming Ray's
+    `sigterm_handler`. Any other traceback (and that one anywhere but a worker) is kept."""
+    kept = _WORKER_SIGTERM_NOISE.sub(lambda m: "" if "sigterm_handler" in m.group(0) else m.group(0), log)
+    return [line for line in kept.splitlines() if "Traceback" in line]

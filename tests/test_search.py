@@ -22,6 +22,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from bilaw.config import TrainConfig
+from helpers import tracebacks
 from tune.run_search import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -332,11 +333,32 @@ def _driver_session(tmp_path: Path, experiment: str) -> Path:
 
 def _assert_finished(out: subprocess.CompletedProcess, uri: str, experiment: str, trials: int) -> None:
     log = out.stdout + out.stderr
-    assert out.returncode == 0 and "Traceback" not in log, log[-4000:]
+    assert out.returncode == 0 and not tracebacks(log), log[-4000:]
     assert "best best_val_pgd_acc" in out.stdout
     _, parents, children = _children(uri, experiment)
     assert len(parents) == 1 and len(children) == trials
     assert all(r.info.status == "FINISHED" for r in children)
+
+
+_WORKER_STOPPED = """\
+\x1b[36m(train_trial pid=7520)\x1b[0m Exception ignored in: <function WeakSet.__init__.<locals>._remove at 0x7f>
+\x1b[36m(train_trial pid=7520)\x1b[0m Traceback (most recent call last):
+\x1b[36m(train_trial pid=7520)\x1b[0m   File "/usr/lib/python3.11/_weakrefset.py", line 39, in _remove
+\x1b[36m(train_trial pid=7520)\x1b[0m     def _remove(item, selfref=ref(self)):
+\x1b[36m(train_trial pid=7520)\x1b[0m
+\x1b[36m(train_trial pid=7520)\x1b[0m   File "/x/ray/_private/worker.py", line 1063, in sigterm_handler
+\x1b[36m(train_trial pid=7520)\x1b[0m     raise_sys_exit_with_custom_error_message(
+\x1b[36m(train_trial pid=7520)\x1b[0m SystemExit: 1
+"""
+
+
+def test_log_check_skips_only_a_stopped_ray_worker():
+    """The block a Ray worker prints when stopped inside a weakref callback (seen in a CI run on a
+    separately started cluster) is not a failure; any other traceback still is."""
+    real = "Traceback (most recent call last):\n  File \"x.py\", line 1\nValueError: bad\n"
+    assert tracebacks("best x\n" + _WORKER_STOPPED + "done\n") == []
+    assert tracebacks(_WORKER_STOPPED + real) == ["Traceback (most recent call last):"]
+    assert len(tracebacks(_WORKER_STOPPED.replace("sigterm_handler", "train_step"))) == 1
 
 
 @pytest.mark.slow
