@@ -24,7 +24,7 @@ from .margins import MARGIN_INPUTS
 from .models import MODELS
 from .objectives import OBJECTIVES
 from .registry import Registry, unknown_name_message
-from .weighting import WEIGHTINGS, is_learned
+from .weighting import WEIGHTINGS, is_learned, unread_keys
 from . import learned as _learned_weightings  # noqa: F401  (registers bilaw and nonparam)
 
 # Keys whose values are registry names: validated against the registry when checked, so a name
@@ -54,7 +54,10 @@ META_GRAD_SCALES = ("raw", "per_lr")
 # Keys added after configs were first stored, with the value that reproduces what a config written
 # before the key existed did. A stored config that lacks such a key is read with this value, not
 # with the key's current default, wherever stored and current configs are compared.
-LEGACY_VALUES: dict[str, Any] = {"meta_grad_scale": "raw"}
+# The meta-optimiser keys are listed too: their defaults changed (docs/results.md, "BiLAW's
+# meta-optimiser"), and configs stored before they existed ran the old values.
+LEGACY_VALUES: dict[str, Any] = {"meta_grad_scale": "raw", "meta_optimizer": "adam", "meta_lr": 1e-3,
+                                 "meta_weight_decay": 1e-4}
 
 
 WEIGHT_NET_PATTERN = re.compile(r"^[1-9][0-9]*(-[1-9][0-9]*)*$")
@@ -93,9 +96,9 @@ class TrainConfig:
     weight_net: str = "128"
     margin_input: str = "multiclass"
     margin_on: str = "clean"
-    meta_lr: float = 1e-3
-    meta_weight_decay: float = 1e-4
-    meta_optimizer: str = "adam"         # adam (coupled L2 decay), adamw (decoupled decay) or sgd
+    meta_lr: float = 0.025
+    meta_weight_decay: float = 1e-5
+    meta_optimizer: str = "sgd"          # sgd, adam (coupled L2 decay) or adamw (decoupled decay)
     meta_grad_scale: str = "raw"         # per_lr: the meta-gradient divided by the classifier's current lr
     meta_interval: int = 1
     val_attack_at: str = "pseudo"
@@ -359,10 +362,14 @@ REUSE_FREE_KEYS = tuple(k for k, role in KEY_ROLES.items() if role in ("output",
 
 def config_differences(saved: Mapping[str, Any], cfg: "TrainConfig", free: tuple[str, ...]) -> list[tuple[str, Any, Any]]:
     """(key, stored value, current value) for each key outside `free` where a stored config
-    differs from `cfg`; keys the stored config predates count as `stored_config_dict` fills them."""
+    differs from `cfg`; keys the stored config predates count as `stored_config_dict` fills them.
+    Keys that only another weighting reads are free too (an AT run is the same run whatever its
+    meta_lr); where the weightings differ, `weighting` itself is the difference."""
     now, saved = cfg.to_dict(), stored_config_dict(saved)
+    weighting = cfg.weighting or METHODS.get(cfg.method, (None, None))[1]
+    unread = unread_keys(weighting) if weighting in WEIGHTINGS else frozenset()
     return [(k, saved[k], now[k]) for k in now
-            if k not in free and saved[k] != now[k] and not _both_nan(saved[k], now[k])]
+            if k not in free and k not in unread and saved[k] != now[k] and not _both_nan(saved[k], now[k])]
 
 
 def _both_nan(a: Any, b: Any) -> bool:

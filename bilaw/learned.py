@@ -145,7 +145,12 @@ class NonParamWeighting(_Learned):
                                 self._train_batch(step))
 
 
-@WEIGHTINGS.register("bilaw", learned=True)
+# Config keys the weight net's meta-optimiser reads and nothing else does: a run of another
+# weighting is the same run whatever they hold.
+META_OPTIMIZER_KEYS = ("meta_optimizer", "meta_lr", "meta_weight_decay", "meta_grad_scale")
+
+
+@WEIGHTINGS.register("bilaw", learned=True, own_keys=META_OPTIMIZER_KEYS)
 def _bilaw(cfg) -> Weighting:
     return BiLAWWeighting("bilaw", cfg=cfg)
 

@@ -280,6 +280,14 @@ def is_learned(weighting: str) -> bool:
     return bool(WEIGHTINGS.facts(weighting).get("learned", False))
 
 
+def unread_keys(weighting: str) -> frozenset[str]:
+    """Config keys that another weighting registered as its own (`own_keys`): a run of
+    `weighting` never reads them, so their values do not make two of its configs different runs."""
+    return frozenset(k for name in WEIGHTINGS.names() if name != weighting
+                     for k in WEIGHTINGS.facts(name).get("own_keys", ())) - set(
+        WEIGHTINGS.facts(weighting).get("own_keys", ()))
+
+
 def build_weighting(cfg) -> Weighting:
     return WEIGHTINGS.get(cfg.weighting)(cfg)
 

@@ -387,11 +387,37 @@ def test_key_roles_give_the_resume_and_reuse_exemptions():
 def test_config_differences_fill_keys_a_stored_config_predates():
     from bilaw.config import config_differences
 
-    cfg = TrainConfig(gairat_lambda_max=math.nan)
+    cfg = TrainConfig(method="bilaw", gairat_lambda_max=math.nan)
     stored = {k: v for k, v in cfg.to_dict().items() if k != "meta_grad_scale"}
     assert config_differences(stored, cfg, ()) == []  # NaN equals NaN here; the missing key reads as raw
     assert config_differences(stored, cfg.replace(meta_grad_scale="per_lr", lr=0.05), ("lr",)) == [
         ("meta_grad_scale", "raw", "per_lr")]
+
+
+def test_meta_optimiser_keys_predating_or_unread_do_not_make_a_different_run():
+    """A stored config without the meta-optimiser keys ran the old Adam setting; a run whose
+    weighting has no meta-optimiser is the same run whatever those keys hold."""
+    from bilaw.config import config_differences
+
+    def cfg(**keys):
+        return TrainConfig.from_dict(keys)
+
+    bilaw = cfg(method="bilaw")
+    assert (bilaw.meta_optimizer, bilaw.meta_lr, bilaw.meta_weight_decay) == ("sgd", 0.025, 1e-5)
+    old = {k: v for k, v in bilaw.to_dict().items() if k not in ("meta_optimizer", "meta_lr", "meta_weight_decay")}
+    assert config_differences(old, bilaw, ()) == [("meta_lr", 0.001, 0.025), ("meta_weight_decay", 0.0001, 1e-05),
+                                                  ("meta_optimizer", "adam", "sgd")]
+    assert config_differences(old, cfg(method="bilaw", meta_optimizer="adam", meta_lr=1e-3,
+                                       meta_weight_decay=1e-4), ()) == []
+    for method in ("at", "trades", "gairat", "nonparam"):
+        stored = cfg(method=method, meta_optimizer="adam", meta_lr=1e-3, meta_grad_scale="per_lr").to_dict()
+        assert config_differences(stored, cfg(method=method), ()) == [], method
+    # a key another weighting reads too is not free: nonparam reads meta_interval as BiLAW does
+    stored = cfg(method="nonparam", meta_interval=2).to_dict()
+    assert config_differences(stored, cfg(method="nonparam"), ()) == [("meta_interval", 2, 1)]
+    # against a BiLAW run the AT run's meta_lr is a difference as well as its weighting
+    stored = cfg(method="at", meta_lr=1e-3).to_dict()
+    assert config_differences(stored, bilaw, ()) == [("method", "at", "bilaw"), ("meta_lr", 0.001, 0.025)]
 
 
 def test_a_registered_plugin_name_is_valid_with_its_facts(monkeypatch):

@@ -40,7 +40,7 @@ from torch import nn
 from bilaw import data as data_module
 from bilaw.attacks import NORMS, pgd, trades_attack
 from bilaw.autoattack import run_autoattack
-from bilaw.config import REGISTRY_KEYS, ConfigError, TrainConfig, default_burn_in
+from bilaw.config import KEYS, REGISTRY_KEYS, ConfigError, TrainConfig, default_burn_in
 from bilaw.data import DATASETS, RawDataset, load_data
 import bilaw.learned  # noqa: F401  (registers the learned weightings bilaw and nonparam)
 from bilaw.margins import MARGIN_INPUTS, MarginSources, compute_margin_input, margin_input_dim
@@ -62,7 +62,7 @@ REGISTRIES: dict[str, Registry] = {
 # typo nothing would ever read (e.g. `burnin=` instead of `burn_in=`).
 FACTS: dict[str, tuple[set[str], set[str]]] = {
     "model": ({"gpu_share"}, set()),
-    "weighting": (set(), {"burn_in", "learned"}),
+    "weighting": (set(), {"burn_in", "learned", "own_keys"}),
     "objective": (set(), set()),
     "norm": ({"autoattack"}, set()),
     "margin_input": ({"dim"}, set()),
@@ -92,6 +92,7 @@ def test_name_lookup_and_facts(kind, name):
     assert required <= set(facts), f"{kind} {name!r} lacks the facts {sorted(required - set(facts))}"
     unknown = sorted(set(facts) - required - optional)
     assert not unknown, f"{kind} {name!r} has facts nothing reads: {unknown}"
+    assert set(facts.get("own_keys", ())) <= set(KEYS), f"{kind} {name!r} owns keys that are no config keys"
     # a typo of the name is an UnknownNameError that lists the names and suggests this one
     typo = name + "_"
     assert typo not in reg

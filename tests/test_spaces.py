@@ -115,7 +115,7 @@ def test_grid_values_and_sizes():
 def test_describe():
     space = sp.load_space("bilaw_tpe")
     assert space.params["weight_net"].describe() == "choice ['64', '128', '256', '64-64']"
-    assert space.params["meta_lr"].describe() == "loguniform [0.0001, 0.01]"
+    assert space.params["meta_lr"].describe() == "loguniform [0.0025, 0.25]"
     assert space.params["trades_beta"].describe() == "uniform [1.0, 10.0] when method in ['bilaw_trades']"
 
 

@@ -42,11 +42,11 @@ def test_collapse_is_the_first_whole_epoch_under_1e_3_after_burn_in():
 
 @pytest.fixture(scope="module")
 def collapsed_run(tmp_path_factory):
-    """BiLAW with a meta learning rate 1,000 times the default: Adam's first steps saturate the
+    """BiLAW with Adam at meta_lr 1.0 (1,000 times the legacy 1e-3): its first steps saturate the
     weight net's sigmoid, and its weights are exactly uniform in the second epoch."""
     out = tmp_path_factory.mktemp("collapsed")
     argv = ["--out", str(out), "--no-progress", "--set", "method=bilaw", "--set", "epochs=2",
-            "--set", "meta_lr=1.0", *[a for k, v in TINY.items() for a in ("--set", f"{k}={v}")]]
+            "--set", "meta_optimizer=adam", "--set", "meta_lr=1.0", *[a for k, v in TINY.items() for a in ("--set", f"{k}={v}")]]
     return out, argv
 
 
