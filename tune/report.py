@@ -19,10 +19,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-if __package__ in (None, ""):
-    _here = Path(__file__).resolve()
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here.parent]
-    sys.path.insert(0, str(_here.parents[1]))
+if __package__ in (None, ""):  # run as `python tune/report.py`
+    import _script_path  # noqa: F401  (puts this repository first on sys.path)
 
 from tune.tracking import PARENT_TAG, STATUS_TAG, TrackingError, absolute_tracking_uri, check_tracking_uri  # noqa: E402
 

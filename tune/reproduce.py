@@ -20,10 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: import the package, not the script's folder
-    _here = Path(__file__).resolve()
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here.parent]
-    sys.path.insert(0, str(_here.parents[1]))
+if __package__ in (None, ""):  # run as `python tune/reproduce.py`
+    import _script_path  # noqa: F401  (puts this repository first on sys.path)
 
 from bilaw.config import REUSE_FREE_KEYS, ConfigError, TrainConfig, config_differences, parse_overrides  # noqa: E402
 from bilaw.data import MissingDatasetError  # noqa: E402

@@ -13,10 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    _here = Path(__file__).resolve()
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here.parent]
-    sys.path.insert(0, str(_here.parents[1]))
+if __package__ in (None, ""):  # run as `python tune/rerun_best.py`
+    import _script_path  # noqa: F401  (puts this repository first on sys.path)
 
 from bilaw.config import ConfigError, TrainConfig, parse_overrides  # noqa: E402
 from tune.report import ReportError, finished_runs  # noqa: E402

@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: import the package, not the script's folder
-    _repo = Path(__file__).resolve().parents[1]
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-    sys.path.insert(0, str(_repo))
+if __package__ in (None, ""):  # run as `python tune/run_search.py`
+    import _script_path  # noqa: F401  (puts this repository first on sys.path)
 
 from bilaw.config import ConfigError  # noqa: E402
 from bilaw.data import MissingDatasetError  # noqa: E402
