@@ -15,9 +15,48 @@ from typing import Callable
 import torch
 from torch.nn import functional as F
 
+from .attacks import pgd, trades_attack
 from .registry import Registry
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class AttackSetting:
+    """What a training attack needs besides the batch: the forward it attacks, the budget, its
+    RNG, and what the weighting asks of it (GAIRAT's kappa; a loss of its own to ascend)."""
+
+    forward: Forward
+    norm: str
+    eps: float
+    steps: int
+    step_size: float
+    generator: torch.Generator | None = None
+    want_kappa: bool = False
+    loss_fn: Callable[..., torch.Tensor] | None = None
+
+
+def _no_attack(a: AttackSetting, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, None]:
+    return x, None
+
+
+def _pgd_attack(a: AttackSetting, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    out = pgd(a.forward, x, y, norm=a.norm, eps=a.eps, steps=a.steps, step_size=a.step_size,
+              generator=a.generator, return_kappa=a.want_kappa, loss_fn=a.loss_fn)
+    return out if a.want_kappa else (out, None)
+
+
+def _trades_attack(a: AttackSetting, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, None]:
+    return trades_attack(a.forward, x, norm=a.norm, eps=a.eps, steps=a.steps, step_size=a.step_size,
+                         generator=a.generator), None
+
+
+# The attacks an objective's training inputs are crafted with, by name: each returns
+# (x_adv, kappa or None). TRADES' KL attack ignores the weighting's kappa and loss.
+TRAINING_ATTACKS: dict[str, Callable[[AttackSetting, torch.Tensor, torch.Tensor],
+                                     tuple[torch.Tensor, torch.Tensor | None]]] = {
+    "none": _no_attack, "pgd": _pgd_attack, "trades": _trades_attack,
+}
 
 
 @dataclass
@@ -33,12 +72,21 @@ class Terms:
 
 @dataclass
 class Objective:
-    """attack: which training attack crafts the inputs ("none", "pgd" or "trades");
+    """attack: the name in `TRAINING_ATTACKS` that crafts the inputs;
     terms(f, x, x_adv, y, trades_beta) -> Terms."""
 
     name: str
     attack: str
     terms: Callable[..., Terms]
+
+    def __post_init__(self) -> None:
+        if self.attack not in TRAINING_ATTACKS:
+            raise ValueError(f"objective {self.name!r}: unknown training attack {self.attack!r}; "
+                             f"known: {', '.join(TRAINING_ATTACKS)}")
+
+    def craft(self, setting: AttackSetting, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The training inputs of batch (x, y) and, where the setting asks for it, kappa."""
+        return TRAINING_ATTACKS[self.attack](setting, x, y)
 
 
 OBJECTIVES: Registry[Objective] = Registry("objective")

@@ -20,14 +20,14 @@ import torch
 from torch import nn
 
 from .analysis import TRACE_SIZE, collect, fixed_subset, noise_weight_means, trace_weights, weight_auroc
-from .attacks import default_step_size, pgd, trades_attack
+from .attacks import default_step_size
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import RESUME_FREE_KEYS, ConfigError, TrainConfig, config_differences
 from .data import DataBundle, augment_crop_flip, batch_indices, load_data
 from .epoch_stats import accumulate, finish_epoch
 from .evaluate import accuracy, evaluate_model, pgd_accuracy
 from .models import build_model
-from .objectives import OBJECTIVES, Objective, combine
+from .objectives import OBJECTIVES, AttackSetting, Objective, combine
 from .progress import batch_progress, format_epoch
 from .weight_health import collapse_message, collapsed_epoch, fade_message, weight_health
 from .learned import RunContext
@@ -133,18 +133,12 @@ class RunState:
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
 
     def craft(self, x: torch.Tensor, y: torch.Tensor, active: bool):
-        cfg, kind = self.cfg, self.objective.attack
-        if kind == "none":
-            return x, None
+        cfg = self.cfg
+        setting = AttackSetting(self.forward, cfg.norm, cfg.eps, cfg.pgd_steps, cfg.pgd_step_size,
+                                self.gens["attack"], want_kappa=self.weighting.needs_kappa,
+                                loss_fn=self.weighting.attack_loss if active else None)
         with self.autocast():
-            if kind == "trades":
-                return trades_attack(self.forward, x, norm=cfg.norm, eps=cfg.eps, steps=cfg.pgd_steps,
-                                     step_size=cfg.pgd_step_size, generator=self.gens["attack"]), None
-            out = pgd(self.forward, x, y, norm=cfg.norm, eps=cfg.eps, steps=cfg.pgd_steps,
-                      step_size=cfg.pgd_step_size, generator=self.gens["attack"],
-                      return_kappa=self.weighting.needs_kappa,
-                      loss_fn=self.weighting.attack_loss if active else None)
-        return out if self.weighting.needs_kappa else (out, None)
+            return self.objective.craft(setting, x, y)
 
     def weights_for(self, terms, x, x_adv, y, kappa, active: bool, lr: float):
         """(loss-scale weights or None for uniform, raw weights or None)."""

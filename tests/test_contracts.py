@@ -45,7 +45,7 @@ from bilaw.data import DATASETS, RawDataset, load_data
 import bilaw.learned  # noqa: F401  (registers the learned weightings bilaw and nonparam)
 from bilaw.margins import MARGIN_INPUTS, MarginSources, compute_margin_input, margin_input_dim
 from bilaw.models import MODELS, build_model
-from bilaw.objectives import OBJECTIVES, Terms, combine
+from bilaw.objectives import OBJECTIVES, TRAINING_ATTACKS, Terms, combine
 from bilaw.registry import Registry, UnknownNameError
 from bilaw.trainer import RunState, lr_at, train
 from bilaw.weighting import WEIGHTINGS, StepInputs, WeightNet
@@ -385,7 +385,6 @@ def test_weighting_step_protocol_and_state(name):
 # objectives
 # ==================================================================================================
 
-TRAINING_ATTACKS = ("none", "pgd", "trades")  # what RunState.craft knows
 
 
 def _objective_batch():

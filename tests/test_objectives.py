@@ -200,3 +200,33 @@ def test_at_gradient_with_weights():
     for i, (b, t) in enumerate(zip(ADV, Y)):
         expected = w[i].item() * (_softmax_np(b) - np.eye(4)[t]) / 3
         assert x_adv.grad[i].tolist() == pytest.approx(expected.tolist(), rel=1e-8, abs=1e-12)
+
+
+def test_each_objective_crafts_with_its_named_attack():
+    """`Objective.craft` is the attack its name says, called with the run's budget and RNG: the
+    same inputs as calling that attack directly (plain: the clean batch, no kappa)."""
+    from bilaw.attacks import pgd, trades_attack
+    from bilaw.objectives import AttackSetting, Objective
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    x, y = torch.rand(5, 1, 4, 4), torch.tensor([0, 1, 2, 0, 1])
+
+    def setting(**kw):
+        return AttackSetting(model, "linf", 0.1, 3, 0.025, torch.Generator().manual_seed(7), **kw)
+
+    def direct(fn, **kw):
+        return fn(model, x, **kw, norm="linf", eps=0.1, steps=3, step_size=0.025,
+                  generator=torch.Generator().manual_seed(7))
+
+    x_plain, kappa = OBJECTIVES.get("plain").craft(setting(), x, y)
+    assert x_plain is x and kappa is None
+    x_at, kappa = OBJECTIVES.get("at").craft(setting(), x, y)
+    assert kappa is None and torch.equal(x_at, direct(pgd, y=y)) and not torch.equal(x_at, x)
+    x_at, kappa = OBJECTIVES.get("at").craft(setting(want_kappa=True), x, y)
+    want_x, want_kappa = direct(pgd, y=y, return_kappa=True)
+    assert torch.equal(x_at, want_x) and torch.equal(kappa, want_kappa)
+    x_tr, kappa = OBJECTIVES.get("trades").craft(setting(want_kappa=True), x, y)
+    assert kappa is None and torch.equal(x_tr, direct(trades_attack))
+    with pytest.raises(ValueError, match=r"objective 'mine': unknown training attack 'fgsm'; known: none, pgd, trades"):
+        Objective("mine", "fgsm", lambda *a: None)
