@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from tune.report import format_trials, trial_table
+from tune.report import build_rows, choose_by, format_trials, trial_table
 
 
 def _run(name, params, metrics, tags=None):
@@ -45,3 +45,18 @@ def test_a_parameter_only_some_trials_have_shows_a_dash():
     text = format_trials(header, rows, "md")
     assert text.splitlines()[0].startswith("| run | meta_lr | meta_optimizer | trades_beta | held-out PGD (best) |")
     assert "| d | 0.001 | adam | 6.0 | 50.00 | 70.00 | 40.00 | - | - | - | - |" in text
+
+
+def test_a_conditional_param_a_trial_was_never_given_is_a_dash_not_its_default():
+    """A BiLAW trial of a space that searches trades_beta only for BiLAW-TRADES logs the default
+    6.0 with every other config key; its run's not_searched tag keeps it out of the 6.0 group."""
+    metrics = {"best_val_pgd_acc": 0.5, "test_clean_acc": 0.7, "test_pgd_acc": 0.4}
+    runs = [_run("p", {"method": "bilaw", "trades_beta": "6.0"}, metrics, {"not_searched": "trades_beta"}),
+            _run("q", {"method": "bilaw_trades", "trades_beta": "6.0"}, {**metrics, "test_pgd_acc": 0.5}),
+            _run("r", {"method": "bilaw_trades", "trades_beta": "2.0"}, metrics)]
+    rows = {row.value: row for row in build_rows(runs, choose_by(runs, "trades_beta"))}
+    assert sorted(rows) == ["-", "2.0", "6.0"] and rows["6.0"].n == 1 and rows["-"].n == 1
+    assert rows["6.0"].cells["PGD"] == (0.5, 0.0) and rows["-"].cells["PGD"] == (0.4, 0.0)
+    header, table = trial_table(runs)
+    col = header.index("trades_beta")
+    assert {r[0]: r[col] for r in table} == {"p": "-", "q": "6.0", "r": "2.0"}

@@ -114,6 +114,24 @@ def test_existing_experiment_is_not_overwritten(smoke_search, capsys):
     assert "already has results" in capsys.readouterr().err
 
 
+def test_importing_the_search_leaves_the_environment_alone(monkeypatch):
+    """Ray Tune's settings are set when a search runs, not when tune.search is imported, and a
+    value the user set wins."""
+    code = ("import os; before = dict(os.environ); import tune.search as s; "
+            "changed = [k for k in s.TUNE_ENV if os.environ.get(k) != before.get(k)]; "
+            "assert not changed, changed; print(sorted(s.TUNE_ENV))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO,
+                         env={k: v for k, v in os.environ.items() if k not in ("RAY_AIR_NEW_OUTPUT",)})
+    assert out.returncode == 0 and "RAY_AIR_NEW_OUTPUT" in out.stdout, out.stderr[-2000:]
+    from tune.search import TUNE_ENV, use_tune_env
+
+    for key in TUNE_ENV:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "30")
+    use_tune_env()
+    assert os.environ["TUNE_GLOBAL_CHECKPOINT_S"] == "30" and os.environ["RAY_AIR_NEW_OUTPUT"] == "0"
+
+
 def test_dry_run_starts_no_ray(tmp_path):
     code = ("import sys; from tune.run_search import main; "
             "rc = main(['--space', 'bilaw_tpe', '--dry-run', '--set', 'epochs=3']); "

@@ -77,3 +77,8 @@ def test_shipped_space_runs_end_to_end_on_smoke(name, tmp_path):
     assert len(study) == trials
     if name in LACKED:
         assert any(LACKED[name] not in t.params for t in study), [t.params for t in study]
+        # the MLflow run of each trial says which searched params it was never given
+        lacking = sorted(r.data.params["method"] for r in children if r.data.tags.get("not_searched") == LACKED[name])
+        given = sorted(r.data.params["method"] for r in children if "not_searched" not in r.data.tags)
+        assert lacking and all(m == "bilaw" for m in lacking) and all(m == "bilaw_trades" for m in given), (
+            lacking, given)

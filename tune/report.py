@@ -22,7 +22,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python tune/report.py`
     import _script_path  # noqa: F401  (puts this repository first on sys.path)
 
-from tune.tracking import PARENT_TAG, STATUS_TAG, TrackingError, absolute_tracking_uri, check_tracking_uri  # noqa: E402
+from tune.space_schema import NOT_SEARCHED  # noqa: E402
+from tune.tracking import (NOT_SEARCHED_TAG, PARENT_TAG, STATUS_TAG, TrackingError, absolute_tracking_uri,  # noqa: E402
+                           check_tracking_uri)
 
 COLUMNS = [("Clean", "test_clean_acc"), ("PGD", "test_pgd_acc"), ("AA", "test_aa_acc")]
 # --trials: per-run columns after the searched values (header, metric, percent?)
@@ -88,10 +90,18 @@ def choose_by(runs: list, by: str | None) -> str:
                       f"trial with --trials")
 
 
+def param_value(run, name: str, missing: str = "?") -> str:
+    """A run's value of `name` as the search gave it: "-" where the trial was never given one
+    (a conditional param whose `when` did not hold logs its default), `missing` where not logged."""
+    if name in run.data.tags.get(NOT_SEARCHED_TAG, "").split(","):
+        return NOT_SEARCHED
+    return run.data.params.get(name, missing)
+
+
 def build_rows(runs: list, by: str) -> list[Row]:
     groups: dict[str, list] = {}
     for r in runs:
-        groups.setdefault(r.data.params.get(by, "?"), []).append(r)
+        groups.setdefault(param_value(r, by), []).append(r)
     rows = []
     for value, members in groups.items():
         cells = {name: _mean_std([m.data.metrics[key] for m in members if key in m.data.metrics])
@@ -125,7 +135,7 @@ def format_markdown(rows: list[Row], by: str) -> str:
 def varying_params(runs: list) -> list[str]:
     """Parameters whose logged value differs between runs (a run without one shows "-")."""
     params = set().union(*(r.data.params for r in runs)) - IGNORED_PARAMS
-    return sorted(p for p in params if len({r.data.params.get(p) for r in runs}) > 1)
+    return sorted(p for p in params if len({param_value(r, p, "-") for r in runs}) > 1)
 
 
 def trial_table(runs: list) -> tuple[list[str], list[list[str]]]:
@@ -136,7 +146,7 @@ def trial_table(runs: list) -> tuple[list[str], list[list[str]]]:
     rows = []
     for r in ordered:
         m = r.data.metrics
-        cells = [r.data.params.get(p, "-") for p in params]
+        cells = [param_value(r, p, "-") for p in params]
         for _, key, pct in cols:
             cells.append("-" if key not in m else (f"{100 * m[key]:.2f}" if pct else f"{m[key]:.4f}"))
         if any(key == "weight_std_peak" for _, key, _ in cols):

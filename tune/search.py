@@ -13,27 +13,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic progress table honours our columns
-os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
-# Snapshot the experiment after every result, so a killed driver resumes with every trial it
-# started and each trial's snapshot names a checkpoint that still exists (num_to_keep below);
-# the snapshot is a few small files, cheap against an epoch.
-os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+import optuna
+import ray
+from ray import tune
+from ray.tune.search import Repeater
+from ray.tune.search.optuna import OptunaSearch
 
-import optuna  # noqa: E402
-import ray  # noqa: E402
-from ray import tune  # noqa: E402
-from ray.tune.search import Repeater  # noqa: E402
-from ray.tune.search.optuna import OptunaSearch  # noqa: E402
-
-from bilaw.config import TrainConfig  # noqa: E402
-from tune import spaces as sp  # noqa: E402
-from tune.driver import clean_up_killed_driver, record_driver  # noqa: E402
-from tune.plan import SearchError, git_commit  # noqa: E402
-from tune.space_schema import NOT_SEARCHED  # noqa: E402
-from tune.trainable import META_KEY, TRACKING_ENV, train_trial, trial_config  # noqa: E402
-from tune.tracking import (FAST_FAIL_ENV, SearchTracking, redact_uri, runs_table_url,  # noqa: E402
+from bilaw.config import TrainConfig
+from tune import spaces as sp
+from tune.driver import clean_up_killed_driver, record_driver
+from tune.plan import SearchError, git_commit
+from tune.space_schema import NOT_SEARCHED
+from tune.trainable import META_KEY, TRACKING_ENV, train_trial, trial_config
+from tune.tracking import (FAST_FAIL_ENV, SearchTracking, redact_uri, runs_table_url,
                            use_fast_fail_http)
 
 OPTUNA_DB = "optuna.db"
@@ -186,8 +178,27 @@ def _redacted_command(argv: list[str]) -> str:
     return "python tune/run_search.py " + shlex.join(out)
 
 
+# Ray Tune settings a search runs under (read by Ray when the Tuner runs, not at import); a value
+# the user already set in the environment wins.
+TUNE_ENV = {
+    "RAY_AIR_NEW_OUTPUT": "0",  # the classic progress table honours our columns
+    "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
+    # Snapshot the experiment after every result, so a killed driver resumes with every trial it
+    # started and each trial's snapshot names a checkpoint that still exists (num_to_keep below);
+    # the snapshot is a few small files, cheap against an epoch.
+    "TUNE_GLOBAL_CHECKPOINT_S": "0",
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+}
+
+
+def use_tune_env() -> None:
+    for key, value in TUNE_ENV.items():
+        os.environ.setdefault(key, value)
+
+
 def run_search(plan, argv: list[str]) -> int:
     use_fast_fail_http()
+    use_tune_env()
     folder = plan.storage / plan.experiment
     folder.mkdir(parents=True, exist_ok=True)
     if plan.args.resume:
@@ -228,7 +239,7 @@ def build_tuner(plan, tracking: SearchTracking, folder: Path, gpus: float) -> tu
     space = plan.space
     meta = {"experiment_id": tracking.experiment_id, "parent_run_id": tracking.parent_run_id,
             "seeds": plan.seeds, "threads": max(1, int(plan.cpus)), "space": space.name,
-            "checkpoint_every_s": plan.checkpoint_every}
+            "checkpoint_every_s": plan.checkpoint_every, "searched": list(space.params)}
     constants = {k: v for k, v in plan.base.items() if k not in space.params}
     if gpus == 0 and constants.get("device", "auto") == "auto":
         constants["device"] = "cpu"  # a 0-GPU trial on a GPU box still sees every GPU (ray#54868)

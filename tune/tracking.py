@@ -22,6 +22,9 @@ DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
 TRIAL_ID_TAG = "ray_trial_id"
 PARENT_TAG = "mlflow.parentRunId"
 STATUS_TAG = "trial_status"  # completed | pruned | error
+# The searched params a trial was never given a value for (a `when` that did not hold), comma-
+# separated: its logged value is the default, which report.py shows as "-", not as a choice.
+NOT_SEARCHED_TAG = "not_searched"
 WEIGHTS_TAG = "weights"  # "collapsed" or "faded": a trial whose learned weights died (bilaw/weight_health.py)
 # MLflow's own HTTP retries block for minutes on a dead server (measured: 247 s); keep them short.
 FAST_FAIL_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",

@@ -26,7 +26,7 @@ from bilaw.runs import save_run
 from bilaw.trainer import CHECKPOINT_NAME, scalar_final, train
 from bilaw.weight_health import health_label
 
-from .tracking import WEIGHTS_TAG, TrialRun
+from .tracking import NOT_SEARCHED_TAG, WEIGHTS_TAG, TrialRun
 
 META_KEY = "_bilaw"
 TRACKING_ENV = "BILAW_TRACKING_URI"
@@ -52,15 +52,23 @@ def _restore_checkpoint(work: Path) -> None:
             shutil.copy2(src, work / CHECKPOINT_NAME)
 
 
-def _open_run(cfg: TrainConfig, meta: dict[str, Any]) -> TrialRun | None:
+def not_searched(config: dict[str, Any]) -> list[str]:
+    """The space's params this trial was given no value for (their `when` did not hold)."""
+    return [p for p in config.get(META_KEY, {}).get("searched", ()) if p not in config]
+
+
+def _open_run(cfg: TrainConfig, config: dict[str, Any]) -> TrialRun | None:
+    meta = config.get(META_KEY, {})
     uri = os.environ.get(TRACKING_ENV) or meta.get("tracking_uri")
     if not uri or not meta.get("experiment_id"):
         return None
     ctx = tune.get_context()
+    tags = {"space": meta.get("space", ""), **meta.get("tags", {})}
+    if not_searched(config):
+        tags[NOT_SEARCHED_TAG] = ",".join(not_searched(config))
     try:
         return TrialRun(uri, meta["experiment_id"], meta.get("parent_run_id"), ctx.get_trial_id(),
-                        ctx.get_trial_name(), cfg.to_dict(),
-                        tags={"space": meta.get("space", ""), **meta.get("tags", {})})
+                        ctx.get_trial_name(), cfg.to_dict(), tags=tags)
     except Exception as exc:  # tracking must not kill training; Ray's results still hold everything
         warnings.warn(f"MLflow tracking unavailable for this trial: {exc}")
         return None
@@ -82,7 +90,7 @@ def train_trial(config: dict[str, Any]) -> None:
     work = Path(tempfile.mkdtemp(prefix="bilaw-trial-"))
     try:
         _restore_checkpoint(work)
-        run = _open_run(cfg, meta)
+        run = _open_run(cfg, config)
         every = float(meta.get("checkpoint_every_s", 0.0))
         state: dict[str, Any] = {"final": None, "last_checkpoint": time.monotonic()}
 
