@@ -24,11 +24,11 @@ from tune import spaces as sp
 from tune.driver import clean_up_killed_driver, record_driver
 from tune.plan import SearchError, git_commit
 from tune.space_schema import NOT_SEARCHED
+from tune.state_files import OPTUNA_DB
 from tune.trainable import META_KEY, TRACKING_ENV, train_trial, trial_config
 from tune.tracking import (FAST_FAIL_ENV, SearchTracking, redact_uri, runs_table_url,
                            use_fast_fail_http)
 
-OPTUNA_DB = "optuna.db"
 BEST_CONFIG = "best_config.yaml"
 
 
@@ -239,7 +239,7 @@ def build_tuner(plan, tracking: SearchTracking, folder: Path, gpus: float) -> tu
     space = plan.space
     meta = {"experiment_id": tracking.experiment_id, "parent_run_id": tracking.parent_run_id,
             "seeds": plan.seeds, "threads": max(1, int(plan.cpus)), "space": space.name,
-            "checkpoint_every_s": plan.checkpoint_every, "searched": list(space.params)}
+            "checkpoint_every_s": plan.checkpoint_every, "searched": list(space.params), "gpu_share": gpus}
     constants = {k: v for k, v in plan.base.items() if k not in space.params}
     if gpus == 0 and constants.get("device", "auto") == "auto":
         constants["device"] = "cpu"  # a 0-GPU trial on a GPU box still sees every GPU (ray#54868)

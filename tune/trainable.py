@@ -22,6 +22,7 @@ import torch
 from ray import tune
 
 from bilaw.config import TrainConfig
+from bilaw.gpu_memory import cap_gpu_memory, gpu_oom_message
 from bilaw.runs import save_run
 from bilaw.trainer import CHECKPOINT_NAME, scalar_final, train
 from bilaw.weight_health import health_label
@@ -81,12 +82,22 @@ def _safe(fn, *args) -> None:
         warnings.warn(f"MLflow logging failed: {exc}")
 
 
+def apply_gpu_share(meta: dict[str, Any], cfg: TrainConfig) -> tuple[float, float | None]:
+    """Cap the CUDA allocator at the trial's share of its GPU (`gpu_share`, from --gpus-per-trial);
+    returns (share, allocator fraction set or None)."""
+    share = float(meta.get("gpu_share", 0.0))
+    if not 0.0 < share < 1.0 or cfg.device == "cpu":
+        return share, None
+    return share, cap_gpu_memory(share)
+
+
 def train_trial(config: dict[str, Any]) -> None:
     """Ray Tune entry point: one trial = one `bilaw.train` run."""
     meta = config.get(META_KEY, {})
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # one line per epoch otherwise
     torch.set_num_threads(max(1, int(meta.get("threads", 1))))
     cfg = trial_config(config)
+    share, fraction = apply_gpu_share(meta, cfg)
     work = Path(tempfile.mkdtemp(prefix="bilaw-trial-"))
     try:
         _restore_checkpoint(work)
@@ -109,6 +120,11 @@ def train_trial(config: dict[str, Any]) -> None:
 
         try:
             result = train(cfg, on_epoch, checkpoint_dir=work, progress=False, log=None)
+        except torch.cuda.OutOfMemoryError as exc:
+            if share <= 0.0:
+                raise
+            total = torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else None
+            raise RuntimeError(gpu_oom_message(share, fraction, total)) from exc
         finally:  # what was logged stays logged, whatever stopped the trial
             if run is not None:
                 _safe(run.flush)
