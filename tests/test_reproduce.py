@@ -98,11 +98,11 @@ def test_dry_run_lists_the_paper_runs(capsys):
 
 
 def test_a_stored_config_without_meta_grad_scale_matches_raw_only():
-    """The stored Table 1 BiLAW runs predate meta_grad_scale: they are reused for raw, never for per_lr."""
+    """The legacy-setting BiLAW runs predate meta_grad_scale: they are reused for raw, never for per_lr."""
     from bilaw.config import yaml_load
     from tune.reproduce import config_difference
 
-    stored = REPO / "docs/results/runs/table1/fmnist_fc1_linf/bilaw/seed0/config.yaml"
+    stored = REPO / "docs/results/runs/meta_rerun/legacy_adam_1e-3/seed0/config.yaml"
     saved = yaml_load(stored.read_text())
     assert "meta_grad_scale" not in saved
     cfg = TrainConfig.from_dict(saved)

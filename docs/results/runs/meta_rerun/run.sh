@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # 15-epoch Fashion-MNIST FC1 l-inf 0.1 re-runs of the two best bilaw_meta settings (Table 1 schedule).
-cd /work/main
-BASE=docs/results/runs/table1/fmnist_fc1_linf/bilaw/seed0/config.yaml
+cd "$(dirname "$0")/../../../.."  # the repository root
+BASE=docs/results/runs/meta_rerun/legacy_adam_1e-3/seed0/config.yaml
 run() { # label seed overrides...
   local label=$1 seed=$2; shift 2
   OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python -m bilaw.train --config $BASE --set seed=$seed --set plots=false "$@" \
