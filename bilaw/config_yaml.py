@@ -9,6 +9,8 @@ from typing import Any
 
 import yaml
 
+from .file_errors import DamagedFileError, read_text
+
 
 class ConfigError(ValueError):
     """One or more invalid config entries; the message lists each (key, value, allowed)."""
@@ -95,23 +97,35 @@ def _type_name(t: Any) -> str:
     return getattr(t, "__name__", str(t))
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error in one line: "line L, column C: malformed YAML: PROBLEM"."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+    return f"{where}malformed YAML: {problem}"
+
+
 def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; a missing file, a syntax error (with its line) or a non-mapping is a
-    `ConfigError` naming the file."""
+    """Read a YAML mapping; a missing, unreadable, binary or empty (0-byte) file, a folder, a
+    syntax error (with its line) or a non-mapping is a `ConfigError` naming the file. A file of
+    only comments is an empty mapping."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError([f"config file {str(path)!r} does not exist"])
+    if not path.exists():
+        raise ConfigError([f"config file {str(path)!r} does not exist; check the path"])
     try:
-        data = yaml_load(path.read_text())
+        text = read_text(path, "replace it with an intact copy, or write it again")
+    except DamagedFileError as exc:
+        raise ConfigError([str(exc)]) from None
+    try:
+        data = yaml_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([f"{path}:{where}: malformed YAML: {problem}"]) from None
+        raise ConfigError([f"{path}: {yaml_problem(exc)}; fix it there, or replace the file with an intact "
+                           f"copy"]) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError([f"{path}: expected a mapping of config keys, got {type(data).__name__}"])
+        raise ConfigError([f"{path}: expected a mapping of config keys, got {type(data).__name__}; write it as "
+                           f"key: value lines"])
     return data
 
 

@@ -9,7 +9,8 @@ augmentation runs on the whole batch on the device (`augment_crop_flip`), so no 
 per-sample Python work sits in the training loop.
 
 Files on disk are read by our own readers (bilaw/dataset_files.py); torchvision is used only to
-download missing files. The splits live in bilaw/splits.py and the batching in bilaw/batches.py;
+download missing files. A damaged or foreign file is a `DamagedFileError` naming it and how to
+re-install the data. The splits live in bilaw/splits.py and the batching in bilaw/batches.py;
 their public names are re-exported here, the data API.
 """
 from __future__ import annotations
@@ -25,7 +26,8 @@ import torch
 
 from bilaw.batches import CyclingBatches, augment_crop_flip, batch_indices
 from bilaw.dataset_files import (CIFAR10_FILES, CIFAR100_FILES, IDX_EXPECTED, DiskLayout, find_idx_files,
-                                 find_named_files, read_cifar_batch, read_idx)
+                                 find_named_files, read_cifar_batch, read_idx, read_idx_dataset)
+from bilaw.file_errors import DamagedFileError, one_line
 from bilaw.registry import Registry
 from bilaw.splits import SplitIndices, apply_label_noise, noise_generator, split_indices
 
@@ -34,6 +36,7 @@ __all__ = [
     "DATA_DIR_ENV",
     "DEBIAN_FASHION_MNIST_DIR",
     "CyclingBatches",
+    "DamagedFileError",
     "DataBundle",
     "MissingDatasetError",
     "RawDataset",
@@ -175,12 +178,6 @@ def download_with_torchvision(dataset: str, root: Path) -> None:
         socket.setdefaulttimeout(previous)
 
 
-def _one_line(exc: BaseException) -> str:
-    """An exception as one short line (torchvision's download errors span several)."""
-    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-    return f"{type(exc).__name__}: {text}"[:400]
-
-
 def _missing_message(dataset: str, tried: Sequence[Path], download_error: str) -> str:
     expected = _disk(dataset).expected
     lines = [
@@ -220,7 +217,7 @@ def _locate(
         download_with_torchvision(dataset, root)
         problem = "it finished but the files are still not there"
     except Exception as exc:  # any network / filesystem failure: summarised, never a traceback
-        problem = _one_line(exc)
+        problem = one_line(exc, limit=400)  # torchvision's download errors span several lines
     for folder in folders:
         files = find(folder)
         if files is not None:
@@ -233,19 +230,28 @@ def _locate(
 # --------------------------------------------------------------------------------------------
 
 
+def _reading(dataset: str, read: Callable, *args):
+    """read(*args), a damaged file's `DamagedFileError` carrying how to re-install `dataset`."""
+    try:
+        return read(*args)
+    except DamagedFileError as exc:
+        path = Path(exc.path)
+        fix = (f"re-install the data: delete {path} and run again ({dataset} is then downloaded again), or put "
+               f"an intact copy there")
+        if path.parent == DEBIAN_FASHION_MNIST_DIR:
+            fix = "re-install the data: apt-get install --reinstall dataset-fashion-mnist"
+        raise DamagedFileError(path, exc.problem, fix) from None
+
+
 def _load_idx_dataset(name: str, data_dir, extra_folders: Sequence[Path] = ()) -> RawDataset:
     files = _locate(name, data_dir, find_idx_files, extra_folders)
-    x_train, x_test = read_idx(files["x_train"]), read_idx(files["x_test"])
-    y_train, y_test = read_idx(files["y_train"]), read_idx(files["y_test"])
-    for x, y, split in ((x_train, y_train, "train"), (x_test, y_test, "test")):
-        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
-            raise ValueError(f"{name} {split}: images {x.shape} and labels {y.shape} do not match")
+    a = _reading(name, read_idx_dataset, files, 10)
     return RawDataset(
         name=name,
-        x_train=_to_images(x_train),
-        y_train=_to_labels(y_train, 10, str(files["y_train"])),
-        x_test=_to_images(x_test),
-        y_test=_to_labels(y_test, 10, str(files["y_test"])),
+        x_train=_to_images(a["x_train"]),
+        y_train=_to_labels(a["y_train"], 10, str(files["y_train"])),
+        x_test=_to_images(a["x_test"]),
+        y_test=_to_labels(a["y_test"], 10, str(files["y_test"])),
         num_classes=10,
     )
 
@@ -274,8 +280,8 @@ def load_fashion_mnist(data_dir: str | os.PathLike[str] | None = None) -> RawDat
 def _load_cifar(name: str, data_dir, train_files: Sequence[str], test_file: str,
                 label_key: str, num_classes: int) -> RawDataset:
     files = _locate(name, data_dir, lambda d: find_named_files(d, [*train_files, test_file]))
-    parts = [read_cifar_batch(files[f], label_key) for f in train_files]
-    x_test, y_test = read_cifar_batch(files[test_file], label_key)
+    parts = [_reading(name, read_cifar_batch, files[f], label_key, num_classes) for f in train_files]
+    x_test, y_test = _reading(name, read_cifar_batch, files[test_file], label_key, num_classes)
     return RawDataset(
         name=name,
         x_train=_to_images(np.concatenate([x for x, _ in parts])),

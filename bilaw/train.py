@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .config import ConfigError, TrainConfig, choices, load_yaml_mapping, parse_overrides
 from .data import MissingDatasetError
+from .file_errors import DamagedFileError
 
 
 def _keys_help() -> str:
@@ -37,9 +38,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_config(config_path: str | None, overrides: list[str]) -> TrainConfig:
+    """The config file's keys, then the --set overrides; an error in a key the file set names the file."""
     data = load_yaml_mapping(config_path) if config_path else {}
-    data.update(parse_overrides(overrides))
-    return TrainConfig.from_dict(data).resolved()
+    changed = parse_overrides(overrides)
+    data.update(changed)
+    try:
+        return TrainConfig.from_dict(data).resolved()
+    except ConfigError as exc:
+        if not config_path:
+            raise
+        errors = [e if e.split(":")[0] in changed else f"{config_path}: {e}" for e in exc.errors]
+        raise ConfigError(errors) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{cfg.norm} eps {cfg.eps}, {cfg.epochs} epochs -> {out}", flush=True)
         progress = sys.stderr.isatty() and not args.no_progress
         result = train(cfg, checkpoint_dir=out, progress=progress, log=lambda s: print(s, flush=True))
-    except (ConfigError, MissingDatasetError, NonFiniteLossError) as exc:
+    except (ConfigError, MissingDatasetError, DamagedFileError, NonFiniteLossError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     save_run(result, out)

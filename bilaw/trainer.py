@@ -21,7 +21,7 @@ from torch import nn
 
 from .analysis import TRACE_SIZE, collect, fixed_subset, noise_weight_means, trace_weights, weight_auroc
 from .attacks import default_step_size
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import resume_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import RESUME_FREE_KEYS, ConfigError, TrainConfig, config_differences
 from .data import DataBundle, augment_crop_flip, batch_indices, load_data
 from .epoch_stats import accumulate, finish_epoch
@@ -272,17 +272,18 @@ def train(
 
     callback(metrics, checkpoint_dir) runs after each epoch, once the epoch's checkpoint is on
     disk. With `checkpoint_dir` holding a checkpoint, training resumes from it exactly (same
-    config required). `stop_after=k` stops after epoch k (for tests and time-sliced runs: the
-    schedule still follows `cfg.epochs`). `progress`: a tqdm bar per epoch (default: on a
-    terminal). `log`: where the per-epoch lines go (default: print when progress is shown)."""
+    config required; a damaged one falls back to checkpoint.prev.pt, with a warning).
+    `stop_after=k` stops after epoch k (for tests and time-sliced runs: the schedule still
+    follows `cfg.epochs`). `progress`: a tqdm bar per epoch (default: on a terminal). `log`:
+    where the per-epoch lines go (default: print when progress is shown)."""
     cfg = cfg.resolved()
     run = RunState(cfg, data)
     ckpt = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
-    if ckpt is not None and ckpt.exists():
-        run.load_state_dict(load_checkpoint(ckpt, map_location=run.device))
     progress = sys.stderr.isatty() if progress is None else progress
     log = log if log is not None else (print if progress else None)
     say = log or _print_stderr  # warnings about the run reach its log even without per-epoch lines
+    if ckpt is not None:
+        resume_checkpoint(ckpt, run.load_state_dict, run.device, say)
     wrap = batch_progress(progress, run)
     last = cfg.epochs if stop_after is None else min(stop_after, cfg.epochs)
     finish = functools.cache(lambda: _finish_run(run, say))  # the one place a run is finished
@@ -301,7 +302,7 @@ def train(
             say(collapse_message(run.epoch, metrics["weight_std"]))
         run.epoch += 1
         if ckpt is not None:
-            save_checkpoint(run.state_dict(), ckpt)
+            save_checkpoint(run.state_dict(), ckpt, keep_previous=True)
         if log:
             log(format_epoch(metrics, cfg.epochs))
         finished = run.epoch >= cfg.epochs or _early_stopped(run)

@@ -12,9 +12,9 @@ import os
 import signal
 from pathlib import Path
 
+from bilaw.checkpoint import atomic_write_text
 from tune.plan import SearchError
-
-DRIVER_FILE = "driver.json"  # the running driver's pid, process group and Ray session
+from tune.state_files import DRIVER_FILE, read_driver_record
 
 
 def _alive(pid: int) -> bool:
@@ -36,11 +36,10 @@ def _proc_state(pid: int) -> str:
 
 def clean_up_killed_driver(folder: Path) -> None:
     """Before resuming: stop the Ray processes a killed driver left behind. Refuses to resume while
-    that driver still runs."""
-    path = folder / DRIVER_FILE
-    if not path.exists():
+    that driver still runs; a damaged record is a DamagedFileError naming it."""
+    info = read_driver_record(folder)
+    if info is None:
         return
-    info = json.loads(path.read_text())
     if info["pid"] != os.getpid() and _alive(info["pid"]):
         raise SearchError(f"--resume: the search is still running (driver pid {info['pid']}); stop it first")
     # a joined cluster's session is the cluster's own: its head and other drivers carry it too
@@ -68,9 +67,9 @@ def clean_up_killed_driver(folder: Path) -> None:
 
 
 def record_driver(folder: Path, joined_cluster: bool) -> None:
-    """Write `driver.json` for this driver (after Ray is up)."""
+    """Write `driver.json` for this driver (after Ray is up), atomically: a kill leaves the whole file."""
     import ray
 
     session = ray._private.worker._global_node.get_session_dir_path() if ray.is_initialized() else ""
-    (folder / DRIVER_FILE).write_text(json.dumps({"pid": os.getpid(), "pgid": os.getpgrp(), "session_dir": session,
-                                                  "joined_cluster": joined_cluster}))
+    atomic_write_text(folder / DRIVER_FILE, json.dumps({"pid": os.getpid(), "pgid": os.getpgrp(),
+                                                        "session_dir": session, "joined_cluster": joined_cluster}))

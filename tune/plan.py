@@ -13,6 +13,7 @@ from bilaw.models import MODELS
 from tune import spaces as sp
 from tune.seeds import SeedsError
 from tune.seeds import parse_seeds as seeds_rule
+from tune.state_files import OPTUNA_DB, check_study, read_driver_record
 from tune.tracking import absolute_tracking_uri, redact_uri
 
 DEFAULT_CHECKPOINT_EVERY_S = 30.0  # seconds between the checkpoints a trial hands Ray
@@ -146,6 +147,10 @@ def check_resumable(plan: Plan) -> None:
     if not any(folder.glob("experiment_state-*.json")):
         raise SearchError(f"--resume: nothing to resume for experiment {plan.experiment!r}: {folder} holds no "
                           f"Ray Tune experiment state (check --storage-path and --experiment)")
+    check_study(folder / OPTUNA_DB, plan.experiment,
+                "a search cannot resume without its Optuna study: start a new search with --experiment NEW_NAME "
+                "(the finished trials stay in MLflow)")
+    read_driver_record(folder)  # a damaged record stops the resume here, before Ray starts
 
 
 def check_data(cfg: TrainConfig) -> None:

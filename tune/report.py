@@ -22,6 +22,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python tune/report.py`
     import _script_path  # noqa: F401  (puts this repository first on sys.path)
 
+from bilaw.file_errors import DamagedFileError  # noqa: E402
 from tune.space_schema import NOT_SEARCHED  # noqa: E402
 from tune.tracking import (NOT_SEARCHED_TAG, PARENT_TAG, STATUS_TAG, TrackingError, absolute_tracking_uri,  # noqa: E402
                            check_tracking_uri)
@@ -192,19 +193,29 @@ def format_csv(rows: list[Row], by: str) -> str:
     return buf.getvalue()
 
 
-def importances(runs: list, experiment: str, uri: str) -> dict[str, float]:
-    """Optuna's parameter importances for the search's ranking metric, from its stored study."""
-    import optuna
-
+def study_folders(runs: list, uri: str) -> list[Path]:
+    """The Ray experiment folders of the searches `runs` belong to (their parent runs' tags)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
-    parent_ids = {r.data.tags.get(PARENT_TAG) for r in runs} - {None}
-    for parent_id in parent_ids:
-        path = client.get_run(parent_id).data.tags.get("ray_experiment_path")
-        db = Path(path or "") / "optuna.db"
-        if db.exists():
-            study = optuna.load_study(study_name=Path(path).name, storage=f"sqlite:///{db}")
+    parent_ids = sorted({r.data.tags.get(PARENT_TAG) for r in runs} - {None})
+    paths = [client.get_run(parent_id).data.tags.get("ray_experiment_path") for parent_id in parent_ids]
+    return [Path(p) for p in paths if p]
+
+
+def importances(runs: list, experiment: str, uri: str) -> dict[str, float]:
+    """Optuna's parameter importances for the search's ranking metric, from its stored study
+    (checked first: a damaged or foreign optuna.db is a DamagedFileError naming it)."""
+    import optuna
+
+    from tune.state_files import OPTUNA_DB, check_study
+
+    for folder in study_folders(runs, uri):
+        db = folder / OPTUNA_DB
+        if db.exists() or db.is_symlink():
+            check_study(db, folder.name, "the study is needed only for --importance: leave that option out (the "
+                                         "tables read MLflow), or re-run the search")
+            study = optuna.load_study(study_name=folder.name, storage=f"sqlite:///{db}")
             done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
             if len({tuple(sorted(t.params.items())) for t in done}) < 2:
                 raise ReportError("importance needs at least two finished trials with different parameters")
@@ -246,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\nparameter importance (Optuna, fANOVA):")
             for name, value in importances(runs, args.experiment, uri).items():
                 print(f"  {name:<20} {value:.3f}")
-    except (ReportError, TrackingError) as exc:
+    except (ReportError, TrackingError, DamagedFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

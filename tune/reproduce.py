@@ -13,7 +13,6 @@ variant on what is left after the two 1,000-sample validation sets (baselines_fu
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ if __package__ in (None, ""):  # run as `python tune/reproduce.py`
 
 from bilaw.config import REUSE_FREE_KEYS, ConfigError, TrainConfig, config_differences, parse_overrides  # noqa: E402
 from bilaw.data import MissingDatasetError  # noqa: E402
+from bilaw.file_errors import DamagedFileError  # noqa: E402
 from bilaw.registry import unknown_name_message  # noqa: E402
 from tune import spaces as sp  # noqa: E402
 from tune.seeds import SeedsError  # noqa: E402
@@ -199,19 +199,22 @@ def config_difference(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
 
 
 def check_finished(jobs: list[Job], out: Path) -> None:
-    from bilaw.config import yaml_load
+    """Each finished run below `out` (one with metrics.json) has whole files of this job's config;
+    a damaged one is a DamagedFileError naming the file, before any training."""
+    from bilaw.runs import METRICS_NAME, read_metrics, read_run_config
 
     for job in jobs:
         folder = out / job.key
-        if (folder / "metrics.json").is_file():
-            diff = config_difference(yaml_load((folder / "config.yaml").read_text()), job.cfg)
+        if (folder / METRICS_NAME).exists() or (folder / METRICS_NAME).is_symlink():
+            read_metrics(folder)
+            diff = config_difference(read_run_config(folder), job.cfg)
             if diff:
                 raise ReproduceError(f"{folder} holds a finished run of another config ({'; '.join(diff[:4])}); "
                                      f"use another --out or remove that folder")
 
 
 def run_job(job: Job, folder: Path, uri: str, experiment_id: str) -> None:
-    from bilaw.runs import save_run
+    from bilaw.runs import read_metrics, save_run
     from bilaw.trainer import scalar_final, train
     from tune.tracking import TrialRun
 
@@ -219,15 +222,18 @@ def run_job(job: Job, folder: Path, uri: str, experiment_id: str) -> None:
             "row": job.row.label, "seed": str(job.seed), "run_dir": str(folder.resolve())}
     run = TrialRun(uri, experiment_id, None, job.key, f"{job.row.label} {job.setting.workload} seed {job.seed}",
                    job.cfg.to_dict(), tags=tags, key_tag=KEY_TAG)
-    finished = folder / "metrics.json"
-    if finished.is_file():  # trained before (this tool or python -m bilaw.train): log what is on disk
-        metrics = json.loads(finished.read_text())
+    if (folder / "metrics.json").exists():  # trained before (here or by python -m bilaw.train): log it
+        metrics = read_metrics(folder)
         history, final = metrics["history"], metrics["final"]
         print(f"  reusing {folder}", flush=True)
     else:
         print(f"  training {job.row.label} on {job.setting.workload}, seed {job.seed} -> {folder}", flush=True)
-        result = train(job.cfg, lambda m, _: run.log_epoch(m), checkpoint_dir=folder, progress=False,
-                       log=lambda s: print("    " + s, flush=True))
+        try:
+            result = train(job.cfg, lambda m, _: run.log_epoch(m), checkpoint_dir=folder, progress=False,
+                           log=lambda s: print("    " + s, flush=True))
+        except Exception:
+            run.finish("FAILED")
+            raise
         save_run(result, folder)
         history, final = result.history, result.final
     run.log_history(history)
@@ -301,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
             check_data(cfg)
         uri = absolute_tracking_uri(args.tracking_uri)
         check_tracking_uri(uri)
-    except (ReproduceError, ConfigError, MissingDatasetError, TrackingError, sp.SpaceError) as exc:
+    except (ReproduceError, ConfigError, MissingDatasetError, DamagedFileError, TrackingError, sp.SpaceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from tune.tracking import SearchTracking
@@ -310,8 +316,12 @@ def main(argv: list[str] | None = None) -> int:
     tracking = SearchTracking(uri, experiment)
     print(f"table {table.number}, {args.dataset}: {len(jobs)} runs ({len(rows)} methods x {len(settings)} "
           f"settings x {len(seeds)} seeds); MLflow {redact_uri(uri)}, experiment {experiment}", flush=True)
-    for job in jobs:
-        run_job(job, out / job.key, uri, tracking.experiment_id)
+    try:
+        for job in jobs:
+            run_job(job, out / job.key, uri, tracking.experiment_id)
+    except (ConfigError, DamagedFileError) as exc:  # a run's checkpoint of another config, or damaged
+        print(f"error: {exc}", file=sys.stderr)    # (the runs finished so far are reused next time)
+        return 2
     finals = tracked_finals(uri, tracking.experiment_id, [j.key for j in jobs])
     text = markdown(table, args.dataset, jobs, finals)
     path = out / f"table{table.number}_{args.dataset}.md"

@@ -17,6 +17,7 @@ if __package__ in (None, ""):  # run as `python tune/rerun_best.py`
     import _script_path  # noqa: F401  (puts this repository first on sys.path)
 
 from bilaw.config import ConfigError, TrainConfig, parse_overrides  # noqa: E402
+from bilaw.file_errors import DamagedFileError  # noqa: E402
 from tune.report import ReportError, finished_runs  # noqa: E402
 from tune.tracking import TrackingError, absolute_tracking_uri, check_tracking_uri  # noqa: E402
 
@@ -56,16 +57,22 @@ def pick_run(uri: str, experiment: str, metric: str, run_id: str | None):
 
 
 def run_config(uri: str, run) -> dict:
-    """The run's exact config: its config.yaml artifact, else its params."""
-    from mlflow.tracking import MlflowClient
+    """The run's exact config: its config.yaml artifact, else (no such artifact) its params. An
+    artifact that is damaged or not a valid config is a DamagedFileError naming it."""
+    import mlflow.artifacts
 
-    client = MlflowClient(uri)
-    try:
-        with tempfile.TemporaryDirectory() as d:
-            path = client.download_artifacts(run.info.run_id, "config.yaml", d)
+    where = f"{run.info.artifact_uri.rstrip('/')}/config.yaml"
+    with tempfile.TemporaryDirectory() as d:
+        try:
+            path = mlflow.artifacts.download_artifacts(artifact_uri=where, dst_path=d, tracking_uri=uri)
+        except Exception:  # no config.yaml logged (or the artifact store cannot be read): the params
+            return TrainConfig.from_dict(run.data.params).to_dict()
+        try:
             return TrainConfig.from_yaml(path).to_dict()
-    except Exception:
-        return TrainConfig.from_dict(run.data.params).to_dict()
+        except ConfigError as exc:
+            problems = "; ".join(e.replace(f"{path}: ", "") for e in exc.errors)
+            raise DamagedFileError(where, f"the config.yaml of run {run.info.run_id} is not a valid config: "
+                                          f"{problems}", "pass --run-id of another finished run") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             config["epochs"] = args.epochs
         config.pop("seed", None)
         TrainConfig.from_dict(config)  # validate before Ray starts
-    except (ReportError, TrackingError, ConfigError) as exc:
+    except (ReportError, TrackingError, ConfigError, DamagedFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"re-running run {best.info.run_id} ({best.info.run_name}, {args.metric} "

@@ -14,6 +14,7 @@ if __package__ in (None, ""):  # run as `python tune/run_search.py`
 
 from bilaw.config import ConfigError  # noqa: E402
 from bilaw.data import MissingDatasetError  # noqa: E402
+from bilaw.file_errors import DamagedFileError  # noqa: E402
 from tune import spaces as sp  # noqa: E402
 from tune.plan import (DEFAULT_CHECKPOINT_EVERY_S, Plan, SearchError, check_data, check_fresh,  # noqa: E402
                        check_resumable, check_storage)
@@ -85,14 +86,14 @@ def main(argv: list[str] | None = None) -> int:
         check_tracking_uri(plan.tracking_uri)
         check_storage(plan.storage)
         check_resumable(plan) if args.resume else check_fresh(plan)
-    except (sp.SpaceError, ConfigError, SearchError, TrackingError, MissingDatasetError) as exc:
+    except (sp.SpaceError, ConfigError, SearchError, TrackingError, MissingDatasetError, DamagedFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from tune.search import run_search
 
     try:
         return run_search(plan, argv if argv is not None else sys.argv[1:])
-    except SearchError as exc:
+    except (SearchError, DamagedFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

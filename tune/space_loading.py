@@ -37,11 +37,16 @@ _BAD = object()  # a choice value that was reported as a problem
 
 # ----- reading files -----------------------------------------------------------------------------
 def read_mapping(path: Path) -> dict:
-    """The YAML mapping in `path`; a missing file, malformed YAML or a non-mapping stops here."""
+    """The YAML mapping in `path`; a missing, unreadable, binary or empty file, a folder,
+    malformed YAML or a non-mapping stops here."""
     try:
-        return load_yaml_mapping(path)
-    except ConfigError as exc:  # missing file / malformed YAML (file, line, column) / not a mapping
+        data = load_yaml_mapping(path)
+    except ConfigError as exc:  # missing, unreadable or binary file / malformed YAML (file, line, column) / ...
         raise SpaceError("; ".join(exc.errors)) from None
+    if not data:
+        raise SpaceError(f"{path}: the file is empty (no YAML mapping in it); write the file again, or restore a "
+                         f"shipped one with `git checkout search_spaces/`")
+    return data
 
 
 def parse_workloads(path: Path, data: dict) -> dict[str, Workload]:
@@ -71,7 +76,8 @@ def _parse_workload(problems: Problems, name: str, entry: Any) -> Workload | Non
     description = _description(problems, entry.get("description"), name + ".description")
     config = entry.get("config")
     if not isinstance(config, dict) or not config:
-        problems.add(f"{name}.config", f"{config!r} is not a non-empty mapping of TrainConfig keys")
+        problems.add(f"{name}.config", f"{config!r}: a non-empty mapping of TrainConfig keys is required, e.g. "
+                     "{dataset: digits, epochs: 2}")
     else:
         try:
             TrainConfig.from_dict(config).resolved()

@@ -133,9 +133,10 @@ def _find_space(name_or_path: str) -> Path:
     if name_or_path in shipped:
         return shipped[name_or_path]
     path = Path(name_or_path)
-    if path.is_file():
+    if path.exists():  # a folder or unreadable file is reported by the reader, with what is wrong
         return path
     if path.suffix in (".yaml", ".yml") or "/" in name_or_path:
-        raise SpaceError(f"search space file {name_or_path!r} does not exist")
+        raise SpaceError(f"search space file {name_or_path!r} does not exist; check the path, or name a shipped "
+                         f"space (see --list-spaces)")
     raise SpaceError(unknown_name_message("search space", name_or_path, shipped)
                      + " (or give the path of a YAML file)")

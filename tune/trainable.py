@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from ray import tune
 
+from bilaw.checkpoint import previous_path
 from bilaw.config import TrainConfig
 from bilaw.gpu_memory import cap_gpu_memory, gpu_oom_message
 from bilaw.runs import save_run
@@ -44,13 +45,23 @@ def trial_config(config: dict[str, Any]) -> TrainConfig:
 
 
 def _restore_checkpoint(work: Path) -> None:
+    """Copy the trial's last Ray checkpoint into its work folder: the trainer's checkpoint and
+    the one before it, so a damaged latest falls back there as in any other run."""
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         return
     with checkpoint.as_directory() as d:
-        src = Path(d) / CHECKPOINT_NAME
-        if src.exists():
-            shutil.copy2(src, work / CHECKPOINT_NAME)
+        copy_training_checkpoints(Path(d), work)
+
+
+def copy_training_checkpoints(src: Path, work: Path) -> list[str]:
+    """Copy checkpoint.pt and checkpoint.prev.pt (where present) from `src` to `work`."""
+    copied = []
+    for name in (CHECKPOINT_NAME, previous_path(CHECKPOINT_NAME).name):
+        if (src / name).is_file():
+            shutil.copy2(src / name, work / name)
+            copied.append(name)
+    return copied
 
 
 def not_searched(config: dict[str, Any]) -> list[str]:
