@@ -4,6 +4,7 @@ trial reopens its run and skips the epochs it already logged."""
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -79,21 +80,83 @@ def test_a_failed_background_write_is_retried_and_never_silently_lost(tmp_path):
     assert values == [(e, 0.1 * e) for e in range(4)]
 
 
+def _finished_trial(tmp_path, final_extra=None):
+    """A real short BiLAW run saved as a trial's last checkpoint holds it (`run/` in the trial
+    folder), and a stand-in for Ray's Trial object pointing at that checkpoint."""
+    from types import SimpleNamespace
+
+    from ray import tune
+
+    from bilaw import TrainConfig
+    from bilaw.runs import save_run
+    from bilaw.trainer import train
+
+    result = train(TrainConfig.from_dict({"method": "bilaw", "epochs": 2, "batch_size": 256, "pgd_steps": 2,
+                                          "eval_pgd_steps": 2, "aa_samples": 0, "analysis_samples": 0,
+                                          "plots": False, "device": "cpu"}), progress=False, log=lambda _: None)
+    if final_extra is not None:
+        result.final = {k: v for k, v in result.final.items() if not k.startswith("weights_")} | final_extra
+    folder = tmp_path / "checkpoint"
+    save_run(result, folder / "run")
+    class Trial(SimpleNamespace):
+        def __str__(self) -> str:
+            return "trial_w"
+
+    trial = Trial(trial_id="trial-w", config=result.config.to_dict(), checkpoint=tune.Checkpoint(str(folder)),
+                  last_result={"test_clean_acc": result.final["test_clean_acc"]}, error_file=None)
+    return result, trial
+
+
 @pytest.mark.parametrize("final, tag", [({"weights_collapsed_epoch": 3, "weights_faded": True}, "collapsed"),
                                         ({"weights_faded": True}, "faded"), ({"weights_faded": False}, None)])
 def test_a_trial_whose_weights_died_is_tagged(tmp_path, final, tag):
-    """The trainable tags the trial's run `weights: collapsed | faded` from its final metrics."""
-    from bilaw import TrainConfig
-    from bilaw.trainer import train
-    from tune.trainable import _log_final
+    """The driver tags the trial's run `weights: collapsed | faded` from its saved final metrics."""
+    from tune.trial_tracking import TrialTracking
+    from tune.tracking import SearchTracking
 
     uri = f"sqlite:///{tmp_path / 'm.db'}"
+    tracking = SearchTracking(uri, "t")
+    _, trial = _finished_trial(tmp_path, final)
+    TrialTracking(tracking).on_trial_complete(0, [], trial)
+    run = MlflowClient(uri).search_runs([tracking.experiment_id])[0]
+    assert run.data.tags.get("weights") == tag and run.data.tags["trial_status"] == "completed"
+
+
+def test_the_driver_writes_a_trial_run_from_results_and_the_saved_run(tmp_path):
+    """Per-epoch results arrive at the driver; an epoch the driver never saw (lost with a killed
+    driver) comes from the saved run's history at the end; config params, final metrics and the
+    saved run's files land on one child run under the parent, and the run finishes."""
+    from tune.trial_tracking import TrialTracking
+    from tune.tracking import SearchTracking
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    tracking = SearchTracking(uri, "t")
+    tracking.start_parent("search", {})
+    result, trial = _finished_trial(tmp_path)
+    callback = TrialTracking(tracking, "my_space")
+    callback.on_trial_start(0, [], trial)
+    first = {**result.history[0], "training_iteration": 1, "time_total_s": 3.0, "done": False, "trial_id": "x"}
+    callback.on_trial_result(0, [], trial, first)
+    callback.on_trial_result(0, [], trial, first)  # a retried trial reports epoch 0 again
+    callback.on_trial_complete(0, [], trial)
     client = MlflowClient(uri)
-    exp = client.create_experiment("t")
-    result = train(TrainConfig.from_dict({"method": "bilaw", "epochs": 1, "batch_size": 256, "pgd_steps": 2,
-                                          "eval_pgd_steps": 2, "aa_samples": 0, "analysis_samples": 0,
-                                          "plots": False, "device": "cpu"}), progress=False, log=lambda _: None)
-    result.final = {k: v for k, v in result.final.items() if not k.startswith("weights_")} | final
-    run = TrialRun(uri, exp, None, "trial-w", "trial-w", result.config.to_dict())
-    _log_final(run, result, tmp_path)
-    assert client.get_run(run.run_id).data.tags.get("weights") == tag
+    (run,) = client.search_runs([tracking.experiment_id], filter_string="tags.ray_trial_id = 'trial-w'")
+    assert run.data.tags["mlflow.parentRunId"] == tracking.parent_run_id and run.data.tags["space"] == "my_space"
+    assert run.info.status == "FINISHED" and run.data.params["method"] == "bilaw" and run.info.run_name == "trial_w"
+    history = client.get_metric_history(run.info.run_id, "val_pgd_acc")
+    assert sorted((m.step, m.value) for m in history) == [(h["epoch"], h["val_pgd_acc"]) for h in result.history]
+    assert "training_iteration" not in run.data.metrics and "time_total_s" not in run.data.metrics
+    assert run.data.metrics["test_clean_acc"] == result.final["test_clean_acc"]
+    assert {"config.yaml", "metrics.json"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def test_a_trial_process_never_imports_mlflow():
+    """Trials may run on machines that cannot reach the store: the trainable (and what it
+    imports) has no MLflow in it; the driver writes every run."""
+    import subprocess
+    import sys
+
+    code = "import sys, tune.trainable; print(sorted(m for m in sys.modules if m.startswith(('mlflow', 'tune.track'))))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=str(Path(__file__).resolve().parents[1]))
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr[-2000:]

@@ -102,22 +102,23 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args, uri: str, best, config: dict) -> int:
     import torch
 
-    from tune import search  # noqa: F401  (sets Ray's environment defaults before Ray is imported)
     import ray
     from ray import tune
 
-    from tune.search import TrialStatus
-    from tune.trainable import META_KEY, TRACKING_ENV, train_trial
-    from tune.tracking import FAST_FAIL_ENV, SearchTracking
+    from tune.search import use_tune_env
+    from tune.trainable import META_KEY, train_trial
+    from tune.trial_tracking import TrialTracking
+    from tune.tracking import SearchTracking, use_fast_fail_http
+
+    use_tune_env()
+    use_fast_fail_http()
 
     tracking = SearchTracking(uri, args.experiment)
     gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (1.0 if torch.cuda.is_available() else 0.0)
     if gpus == 0 and config.get("device", "auto") == "auto":
         config["device"] = "cpu"
-    ray.init(include_dashboard=False, object_store_memory=256 * 1024 ** 2, logging_level="WARNING",
-             runtime_env={"env_vars": {TRACKING_ENV: uri, **FAST_FAIL_ENV}})
-    meta = {"experiment_id": tracking.experiment_id, "threads": max(1, int(args.cpus_per_trial)),
-            "tags": {"rerun_of": best.info.run_id, "rerun": "true"}}
+    ray.init(include_dashboard=False, object_store_memory=256 * 1024 ** 2, logging_level="WARNING")
+    meta = {"threads": max(1, int(args.cpus_per_trial))}
     name = f"{args.experiment}-rerun-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
         tuner = tune.Tuner(
@@ -125,7 +126,8 @@ def _run(args, uri: str, best, config: dict) -> int:
             param_space={**config, "seed": tune.grid_search(list(range(args.seeds))), META_KEY: meta},
             run_config=tune.RunConfig(name=name, storage_path=str(Path(args.storage_path).resolve()),
                                       failure_config=tune.FailureConfig(max_failures=2), verbose=1,
-                                      callbacks=[TrialStatus(tracking)]))
+                                      callbacks=[TrialTracking(tracking, tags={"rerun_of": best.info.run_id,
+                                                                                 "rerun": "true"})]))
         results = tuner.fit()
     finally:
         ray.shutdown()

@@ -25,9 +25,9 @@ from tune.driver import clean_up_killed_driver, record_driver
 from tune.plan import SearchError, git_commit
 from tune.space_schema import NOT_SEARCHED
 from tune.state_files import OPTUNA_DB
-from tune.trainable import META_KEY, TRACKING_ENV, train_trial, trial_config
-from tune.tracking import (FAST_FAIL_ENV, SearchTracking, redact_uri, runs_table_url,
-                           use_fast_fail_http)
+from tune.trainable import META_KEY, train_trial, trial_config
+from tune.tracking import SearchTracking, redact_uri, runs_table_url, use_fast_fail_http
+from tune.trial_tracking import TrialTracking
 
 BEST_CONFIG = "best_config.yaml"
 
@@ -72,30 +72,6 @@ class PrunedAwareOptunaSearch(ResumableOptunaSearch):
             getattr(self, "_completed_trials", set()).add(trial_id)
             return
         super().on_trial_complete(trial_id, result=result, error=error)
-
-
-class TrialStatus(tune.Callback):
-    """Driver-side: the child run's final status (a stopped or crashed trial cannot set it)."""
-
-    def __init__(self, tracking: SearchTracking) -> None:
-        self.tracking = tracking
-
-    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        done = "test_clean_acc" in (trial.last_result or {})
-        self._mark(trial.trial_id, "completed" if done else "pruned", "FINISHED" if done else "KILLED")
-
-    def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        message = None
-        if getattr(trial, "error_file", None) and Path(trial.error_file).exists():
-            lines = [ln for ln in Path(trial.error_file).read_text().splitlines() if ln.strip()]
-            message = lines[-1] if lines else None
-        self._mark(trial.trial_id, "error", "FAILED", message)
-
-    def _mark(self, trial_id: str, status: str, mlflow_status: str, message: str | None = None) -> None:
-        try:
-            self.tracking.mark_trial(trial_id, status, mlflow_status, message)
-        except Exception as exc:  # tracking never stops the search
-            print(f"warning: could not update MLflow status of trial {trial_id}: {exc}", file=sys.stderr)
 
 
 def make_sampler(space: sp.SearchSpace, n: int) -> optuna.samplers.BaseSampler:
@@ -147,7 +123,7 @@ def ray_address(plan) -> str:
 def start_ray(plan) -> float:
     """Start Ray, or join the --address cluster, with the trials' environment; return the GPUs
     the cluster has."""
-    env = {TRACKING_ENV: plan.tracking_uri, **FAST_FAIL_ENV, "RAY_AIR_NEW_OUTPUT": "0"}
+    env = {"RAY_AIR_NEW_OUTPUT": "0"}  # trials get no tracking URI: the driver writes MLflow
     kwargs: dict[str, Any] = dict(include_dashboard=False, runtime_env={"env_vars": env},
                                   log_to_driver=True, configure_logging=True, logging_level="WARNING")
     address = ray_address(plan)
@@ -237,8 +213,7 @@ def run_search(plan, argv: list[str]) -> int:
 
 def build_tuner(plan, tracking: SearchTracking, folder: Path, gpus: float) -> tune.Tuner:
     space = plan.space
-    meta = {"experiment_id": tracking.experiment_id, "parent_run_id": tracking.parent_run_id,
-            "seeds": plan.seeds, "threads": max(1, int(plan.cpus)), "space": space.name,
+    meta = {"seeds": plan.seeds, "threads": max(1, int(plan.cpus)), "space": space.name,
             "checkpoint_every_s": plan.checkpoint_every, "searched": list(space.params), "gpu_share": gpus}
     constants = {k: v for k, v in plan.base.items() if k not in space.params}
     if gpus == 0 and constants.get("device", "auto") == "auto":
@@ -259,7 +234,7 @@ def build_tuner(plan, tracking: SearchTracking, folder: Path, gpus: float) -> tu
             name=plan.experiment, storage_path=str(plan.storage),
             failure_config=tune.FailureConfig(max_failures=2),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            progress_reporter=reporter, verbose=1, callbacks=[TrialStatus(tracking)]))
+            progress_reporter=reporter, verbose=1, callbacks=[TrialTracking(tracking, space.name)]))
 
 
 def _resources(plan, gpus: float) -> dict[str, float]:

@@ -1,9 +1,11 @@
 """MLflow tracking: one experiment per search space, a parent run per search, one child run per
 Ray trial (found again by its Ray trial id, so a retried or resumed trial keeps one run).
 
-The driver owns the experiment and the parent run (`SearchTracking`); each trial logs its own
-params, per-epoch metrics and artifacts from its process (`TrialRun`), so files a trial makes
-reach its run without Ray copying them.
+Everything is written by the search's driver: the experiment and the parent run
+(`SearchTracking`) and each trial's child run (`TrialRun`, driven by the Ray Tune callback in
+`tune/trial_tracking.py` from the results and checkpoints Ray brings back). Trials never reach
+the store, so it needs no network path from other machines and its credentials stay on the
+driver. `reproduce.py` uses `TrialRun` directly for the runs it trains in its own process.
 """
 from __future__ import annotations
 

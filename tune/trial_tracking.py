@@ -1,0 +1,117 @@
+"""Driver-side MLflow tracking of every trial: a Ray Tune callback that writes each trial's
+child run from what Ray brings back to the driver, so no trial process ever talks to the
+tracking store (a trial on another machine cannot reach the driver's SQLite file, and store
+credentials never leave the driver).
+
+- start: the child run (found again by the Ray trial id, so a retried, restored or resumed
+  trial keeps one run), with the trial's full config as params and its tags;
+- each result: the per-epoch metrics, step = epoch (an epoch already logged is skipped);
+- the end: the saved run the trial's last checkpoint carries (`run/`: config.yaml,
+  metrics.json, plots), every epoch of its history the run still lacks, the final metrics, the
+  weight-health tag, and the run's status (completed, pruned by the scheduler, or error).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+from ray.tune.result import AUTO_RESULT_KEYS
+
+from bilaw.runs import read_metrics
+from bilaw.trainer import scalar_final
+from bilaw.weight_health import health_label
+
+from .tracking import NOT_SEARCHED_TAG, STATUS_TAG, WEIGHTS_TAG, SearchTracking, TrialRun
+from .trainable import SAVED_RUN, not_searched, trial_config
+
+# What Ray adds to every result besides the trial's own metrics.
+RAY_RESULT_KEYS = frozenset(AUTO_RESULT_KEYS) | {"done", "trial_id", "experiment_tag", "should_checkpoint"}
+
+
+def _warn(what: str, exc: Exception) -> None:
+    print(f"warning: MLflow: {what}: {exc}", file=sys.stderr)
+
+
+class TrialTracking(tune.Callback):
+    """Writes every trial's MLflow child run from the driver (see the module docstring).
+    `tags` go on every child run (e.g. the re-runs' `rerun_of`); a store error is a warning,
+    never the end of the search."""
+
+    def __init__(self, tracking: SearchTracking, space: str = "", tags: dict[str, str] | None = None) -> None:
+        self.tracking, self.space, self.tags = tracking, space, dict(tags or {})
+        self.runs: dict[str, TrialRun] = {}
+
+    def _run(self, trial) -> TrialRun | None:
+        if trial.trial_id in self.runs:
+            return self.runs[trial.trial_id]
+        tags = {"space": self.space, **self.tags}
+        if not_searched(trial.config):
+            tags[NOT_SEARCHED_TAG] = ",".join(not_searched(trial.config))
+        try:
+            run = TrialRun(self.tracking.uri, self.tracking.experiment_id, self.tracking.parent_run_id,
+                           trial.trial_id, str(trial), trial_config(trial.config).to_dict(), tags=tags)
+        except Exception as exc:  # tracking never stops the search; Ray's results still hold everything
+            _warn(f"no run for trial {trial.trial_id}", exc)
+            return None
+        self.runs[trial.trial_id] = run
+        return run
+
+    def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
+        self._run(trial)
+
+    def on_trial_result(self, iteration: int, trials: list, trial, result: dict[str, Any], **info) -> None:
+        run = self._run(trial)
+        metrics = {k: v for k, v in result.items() if k not in RAY_RESULT_KEYS}
+        if run is not None and "epoch" in metrics:
+            try:
+                run.log_epoch(metrics)
+            except Exception as exc:
+                _warn(f"epoch {metrics['epoch']} of trial {trial.trial_id}", exc)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        run = self._run(trial)
+        if run is None:
+            return
+        done = "test_clean_acc" in (trial.last_result or {})
+        if done:
+            self._log_saved_run(run, trial)
+        self._finish(run, "completed" if done else "pruned", "FINISHED" if done else "KILLED")
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        run = self._run(trial)
+        if run is None:
+            return
+        message = None
+        if getattr(trial, "error_file", None) and Path(trial.error_file).exists():
+            lines = [ln for ln in Path(trial.error_file).read_text().splitlines() if ln.strip()]
+            message = lines[-1] if lines else None
+        self._finish(run, "error", "FAILED", message)
+
+    def _log_saved_run(self, run: TrialRun, trial) -> None:
+        """The files of the trial's saved run, from its last checkpoint (which Ray stores where the
+        driver can read it), and whatever of its history and final metrics the run lacks."""
+        checkpoint = trial.checkpoint
+        if checkpoint is None:
+            return
+        try:
+            with checkpoint.as_directory() as folder:
+                saved = Path(folder) / SAVED_RUN
+                metrics = read_metrics(saved)
+                run.log_history(metrics["history"])
+                step = metrics["history"][-1]["epoch"] if metrics["history"] else 0
+                run.log_final(scalar_final(metrics["final"]), step, saved)
+                label = health_label(metrics["final"])
+                if label is not None:
+                    run.set_tags({WEIGHTS_TAG: label})
+        except Exception as exc:
+            _warn(f"the saved run of trial {trial.trial_id}", exc)
+
+    def _finish(self, run: TrialRun, status: str, mlflow_status: str, message: str | None = None) -> None:
+        try:
+            tags = {STATUS_TAG: status, **({"error": message[:4000]} if message else {})}
+            run.set_tags(tags)
+            run.finish(mlflow_status)
+        except Exception as exc:
+            _warn(f"status of run {run.run_id}", exc)
