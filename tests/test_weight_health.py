@@ -46,7 +46,7 @@ def collapsed_run(tmp_path_factory):
     weight net's sigmoid, and its weights are exactly uniform in the second epoch."""
     out = tmp_path_factory.mktemp("collapsed")
     argv = ["--out", str(out), "--no-progress", "--set", "method=bilaw", "--set", "epochs=2",
-            "--set", "meta_optimizer=adam", "--set", "meta_lr=1.0", *[a for k, v in TINY.items() for a in ("--set", f"{k}={v}")]]
+            "--set", "meta_optimizer=adam", "--set", "meta_lr=1.0", "--set", "meta_weight_decay=1e-4", *[a for k, v in TINY.items() for a in ("--set", f"{k}={v}")]]
     return out, argv
 
 
@@ -68,7 +68,8 @@ def test_detectors_stay_quiet_on_healthy_bilaw_and_do_not_apply_to_at(capsys):
     messages: list[str] = []
     healthy = train(TrainConfig.from_dict({**TINY, "method": "bilaw", "epochs": 3}), progress=False,
                     log=messages.append)
-    assert min(h["weight_std"] for h in healthy.history) > 0.05
+    stds = [h["weight_std"] for h in healthy.history]  # the default meta-optimiser: 0.018, 0.024, 0.026
+    assert min(stds) > 0.01 and stds == sorted(stds)  # spread from the first epoch, and growing
     assert "weights_collapsed_epoch" not in healthy.final and healthy.final["weights_faded"] is False
     assert not [m for m in messages if "warning" in m]
     at = train(TrainConfig.from_dict({**TINY, "method": "at", "epochs": 2}), progress=False, log=messages.append)
