@@ -14,6 +14,7 @@ from tune import spaces as sp
 from tune.seeds import SeedsError
 from tune.seeds import parse_seeds as seeds_rule
 from tune.state_files import OPTUNA_DB, check_study, read_driver_record
+from tune.storage import StorageError, is_uri, join, state_folder, storage_location
 from tune.tracking import absolute_tracking_uri, redact_uri
 
 DEFAULT_CHECKPOINT_EVERY_S = 30.0  # seconds between the checkpoints a trial hands Ray
@@ -56,7 +57,13 @@ class Plan:
         if self.space.multi_objective and len(self.seeds) > 1:
             raise SearchError("the nsga2 (two-objective) sampler runs each config once: use one seed (--seeds 1)")
         self.experiment = args.experiment or self.space.name
-        self.storage = Path(args.storage_path).expanduser().resolve()
+        try:
+            self.storage_location = storage_location(args.storage_path)  # what Ray Tune writes to
+            self.state_dir = state_folder(self.storage_location, self.experiment, getattr(args, "state_dir", None))
+        except StorageError as exc:
+            raise SearchError(str(exc)) from None
+        self.experiment_path = join(self.storage_location, self.experiment)  # Ray Tune's experiment
+        self.storage = None if is_uri(self.storage_location) else Path(self.storage_location)
         self.tracking_uri = absolute_tracking_uri(args.tracking_uri)
         self.cpus = 1.0 if args.cpus_per_trial is None else args.cpus_per_trial
         if self.cpus <= 0:
@@ -119,34 +126,43 @@ class Plan:
         gpus = "decided at start" if self.gpus is None else f"{self.gpus:g}"
         lines.append(f"resources    {self.cpus:g} CPU and {gpus} GPU per trial"
                      + (f", at most {self.args.max_concurrent} at once" if self.args.max_concurrent else ""))
-        lines.append(f"experiment   {self.experiment} -> {self.storage / self.experiment}")
+        lines.append(f"experiment   {self.experiment} -> {self.experiment_path}")
+        lines.append(f"state        {self.state_dir} (Optuna study, driver.json, best_config.yaml)")
         lines.append(f"tracking     {redact_uri(self.tracking_uri)}")
         return "\n".join(lines)
 
 
-def check_storage(path: Path) -> None:
+def _check_writable(path: Path, flag: str) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{os.getpid()}"
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
-        raise SearchError(f"--storage-path {str(path)!r} cannot be written ({exc.strerror or exc}); "
+        raise SearchError(f"{flag} {str(path)!r} cannot be written ({exc.strerror or exc}); "
                           f"pass a writable folder") from None
 
 
+def check_storage(plan: Plan) -> None:
+    """The storage (a local folder; a URI is checked once Ray is up) and the state folder can be written."""
+    if plan.storage is not None:
+        _check_writable(plan.storage, "--storage-path")
+    _check_writable(plan.state_dir, "--state-dir")
+
+
 def check_fresh(plan: Plan) -> None:
-    folder = plan.storage / plan.experiment
-    if folder.exists() and any(folder.iterdir()):
-        raise SearchError(f"experiment {plan.experiment!r} already has results in {folder}; use --experiment "
-                          f"NEW_NAME for a new search or remove that folder")
+    for folder in {plan.state_dir, *([plan.storage / plan.experiment] if plan.storage is not None else [])}:
+        if folder.exists() and any(folder.iterdir()):
+            raise SearchError(f"experiment {plan.experiment!r} already has results in {folder}; use --experiment "
+                              f"NEW_NAME for a new search or remove that folder")
 
 
 def check_resumable(plan: Plan) -> None:
-    folder = plan.storage / plan.experiment
-    if not any(folder.glob("experiment_state-*.json")):
-        raise SearchError(f"--resume: nothing to resume for experiment {plan.experiment!r}: {folder} holds no "
-                          f"Ray Tune experiment state (check --storage-path and --experiment)")
+    folder = plan.state_dir
+    if plan.storage is not None and not any((plan.storage / plan.experiment).glob("experiment_state-*.json")):
+        raise SearchError(f"--resume: nothing to resume for experiment {plan.experiment!r}: "
+                          f"{plan.storage / plan.experiment} holds no Ray Tune experiment state (check "
+                          f"--storage-path and --experiment)")
     check_study(folder / OPTUNA_DB, plan.experiment,
                 "a search cannot resume without its Optuna study: start a new search with --experiment NEW_NAME "
                 "(the finished trials stay in MLflow)")

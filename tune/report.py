@@ -194,12 +194,14 @@ def format_csv(rows: list[Row], by: str) -> str:
 
 
 def study_folders(runs: list, uri: str) -> list[Path]:
-    """The Ray experiment folders of the searches `runs` belong to (their parent runs' tags)."""
+    """The state folders (Optuna study) of the searches `runs` belong to, from their parent runs'
+    tags (`state_dir`; searches from before it kept the study in the Ray experiment folder)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
     parent_ids = sorted({r.data.tags.get(PARENT_TAG) for r in runs} - {None})
-    paths = [client.get_run(parent_id).data.tags.get("ray_experiment_path") for parent_id in parent_ids]
+    tags = [client.get_run(parent_id).data.tags for parent_id in parent_ids]
+    paths = [t.get("state_dir") or t.get("ray_experiment_path") for t in tags]
     return [Path(p) for p in paths if p]
 
 
@@ -213,15 +215,16 @@ def importances(runs: list, experiment: str, uri: str) -> dict[str, float]:
     for folder in study_folders(runs, uri):
         db = folder / OPTUNA_DB
         if db.exists() or db.is_symlink():
-            check_study(db, folder.name, "the study is needed only for --importance: leave that option out (the "
-                                         "tables read MLflow), or re-run the search")
-            study = optuna.load_study(study_name=folder.name, storage=f"sqlite:///{db}")
+            check_study(db, experiment, "the study is needed only for --importance: leave that option out (the "
+                                        "tables read MLflow), or re-run the search")
+            study = optuna.load_study(study_name=experiment, storage=f"sqlite:///{db}")
             done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
             if len({tuple(sorted(t.params.items())) for t in done}) < 2:
                 raise ReportError("importance needs at least two finished trials with different parameters")
             target = (lambda t: t.values[0]) if len(study.directions) > 1 else None
             return optuna.importance.get_param_importances(study, target=target)
-    raise ReportError(f"no stored Optuna study found for experiment {experiment!r} (ray_experiment_path tag)")
+    raise ReportError(f"no stored Optuna study found for experiment {experiment!r} (the search parent run's "
+                      f"state_dir tag)")
 
 
 def build_parser() -> argparse.ArgumentParser:

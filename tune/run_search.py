@@ -56,8 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlruns.db in this folder)")
     p.add_argument("--experiment", help="MLflow experiment and Ray experiment name (default: the space name)")
     p.add_argument("--storage-path", default="ray_results",
-                   help="folder for Ray results, checkpoints, the Optuna study and best_config.yaml "
-                        "(default ./ray_results)")
+                   help="where Ray Tune keeps trials' results and checkpoints: a folder (on a cluster, one every "
+                        "node mounts at the same path) or a URI (s3://BUCKET/PATH, gs://..., file://...); "
+                        "default ./ray_results")
+    p.add_argument("--state-dir",
+                   help="local folder for the driver's own files (Optuna study, driver.json, best_config.yaml); "
+                        "default: the experiment's folder in --storage-path when that is a local disk, else "
+                        "./ray_results/EXPERIMENT")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted search (same --space, --storage-path and --experiment): finished "
                         "trials are kept, unfinished ones continue from their last checkpoint")
@@ -84,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         check_data(plan.cfg)
         check_tracking_uri(plan.tracking_uri)
-        check_storage(plan.storage)
+        check_storage(plan)
         check_resumable(plan) if args.resume else check_fresh(plan)
     except (sp.SpaceError, ConfigError, SearchError, TrackingError, MissingDatasetError, DamagedFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)

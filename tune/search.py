@@ -24,6 +24,7 @@ from tune import spaces as sp
 from tune.driver import clean_up_killed_driver, record_driver
 from tune.plan import SearchError, git_commit
 from tune.space_schema import NOT_SEARCHED
+from tune.storage import StorageError, check_shared_storage
 from tune.state_files import OPTUNA_DB
 from tune.trainable import META_KEY, train_trial, trial_config
 from tune.tracking import SearchTracking, redact_uri, runs_table_url, use_fast_fail_http
@@ -136,7 +137,7 @@ def start_ray(plan) -> float:
 def parent_tags(plan, argv: list[str]) -> dict[str, str]:
     return {"space": plan.space.name, "workload": plan.workload.name, "sampler": plan.space.sampler,
             "command": _redacted_command(argv), "git_commit": git_commit(),
-            "ray_experiment_path": str(plan.storage / plan.experiment), "seeds": ",".join(map(str, plan.seeds)),
+            "ray_experiment_path": plan.experiment_path, "state_dir": str(plan.state_dir), "seeds": ",".join(map(str, plan.seeds)),
             "num_samples": str(plan.num_samples)}
 
 
@@ -175,7 +176,7 @@ def use_tune_env() -> None:
 def run_search(plan, argv: list[str]) -> int:
     use_fast_fail_http()
     use_tune_env()
-    folder = plan.storage / plan.experiment
+    folder = plan.state_dir  # the driver's own files; trials' files go to plan.experiment_path
     folder.mkdir(parents=True, exist_ok=True)
     if plan.args.resume:
         clean_up_killed_driver(folder)
@@ -183,18 +184,25 @@ def run_search(plan, argv: list[str]) -> int:
     available = start_ray(plan)
     try:
         record_driver(folder, joined_cluster=bool(plan.args.address))
+        try:
+            nodes = check_shared_storage(plan.storage_location)
+        except StorageError as exc:
+            raise SearchError(str(exc)) from None
         gpus = plan.resolve_gpus(available)
         where = (f"GPUs: {gpus:g} GPU + {plan.cpus:g} CPU per trial ({available:g} GPUs in the cluster)"
                  if gpus > 0 else f"CPUs: {plan.cpus:g} CPU per trial (no GPU in the cluster)")
         verb = "resuming" if plan.args.resume else "search"
         print(f"{verb} {plan.experiment}: {plan.num_samples} trials of {plan.space.name} on {plan.workload.name}; "
               f"trials run on {where}", flush=True)
-        if plan.args.resume and tracking.resume_parent(str(folder)):
-            tuner = tune.Tuner.restore(str(folder), trainable=tune.with_resources(train_trial, _resources(plan, gpus)),
+        print(f"  trial results: {plan.experiment_path}" + (f" (shared by all {nodes} nodes)" if nodes > 1 else "")
+              + f"; search state: {folder}", flush=True)
+        if plan.args.resume and tracking.resume_parent(plan.experiment_path):
+            tuner = tune.Tuner.restore(plan.experiment_path, trainable=tune.with_resources(train_trial, _resources(plan, gpus)),
                                        resume_unfinished=True, resume_errored=True)
         else:
             if plan.args.resume:
-                raise SearchError(f"--resume: no MLflow parent run of {folder} in {redact_uri(plan.tracking_uri)}; "
+                raise SearchError(f"--resume: no MLflow parent run of {plan.experiment_path} in "
+                                  f"{redact_uri(plan.tracking_uri)}; "
                                   f"pass the --tracking-uri the search used")
             tracking.start_parent(f"search-{plan.space.name}-{time.strftime('%Y%m%d-%H%M%S')}",
                                   parent_tags(plan, argv), params={k: v for k, v in plan.base.items()})
@@ -231,7 +239,7 @@ def build_tuner(plan, tracking: SearchTracking, folder: Path, gpus: float) -> tu
             reuse_actors=True,  # later trials skip the worker start-up and imports (benchmarks/search_overhead.py)
             trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
         run_config=tune.RunConfig(
-            name=plan.experiment, storage_path=str(plan.storage),
+            name=plan.experiment, storage_path=plan.storage_location,
             failure_config=tune.FailureConfig(max_failures=2),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             progress_reporter=reporter, verbose=1, callbacks=[TrialTracking(tracking, space.name)]))

@@ -1,0 +1,120 @@
+"""A search on a Ray cluster of two nodes, the second one a simulated other machine: a `ray start
+--address` node in its own mount namespace (`unshare -m`), where a tmpfs hides a folder the
+driver's machine has. The search refuses storage that node cannot see, naming the node; with
+shared storage, trials on that node are tracked in full though it cannot see the tracking
+database, because the driver writes MLflow."""
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tune import spaces as sp
+from test_search import RAY, _free_port, _group_members, _ray_env, _stop_group, ray_tmp  # noqa: F401 (fixture)
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE_EPOCHS = sp.load_workloads()["smoke"].config["epochs"]
+
+
+def _can_unshare() -> bool:
+    try:
+        return subprocess.run(["unshare", "-m", "--propagation", "private", "true"], capture_output=True,
+                              timeout=30).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+needs_unshare = pytest.mark.skipif(not _can_unshare(), reason="needs `unshare -m` (root or CAP_SYS_ADMIN) to "
+                                                                "simulate a second machine's file system")
+
+
+def _start(cmd: list[str], ray_tmp: Path, log: Path) -> subprocess.Popen:
+    return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=_ray_env(ray_tmp),
+                            cwd=ray_tmp, start_new_session=True)
+
+
+def _wait_for_nodes(address: str, ray_tmp: Path, n: int, logs: list[Path]) -> None:
+    code = ("import ray, time, sys; ray.init(address=sys.argv[1], logging_level='ERROR'); t = time.time()\n"
+            "while len([x for x in ray.nodes() if x['Alive']]) < int(sys.argv[2]) and time.time() - t < 120:\n"
+            "    time.sleep(0.5)\n"
+            "sys.exit(0 if len([x for x in ray.nodes() if x['Alive']]) >= int(sys.argv[2]) else 1)")
+    out = subprocess.run([sys.executable, "-c", code, address, str(n)], env=_ray_env(ray_tmp), capture_output=True,
+                         text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-2000:] + "".join(p.read_text()[-1500:] for p in logs)
+
+
+@contextmanager
+def _two_nodes(ray_tmp: Path, hidden: list[Path]) -> Iterator[str]:
+    """A head node with no CPUs (so every trial runs on the second node) and a second node with
+    2 CPUs that sees an empty tmpfs at each of `hidden`."""
+    port = _free_port()
+    head = _start([str(RAY), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
+                   "--num-cpus=0", "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats"],
+                  ray_tmp, ray_tmp / "head.log")
+    node = None
+    try:
+        address = f"127.0.0.1:{port}"
+        _wait_for_nodes(address, ray_tmp, 1, [ray_tmp / "head.log"])
+        mounts = " && ".join(f"mount -t tmpfs none {shlex.quote(str(p))}" for p in hidden)
+        node = _start(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                       f"{mounts} && exec {RAY} start --address={address} --block --node-ip-address=127.0.0.1 "
+                       f"--num-cpus=2 --num-gpus=0 --disable-usage-stats"], ray_tmp, ray_tmp / "node.log")
+        _wait_for_nodes(address, ray_tmp, 2, [ray_tmp / "head.log", ray_tmp / "node.log"])
+        yield address
+    finally:
+        if node is not None:
+            _stop_group(node)
+        _stop_group(head)
+    assert not _group_members(head.pid)
+
+
+def _search(tmp_path: Path, ray_tmp: Path, address: str, storage: Path, uri: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "tune" / "run_search.py"), "--space", "ablation_capacity",
+                           "--workload", "smoke", "--address", address, "--storage-path", str(storage),
+                           "--state-dir", str(tmp_path / "state"), "--tracking-uri", uri],
+                          capture_output=True, text=True, timeout=600, env=_ray_env(ray_tmp), cwd=tmp_path)
+
+
+@pytest.mark.slow
+@needs_unshare
+def test_storage_a_node_cannot_see_is_refused_naming_the_node(tmp_path, ray_tmp):
+    storage = tmp_path / "not_shared"
+    storage.mkdir()
+    with _two_nodes(ray_tmp, hidden=[storage]) as address:
+        out = _search(tmp_path, ray_tmp, address, storage, f"sqlite:///{tmp_path / 'mlruns.db'}")
+    assert out.returncode == 2, out.stdout[-3000:] + out.stderr[-3000:]
+    assert re.search(rf"error: --storage-path {re.escape(str(storage))}: node \S+ \([0-9.]+, Ray node id [0-9a-f]{{12}}\)",
+                     out.stderr), out.stderr[-2000:]
+    assert "does not see what the driver wrote there" in out.stderr and "s3://BUCKET/PATH" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not list(storage.glob(".storage-check/*"))  # the markers are cleaned up
+
+
+@pytest.mark.slow
+@needs_unshare
+def test_trials_on_a_node_that_cannot_see_the_tracking_database_are_tracked_in_full(tmp_path, ray_tmp):
+    tracking_dir = tmp_path / "mlflow"
+    tracking_dir.mkdir()
+    uri = f"sqlite:///{tracking_dir / 'mlruns.db'}"
+    with _two_nodes(ray_tmp, hidden=[tracking_dir]) as address:
+        out = _search(tmp_path, ray_tmp, address, tmp_path / "shared", uri)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "(shared by all 2 nodes)" in out.stdout and f"search state: {tmp_path / 'state'}" in out.stdout
+    assert (tmp_path / "state" / "optuna.db").is_file() and (tmp_path / "state" / "best_config.yaml").is_file()
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("ablation_capacity")
+    children = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 4
+    for run in children:  # every trial ran on the second node (the head has no CPU)
+        assert run.info.status == "FINISHED" and "test_clean_acc" in run.data.metrics
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_pgd_acc"))
+        assert steps == list(range(SMOKE_EPOCHS))  # each epoch once
+        assert {"config.yaml", "metrics.json"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
