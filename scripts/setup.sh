@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install bilaw-tune into ./.venv with its dev extra, and (where apt exists) real Fashion-MNIST.
+# Install bilaw-tune into ./.venv with its dev and server extras, and (where apt exists) real
+# Fashion-MNIST and PostgreSQL (for tune/tracking_server.py).
 # Idempotent: re-running only installs what is missing. Usage: bash scripts/setup.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,11 +13,20 @@ VENV=${VENV:-.venv}
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 # torch first, pinned to the release verified for this project (on this workplace it is on disk).
 "$VENV/bin/pip" install -q "torch==2.14.1" "torchvision==0.29.1"
-"$VENV/bin/pip" install -q -e ".[dev]"
+"$VENV/bin/pip" install -q -e ".[dev,server]"
 
-if command -v apt-get >/dev/null 2>&1 && [ ! -d /usr/share/datasets/fashion-mnist ]; then
+apt_install() {  # apt_install PACKAGE WARNING: install a Debian package, or warn and go on
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" \
+        || echo "warning: could not install Debian's $1; $2" >&2
+}
+if command -v apt-get >/dev/null 2>&1; then
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist \
-        || echo "warning: could not install Debian's dataset-fashion-mnist; fashion_mnist will need --data-dir" >&2
+    NEED_FMNIST=1; [ -d /usr/share/datasets/fashion-mnist ] && NEED_FMNIST=0
+    NEED_PG=1; ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && NEED_PG=0
+    if [ "$NEED_FMNIST$NEED_PG" != 00 ]; then
+        $SUDO apt-get update -qq || echo "warning: apt-get update failed; installing from the lists at hand" >&2
+        [ "$NEED_FMNIST" = 0 ] || apt_install dataset-fashion-mnist "fashion_mnist will need --data-dir"
+        [ "$NEED_PG" = 0 ] || apt_install postgresql "tune/tracking_server.py will not start"
+    fi
 fi
 "$VENV/bin/python" -c "import bilaw, torch; print('bilaw-tune installed; torch', torch.__version__)"
