@@ -53,6 +53,12 @@ def _wait_for_nodes(address: str, ray_tmp: Path, n: int, logs: list[Path]) -> No
 
 @contextmanager
 def _two_nodes(ray_tmp: Path, hidden: list[Path]) -> Iterator[str]:
+    with _two_node_processes(ray_tmp, hidden) as (address, _, _):
+        yield address
+
+
+@contextmanager
+def _two_node_processes(ray_tmp: Path, hidden: list[Path]) -> Iterator[tuple[str, subprocess.Popen, subprocess.Popen]]:
     """A head node with no CPUs (so every trial runs on the second node) and a second node with
     2 CPUs that sees an empty tmpfs at each of `hidden`."""
     port = _free_port()
@@ -63,12 +69,12 @@ def _two_nodes(ray_tmp: Path, hidden: list[Path]) -> Iterator[str]:
     try:
         address = f"127.0.0.1:{port}"
         _wait_for_nodes(address, ray_tmp, 1, [ray_tmp / "head.log"])
-        mounts = " && ".join(f"mount -t tmpfs none {shlex.quote(str(p))}" for p in hidden)
+        mounts = " && ".join(["true", *(f"mount -t tmpfs none {shlex.quote(str(p))}" for p in hidden)])
         node = _start(["unshare", "-m", "--propagation", "private", "sh", "-c",
                        f"{mounts} && exec {RAY} start --address={address} --block --node-ip-address=127.0.0.1 "
                        f"--num-cpus=2 --num-gpus=0 --disable-usage-stats"], ray_tmp, ray_tmp / "node.log")
         _wait_for_nodes(address, ray_tmp, 2, [ray_tmp / "head.log", ray_tmp / "node.log"])
-        yield address
+        yield address, head, node
     finally:
         if node is not None:
             _stop_group(node)
@@ -118,3 +124,53 @@ def test_trials_on_a_node_that_cannot_see_the_tracking_database_are_tracked_in_f
         steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_pgd_acc"))
         assert steps == list(range(SMOKE_EPOCHS))  # each epoch once
         assert {"config.yaml", "metrics.json"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def _daemons(group: int) -> set[int]:
+    """The Ray daemons (GCS, raylet) among a node's processes."""
+    found = set()
+    for pid in _group_members(group):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"gcs_server" in cmd or b"raylet" in cmd:
+            found.add(pid)
+    return found
+
+
+@pytest.mark.slow
+@needs_unshare
+def test_resuming_after_a_killed_driver_spares_the_cluster(tmp_path, ray_tmp):
+    """A driver joined to the cluster is SIGKILLed mid-search; --resume stops what that driver
+    left behind, never the head's or the other node's Ray daemons, and finishes the search."""
+    import os
+    import signal
+
+    from helpers import running_epochs
+
+    db = tmp_path / "mlruns.db"
+    with _two_node_processes(ray_tmp, hidden=[]) as (address, head, node):
+        daemons = _daemons(head.pid) | _daemons(node.pid)
+        assert len(daemons) >= 3  # the head's GCS and raylet, the node's raylet
+        argv = [sys.executable, str(REPO / "tune" / "run_search.py"), "--space", "ablation_capacity", "--workload",
+                "smoke", "--set", "epochs=4", "--max-concurrent", "1", "--address", address, "--storage-path",
+                str(tmp_path / "rr"), "--tracking-uri", f"sqlite:///{db}"]
+        with open(tmp_path / "driver.log", "w") as log:
+            driver = subprocess.Popen(argv, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+                                      env=_ray_env(ray_tmp), start_new_session=True)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and driver.poll() is None and running_epochs(db) < 2:
+            time.sleep(0.5)
+        assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+        out = subprocess.run([*argv, "--resume"], capture_output=True, text=True, timeout=600, env=_ray_env(ray_tmp),
+                             cwd=tmp_path)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        assert head.poll() is None and node.poll() is None
+        assert daemons <= _daemons(head.pid) | _daemons(node.pid)  # every daemon still the same process
+    client = MlflowClient(f"sqlite:///{db}")
+    exp = client.get_experiment_by_name("ablation_capacity")
+    children = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 4 and all(r.info.status == "FINISHED" for r in children)
