@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -82,11 +85,27 @@ def _two_node_processes(ray_tmp: Path, hidden: list[Path]) -> Iterator[tuple[str
     assert not _group_members(head.pid)
 
 
-def _search(tmp_path: Path, ray_tmp: Path, address: str, storage: Path, uri: str) -> subprocess.CompletedProcess:
+def _search(cwd: Path, ray_tmp: Path, address: str, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(REPO / "tune" / "run_search.py"), "--space", "ablation_capacity",
-                           "--workload", "smoke", "--address", address, "--storage-path", str(storage),
-                           "--state-dir", str(tmp_path / "state"), "--tracking-uri", uri],
-                          capture_output=True, text=True, timeout=600, env=_ray_env(ray_tmp), cwd=tmp_path)
+                           "--workload", "smoke", "--address", address, *extra],
+                          capture_output=True, text=True, timeout=600, env=_ray_env(ray_tmp), cwd=cwd)
+
+
+def _assert_tracked(uri: str, experiment: str) -> None:
+    """One finished parent, one finished child per grid value with its config params, its whole
+    per-epoch history, test metrics, config.yaml and metrics.json."""
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(r.data.params["weight_net"] for r in children) == sorted(["128", "64", "64-64", "256"])
+    for run in children:  # every trial ran on the second node (the head has no CPU)
+        assert run.info.status == "FINISHED" and "test_clean_acc" in run.data.metrics
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_pgd_acc"))
+        assert steps == list(range(SMOKE_EPOCHS))  # each epoch once
+        assert {"config.yaml", "metrics.json"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
 @pytest.mark.slow
@@ -95,7 +114,8 @@ def test_storage_a_node_cannot_see_is_refused_naming_the_node(tmp_path, ray_tmp)
     storage = tmp_path / "not_shared"
     storage.mkdir()
     with _two_nodes(ray_tmp, hidden=[storage]) as address:
-        out = _search(tmp_path, ray_tmp, address, storage, f"sqlite:///{tmp_path / 'mlruns.db'}")
+        out = _search(tmp_path, ray_tmp, address, "--storage-path", str(storage), "--state-dir",
+                      str(tmp_path / "state"))
     assert out.returncode == 2, out.stdout[-3000:] + out.stderr[-3000:]
     assert re.search(rf"error: --storage-path {re.escape(str(storage))}: node \S+ \([0-9.]+, Ray node id [0-9a-f]{{12}}\)",
                      out.stderr), out.stderr[-2000:]
@@ -106,24 +126,48 @@ def test_storage_a_node_cannot_see_is_refused_naming_the_node(tmp_path, ray_tmp)
 
 @pytest.mark.slow
 @needs_unshare
-def test_trials_on_a_node_that_cannot_see_the_tracking_database_are_tracked_in_full(tmp_path, ray_tmp):
-    tracking_dir = tmp_path / "mlflow"
-    tracking_dir.mkdir()
-    uri = f"sqlite:///{tracking_dir / 'mlruns.db'}"
-    with _two_nodes(ray_tmp, hidden=[tracking_dir]) as address:
-        out = _search(tmp_path, ray_tmp, address, tmp_path / "shared", uri)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "(shared by all 2 nodes)" in out.stdout and f"search state: {tmp_path / 'state'}" in out.stdout
-    assert (tmp_path / "state" / "optuna.db").is_file() and (tmp_path / "state" / "best_config.yaml").is_file()
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name("ablation_capacity")
-    children = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
-    assert len(children) == 4
-    for run in children:  # every trial ran on the second node (the head has no CPU)
-        assert run.info.status == "FINISHED" and "test_clean_acc" in run.data.metrics
-        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_pgd_acc"))
-        assert steps == list(range(SMOKE_EPOCHS))  # each epoch once
-        assert {"config.yaml", "metrics.json"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+def test_trials_on_a_node_that_cannot_see_the_drivers_files_are_tracked_in_full(tmp_path, ray_tmp):
+    """The driver's working folder (its default mlruns.db, its state folders) is hidden from the
+    node where every trial runs; trials' files go to a shared folder, given as a path and as a
+    file:// URI; tracking is the default SQLite file, then a PostgreSQL-backed tracking server."""
+    from test_tracking_server import Server, ts
+
+    work, shared = tmp_path / "work", tmp_path / "shared"
+    work.mkdir()
+    shared.mkdir()
+    with _two_nodes(ray_tmp, hidden=[work]) as address:
+        out = _search(work, ray_tmp, address, "--experiment", "by_path", "--storage-path", str(shared),
+                      "--state-dir", str(work / "state"))
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        assert "(shared by all 2 nodes)" in out.stdout and f"search state: {work / 'state'}" in out.stdout
+        assert (work / "state" / "optuna.db").is_file() and (work / "state" / "best_config.yaml").is_file()
+        assert list((shared / "by_path").glob("trial_*/checkpoint_*"))  # the trials' checkpoints, shared
+        _assert_tracked(f"sqlite:///{work / 'mlruns.db'}", "by_path")
+
+        out = _search(work, ray_tmp, address, "--experiment", "by_uri", "--storage-path", shared.as_uri())
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        assert f"search state: {work / 'ray_results' / 'by_uri'}" in out.stdout  # a URI: state stays local
+        _assert_tracked(f"sqlite:///{work / 'mlruns.db'}", "by_uri")
+
+        try:
+            ts.find_pg_bin(Path("/nonexistent"))
+        except ts.UsageError:
+            pytest.skip("PostgreSQL's programs are not installed (Debian: apt-get install postgresql)")
+        top = Path(tempfile.mkdtemp(prefix="bilaw-ts-", dir="/tmp"))
+        top.chmod(0o755)  # as root, PostgreSQL runs as bilaw-pg, which must be able to enter it
+        port = ts.check_port("127.0.0.1", 0)
+        server = Server(top / "store", port, ts.check_port("127.0.0.1", 0))
+        try:
+            server.wait_for("Ctrl-C stops both.")
+            uri = f"http://127.0.0.1:{port}"
+            out = _search(work, ray_tmp, address, "--experiment", "by_server", "--storage-path", str(shared),
+                          "--state-dir", str(work / "state_server"), "--tracking-uri", uri)
+            assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+            _assert_tracked(uri, "by_server")
+        finally:
+            server.proc.send_signal(signal.SIGINT)
+            assert server.finish() == 0, "".join(server.output)
+            shutil.rmtree(top, ignore_errors=True)
 
 
 def _daemons(group: int) -> set[int]:
@@ -145,7 +189,6 @@ def test_resuming_after_a_killed_driver_spares_the_cluster(tmp_path, ray_tmp):
     """A driver joined to the cluster is SIGKILLed mid-search; --resume stops what that driver
     left behind, never the head's or the other node's Ray daemons, and finishes the search."""
     import os
-    import signal
 
     from helpers import running_epochs
 

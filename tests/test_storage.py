@@ -57,3 +57,27 @@ def test_a_single_node_needs_no_storage_check(monkeypatch):
 
     monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "NodeID": "a" * 56}, {"Alive": False, "NodeID": "b"}])
     assert storage.check_shared_storage("/nowhere/at/all") == 1  # nothing written, nothing asked of Ray
+
+
+def test_bad_storage_uri_and_silent_cluster_address_stop_before_ray(tmp_path, capsys, monkeypatch):
+    """Each is one clear error line and exit 2, before Ray starts and before anything is written."""
+    import socket
+
+    from tune import plan as plan_module
+    from tune.run_search import main
+
+    monkeypatch.chdir(tmp_path)
+    smoke = ["--space", "ablation_capacity", "--workload", "smoke"]
+    assert main([*smoke, "--storage-path", "ftp://host/rr"]) == 2
+    assert "error: --storage-path 'ftp://host/rr': unknown scheme 'ftp'" in capsys.readouterr().err
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(plan_module, "ADDRESS_TIMEOUT_S", 1.0)
+    assert main([*smoke, "--address", f"127.0.0.1:{port}"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: --address 127.0.0.1:{port}: no Ray cluster answers there within 1 s" in err
+    assert f"ray start --head --port {port}" in err and "Traceback" not in err
+    assert main([*smoke, "--address", "head-without-port"]) == 2
+    assert "expected HOST:PORT of the head node" in capsys.readouterr().err
+    assert not (tmp_path / "ray_results").exists()

@@ -169,6 +169,36 @@ def check_resumable(plan: Plan) -> None:
     read_driver_record(folder)  # a damaged record stops the resume here, before Ray starts
 
 
+ADDRESS_TIMEOUT_S = 30.0
+
+
+def check_address(address: str | None, timeout_s: float | None = None) -> None:
+    """A --address HOST:PORT must answer (a TCP connection to the cluster's GCS port) within
+    `timeout_s`, before Ray is asked to join it; "auto" is left to Ray, which fails at once when
+    it finds no cluster."""
+    import socket
+    import time
+
+    if not address or address == "auto":
+        return
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise SearchError(f"--address {address!r}: expected HOST:PORT of the head node (e.g. 10.0.0.5:6379) or auto")
+    timeout_s = ADDRESS_TIMEOUT_S if timeout_s is None else timeout_s
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host, int(port)), timeout=min(5.0, timeout_s)):
+                return
+        except OSError as exc:
+            if time.monotonic() >= deadline:
+                raise SearchError(f"--address {address}: no Ray cluster answers there within {timeout_s:g} s "
+                                  f"({exc.strerror or exc}); start its head with `ray start --head --port {port}` "
+                                  f"or check the address") from None
+            time.sleep(1.0)
+
+
 def check_data(cfg: TrainConfig) -> None:
     """Load the dataset once in the driver so a missing one fails before Ray starts."""
     from bilaw.data import DATASETS

@@ -16,7 +16,7 @@ from bilaw.config import ConfigError  # noqa: E402
 from bilaw.data import MissingDatasetError  # noqa: E402
 from bilaw.file_errors import DamagedFileError  # noqa: E402
 from tune import spaces as sp  # noqa: E402
-from tune.plan import (DEFAULT_CHECKPOINT_EVERY_S, Plan, SearchError, check_data, check_fresh,  # noqa: E402
+from tune.plan import (DEFAULT_CHECKPOINT_EVERY_S, Plan, SearchError, check_address, check_data, check_fresh,  # noqa: E402
                        check_resumable, check_storage)
 from tune.tracking import TrackingError, check_tracking_uri  # noqa: E402
 
@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         check_data(plan.cfg)
         check_tracking_uri(plan.tracking_uri)
+        check_address(args.address)
         check_storage(plan)
         check_resumable(plan) if args.resume else check_fresh(plan)
     except (sp.SpaceError, ConfigError, SearchError, TrackingError, MissingDatasetError, DamagedFileError) as exc:
