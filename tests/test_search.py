@@ -92,6 +92,9 @@ def test_grid_runs_each_value_exactly_once(smoke_search):
                               storage=f"sqlite:///{root / 'ray_results' / 'ablation_capacity' / 'optuna.db'}")
     assert sorted(t.params["weight_net"] for t in study.trials) == sorted(["128", "64", "64-64", "256"])
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    # the study a dashboard opens (optuna-dashboard sqlite:///.../optuna.db) holds each trial's value
+    tracked = {r.data.params["weight_net"]: r.data.metrics["best_val_pgd_acc"] for r in children}
+    assert {t.params["weight_net"]: t.value for t in study.trials} == tracked
 
 
 @pytest.mark.slow

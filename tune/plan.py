@@ -51,6 +51,9 @@ class Plan:
         sp.check_space_against_config(self.space, self.base)
         self.cfg = TrainConfig.from_dict(self.base).resolved()
         self.seeds = parse_seeds(args.seeds, self.space.seeds)
+        self.sampler_seed = getattr(args, "sampler_seed", 0)
+        if self.sampler_seed < 0:
+            raise SearchError(f"--sampler-seed {self.sampler_seed}: must be >= 0")
         self.num_samples = self._num_samples()
         if self.space.scheduler and len(self.seeds) > 1:
             raise SearchError("an ASHA scheduler runs each config once: use one seed with it (--seeds 1)")
@@ -117,7 +120,8 @@ class Plan:
                  f"workload     {self.workload.name}: {self.workload.description}",
                  f"sampler      {s.sampler}; metric {', '.join(f'{m} ({d})' for m, d in zip(s.metric, s.mode))}",
                  f"trials       {self.num_samples} ({self.num_samples // len(self.seeds)} configs x seeds {self.seeds})",
-                 f"scheduler    {s.scheduler or 'none'}",
+                 f"scheduler    {s.scheduler or 'none'}; sampler seed {self.sampler_seed}",
+                 *([f"first trials {s.first_trials}"] if s.first_trials else []),
                  "searched:"]
         lines += [f"  {p.name:<18} {p.describe()}" for p in s.params.values()]
         lines.append("base config (every trial):")

@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "long plus one epoch of training. 0: every epoch (default "
                         f"{DEFAULT_CHECKPOINT_EVERY_S:g}; short epochs pay for each checkpoint; a resumed search "
                         "keeps the value it started with)")
+    p.add_argument("--sampler-seed", type=int, default=0,
+                   help="seed of the Optuna sampler (default 0): the same seed draws the same trials, another "
+                        "seed other ones")
     p.add_argument("--address", help="join the running Ray cluster at this address (e.g. 'auto' or "
                                      "'HEAD_IP:6379'). Without it the search starts its own local Ray and "
                                      "never joins another: not a cluster running on this machine, not one "

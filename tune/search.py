@@ -75,14 +75,19 @@ class PrunedAwareOptunaSearch(ResumableOptunaSearch):
         super().on_trial_complete(trial_id, result=result, error=error)
 
 
-def make_sampler(space: sp.SearchSpace, n: int) -> optuna.samplers.BaseSampler:
+def make_sampler(space: sp.SearchSpace, n: int, seed: int = 0) -> optuna.samplers.BaseSampler:
+    """The space's Optuna sampler, seeded (--sampler-seed): the same seed draws the same trials.
+    TPE is multivariate with constant liar; with conditional params it also groups them (each
+    group of params that appear together is modelled jointly)."""
     if space.sampler == "grid":
-        return optuna.samplers.GridSampler(space.grid_values(), seed=0)
+        return optuna.samplers.GridSampler(space.grid_values(), seed=seed)
     if space.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=0, n_startup_trials=max(2, min(10, n // 3)))
+        grouped = any(p.when for p in space.params.values())
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, n // 3)),
+                                          **({"multivariate": True, "group": True} if grouped else {}))
     if space.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=0, population_size=max(4, min(50, n // 2)))
-    return optuna.samplers.RandomSampler(seed=0)
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, n // 2)))
+    return optuna.samplers.RandomSampler(seed=seed)
 
 
 def make_searcher(plan, folder: Path):
@@ -91,8 +96,8 @@ def make_searcher(plan, folder: Path):
     metric = space.metric if space.multi_objective else space.metric[0]
     mode = space.mode if space.multi_objective else space.mode[0]
     kwargs = dict(space=sp.define_by_run(space, plan.base), metric=metric, mode=mode,
-                  sampler=make_sampler(space, plan.num_samples // len(plan.seeds)),
-                  study_name=plan.experiment, storage=storage)
+                  sampler=make_sampler(space, plan.num_samples // len(plan.seeds), plan.sampler_seed),
+                  study_name=plan.experiment, storage=storage, points_to_evaluate=space.first_trials or None)
     if space.scheduler:
         searcher = PrunedAwareOptunaSearch(max_t=plan.cfg.epochs, **kwargs)
     else:
@@ -137,7 +142,8 @@ def start_ray(plan) -> float:
 def parent_tags(plan, argv: list[str]) -> dict[str, str]:
     return {"space": plan.space.name, "workload": plan.workload.name, "sampler": plan.space.sampler,
             "command": _redacted_command(argv), "git_commit": git_commit(),
-            "ray_experiment_path": plan.experiment_path, "state_dir": str(plan.state_dir), "seeds": ",".join(map(str, plan.seeds)),
+            "ray_experiment_path": plan.experiment_path, "state_dir": str(plan.state_dir),
+            "seeds": ",".join(map(str, plan.seeds)), "sampler_seed": str(plan.sampler_seed),
             "num_samples": str(plan.num_samples)}
 
 

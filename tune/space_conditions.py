@@ -142,6 +142,38 @@ class DefineByRun:
 DefineByRun.__module__ = "tune.spaces"
 
 
+def parse_first_trials(problems: Problems, value: Any, params: dict[str, Param], base: dict,
+                       sampler: str | None) -> list[dict]:
+    """`first_trials:` a list of {param: value} the searcher tries first (Optuna's enqueued
+    trials), e.g. the paper's setting. Each value must be one its param can take, and a
+    conditional param may only be given where its `when` holds; params left out are sampled."""
+    if value is None:
+        return []
+    if sampler == "grid":
+        problems.add("first_trials", "a grid runs every value anyway; first_trials is for the other samplers")
+        return []
+    if not isinstance(value, list) or not all(isinstance(point, dict) for point in value):
+        problems.add("first_trials", f"{value!r} is not a list of mappings {{param: value}}")
+        return []
+    points = []
+    for i, point in enumerate(value):
+        where, ok = f"first_trials[{i}]", True
+        for key, v in point.items():
+            if key not in params:
+                problems.add(where, unknown_name_message("searched parameter", key, params))
+                ok = False
+            elif not params[key].admits(v):
+                problems.add(where, f"{key}: {v!r} is not a value of {params[key].describe()}")
+                ok = False
+            elif params[key].when and not holds(params[key].when, point, base):
+                problems.add(where, f"{key}: given, but its condition ({params[key].describe()}) does not hold "
+                                    f"for this trial")
+                ok = False
+        if ok:
+            points.append(dict(point))
+    return points
+
+
 def define_by_run(space: SearchSpace, base: dict) -> Callable[["optuna.trial.Trial"], dict | None]:
     """The space as an Optuna define-by-run callable (picklable)."""
     return DefineByRun(space, base)

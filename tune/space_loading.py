@@ -28,7 +28,7 @@ from bilaw.config import KEYS, TYPE_HINTS, ConfigError, TrainConfig, coerce, loa
 from bilaw.metrics import METRICS, epoch_metrics
 from bilaw.registry import unknown_name_message
 from tune.seeds import SeedsError, parse_seeds
-from tune.space_conditions import check_when_references, parse_when
+from tune.space_conditions import check_when_references, parse_first_trials, parse_when
 from tune.space_schema import (DEFAULT_WORKLOAD, KINDS, MODES, PAPER, SAMPLERS, TOP_KEYS, WORKLOAD_KEYS, Param,
                                Problems, SearchSpace, SpaceError, Workload, grid_of)
 
@@ -121,11 +121,13 @@ def parse_space(path: Path, data: dict, workloads: dict[str, Workload]) -> Searc
     resources = _parse_resources(problems, data.get("resources"))
     max_concurrent = _positive_int(problems, "max_concurrent", data.get("max_concurrent"), optional=True)
     num_samples = _parse_num_samples(problems, data.get("num_samples"), sampler, grid_size)
+    first_trials = parse_first_trials(problems, data.get("first_trials"), params, base, sampler) if search_ok else []
     problems.raise_if_any()
     return SearchSpace(
         name=path.stem, path=path, description=description, workload=workload, paper_workload=paper_workload,
         base=base, params=params, sampler=sampler, metric=metric, mode=mode, num_samples=num_samples,
         seeds=seeds, scheduler=scheduler, resources=resources, max_concurrent=max_concurrent,
+        first_trials=first_trials,
     )
 
 

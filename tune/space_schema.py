@@ -17,7 +17,7 @@ SAMPLERS = ("grid", "tpe", "random", "nsga2")
 KINDS = ("choice", "uniform", "loguniform", "int")
 MODES = ("max", "min")
 TOP_KEYS = ("description", "workload", "paper_workload", "base", "search", "sampler", "metric", "mode",
-            "num_samples", "seeds", "scheduler", "resources", "max_concurrent")
+            "num_samples", "seeds", "scheduler", "resources", "max_concurrent", "first_trials")
 WORKLOAD_KEYS = ("description", "config")
 PAPER = "paper"  # --workload paper: the space's paper_workload
 DEFAULT_WORKLOAD = "digits"
@@ -88,6 +88,16 @@ class Param:
             text += f" when {key} in {allowed!r}"
         return text
 
+    def admits(self, value: Any) -> bool:
+        """Whether `value` is one this parameter can take (a choice, or inside its range)."""
+        if self.kind == "choice":
+            return any(v == value and isinstance(v, bool) == isinstance(value, bool) for v in self.values or [])
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if self.kind == "int" and value != int(value):
+            return False
+        return self.low <= value <= self.high
+
     def shown_for(self, cfg: Any) -> Any:
         """This parameter's value in a trial's config, or NOT_SEARCHED where its `when` does not
         hold (the trial was never given a value: what it has is the default)."""
@@ -124,6 +134,7 @@ class SearchSpace:
     scheduler: dict | None = None
     resources: dict = field(default_factory=dict)
     max_concurrent: int | None = None
+    first_trials: list[dict] = field(default_factory=list)  # configs the searcher tries first, in order
 
     @property
     def multi_objective(self) -> bool:
