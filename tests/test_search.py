@@ -75,7 +75,17 @@ def test_smoke_search_tracks_parent_and_children(smoke_search):
         assert {"plots/weights_per_class.png", "plots/adv_confusion.png", "plots/weight_extremes.png",
                 "plots/weights_over_epochs.png"} <= plots
         assert 0.0 <= run.data.metrics["weight_pgd_auroc"] <= 1.0
-        assert {f"test_pgd_acc_class_{k}" for k in range(10)} <= set(run.data.metrics)
+        assert not [k for k in run.data.metrics if k.startswith("test_pgd_acc_class_")]  # an artifact instead:
+        per_class = json.loads((Path(client.download_artifacts(run.info.run_id, "per_class_pgd_acc.json"))).read_text())
+        saved = json.loads(Path(client.download_artifacts(run.info.run_id, "metrics.json")).read_text())["final"]
+        assert [per_class["test_pgd_acc"][str(k)] for k in range(10)] == saved["test_per_class_pgd_acc"]
+        assert "plots/per_class_pgd_acc.png" in plots
+        assert run.info.run_name == f"weight_net={run.data.params['weight_net']} seed=0"  # what was searched
+    winner = next(r for r in children if r.info.run_id == parent.data.tags["winner_run_id"])  # ties: best_config's
+    assert winner.data.metrics["best_val_pgd_acc"] == max(r.data.metrics["best_val_pgd_acc"] for r in children)
+    best = yaml.safe_load((root / "ray_results" / "ablation_capacity" / "best_config.yaml").read_text())
+    assert winner.data.params["weight_net"] == best["weight_net"] and parent.data.tags["winner_run_name"] == winner.info.run_name
+    assert parent.data.metrics["winner_test_pgd_acc"] == winner.data.metrics["test_pgd_acc"]
     # epochs far shorter than --checkpoint-every (30 s): only the last report carries a checkpoint
     for trial in (root / "ray_results" / "ablation_capacity").glob("trial_*"):
         reports = [json.loads(line) for line in (trial / "result.json").read_text().splitlines()]

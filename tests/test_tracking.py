@@ -142,7 +142,7 @@ def test_the_driver_writes_a_trial_run_from_results_and_the_saved_run(tmp_path):
     client = MlflowClient(uri)
     (run,) = client.search_runs([tracking.experiment_id], filter_string="tags.ray_trial_id = 'trial-w'")
     assert run.data.tags["mlflow.parentRunId"] == tracking.parent_run_id and run.data.tags["space"] == "my_space"
-    assert run.info.status == "FINISHED" and run.data.params["method"] == "bilaw" and run.info.run_name == "trial_w"
+    assert run.info.status == "FINISHED" and run.data.params["method"] == "bilaw" and run.info.run_name == "trial_w seed=0"
     history = client.get_metric_history(run.info.run_id, "val_pgd_acc")
     assert sorted((m.step, m.value) for m in history) == [(h["epoch"], h["val_pgd_acc"]) for h in result.history]
     assert "training_iteration" not in run.data.metrics and "time_total_s" not in run.data.metrics

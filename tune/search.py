@@ -248,7 +248,7 @@ def build_tuner(plan, tracking: SearchTracking, folder: Path, gpus: float) -> tu
             name=plan.experiment, storage_path=plan.storage_location,
             failure_config=tune.FailureConfig(max_failures=2),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            progress_reporter=reporter, verbose=1, callbacks=[TrialTracking(tracking, space.name)]))
+            progress_reporter=reporter, verbose=1, callbacks=[TrialTracking(tracking, space.name, searched=list(space.params))]))
 
 
 def _resources(plan, gpus: float) -> dict[str, float]:
@@ -286,6 +286,26 @@ class ConditionalParamsReporter(tune.CLIReporter):
         config = trial.last_result.get("config", {})
         filled = {**{name: NOT_SEARCHED for name in self._parameter_columns}, **config}
         return BestTrialView(trial.trial_id, {**trial.last_result, "config": filled}), metric
+
+
+def _winner(plan, results, tracking: SearchTracking, cfg: TrainConfig) -> dict[str, float]:
+    """Tag the parent with the run of the winner (the best seed of the best config `cfg`) and
+    return its test metrics as `winner_*` metrics for the parent."""
+    metric, sign = plan.space.metric[0], (1 if plan.space.mode[0] == "max" else -1)
+    done = [r for r in results if r.error is None and math.isfinite((r.metrics or {}).get(metric, math.nan))
+            and trial_config(r.config).replace(seed=cfg.seed) == cfg]
+    if not done:
+        return {}
+    best = max(done, key=lambda r: sign * r.metrics[metric])
+    try:
+        runs = [r for r in tracking.child_runs() if r.data.tags.get("ray_trial_id") == best.metrics.get("trial_id")]
+        if runs:
+            tracking.client.set_tag(tracking.parent_run_id, "winner_run_id", runs[0].info.run_id)
+            tracking.client.set_tag(tracking.parent_run_id, "winner_run_name", runs[0].info.run_name)
+    except Exception as exc:  # tracking never stops the search
+        print(f"warning: MLflow: could not tag the winner: {exc}", file=sys.stderr)
+    keys = (metric, "test_clean_acc", "test_pgd_acc", "test_aa_acc", "test_pgd_acc_aa_subset")
+    return {f"winner_{k}": best.metrics[k] for k in keys if isinstance(best.metrics.get(k), (int, float))}
 
 
 def best_config(plan, results) -> tuple[TrainConfig | None, list[float]]:
@@ -344,8 +364,9 @@ def report(plan, results, tracking: SearchTracking, folder: Path) -> int:
     for name in space.params:
         print(f"  {name} = {plan.space.params[name].shown_for(cfg)!r}")
     print(f"best config: {path}\n  re-run it: python -m bilaw.train --config {path} --out runs/best")
-    tracking.finish_parent("FINISHED", {f"best_{space.metric[0]}": mean, "trials": len(results), "errors": errors},
-                           artifacts=[path, space.path, *front_files])
+    winner = _winner(plan, results, tracking, cfg)
+    tracking.finish_parent("FINISHED", {f"best_{space.metric[0]}": mean, "trials": len(results), "errors": errors,
+                                        **winner}, artifacts=[path, space.path, *front_files])
     print(f"MLflow: mlflow ui --backend-store-uri {redact_uri(plan.tracking_uri)} --host 127.0.0.1 --port 5000\n"
           f"  runs table: {runs_table_url(tracking.experiment_id)}")
     return 0

@@ -114,9 +114,25 @@ def flatten_params(config: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+# One metric column per class (a hundred on CIFAR-100) would bury the runs table: the per-class
+# robust accuracies go to MLflow as the JSON artifact PER_CLASS_ARTIFACT instead.
+PER_CLASS_METRIC = re.compile(r"^test_pgd_acc_class_\d+$")
+PER_CLASS_ARTIFACT = "per_class_pgd_acc.json"
+
+
 def numeric_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """The metrics MLflow gets as columns: finite numbers, not the per-class accuracies."""
     return {k: float(v) for k, v in metrics.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+            and not PER_CLASS_METRIC.match(k)}
+
+
+def run_name(values: dict[str, Any], fallback: str, limit: int = 80) -> str:
+    """A run's name from what was searched, e.g. "weight_net=64-64 seed=0" (floats to 4
+    significant digits; cut with "..." beyond `limit` characters); `fallback` when nothing was."""
+    parts = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()]
+    name = " ".join(parts) or fallback
+    return name if len(name) <= limit else name[:limit - 3] + "..."
 
 
 def runs_table_url(experiment_id: str, ui: str = "http://127.0.0.1:5000") -> str:

@@ -12,7 +12,9 @@ credentials never leave the driver).
 """
 from __future__ import annotations
 
+import json
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,8 @@ from bilaw.runs import read_metrics
 from bilaw.trainer import scalar_final
 from bilaw.weight_health import health_label
 
-from .tracking import NOT_SEARCHED_TAG, STATUS_TAG, WEIGHTS_TAG, SearchTracking, TrialRun
+from .tracking import (NOT_SEARCHED_TAG, PER_CLASS_ARTIFACT, STATUS_TAG, WEIGHTS_TAG, SearchTracking, TrialRun,
+                       run_name)
 from .trainable import SAVED_RUN, not_searched, trial_config
 
 # What Ray adds to every result besides the trial's own metrics.
@@ -39,8 +42,9 @@ class TrialTracking(tune.Callback):
     `tags` go on every child run (e.g. the re-runs' `rerun_of`); a store error is a warning,
     never the end of the search."""
 
-    def __init__(self, tracking: SearchTracking, space: str = "", tags: dict[str, str] | None = None) -> None:
-        self.tracking, self.space, self.tags = tracking, space, dict(tags or {})
+    def __init__(self, tracking: SearchTracking, space: str = "", tags: dict[str, str] | None = None,
+                 searched: list[str] | tuple[str, ...] = ()) -> None:
+        self.tracking, self.space, self.tags, self.searched = tracking, space, dict(tags or {}), list(searched)
         self.runs: dict[str, TrialRun] = {}
 
     def _run(self, trial) -> TrialRun | None:
@@ -50,8 +54,11 @@ class TrialTracking(tune.Callback):
         if not_searched(trial.config):
             tags[NOT_SEARCHED_TAG] = ",".join(not_searched(trial.config))
         try:
+            cfg = trial_config(trial.config)
+            values = {k: trial.config[k] for k in self.searched if k in trial.config}
+            name = run_name({**values, "seed": cfg.seed}, str(trial)) if values else f"{trial} seed={cfg.seed}"
             run = TrialRun(self.tracking.uri, self.tracking.experiment_id, self.tracking.parent_run_id,
-                           trial.trial_id, str(trial), trial_config(trial.config).to_dict(), tags=tags)
+                           trial.trial_id, name, cfg.to_dict(), tags=tags)
         except Exception as exc:  # tracking never stops the search; Ray's results still hold everything
             _warn(f"no run for trial {trial.trial_id}", exc)
             return None
@@ -105,6 +112,7 @@ class TrialTracking(tune.Callback):
                 label = health_label(metrics["final"])
                 if label is not None:
                     run.set_tags({WEIGHTS_TAG: label})
+                _log_per_class(run, metrics["final"])
         except Exception as exc:
             _warn(f"the saved run of trial {trial.trial_id}", exc)
 
@@ -115,3 +123,28 @@ class TrialTracking(tune.Callback):
             run.finish(mlflow_status)
         except Exception as exc:
             _warn(f"status of run {run.run_id}", exc)
+
+
+def _log_per_class(run: TrialRun, final: dict[str, Any]) -> None:
+    """The per-class robust accuracy (best state) as a JSON artifact and a bar plot."""
+    accs = final.get("test_per_class_pgd_acc")
+    if not accs:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / PER_CLASS_ARTIFACT
+        path.write_text(json.dumps({"test_pgd_acc": {str(k): v for k, v in enumerate(accs)},
+                                    "note": "PGD accuracy per test class at the best state (NaN: class absent)"},
+                                   indent=1))
+        run.log_artifact(path)
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * len(accs)), 3.0))
+        ax.bar(range(len(accs)), [a if a == a else 0.0 for a in accs], color="tab:red")
+        ax.set(xlabel="class", ylabel="PGD accuracy", ylim=(0, 1), title="robust accuracy per class (best state)")
+        fig.tight_layout()
+        fig.savefig(Path(tmp) / "per_class_pgd_acc.png", dpi=100)
+        plt.close(fig)
+        run.log_artifact(Path(tmp) / "per_class_pgd_acc.png", "plots")
