@@ -44,7 +44,7 @@ def smoke_search(tmp_path_factory):
     root = tmp_path_factory.mktemp("search")
     uri = f"sqlite:///{root / 'mlruns.db'}"
     argv = ["--space", "ablation_capacity", "--workload", "smoke", "--storage-path", str(root / "ray_results"),
-            "--tracking-uri", uri, "--set", "plots=true"]
+            "--tracking-uri", uri, "--set", "plots=true", "--register"]
     assert main(argv) == 0
     return root, uri
 
@@ -81,6 +81,10 @@ def test_smoke_search_tracks_parent_and_children(smoke_search):
         assert [per_class["test_pgd_acc"][str(k)] for k in range(10)] == saved["test_per_class_pgd_acc"]
         assert "plots/per_class_pgd_acc.png" in plots
         assert run.info.run_name == f"weight_net={run.data.params['weight_net']} seed=0"  # what was searched
+    figures = {a.path for a in client.list_artifacts(parent.info.run_id, "search")}
+    assert {"search/optimization_history.png", "search/val_pgd_acc_by_trial.png", "search/slice.png"} <= figures
+    png = Path(client.download_artifacts(parent.info.run_id, "search/val_pgd_acc_by_trial.png"))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
     winner = next(r for r in children if r.info.run_id == parent.data.tags["winner_run_id"])  # ties: best_config's
     assert winner.data.metrics["best_val_pgd_acc"] == max(r.data.metrics["best_val_pgd_acc"] for r in children)
     best = yaml.safe_load((root / "ray_results" / "ablation_capacity" / "best_config.yaml").read_text())
@@ -91,6 +95,43 @@ def test_smoke_search_tracks_parent_and_children(smoke_search):
         reports = [json.loads(line) for line in (trial / "result.json").read_text().splitlines()]
         assert [r["checkpoint_dir_name"] is not None for r in reports] == [False, True], trial
         assert len(list(trial.glob("checkpoint_*"))) == 1
+
+
+@pytest.mark.slow
+def test_the_winners_model_is_logged_registered_and_fetched(smoke_search, tmp_path):
+    """The winner's model loads with mlflow.pytorch.load_model, takes eval mode and gradients,
+    and gives its run's test clean accuracy on the same test images; the registered version
+    comes from the winner's run; fetch_model rebuilds a run folder bilaw reads."""
+    import mlflow
+    import torch
+
+    from bilaw.data import load_data
+    from bilaw.runs import load_run
+    from tune.fetch_model import main as fetch_main
+
+    root, uri = smoke_search
+    client, parents, children = _children(uri, "ablation_capacity")
+    winner_id = parents[0].data.tags["winner_run_id"]
+    winner = next(r for r in children if r.info.run_id == winner_id)
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pytorch.load_model(f"runs:/{winner_id}/model")
+    model.eval()
+    cfg = TrainConfig.from_dict(yaml.safe_load(Path(client.download_artifacts(winner_id, "config.yaml")).read_text()))
+    data = load_data(cfg.dataset, meta_val_size=cfg.meta_val_size, holdout_val_size=cfg.holdout_val_size,
+                     seed=cfg.seed)
+    with torch.no_grad():
+        correct = int((model(data.x_test).argmax(1) == data.y_test).sum())
+    assert correct / len(data.y_test) == pytest.approx(winner.data.metrics["test_clean_acc"], abs=1e-12)
+    x = data.x_test[:4].clone().requires_grad_(True)
+    torch.nn.functional.cross_entropy(model(x), data.y_test[:4]).backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0  # an attack can run on it
+    (version,) = client.search_model_versions("name='ablation_capacity'")
+    assert version.run_id == winner_id and version.tags["config.weight_net"] == winner.data.params["weight_net"]
+    assert fetch_main([f"models:/ablation_capacity/{version.version}", "--out", str(tmp_path / "fetched"),
+                       "--tracking-uri", uri]) == 0
+    fetched, _ = load_run(tmp_path / "fetched")
+    assert torch.equal(fetched(data.x_test[:8]), model(data.x_test[:8]))
+    assert fetch_main(["models:/ablation_capacity/99", "--out", str(tmp_path / "x"), "--tracking-uri", uri]) == 2
 
 
 @pytest.mark.slow

@@ -51,6 +51,8 @@ class Plan:
         sp.check_space_against_config(self.space, self.base)
         self.cfg = TrainConfig.from_dict(self.base).resolved()
         self.seeds = parse_seeds(args.seeds, self.space.seeds)
+        if getattr(args, "register", False) and getattr(args, "log_models", "winner") == "none":
+            raise SearchError("--register with --log-models none: there would be no model to register")
         self.sampler_seed = getattr(args, "sampler_seed", 0)
         if self.sampler_seed < 0:
             raise SearchError(f"--sampler-seed {self.sampler_seed}: must be >= 0")

@@ -18,6 +18,7 @@ if __package__ in (None, ""):  # run as `python tune/rerun_best.py`
 
 from bilaw.config import ConfigError, TrainConfig, parse_overrides  # noqa: E402
 from bilaw.file_errors import DamagedFileError  # noqa: E402
+from tune.model_store import ModelStoreError, source_run  # noqa: E402
 from tune.report import ReportError, finished_runs  # noqa: E402
 from tune.tracking import TrackingError, absolute_tracking_uri, check_tracking_uri  # noqa: E402
 
@@ -32,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", required=True, help="MLflow experiment of the search")
     p.add_argument("--metric", default="best_val_pgd_acc", help="rank finished trials by this metric (max)")
     p.add_argument("--run-id", help="re-run this MLflow run instead of the best one")
+    p.add_argument("--model", metavar="URI", help="re-run the run a logged model comes from: runs:/RUN_ID/model, "
+                                                   "models:/NAME/VERSION or models:/NAME@ALIAS")
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1), default 3")
     p.add_argument("--epochs", type=int, help="override the epochs of the re-runs")
     p.add_argument("--aa-samples", type=int, default=1000, help="AutoAttack test samples (default 1000, the paper's)")
@@ -84,14 +87,17 @@ def main(argv: list[str] | None = None) -> int:
         if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
             raise ReportError(f"no tracking database at {uri}; pass the --tracking-uri the search used")
         check_tracking_uri(uri)
-        best = pick_run(uri, args.experiment, args.metric, args.run_id)
+        if args.model and args.run_id:
+            raise ReportError("--model and --run-id both name a run: pass one")
+        run_id = source_run(uri, args.model) if args.model else args.run_id
+        best = pick_run(uri, args.experiment, args.metric, run_id)
         config = {**run_config(uri, best), **FULL_EVAL, "aa_samples": args.aa_samples,
                   **parse_overrides(args.set)}
         if args.epochs is not None:
             config["epochs"] = args.epochs
         config.pop("seed", None)
         TrainConfig.from_dict(config)  # validate before Ray starts
-    except (ReportError, TrackingError, ConfigError, DamagedFileError) as exc:
+    except (ReportError, TrackingError, ConfigError, DamagedFileError, ModelStoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"re-running run {best.info.run_id} ({best.info.run_name}, {args.metric} "

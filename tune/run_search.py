@@ -48,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "long plus one epoch of training. 0: every epoch (default "
                         f"{DEFAULT_CHECKPOINT_EVERY_S:g}; short epochs pay for each checkpoint; a resumed search "
                         "keeps the value it started with)")
+    p.add_argument("--log-models", choices=["winner", "finished", "none"], default="winner",
+                   help="log trained models to MLflow (mlflow.pytorch, loadable with mlflow.pytorch.load_model): "
+                        "the winner's best model (default), every finished trial's best and last model, or none")
+    p.add_argument("--register", action="store_true",
+                   help="register the winner's model in MLflow's Model Registry under the experiment's name")
     p.add_argument("--sampler-seed", type=int, default=0,
                    help="seed of the Optuna sampler (default 0): the same seed draws the same trials, another "
                         "seed other ones")

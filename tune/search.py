@@ -3,11 +3,8 @@ the Tuner, and what is printed and written at the end. `run_search.py` validates
 before calling `run_search(plan, argv)`."""
 from __future__ import annotations
 
-import math
 import os
 import shlex
-import statistics
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,18 +16,16 @@ from ray import tune
 from ray.tune.search import Repeater
 from ray.tune.search.optuna import OptunaSearch
 
-from bilaw.config import TrainConfig
 from tune import spaces as sp
 from tune.driver import clean_up_killed_driver, record_driver
 from tune.plan import SearchError, git_commit
 from tune.space_schema import NOT_SEARCHED
 from tune.storage import StorageError, check_shared_storage
 from tune.state_files import OPTUNA_DB
-from tune.trainable import META_KEY, train_trial, trial_config
-from tune.tracking import SearchTracking, redact_uri, runs_table_url, use_fast_fail_http
+from tune.trainable import META_KEY, train_trial
+from tune.tracking import SearchTracking, redact_uri, use_fast_fail_http
+from tune.search_report import report
 from tune.trial_tracking import TrialTracking
-
-BEST_CONFIG = "best_config.yaml"
 
 
 class ResumableOptunaSearch(OptunaSearch):
@@ -248,7 +243,9 @@ def build_tuner(plan, tracking: SearchTracking, folder: Path, gpus: float) -> tu
             name=plan.experiment, storage_path=plan.storage_location,
             failure_config=tune.FailureConfig(max_failures=2),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            progress_reporter=reporter, verbose=1, callbacks=[TrialTracking(tracking, space.name, searched=list(space.params))]))
+            progress_reporter=reporter, verbose=1,
+            callbacks=[TrialTracking(tracking, space.name, searched=list(space.params),
+                                     log_models=plan.args.log_models == "finished")]))
 
 
 def _resources(plan, gpus: float) -> dict[str, float]:
@@ -286,87 +283,3 @@ class ConditionalParamsReporter(tune.CLIReporter):
         config = trial.last_result.get("config", {})
         filled = {**{name: NOT_SEARCHED for name in self._parameter_columns}, **config}
         return BestTrialView(trial.trial_id, {**trial.last_result, "config": filled}), metric
-
-
-def _winner(plan, results, tracking: SearchTracking, cfg: TrainConfig) -> dict[str, float]:
-    """Tag the parent with the run of the winner (the best seed of the best config `cfg`) and
-    return its test metrics as `winner_*` metrics for the parent."""
-    metric, sign = plan.space.metric[0], (1 if plan.space.mode[0] == "max" else -1)
-    done = [r for r in results if r.error is None and math.isfinite((r.metrics or {}).get(metric, math.nan))
-            and trial_config(r.config).replace(seed=cfg.seed) == cfg]
-    if not done:
-        return {}
-    best = max(done, key=lambda r: sign * r.metrics[metric])
-    try:
-        runs = [r for r in tracking.child_runs() if r.data.tags.get("ray_trial_id") == best.metrics.get("trial_id")]
-        if runs:
-            tracking.client.set_tag(tracking.parent_run_id, "winner_run_id", runs[0].info.run_id)
-            tracking.client.set_tag(tracking.parent_run_id, "winner_run_name", runs[0].info.run_name)
-    except Exception as exc:  # tracking never stops the search
-        print(f"warning: MLflow: could not tag the winner: {exc}", file=sys.stderr)
-    keys = (metric, "test_clean_acc", "test_pgd_acc", "test_aa_acc", "test_pgd_acc_aa_subset")
-    return {f"winner_{k}": best.metrics[k] for k in keys if isinstance(best.metrics.get(k), (int, float))}
-
-
-def best_config(plan, results) -> tuple[TrainConfig | None, list[float]]:
-    """The config whose mean of the ranking metric over its seeds is best (ties: first)."""
-    metric, sign = plan.space.metric[0], (1 if plan.space.mode[0] == "max" else -1)
-    groups: dict[str, tuple[TrainConfig, list[float]]] = {}
-    for r in results:
-        value = (r.metrics or {}).get(metric)
-        if r.error is not None or value is None or not math.isfinite(value):
-            continue
-        cfg = trial_config(r.config)
-        key = cfg.replace(seed=plan.seeds[0]).to_yaml()
-        groups.setdefault(key, (cfg.replace(seed=plan.seeds[0]), []))[1].append(float(value))
-    if not groups:
-        return None, []
-    return max(groups.values(), key=lambda g: sign * statistics.fmean(g[1]))
-
-
-def pareto_report(plan, results, tracking: SearchTracking, folder: Path) -> list[Path]:
-    """Two objectives: print, save and plot the non-dominated trials."""
-    from tune.pareto import write_front
-
-    metrics, modes = plan.space.metric, plan.space.mode
-    rows = []
-    for r in results:
-        m = r.metrics or {}
-        if r.error is None and all(k in m and math.isfinite(m[k]) for k in metrics):
-            cfg = trial_config(r.config)
-            params = {k: p.shown_for(cfg) for k, p in plan.space.params.items()}
-            rows.append({"trial_id": m.get("trial_id", ""), **params, **{k: m[k] for k in metrics}})
-    if not rows:
-        return []
-    csv_path, png_path, front = write_front(rows, metrics, modes, folder)
-    print(f"\nPareto front ({len(front)} of {len(rows)} trials; {metrics[0]} vs {metrics[1]}):")
-    for row in front:
-        print("  " + "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-    print(f"front: {csv_path}\nplot:  {png_path}")
-    return [csv_path, png_path]
-
-
-def report(plan, results, tracking: SearchTracking, folder: Path) -> int:
-    space = plan.space
-    errors = sum(1 for r in results if r.error is not None)
-    front_files = pareto_report(plan, results, tracking, folder) if space.multi_objective else []
-    cfg, values = best_config(plan, results)
-    if cfg is None:
-        tracking.finish_parent("FAILED")
-        print(f"error: no trial of {plan.experiment} finished with {space.metric[0]} ({errors} errored); "
-              f"see {folder}", file=sys.stderr)
-        return 1
-    path = folder / BEST_CONFIG
-    cfg.to_yaml(path)
-    mean = statistics.fmean(values)
-    spread = f" +- {statistics.stdev(values):.4f} over {len(values)} seeds" if len(values) > 1 else ""
-    print(f"\nbest {space.metric[0]}: {mean:.4f}{spread}  ({len(results)} trials, {errors} errored)")
-    for name in space.params:
-        print(f"  {name} = {plan.space.params[name].shown_for(cfg)!r}")
-    print(f"best config: {path}\n  re-run it: python -m bilaw.train --config {path} --out runs/best")
-    winner = _winner(plan, results, tracking, cfg)
-    tracking.finish_parent("FINISHED", {f"best_{space.metric[0]}": mean, "trials": len(results), "errors": errors,
-                                        **winner}, artifacts=[path, space.path, *front_files])
-    print(f"MLflow: mlflow ui --backend-store-uri {redact_uri(plan.tracking_uri)} --host 127.0.0.1 --port 5000\n"
-          f"  runs table: {runs_table_url(tracking.experiment_id)}")
-    return 0

@@ -27,7 +27,7 @@ from bilaw.weight_health import health_label
 
 from .tracking import (NOT_SEARCHED_TAG, PER_CLASS_ARTIFACT, STATUS_TAG, WEIGHTS_TAG, SearchTracking, TrialRun,
                        run_name)
-from .trainable import SAVED_RUN, not_searched, trial_config
+from .trainable import CHECKPOINT_NAME, SAVED_RUN, not_searched, trial_config
 
 # What Ray adds to every result besides the trial's own metrics.
 RAY_RESULT_KEYS = frozenset(AUTO_RESULT_KEYS) | {"done", "trial_id", "experiment_tag", "should_checkpoint"}
@@ -43,8 +43,9 @@ class TrialTracking(tune.Callback):
     never the end of the search."""
 
     def __init__(self, tracking: SearchTracking, space: str = "", tags: dict[str, str] | None = None,
-                 searched: list[str] | tuple[str, ...] = ()) -> None:
+                 searched: list[str] | tuple[str, ...] = (), log_models: bool = False) -> None:
         self.tracking, self.space, self.tags, self.searched = tracking, space, dict(tags or {}), list(searched)
+        self.log_models = log_models  # each finished trial's best and last model (--log-models finished)
         self.runs: dict[str, TrialRun] = {}
 
     def _run(self, trial) -> TrialRun | None:
@@ -113,6 +114,10 @@ class TrialTracking(tune.Callback):
                 if label is not None:
                     run.set_tags({WEIGHTS_TAG: label})
                 _log_per_class(run, metrics["final"])
+                if self.log_models:
+                    from .model_store import log_model
+
+                    log_model(self.tracking.uri, run.run_id, saved, last_checkpoint=Path(folder) / CHECKPOINT_NAME)
         except Exception as exc:
             _warn(f"the saved run of trial {trial.trial_id}", exc)
 

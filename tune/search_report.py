@@ -1,0 +1,148 @@
+"""The end of a search: the best config (mean of the ranking metric over its seeds), the
+winner's run, model and registration, the Pareto front of a two-objective search, and what is
+printed and written (`best_config.yaml`, the parent run's metrics and artifacts)."""
+from __future__ import annotations
+
+import math
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+from bilaw.config import TrainConfig
+from tune.trainable import trial_config
+from tune.tracking import SearchTracking, redact_uri, runs_table_url
+
+BEST_CONFIG = "best_config.yaml"
+
+
+def _winner(plan, results, tracking: SearchTracking, cfg: TrainConfig) -> tuple[dict[str, float], str | None, Any]:
+    """Tag the parent with the run of the winner (the best seed of the best config `cfg`); return
+    its test metrics as `winner_*` metrics for the parent, its MLflow run id and its result."""
+    metric, sign = plan.space.metric[0], (1 if plan.space.mode[0] == "max" else -1)
+    done = [r for r in results if r.error is None and math.isfinite((r.metrics or {}).get(metric, math.nan))
+            and trial_config(r.config).replace(seed=cfg.seed) == cfg]
+    if not done:
+        return {}, None, None
+    best = max(done, key=lambda r: sign * r.metrics[metric])
+    run_id = None
+    try:
+        runs = [r for r in tracking.child_runs() if r.data.tags.get("ray_trial_id") == best.metrics.get("trial_id")]
+        if runs:
+            run_id = runs[0].info.run_id
+            tracking.client.set_tag(tracking.parent_run_id, "winner_run_id", run_id)
+            tracking.client.set_tag(tracking.parent_run_id, "winner_run_name", runs[0].info.run_name)
+    except Exception as exc:  # tracking never stops the search
+        print(f"warning: MLflow: could not tag the winner: {exc}", file=sys.stderr)
+    keys = (metric, "test_clean_acc", "test_pgd_acc", "test_aa_acc", "test_pgd_acc_aa_subset")
+    return ({f"winner_{k}": best.metrics[k] for k in keys if isinstance(best.metrics.get(k), (int, float))},
+            run_id, best)
+
+
+def _log_winner_model(plan, tracking: SearchTracking, run_id: str, result, metrics: dict[str, float]) -> None:
+    """Log the winner's best model with its run (from the trial's last checkpoint) and, with
+    --register, register it under the experiment's name, tagged with its config and metrics."""
+    from tune.model_store import log_model, register
+    from tune.trainable import SAVED_RUN
+
+    try:
+        if plan.args.log_models == "winner":
+            with result.checkpoint.as_directory() as folder:
+                model_uri = log_model(tracking.uri, run_id, Path(folder) / SAVED_RUN)
+        else:  # "finished": logged with its run when the trial ended
+            model_uri = f"runs:/{run_id}/model"
+        print(f"winner's model: {model_uri} (mlflow.pytorch.load_model; run {run_id})")
+        if plan.args.register:
+            cfg = trial_config(result.config)
+            version = register(tracking.uri, model_uri, plan.experiment, {
+                "run_id": run_id, "space": plan.space.name, "workload": plan.workload.name,
+                **{f"config.{k}": v for k, v in cfg.to_dict().items()}, **metrics})
+            print(f"registered: models:/{plan.experiment}/{version.version}")
+    except Exception as exc:  # the search's results stand without the logged model
+        print(f"warning: MLflow: could not log the winner's model: {exc}", file=sys.stderr)
+
+
+def search_figures(plan, tracking: SearchTracking, folder: Path) -> None:
+    """The search's figures (tune/search_figures.py) from the stored study and the trials'
+    histories, under search/ on the parent run (also after --resume); never stops the report."""
+    import optuna
+
+    from tune.search_figures import draw_search_figures, trial_histories
+    from tune.state_files import OPTUNA_DB
+
+    if tracking.parent_run_id is None:
+        return
+    try:
+        study = optuna.load_study(study_name=plan.experiment, storage=f"sqlite:///{folder / OPTUNA_DB}")
+        histories = trial_histories(tracking.client, tracking.child_runs())
+        for png in draw_search_figures(study, histories, folder / "search", list(plan.space.metric)):
+            tracking.client.log_artifact(tracking.parent_run_id, str(png), "search")
+    except Exception as exc:  # figures never stop the search
+        print(f"warning: search figures: {exc}", file=sys.stderr)
+
+
+def best_config(plan, results) -> tuple[TrainConfig | None, list[float]]:
+    """The config whose mean of the ranking metric over its seeds is best (ties: first)."""
+    metric, sign = plan.space.metric[0], (1 if plan.space.mode[0] == "max" else -1)
+    groups: dict[str, tuple[TrainConfig, list[float]]] = {}
+    for r in results:
+        value = (r.metrics or {}).get(metric)
+        if r.error is not None or value is None or not math.isfinite(value):
+            continue
+        cfg = trial_config(r.config)
+        key = cfg.replace(seed=plan.seeds[0]).to_yaml()
+        groups.setdefault(key, (cfg.replace(seed=plan.seeds[0]), []))[1].append(float(value))
+    if not groups:
+        return None, []
+    return max(groups.values(), key=lambda g: sign * statistics.fmean(g[1]))
+
+
+def pareto_report(plan, results, tracking: SearchTracking, folder: Path) -> list[Path]:
+    """Two objectives: print, save and plot the non-dominated trials."""
+    from tune.pareto import write_front
+
+    metrics, modes = plan.space.metric, plan.space.mode
+    rows = []
+    for r in results:
+        m = r.metrics or {}
+        if r.error is None and all(k in m and math.isfinite(m[k]) for k in metrics):
+            cfg = trial_config(r.config)
+            params = {k: p.shown_for(cfg) for k, p in plan.space.params.items()}
+            rows.append({"trial_id": m.get("trial_id", ""), **params, **{k: m[k] for k in metrics}})
+    if not rows:
+        return []
+    csv_path, png_path, front = write_front(rows, metrics, modes, folder)
+    print(f"\nPareto front ({len(front)} of {len(rows)} trials; {metrics[0]} vs {metrics[1]}):")
+    for row in front:
+        print("  " + "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    print(f"front: {csv_path}\nplot:  {png_path}")
+    return [csv_path, png_path]
+
+
+def report(plan, results, tracking: SearchTracking, folder: Path) -> int:
+    space = plan.space
+    errors = sum(1 for r in results if r.error is not None)
+    front_files = pareto_report(plan, results, tracking, folder) if space.multi_objective else []
+    cfg, values = best_config(plan, results)
+    search_figures(plan, tracking, folder)
+    if cfg is None:
+        tracking.finish_parent("FAILED")
+        print(f"error: no trial of {plan.experiment} finished with {space.metric[0]} ({errors} errored); "
+              f"see {folder}", file=sys.stderr)
+        return 1
+    path = folder / BEST_CONFIG
+    cfg.to_yaml(path)
+    mean = statistics.fmean(values)
+    spread = f" +- {statistics.stdev(values):.4f} over {len(values)} seeds" if len(values) > 1 else ""
+    print(f"\nbest {space.metric[0]}: {mean:.4f}{spread}  ({len(results)} trials, {errors} errored)")
+    for name in space.params:
+        print(f"  {name} = {plan.space.params[name].shown_for(cfg)!r}")
+    print(f"best config: {path}\n  re-run it: python -m bilaw.train --config {path} --out runs/best")
+    winner, run_id, result = _winner(plan, results, tracking, cfg)
+    if run_id is not None and plan.args.log_models != "none":
+        _log_winner_model(plan, tracking, run_id, result, winner)
+    tracking.finish_parent("FINISHED", {f"best_{space.metric[0]}": mean, "trials": len(results), "errors": errors,
+                                        **winner}, artifacts=[path, space.path, *front_files])
+    print(f"MLflow: mlflow ui --backend-store-uri {redact_uri(plan.tracking_uri)} --host 127.0.0.1 --port 5000\n"
+          f"  runs table: {runs_table_url(tracking.experiment_id)}")
+    return 0
