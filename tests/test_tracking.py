@@ -80,7 +80,7 @@ def test_a_failed_background_write_is_retried_and_never_silently_lost(tmp_path):
     assert values == [(e, 0.1 * e) for e in range(4)]
 
 
-def _finished_trial(tmp_path, final_extra=None):
+def _finished_trial(tmp_path, final_extra=None, checkpoint_dir=None):
     """A real short BiLAW run saved as a trial's last checkpoint holds it (`run/` in the trial
     folder), and a stand-in for Ray's Trial object pointing at that checkpoint."""
     from types import SimpleNamespace
@@ -93,7 +93,8 @@ def _finished_trial(tmp_path, final_extra=None):
 
     result = train(TrainConfig.from_dict({"method": "bilaw", "epochs": 2, "batch_size": 256, "pgd_steps": 2,
                                           "eval_pgd_steps": 2, "aa_samples": 0, "analysis_samples": 0,
-                                          "plots": False, "device": "cpu"}), progress=False, log=lambda _: None)
+                                          "plots": False, "device": "cpu"}), progress=False, log=lambda _: None,
+                   checkpoint_dir=checkpoint_dir)
     if final_extra is not None:
         result.final = {k: v for k, v in result.final.items() if not k.startswith("weights_")} | final_extra
     folder = tmp_path / "checkpoint"
@@ -160,3 +161,27 @@ def test_a_trial_process_never_imports_mlflow():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                          cwd=str(Path(__file__).resolve().parents[1]))
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr[-2000:]
+
+
+def test_finished_mode_logs_each_trials_best_and_last_model(tmp_path):
+    """--log-models finished: the best state as `model` and the last epoch's as `last_model`,
+    both loadable modules; the last one equals the trainer's checkpoint.pt."""
+    import mlflow
+    import torch
+
+    from bilaw.checkpoint import load_checkpoint
+    from tune.trial_tracking import TrialTracking
+    from tune.tracking import SearchTracking
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    tracking = SearchTracking(uri, "t")
+    result, trial = _finished_trial(tmp_path, checkpoint_dir=tmp_path / "checkpoint")
+    TrialTracking(tracking, log_models=True).on_trial_complete(0, [], trial)
+    (run,) = MlflowClient(uri).search_runs([tracking.experiment_id])
+    mlflow.set_tracking_uri(uri)
+    best = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model").eval()
+    last = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/last_model").eval()
+    x = torch.rand(5, 1, 8, 8)
+    assert torch.equal(best(x), result.model.eval()(x))
+    saved = load_checkpoint(tmp_path / "checkpoint" / "checkpoint.pt")["model"]
+    assert all(torch.equal(v, saved[k]) for k, v in last.state_dict().items())
