@@ -58,6 +58,7 @@ def test_smoke_search_tracks_parent_and_children(smoke_search):
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["space"] == "ablation_capacity" and parent.data.tags["workload"] == "smoke"
     assert parent.data.tags["sampler"] == "grid" and "--space ablation_capacity" in parent.data.tags["command"]
+    assert parent.info.run_name.startswith("ablation_capacity on smoke ")
     for run in children:
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert run.info.status == "FINISHED" and run.data.tags["trial_status"] == "completed"

@@ -205,7 +205,7 @@ def run_search(plan, argv: list[str]) -> int:
                 raise SearchError(f"--resume: no MLflow parent run of {plan.experiment_path} in "
                                   f"{redact_uri(plan.tracking_uri)}; "
                                   f"pass the --tracking-uri the search used")
-            tracking.start_parent(f"search-{plan.space.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+            tracking.start_parent(f"{plan.space.name} on {plan.workload.name} {time.strftime('%Y-%m-%d %H:%M')}",
                                   parent_tags(plan, argv), params={k: v for k, v in plan.base.items()})
             tuner = build_tuner(plan, tracking, folder, gpus)
         results = tuner.fit()
