@@ -76,6 +76,8 @@ def test_smoke_search_tracks_parent_and_children(smoke_search):
         assert {"plots/weights_per_class.png", "plots/adv_confusion.png", "plots/weight_extremes.png",
                 "plots/weights_over_epochs.png"} <= plots
         assert 0.0 <= run.data.metrics["weight_pgd_auroc"] <= 1.0
+        cpu = client.get_metric_history(run.info.run_id, "system/cpu_utilization_percentage")  # machine-wide
+        assert sorted(m.step for m in cpu) == [0, 1] and all(0.0 <= m.value <= 100.0 for m in cpu)
         assert not [k for k in run.data.metrics if k.startswith("test_pgd_acc_class_")]  # an artifact instead:
         per_class = json.loads((Path(client.download_artifacts(run.info.run_id, "per_class_pgd_acc.json"))).read_text())
         saved = json.loads(Path(client.download_artifacts(run.info.run_id, "metrics.json")).read_text())["final"]

@@ -53,6 +53,10 @@ class Plan:
         self.seeds = parse_seeds(args.seeds, self.space.seeds)
         if getattr(args, "register", False) and getattr(args, "log_models", "winner") == "none":
             raise SearchError("--register with --log-models none: there would be no model to register")
+        interval = getattr(args, "system_metrics_interval", 2.0)
+        if not interval > 0:
+            raise SearchError(f"--system-metrics-interval {interval:g}: must be > 0 seconds (--no-system-metrics "
+                              f"turns them off)")
         self.sampler_seed = getattr(args, "sampler_seed", 0)
         if self.sampler_seed < 0:
             raise SearchError(f"--sampler-seed {self.sampler_seed}: must be >= 0")

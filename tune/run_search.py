@@ -53,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "the winner's best model (default), every finished trial's best and last model, or none")
     p.add_argument("--register", action="store_true",
                    help="register the winner's model in MLflow's Model Registry under the experiment's name")
+    p.add_argument("--system-metrics-interval", type=float, default=2.0, metavar="SECONDS",
+                   help="how often a trial samples the machine's CPU, memory and GPU use, logged per epoch as "
+                        "MLflow system metrics (default 2)")
+    p.add_argument("--no-system-metrics", action="store_true", help="log no system metrics")
     p.add_argument("--sampler-seed", type=int, default=0,
                    help="seed of the Optuna sampler (default 0): the same seed draws the same trials, another "
                         "seed other ones")

@@ -223,7 +223,8 @@ def run_search(plan, argv: list[str]) -> int:
 def build_tuner(plan, tracking: SearchTracking, folder: Path, gpus: float) -> tune.Tuner:
     space = plan.space
     meta = {"seeds": plan.seeds, "threads": max(1, int(plan.cpus)), "space": space.name,
-            "checkpoint_every_s": plan.checkpoint_every, "searched": list(space.params), "gpu_share": gpus}
+            "checkpoint_every_s": plan.checkpoint_every, "searched": list(space.params), "gpu_share": gpus,
+            "system_metrics_interval_s": 0.0 if plan.args.no_system_metrics else plan.args.system_metrics_interval}
     constants = {k: v for k, v in plan.base.items() if k not in space.params}
     if gpus == 0 and constants.get("device", "auto") == "auto":
         constants["device"] = "cpu"  # a 0-GPU trial on a GPU box still sees every GPU (ray#54868)

@@ -26,6 +26,8 @@ from bilaw.gpu_memory import cap_gpu_memory, gpu_oom_message
 from bilaw.runs import save_run
 from bilaw.trainer import CHECKPOINT_NAME, scalar_final, train
 
+from .system_metrics import SystemSampler
+
 META_KEY = "_bilaw"
 SAVED_RUN = "run"  # the saved run's folder inside a trial's last checkpoint
 TRIAL_INDEX_KEY = "__trial_index__"  # set by ray.tune.search.Repeater: which seed of the config
@@ -82,6 +84,8 @@ def train_trial(config: dict[str, Any]) -> None:
     cfg = trial_config(config)
     share, fraction = apply_gpu_share(meta, cfg)
     work = Path(tempfile.mkdtemp(prefix="bilaw-trial-"))
+    interval = float(meta.get("system_metrics_interval_s", 0.0))
+    sampler = SystemSampler(interval) if interval > 0 else None
     try:
         _restore_checkpoint(work)
         every = float(meta.get("checkpoint_every_s", 0.0))
@@ -89,6 +93,8 @@ def train_trial(config: dict[str, Any]) -> None:
 
         def on_epoch(metrics: dict[str, Any], ckpt_dir: Path | None) -> None:
             numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+            if sampler is not None:
+                numbers.update(sampler.take())
             if "test_clean_acc" in metrics:  # the last epoch: reported below, once its run is saved
                 state["final"] = numbers
                 return
@@ -113,4 +119,6 @@ def train_trial(config: dict[str, Any]) -> None:
                                    if isinstance(v, (int, float))}
         tune.report(final, checkpoint=tune.Checkpoint.from_directory(str(work)))
     finally:
+        if sampler is not None:
+            sampler.stop()
         shutil.rmtree(work, ignore_errors=True)
