@@ -149,6 +149,24 @@ def test_the_driver_writes_a_trial_run_from_results_and_the_saved_run(tmp_path):
     assert "training_iteration" not in run.data.metrics and "time_total_s" not in run.data.metrics
     assert run.data.metrics["test_clean_acc"] == result.final["test_clean_acc"]
     assert {"config.yaml", "metrics.json"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    # the data, as MLflow's Dataset column shows it: name, split sizes (those the run trained on), digest
+    import json as _json
+
+    from bilaw.data import load_data
+    from bilaw.dataset_record import dataset_record
+
+    cfg = result.config
+    (given,) = run.inputs.dataset_inputs
+    data = load_data(cfg.dataset, meta_val_size=cfg.meta_val_size, holdout_val_size=cfg.holdout_val_size, seed=cfg.seed)
+    profile = _json.loads(given.dataset.profile)
+    assert given.dataset.name == "digits" and (profile["train"], profile["meta_val"], profile["holdout"],
+                                                profile["test"]) == (len(data.y_train), len(data.y_meta),
+                                                                     len(data.y_holdout), len(data.y_test))
+    other = dataset_record("digits", data_dir=None, meta_val_size=cfg.meta_val_size,
+                           holdout_val_size=cfg.holdout_val_size, seed=cfg.seed + 1)
+    assert given.dataset.digest != other["digest"]  # another seed: another split
+    assert given.dataset.digest == dataset_record("digits", data_dir=None, meta_val_size=cfg.meta_val_size,
+                                                  holdout_val_size=cfg.holdout_val_size, seed=cfg.seed)["digest"]
 
 
 def test_a_trial_process_never_imports_mlflow():

@@ -22,6 +22,7 @@ from ray import tune
 from ray.tune.result import AUTO_RESULT_KEYS
 
 from bilaw.runs import read_metrics
+from bilaw.weighting import is_learned
 from bilaw.trainer import scalar_final
 from bilaw.weight_health import health_label
 
@@ -47,6 +48,7 @@ class TrialTracking(tune.Callback):
         self.tracking, self.space, self.tags, self.searched = tracking, space, dict(tags or {}), list(searched)
         self.log_models = log_models  # each finished trial's best and last model (--log-models finished)
         self.runs: dict[str, TrialRun] = {}
+        self.datasets: dict[tuple, dict[str, Any]] = {}
 
     def _run(self, trial) -> TrialRun | None:
         if trial.trial_id in self.runs:
@@ -64,7 +66,32 @@ class TrialTracking(tune.Callback):
             _warn(f"no run for trial {trial.trial_id}", exc)
             return None
         self.runs[trial.trial_id] = run
+        self._log_dataset(run, cfg)
         return run
+
+    def _log_dataset(self, run: TrialRun, cfg) -> None:
+        """The trial's data as an MLflow dataset input (name, source, split sizes, a digest of the
+        split), computed once per distinct split; a run that already has one is left alone."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        from bilaw.dataset_record import dataset_record
+
+        try:
+            if run.client.get_run(run.run_id).inputs.dataset_inputs:
+                return
+            args = dict(data_dir=cfg.data_dir, meta_val_size=cfg.meta_val_size, holdout_val_size=cfg.holdout_val_size,
+                        seed=cfg.seed, label_noise=cfg.label_noise,
+                        include_val_in_train=cfg.baselines_full_train and not is_learned(cfg.weighting))
+            key = (cfg.dataset, *sorted(args.items()))
+            if key not in self.datasets:
+                self.datasets[key] = dataset_record(cfg.dataset, **args)
+            rec = self.datasets[key]
+            profile = {k: rec[k] for k in ("train", "meta_val", "holdout", "test", "noisy", "train_includes_val")}
+            dataset = Dataset(rec["name"], rec["digest"], "local", json.dumps({"uri": rec["source"]}),
+                              profile=json.dumps(profile))
+            run.client.log_inputs(run.run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", "train")])])
+        except Exception as exc:  # the dataset record is a label, never a reason to stop
+            _warn(f"dataset of run {run.run_id}", exc)
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
         self._run(trial)
