@@ -34,6 +34,8 @@ for _name, _direction, _when, _meaning in [
     ("test_pgd_acc_aa_subset", "max", "final", "PGD accuracy of the best state on AutoAttack's points"),
     ("last_test_clean_acc", "max", "final", "clean test accuracy of the last state"),
     ("last_test_pgd_acc", "max", "final", "PGD test accuracy of the last state"),
+    ("robust_overfit_gap", "min", "final", "best held-out PGD accuracy minus the last epoch's: how far robust "
+                                           "accuracy fell after its best epoch (robust overfitting)"),
 ]:
     _register(_name, _direction, _when, _meaning)
 

@@ -349,6 +349,8 @@ def _finish_run(run: RunState, say: Callable[[str], None] = _print_stderr) -> Tr
              "last_test_clean_acc": last["clean_acc"], "last_test_pgd_acc": last["pgd_acc"],
              "best_epoch": run.best["epoch"], "epochs_trained": run.epoch,
              "test_per_class_pgd_acc": best["per_class_pgd_acc"], "test_adv_confusion": best["adv_confusion"]}
+    if run.history:  # robust overfitting: how far held-out PGD accuracy fell after its best epoch
+        final["robust_overfit_gap"] = run.best["val_pgd_acc"] - run.history[-1]["val_pgd_acc"]
     if "aa_acc" in best:
         final["test_aa_acc"] = best["aa_acc"]
         final["test_pgd_acc_aa_subset"] = best["pgd_acc_aa_subset"]

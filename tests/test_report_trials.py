@@ -60,3 +60,13 @@ def test_a_conditional_param_a_trial_was_never_given_is_a_dash_not_its_default()
     header, table = trial_table(runs)
     col = header.index("trades_beta")
     assert {r[0]: r[col] for r in table} == {"p": "-", "q": "6.0", "r": "2.0"}
+
+
+def test_best_epoch_and_robust_overfitting_are_shown_next_to_each_other():
+    metrics = {"best_val_pgd_acc": 0.70, "test_clean_acc": 0.8, "test_pgd_acc": 0.6, "best_epoch": 11.0,
+               "robust_overfit_gap": 0.034}
+    header, rows = trial_table([_run("a", {"lr": "0.1"}, metrics), _run("b", {"lr": "0.2"}, {**metrics,
+                                                                                              "best_epoch": 2.0})])
+    i = header.index("best epoch")
+    assert header[i + 1] == "overfit gap"
+    assert {r[0]: (r[i], r[i + 1]) for r in rows} == {"a": ("12", "3.40"), "b": ("3", "3.40")}  # 1-based, in %

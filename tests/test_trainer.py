@@ -79,6 +79,7 @@ def test_every_method_writes_its_metrics(all_methods):
         best = max(h["val_pgd_acc"] for h in metrics["history"])
         assert metrics["history"][-1]["best_val_pgd_acc"] == best
         assert metrics["history"][final["best_epoch"]]["val_pgd_acc"] == best
+        assert final["robust_overfit_gap"] == best - metrics["history"][-1]["val_pgd_acc"]  # >= 0, 0 if last is best
         assert yaml.safe_load((d / "config.yaml").read_text())["method"] == method
 
 

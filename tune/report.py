@@ -31,6 +31,7 @@ COLUMNS = [("Clean", "test_clean_acc"), ("PGD", "test_pgd_acc"), ("AA", "test_aa
 # --trials: per-run columns after the searched values (header, metric, percent?)
 TRIAL_COLUMNS = [("held-out PGD (best)", "best_val_pgd_acc", True), ("Clean", "test_clean_acc", True),
                  ("PGD", "test_pgd_acc", True), ("AA", "test_aa_acc", True),
+                 ("best epoch", "best_epoch", None), ("overfit gap", "robust_overfit_gap", True),
                  ("w std peak", "weight_std_peak", False), ("w std last", "weight_std_last", False)]
 IGNORED_PARAMS = {"seed", "device", "data_dir"}
 
@@ -149,7 +150,8 @@ def trial_table(runs: list) -> tuple[list[str], list[list[str]]]:
         m = r.data.metrics
         cells = [param_value(r, p, "-") for p in params]
         for _, key, pct in cols:
-            cells.append("-" if key not in m else (f"{100 * m[key]:.2f}" if pct else f"{m[key]:.4f}"))
+            cells.append("-" if key not in m else f"{m[key] + 1:.0f}" if pct is None  # best_epoch is 0-based
+                         else f"{100 * m[key]:.2f}" if pct else f"{m[key]:.4f}")
         if any(key == "weight_std_peak" for _, key, _ in cols):
             peak, last = m.get("weight_std_peak"), m.get("weight_std_last")
             cells.append(f"{last / peak:.2f}" if peak and last is not None else "-")
@@ -178,8 +180,9 @@ def format_trials(header: list[str], rows: list[list[str]], fmt: str) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines) + ("\n\naccuracies in %; held-out PGD is the best epoch's PGD accuracy on the held-out "
-                               "validation set (the ranking metric); w std is the weights' standard deviation "
-                               "(mean-1 scale) at its peak epoch and at the last epoch")
+                               "validation set (the ranking metric); best epoch counts from 1; overfit gap is the "
+                               "best held-out PGD accuracy minus the last epoch's (robust overfitting); w std is the "
+                               "weights' standard deviation (mean-1 scale) at its peak epoch and at the last epoch")
 
 
 def format_csv(rows: list[Row], by: str) -> str:
