@@ -351,9 +351,11 @@ def _finish_run(run: RunState, say: Callable[[str], None] = _print_stderr) -> Tr
              "test_per_class_pgd_acc": best["per_class_pgd_acc"], "test_adv_confusion": best["adv_confusion"]}
     if run.history:  # robust overfitting: how far held-out PGD accuracy fell after its best epoch
         final["robust_overfit_gap"] = run.best["val_pgd_acc"] - run.history[-1]["val_pgd_acc"]
+    final["test_points"] = len(d.y_test)  # what the accuracies' sampling error depends on
     if "aa_acc" in best:
         final["test_aa_acc"] = best["aa_acc"]
         final["test_pgd_acc_aa_subset"] = best["pgd_acc_aa_subset"]
+        final["aa_points"] = min(cfg.aa_samples, len(d.y_test))
     final.update({f"test_pgd_acc_class_{k}": v for k, v in enumerate(best["per_class_pgd_acc"]) if v == v})
     if analysis is not None and not run.weighting.uniform:
         auroc = weight_auroc(analysis["weights"], analysis["misclassified_adv"])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
+
 from tune.report import build_rows, choose_by, format_trials, trial_table
 
 
@@ -70,3 +72,21 @@ def test_best_epoch_and_robust_overfitting_are_shown_next_to_each_other():
     i = header.index("best epoch")
     assert header[i + 1] == "overfit gap"
     assert {r[0]: (r[i], r[i + 1]) for r in rows} == {"a": ("12", "3.40"), "b": ("3", "3.40")}  # 1-based, in %
+
+
+def test_report_rows_carry_wilson_for_one_run_and_t_for_several():
+    from tune.report import build_rows, format_csv, format_markdown
+    from tune.uncertainty import t_interval, wilson_interval
+
+    def run(name, net, clean, pgd):
+        return _run(name, {"weight_net": net}, {"test_clean_acc": clean, "test_pgd_acc": pgd, "test_points": 360.0})
+
+    runs = [run("a", "64", 0.9, 0.45), run("b", "128", 0.9, 0.40), run("c", "128", 0.8, 0.50)]
+    rows = {r.value: r for r in build_rows(runs, "weight_net")}
+    assert rows["64"].intervals["PGD"][:2] == wilson_interval(162, 360) and rows["64"].intervals["AA"] is None
+    assert rows["128"].intervals["Clean"][:2] == pytest.approx(t_interval([0.9, 0.8]))
+    text = format_markdown(list(rows.values()), "weight_net")
+    lo, hi = wilson_interval(162, 360)
+    assert f"| 64 | 90.00 [" in text and f"45.00 [{100 * lo:.2f}, {100 * hi:.2f}]" in text
+    assert "95% Wilson interval over its test points" in text and "t-interval of the mean (df = n - 1)" in text
+    assert "pgd_lo,pgd_hi" in format_csv(list(rows.values()), "weight_net").splitlines()[0]

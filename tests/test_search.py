@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -410,6 +411,7 @@ def _assert_finished(out: subprocess.CompletedProcess, uri: str, experiment: str
     log = out.stdout + out.stderr
     assert out.returncode == 0 and not tracebacks(log), log[-4000:]
     assert "best best_val_pgd_acc" in out.stdout
+    assert re.search(r"95% interval \[0\.\d{4}, [01]\.\d{4}\] \(Wilson, \d+ points\)", out.stdout), out.stdout[-2000:]
     _, parents, children = _children(uri, experiment)
     assert len(parents) == 1 and len(children) == trials
     assert all(r.info.status == "FINISHED" for r in children)

@@ -16,7 +16,7 @@ import io
 import math
 import statistics
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as `python tune/report.py`
@@ -24,6 +24,7 @@ if __package__ in (None, ""):  # run as `python tune/report.py`
 
 from bilaw.file_errors import DamagedFileError  # noqa: E402
 from tune.space_schema import NOT_SEARCHED  # noqa: E402
+from tune.uncertainty import accuracy_interval  # noqa: E402
 from tune.tracking import (NOT_SEARCHED_TAG, PARENT_TAG, STATUS_TAG, TrackingError, absolute_tracking_uri,  # noqa: E402
                            check_tracking_uri)
 
@@ -46,6 +47,7 @@ class Row:
     n: int
     cells: dict[str, tuple[float, float] | None]  # column -> (mean, std) over runs
     gap: tuple[float, float] | None
+    intervals: dict[str, tuple[float, float, str] | None] = field(default_factory=dict)  # 95%: t or Wilson
 
 
 def _mean_std(values: list[float]) -> tuple[float, float] | None:
@@ -106,11 +108,22 @@ def build_rows(runs: list, by: str) -> list[Row]:
         groups.setdefault(param_value(r, by), []).append(r)
     rows = []
     for value, members in groups.items():
-        cells = {name: _mean_std([m.data.metrics[key] for m in members if key in m.data.metrics])
-                 for name, key in COLUMNS}
+        values = {name: [m.data.metrics[key] for m in members if key in m.data.metrics] for name, key in COLUMNS}
+        cells = {name: _mean_std(v) for name, v in values.items()}
+        intervals = {name: accuracy_interval(values[name], _points(members, POINTS[key]))
+                     for name, key in COLUMNS}
         gaps = [m.data.metrics["test_pgd_acc"] - m.data.metrics["test_clean_acc"] for m in members]
-        rows.append(Row(value, len(members), cells, _mean_std(gaps)))
+        rows.append(Row(value, len(members), cells, _mean_std(gaps), intervals))
     return sorted(rows, key=lambda row: _sort_key(row.value))
+
+
+# The count of test points each column's accuracy is measured on (a run's final metrics).
+POINTS = {"test_clean_acc": "test_points", "test_pgd_acc": "test_points", "test_aa_acc": "aa_points"}
+
+
+def _points(runs: list, key: str) -> int | None:
+    counts = {int(r.data.metrics[key]) for r in runs if key in r.data.metrics}
+    return counts.pop() if len(counts) == 1 else None
 
 
 def _sort_key(value: str):
@@ -124,14 +137,24 @@ def _pct(cell: tuple[float, float] | None) -> str:
     return "-" if cell is None else f"{100 * cell[0]:.2f} ± {100 * cell[1]:.2f}"
 
 
+def _with_interval(row: Row, col: str) -> str:
+    cell, interval = row.cells[col], row.intervals.get(col)
+    if cell is None:
+        return "-"
+    text = f"{100 * cell[0]:.2f}" if row.n == 1 else _pct(cell)
+    return text + (f" [{100 * interval[0]:.2f}, {100 * interval[1]:.2f}]" if interval else "")
+
+
 def format_markdown(rows: list[Row], by: str) -> str:
     cols = [name for name, _ in COLUMNS if any(row.cells[name] for row in rows)]
     head = [by, *cols, "PGD - Clean", "n"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
-        lines.append("| " + " | ".join([row.value, *(_pct(row.cells[c]) for c in cols), _pct(row.gap), str(row.n)])
-                     + " |")
-    return "\n".join(lines) + "\n\naccuracies in %, mean ± std over the finished runs of each row (n)"
+        lines.append("| " + " | ".join([row.value, *(_with_interval(row, c) for c in cols), _pct(row.gap),
+                                        str(row.n)]) + " |")
+    return "\n".join(lines) + ("\n\naccuracies in %; a row of one run: its accuracy and, in brackets, the 95% Wilson "
+                               "interval over its test points; of n runs: mean ± std and the 95% t-interval of the "
+                               "mean (df = n - 1)")
 
 
 def varying_params(runs: list) -> list[str]:
@@ -189,10 +212,12 @@ def format_csv(rows: list[Row], by: str) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf)
     names = [name for name, _ in COLUMNS]
-    writer.writerow([by, *[f"{n.lower()}_{s}" for n in names for s in ("mean", "std")], "gap_mean", "gap_std", "n"])
+    writer.writerow([by, *[f"{n.lower()}_{s}" for n in names for s in ("mean", "std")], "gap_mean", "gap_std", "n",
+                     *[f"{n.lower()}_{s}" for n in names for s in ("lo", "hi")]])
     for row in rows:
         cells = [v for n in names for v in (row.cells[n] or ("", ""))]
-        writer.writerow([row.value, *cells, *(row.gap or ("", "")), row.n])
+        bounds = [v for n in names for v in ((row.intervals.get(n) or ("", ""))[:2])]
+        writer.writerow([row.value, *cells, *(row.gap or ("", "")), row.n, *bounds])
     return buf.getvalue()
 
 

@@ -81,6 +81,16 @@ def search_figures(plan, tracking: SearchTracking, folder: Path) -> None:
         print(f"warning: search figures: {exc}", file=sys.stderr)
 
 
+def _interval_note(metric: str, values: list[float], cfg: TrainConfig) -> str:
+    """The 95% interval of the winner's ranking metric: Wilson over the held-out points for one
+    seed (the held-out accuracies), the t-interval over seeds for several."""
+    from tune.uncertainty import accuracy_interval
+
+    points = cfg.resolved().holdout_val_size if "val_" in metric and "acc" in metric else None
+    interval = accuracy_interval(values, points)
+    return "" if interval is None else f"\n  95% interval [{interval[0]:.4f}, {interval[1]:.4f}] ({interval[2]})"
+
+
 def best_config(plan, results) -> tuple[TrainConfig | None, list[float]]:
     """The config whose mean of the ranking metric over its seeds is best (ties: first)."""
     metric, sign = plan.space.metric[0], (1 if plan.space.mode[0] == "max" else -1)
@@ -134,7 +144,8 @@ def report(plan, results, tracking: SearchTracking, folder: Path) -> int:
     cfg.to_yaml(path)
     mean = statistics.fmean(values)
     spread = f" +- {statistics.stdev(values):.4f} over {len(values)} seeds" if len(values) > 1 else ""
-    print(f"\nbest {space.metric[0]}: {mean:.4f}{spread}  ({len(results)} trials, {errors} errored)")
+    print(f"\nbest {space.metric[0]}: {mean:.4f}{spread}  ({len(results)} trials, {errors} errored)"
+          + _interval_note(space.metric[0], values, cfg))
     for name in space.params:
         print(f"  {name} = {plan.space.params[name].shown_for(cfg)!r}")
     print(f"best config: {path}\n  re-run it: python -m bilaw.train --config {path} --out runs/best")
