@@ -128,6 +128,7 @@ class TrainConfig:
     aa_version: str = "standard"
     aa_attacks: list[str] | None = None  # a cheap custom AutoAttack subset, e.g. [apgd-ce]
     aa_n_iter: int | None = None         # iterations of the custom subset's APGD attacks
+    masking_gap: float = 5.0             # PGD-20 minus AutoAttack (points) beyond which a run is flagged
     eval_batch_size: int = 1024
     # interpretability (bilaw/analysis.py, bilaw/plots.py)
     analysis_samples: int = 1000         # training and test samples analysed at the end; 0 = none
@@ -340,7 +341,7 @@ _CHECKS = [
     _range("meta_lr", 0, lo_open=True), _range("meta_weight_decay", 0), _range("meta_interval", 1),
     _range("burn_in_epochs", 0), _range("wmmr_alpha", 0), _range("mail_gamma", 0),
     _range("meta_val_size", 0), _range("holdout_val_size", 1), _range("label_noise", 0, 1, hi_open=True),
-    _range("aa_samples", 0), _range("aa_n_iter", 1), _range("analysis_samples", 0), _range("plot_every", 0), _range("wrn_depth", 8), _range("wrn_width", 1), _range("seed", 0),
+    _range("aa_samples", 0), _range("aa_n_iter", 1), _range("masking_gap", 0), _range("analysis_samples", 0), _range("plot_every", 0), _range("wrn_depth", 8), _range("wrn_width", 1), _range("seed", 0),
     _check_weight_net, _check_milestones, _check_gairat, _check_meta_val,
 ]
 
@@ -353,7 +354,7 @@ _CHECKS = [
 KEY_ROLES: dict[str, str] = {
     "device": "output", "data_dir": "output", "eval_batch_size": "output", "analysis_samples": "output",
     "plots": "output", "plot_every": "output",
-    "aa_samples": "evaluation", "aa_version": "evaluation", "aa_attacks": "evaluation", "aa_n_iter": "evaluation",
+    "aa_samples": "evaluation", "aa_version": "evaluation", "aa_attacks": "evaluation", "aa_n_iter": "evaluation", "masking_gap": "evaluation",
     "hypergrad": "implementation", "compile": "implementation", "channels_last": "implementation",
 }
 RESUME_FREE_KEYS = tuple(k for k, role in KEY_ROLES.items() if role in ("output", "evaluation"))

@@ -58,6 +58,10 @@ def save_run(result, out_dir: str | Path) -> Path:
                      "epoch": result.best_state.get("epoch", -1),
                      "input_shape": result.best_state["input_shape"], "num_classes": result.best_state["num_classes"],
                      "config": result.config.to_dict()}, out / BEST_NAME)
+    if getattr(result, "per_point", None):
+        from .per_point import PER_POINT_NAME, save_per_point
+
+        save_per_point(out / PER_POINT_NAME, result.per_point["test"], result.per_point.get("holdout"))
     if result.analysis is not None or result.sample_weights is not None:
         save_checkpoint({"analysis": result.analysis, "sample_weights": result.sample_weights,
                          "trace": result.trace}, out / ANALYSIS_NAME)

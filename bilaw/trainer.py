@@ -28,6 +28,7 @@ from .epoch_stats import accumulate, finish_epoch
 from .evaluate import accuracy, evaluate_model, pgd_accuracy
 from .models import build_model
 from .objectives import OBJECTIVES, AttackSetting, Objective, combine
+from .per_point import holdout_points, masking_check
 from .progress import batch_progress, format_epoch
 from .weight_health import collapse_message, collapsed_epoch, fade_message, weight_health
 from .learned import RunContext
@@ -55,6 +56,7 @@ class TrainResult:
     analysis: dict[str, Any] | None = None        # bilaw/analysis.py `collect`, at the last state
     sample_weights: torch.Tensor | None = None    # (epochs, n_train) recorded training weights
     trace: list[dict[str, list[float]]] = field(default_factory=list)  # Fig. 5, per epoch
+    per_point: dict[str, Any] | None = None       # bilaw/per_point.py: {"test": ..., "holdout": ...}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -344,7 +346,8 @@ def _finish_run(run: RunState, say: Callable[[str], None] = _print_stderr) -> Tr
     best = evaluate_model(run.model, d.x_test, d.y_test, num_classes=d.num_classes, norm=cfg.norm, eps=cfg.eps,
                           pgd_steps=cfg.eval_pgd_steps, aa_samples=min(cfg.aa_samples, len(d.y_test)),
                           aa_version="custom" if cfg.aa_attacks else cfg.aa_version, aa_attacks=cfg.aa_attacks,
-                          aa_n_iter=cfg.aa_n_iter, seed=cfg.seed, batch_size=cfg.eval_batch_size)
+                          aa_n_iter=cfg.aa_n_iter, seed=cfg.seed, batch_size=cfg.eval_batch_size, per_point=True)
+    points = {"test": best.pop("points"), "holdout": holdout_points(run)}
     final = {"test_clean_acc": best["clean_acc"], "test_pgd_acc": best["pgd_acc"],
              "last_test_clean_acc": last["clean_acc"], "last_test_pgd_acc": last["pgd_acc"],
              "best_epoch": run.best["epoch"], "epochs_trained": run.epoch,
@@ -356,6 +359,7 @@ def _finish_run(run: RunState, say: Callable[[str], None] = _print_stderr) -> Tr
         final["test_aa_acc"] = best["aa_acc"]
         final["test_pgd_acc_aa_subset"] = best["pgd_acc_aa_subset"]
         final["aa_points"] = min(cfg.aa_samples, len(d.y_test))
+        final.update(masking_check(points["test"]["pgd"], points["test"]["aa"], cfg.masking_gap))
     final.update({f"test_pgd_acc_class_{k}": v for k, v in enumerate(best["per_class_pgd_acc"]) if v == v})
     if analysis is not None and not run.weighting.uniform:
         auroc = weight_auroc(analysis["weights"], analysis["misclassified_adv"])
@@ -374,7 +378,8 @@ def _finish_run(run: RunState, say: Callable[[str], None] = _print_stderr) -> Tr
                                    "num_classes": d.num_classes},
                        analysis=analysis,
                        sample_weights=torch.stack(run.sample_weights) if run.sample_weights else None,
-                       trace=list(run.trace))
+                       trace=list(run.trace), per_point=points)
+
 
 
 def _draw_interim_plots(run: RunState, folder: Path) -> None:

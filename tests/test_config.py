@@ -379,7 +379,7 @@ def test_key_roles_give_the_resume_and_reuse_exemptions():
 
     assert set(KEY_ROLES) <= set(KEYS)
     assert set(RESUME_FREE_KEYS) == {"device", "data_dir", "aa_samples", "aa_version", "aa_attacks", "aa_n_iter",
-                                     "eval_batch_size", "analysis_samples", "plots", "plot_every"}
+                                     "masking_gap", "eval_batch_size", "analysis_samples", "plots", "plot_every"}
     assert set(REUSE_FREE_KEYS) == {"device", "data_dir", "eval_batch_size", "hypergrad", "compile", "channels_last",
                                     "analysis_samples", "plots", "plot_every"}
 

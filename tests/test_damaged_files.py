@@ -226,8 +226,27 @@ READERS: dict[str, Reader] = {
 
 
 def _truncate(path: Path) -> None:
+    """Cut the file near its middle. A text file is cut where the rest no longer parses (a text
+    cut at a line end, or after `key:`, can still be a whole YAML or JSON document, which no
+    reader can tell from a finished file: the readers' documented limit)."""
     raw = path.read_bytes()
-    path.write_bytes(raw[: len(raw) // 2])
+    cut = len(raw) // 2
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        path.write_bytes(raw[:cut])
+        return
+    while cut > 1 and _parses(raw[:cut]):
+        cut -= 1
+    path.write_bytes(raw[:cut])
+
+
+def _parses(text: bytes) -> bool:
+    try:
+        yaml.safe_load(text)
+        return True
+    except yaml.YAMLError:
+        return False
 
 
 def _folder(path: Path) -> None:

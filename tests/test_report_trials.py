@@ -90,3 +90,27 @@ def test_report_rows_carry_wilson_for_one_run_and_t_for_several():
     assert f"| 64 | 90.00 [" in text and f"45.00 [{100 * lo:.2f}, {100 * hi:.2f}]" in text
     assert "95% Wilson interval over its test points" in text and "t-interval of the mean (df = n - 1)" in text
     assert "pgd_lo,pgd_hi" in format_csv(list(rows.values()), "weight_net").splitlines()[0]
+
+
+def test_a_run_flagged_for_gradient_masking_is_marked():
+    metrics = {"best_val_pgd_acc": 0.7, "test_clean_acc": 0.8, "test_pgd_acc": 0.6}
+    header, rows = trial_table([_run("a", {"lr": "0.1"}, metrics, {"suspect_gradient_masking": "true"}),
+                                _run("b", {"lr": "0.2"}, metrics)])
+    assert header[-1] == "gradient masking"
+    assert {r[0]: r[-1] for r in rows} == {"a": "suspect", "b": "-"}
+
+
+def test_a_suspect_trial_never_wins_unless_allowed():
+    from types import SimpleNamespace as NS
+
+    from tune.search_report import best_config
+    from tune.trainable import META_KEY
+
+    space = NS(metric=["best_val_pgd_acc"], mode=["max"])
+    results = [NS(error=None, metrics={"best_val_pgd_acc": 0.9, "suspect_gradient_masking": True},
+                  config={"lr": 0.2, META_KEY: {}}),
+               NS(error=None, metrics={"best_val_pgd_acc": 0.7}, config={"lr": 0.1, META_KEY: {}})]
+    cfg, values = best_config(NS(space=space, seeds=[0], args=NS(allow_suspect=False)), results)
+    assert cfg.lr == 0.1 and values == [0.7]
+    cfg, values = best_config(NS(space=space, seeds=[0], args=NS(allow_suspect=True)), results)
+    assert cfg.lr == 0.2 and values == [0.9]

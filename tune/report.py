@@ -25,7 +25,7 @@ if __package__ in (None, ""):  # run as `python tune/report.py`
 from bilaw.file_errors import DamagedFileError  # noqa: E402
 from tune.space_schema import NOT_SEARCHED  # noqa: E402
 from tune.uncertainty import accuracy_interval  # noqa: E402
-from tune.tracking import (NOT_SEARCHED_TAG, PARENT_TAG, STATUS_TAG, TrackingError, absolute_tracking_uri,  # noqa: E402
+from tune.tracking import (MASKING_TAG, NOT_SEARCHED_TAG, PARENT_TAG, STATUS_TAG, TrackingError, absolute_tracking_uri,  # noqa: E402
                            check_tracking_uri)
 
 COLUMNS = [("Clean", "test_clean_acc"), ("PGD", "test_pgd_acc"), ("AA", "test_aa_acc")]
@@ -179,10 +179,14 @@ def trial_table(runs: list) -> tuple[list[str], list[list[str]]]:
             peak, last = m.get("weight_std_peak"), m.get("weight_std_last")
             cells.append(f"{last / peak:.2f}" if peak and last is not None else "-")
             cells.append(_weights_state(m) if peak else "-")
+        if any(MASKING_TAG in x.data.tags for x in runs):
+            cells.append("suspect" if MASKING_TAG in r.data.tags else "-")
         rows.append([r.info.run_name, *cells])
     header = ["run", *params, *(c[0] for c in cols)]
     if any(key == "weight_std_peak" for _, key, _ in cols):
         header += ["last/peak", "weights"]
+    if any(MASKING_TAG in r.data.tags for r in runs):
+        header.append("gradient masking")
     return header, rows
 
 

@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how often a trial samples the machine's CPU, memory and GPU use, logged per epoch as "
                         "MLflow system metrics (default 2)")
     p.add_argument("--no-system-metrics", action="store_true", help="log no system metrics")
+    p.add_argument("--allow-suspect", action="store_true",
+                   help="let trials flagged suspect_gradient_masking (PGD-20 well above AutoAttack on the same "
+                        "points) win; by default they are shown but never picked")
     p.add_argument("--sampler-seed", type=int, default=0,
                    help="seed of the Optuna sampler (default 0): the same seed draws the same trials, another "
                         "seed other ones")

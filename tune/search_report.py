@@ -92,13 +92,17 @@ def _interval_note(metric: str, values: list[float], cfg: TrainConfig) -> str:
 
 
 def best_config(plan, results) -> tuple[TrainConfig | None, list[float]]:
-    """The config whose mean of the ranking metric over its seeds is best (ties: first)."""
+    """The config whose mean of the ranking metric over its seeds is best (ties: first); trials
+    flagged for gradient masking take no part unless --allow-suspect."""
     metric, sign = plan.space.metric[0], (1 if plan.space.mode[0] == "max" else -1)
     groups: dict[str, tuple[TrainConfig, list[float]]] = {}
+    allow_suspect = getattr(plan.args, "allow_suspect", False)
     for r in results:
         value = (r.metrics or {}).get(metric)
         if r.error is not None or value is None or not math.isfinite(value):
             continue
+        if (r.metrics or {}).get("suspect_gradient_masking") and not allow_suspect:
+            continue  # its PGD overstates its robustness (bilaw/per_point.py); --allow-suspect keeps it
         cfg = trial_config(r.config)
         key = cfg.replace(seed=plan.seeds[0]).to_yaml()
         groups.setdefault(key, (cfg.replace(seed=plan.seeds[0]), []))[1].append(float(value))

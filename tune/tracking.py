@@ -27,6 +27,9 @@ STATUS_TAG = "trial_status"  # completed | pruned | error
 # The searched params a trial was never given a value for (a `when` that did not hold), comma-
 # separated: its logged value is the default, which report.py shows as "-", not as a choice.
 NOT_SEARCHED_TAG = "not_searched"
+# A run whose PGD-20 accuracy beats AutoAttack's on the same points by more than chance and
+# `masking_gap` allow (bilaw/per_point.py): its PGD number overstates its robustness.
+MASKING_TAG = "suspect_gradient_masking"
 WEIGHTS_TAG = "weights"  # "collapsed" or "faded": a trial whose learned weights died (bilaw/weight_health.py)
 # MLflow's own HTTP retries block for minutes on a dead server (measured: 247 s); keep them short.
 FAST_FAIL_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
@@ -288,7 +291,7 @@ class TrialRun:
         self._flush_or_warn()
         ts = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, v, ts, step) for k, v in numeric_metrics(final).items()])
-        for name in ("config.yaml", "metrics.json"):
+        for name in ("config.yaml", "metrics.json", "per_point.npz"):
             if (run_dir / name).is_file():
                 self.log_artifact(run_dir / name)
         for png in sorted((run_dir / "plots").glob("*.png")):

@@ -26,7 +26,7 @@ from bilaw.weighting import is_learned
 from bilaw.trainer import scalar_final
 from bilaw.weight_health import health_label
 
-from .tracking import (NOT_SEARCHED_TAG, PER_CLASS_ARTIFACT, STATUS_TAG, WEIGHTS_TAG, SearchTracking, TrialRun,
+from .tracking import (MASKING_TAG, NOT_SEARCHED_TAG, PER_CLASS_ARTIFACT, STATUS_TAG, WEIGHTS_TAG, SearchTracking, TrialRun,
                        run_name)
 from .trainable import CHECKPOINT_NAME, SAVED_RUN, not_searched, trial_config
 
@@ -140,6 +140,8 @@ class TrialTracking(tune.Callback):
                 label = health_label(metrics["final"])
                 if label is not None:
                     run.set_tags({WEIGHTS_TAG: label})
+                if metrics["final"].get("suspect_gradient_masking"):
+                    run.set_tags({MASKING_TAG: "true"})
                 _log_per_class(run, metrics["final"])
                 if self.log_models:
                     from .model_store import log_model

@@ -106,7 +106,7 @@ def evaluate_model(model: Model, x: Tensor, y: Tensor, *, num_classes: int, norm
                    eps: float, pgd_steps: int = 20, aa_samples: int = 0,
                    aa_version: str = "standard", aa_attacks: Optional[Sequence[str]] = None,
                    aa_n_iter: Optional[int] = None, seed: int = 0,
-                   batch_size: int = 1024) -> dict:
+                   batch_size: int = 1024, per_point: bool = False) -> dict:
     """Clean, PGD-`pgd_steps` (step eps/4, random start) and optionally AutoAttack results.
 
     The PGD random starts come from `torch.Generator(device=<model's device>).manual_seed(seed)`,
@@ -122,6 +122,8 @@ def evaluate_model(model: Model, x: Tensor, y: Tensor, *, num_classes: int, norm
         aa_version, aa_attacks, aa_n_iter: passed to `run_autoattack` (version, attacks, n_iter).
         seed: seeds the PGD starts and AutoAttack.
         batch_size: evaluation batch size (AutoAttack keeps its own 250).
+        per_point: also return `points`: which points each attack leaves correct (CPU bool
+            tensors `clean` and `pgd` over all N, `aa` over AutoAttack's first points).
 
     Returns:
         dict with fractions in [0, 1]: `clean_acc`, `pgd_acc`, `aa_acc` and
@@ -148,7 +150,11 @@ def evaluate_model(model: Model, x: Tensor, y: Tensor, *, num_classes: int, norm
         if aa_samples > 0:
             n = min(aa_samples, len(y))  # PGD on exactly AutoAttack's points, for a like-for-like gap
             metrics["pgd_acc_aa_subset"] = adv[:n].eq(y_dev[:n]).sum().item() / n
-            metrics["aa_acc"] = run_autoattack(
-                model, x, y, norm=norm, eps=eps, n=aa_samples, version=aa_version,
-                attacks=aa_attacks, n_iter=aa_n_iter, seed=seed).accuracy
+            aa = run_autoattack(model, x, y, norm=norm, eps=eps, n=aa_samples, version=aa_version,
+                                attacks=aa_attacks, n_iter=aa_n_iter, seed=seed)
+            metrics["aa_acc"] = aa.accuracy
+        if per_point:
+            metrics["points"] = {"clean": clean.eq(y_dev).cpu(), "pgd": adv.eq(y_dev).cpu()}
+            if aa_samples > 0:
+                metrics["points"]["aa"] = aa.y_pred.to(y_dev.device).eq(y_dev[:aa.n]).cpu()
     return metrics

@@ -1,0 +1,53 @@
+"""Per-point results of a run's best state, McNemar's exact test, and the gradient-masking flag."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from bilaw import TrainConfig
+from bilaw.per_point import MASKING_MIN_POINTS, masking_check, mcnemar_p
+from bilaw.runs import save_run
+from bilaw.trainer import train
+
+
+@pytest.mark.parametrize("b, c", [(0, 0), (3, 0), (10, 4), (25, 40), (100, 0), (7, 7)])
+def test_mcnemar_is_the_exact_two_sided_binomial_test(b, c):
+    expected = 1.0 if b + c == 0 else stats.binomtest(b, b + c, 0.5).pvalue
+    assert mcnemar_p(b, c) == pytest.approx(expected, rel=1e-12)
+
+
+def _points(n: int, pgd_correct: int, aa_correct: int):
+    """n points where AutoAttack breaks a subset of what PGD leaves correct (no point the other way)."""
+    pgd = np.arange(n) < pgd_correct
+    aa = np.arange(n) < aa_correct
+    return pgd, aa
+
+
+def test_the_flag_needs_a_large_significant_gap_on_enough_points():
+    big = masking_check(*_points(1000, 700, 600), gap_points=5.0)
+    assert big["suspect_gradient_masking"] and big["masking_gap_points"] == pytest.approx(10.0)
+    assert big["masking_p_value"] < 1e-20 and big["masking_points"] == 1000
+    small = masking_check(*_points(1000, 620, 600), gap_points=5.0)  # significant, but 2 points
+    assert not small["suspect_gradient_masking"] and small["masking_p_value"] < 0.05
+    few = masking_check(*_points(100, 70, 50), gap_points=5.0)  # 20 points, but on 100 points only
+    assert MASKING_MIN_POINTS == 500 and not few["suspect_gradient_masking"]
+
+
+def test_a_run_keeps_its_per_point_results_beside_its_metrics(tmp_path):
+    cfg = TrainConfig.from_dict({"epochs": 1, "batch_size": 256, "pgd_steps": 2, "eval_pgd_steps": 2,
+                                 "aa_samples": 30, "aa_attacks": ["apgd-ce"], "aa_n_iter": 2,
+                                 "analysis_samples": 0, "plots": False, "device": "cpu"})
+    result = train(cfg, progress=False, log=lambda _: None)
+    save_run(result, tmp_path)
+    points = np.load(tmp_path / "per_point.npz")
+    final = result.final
+    assert points["test_clean"].mean() == pytest.approx(final["test_clean_acc"], abs=1e-12)
+    assert points["test_pgd"].mean() == pytest.approx(final["test_pgd_acc"], abs=1e-12)
+    assert len(points["test_aa"]) == 30 and points["test_aa"].mean() == pytest.approx(final["test_aa_acc"], abs=1e-12)
+    assert points["test_pgd"][:30].mean() == pytest.approx(final["test_pgd_acc_aa_subset"], abs=1e-12)
+    assert (points["test_index"] == np.arange(final["test_points"])).all()
+    assert len(points["holdout_clean"]) == len(points["holdout_index"]) == result.config.resolved().holdout_val_size
+    check = masking_check(points["test_pgd"], points["test_aa"], cfg.masking_gap)
+    assert {k: final[k] for k in check} == check and final["masking_points"] == 30
+    assert final["suspect_gradient_masking"] is False  # 30 points: too few to flag anything
