@@ -216,12 +216,12 @@ def format_csv(rows: list[Row], by: str) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf)
     names = [name for name, _ in COLUMNS]
-    writer.writerow([by, *[f"{n.lower()}_{s}" for n in names for s in ("mean", "std")], "gap_mean", "gap_std", "n",
-                     *[f"{n.lower()}_{s}" for n in names for s in ("lo", "hi")]])
+    writer.writerow([by, *[f"{n.lower()}_{s}" for n in names for s in ("mean", "std")], "gap_mean", "gap_std",
+                     *[f"{n.lower()}_{s}" for n in names for s in ("lo", "hi")], "n"])
     for row in rows:
         cells = [v for n in names for v in (row.cells[n] or ("", ""))]
         bounds = [v for n in names for v in ((row.intervals.get(n) or ("", ""))[:2])]
-        writer.writerow([row.value, *cells, *(row.gap or ("", "")), row.n, *bounds])
+        writer.writerow([row.value, *cells, *(row.gap or ("", "")), *bounds, row.n])
     return buf.getvalue()
 
 
