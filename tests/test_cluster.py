@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -130,7 +129,7 @@ def test_trials_on_a_node_that_cannot_see_the_drivers_files_are_tracked_in_full(
     """The driver's working folder (its default mlruns.db, its state folders) is hidden from the
     node where every trial runs; trials' files go to a shared folder, given as a path and as a
     file:// URI; tracking is the default SQLite file, then a PostgreSQL-backed tracking server."""
-    from test_tracking_server import Server, ts
+    from test_tracking_server import Server, server_place
 
     work, shared = tmp_path / "work", tmp_path / "shared"
     work.mkdir()
@@ -149,14 +148,8 @@ def test_trials_on_a_node_that_cannot_see_the_drivers_files_are_tracked_in_full(
         assert f"search state: {work / 'ray_results' / 'by_uri'}" in out.stdout  # a URI: state stays local
         _assert_tracked(f"sqlite:///{work / 'mlruns.db'}", "by_uri")
 
-        try:
-            ts.find_pg_bin(Path("/nonexistent"))
-        except ts.UsageError:
-            pytest.skip("PostgreSQL's programs are not installed (Debian: apt-get install postgresql)")
-        top = Path(tempfile.mkdtemp(prefix="bilaw-ts-", dir="/tmp"))
-        top.chmod(0o755)  # as root, PostgreSQL runs as bilaw-pg, which must be able to enter it
-        port = ts.check_port("127.0.0.1", 0)
-        server = Server(top / "store", port, ts.check_port("127.0.0.1", 0))
+        top, (port, db_port) = server_place()
+        server = Server(top / "store", port, db_port)
         try:
             server.wait_for("Ctrl-C stops both.")
             uri = f"http://127.0.0.1:{port}"

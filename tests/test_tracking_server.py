@@ -234,18 +234,25 @@ def _assert_stopped(server: Server, ports: tuple[int, int]) -> None:
         ts.check_port("127.0.0.1", port)
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_end_to_end_log_stop_restart_and_mlflow_dying():
+def server_place() -> tuple[Path, tuple[int, int]]:
+    """A fresh folder for a server's store and two free ports (MLflow, PostgreSQL); skips the
+    test where PostgreSQL's programs are not installed."""
     try:
         ts.find_pg_bin(Path("/nonexistent"))
     except ts.UsageError:
         pytest.skip("PostgreSQL's programs are not installed (Debian: apt-get install postgresql)")
-    from mlflow.tracking import MlflowClient
-
     top = Path(tempfile.mkdtemp(prefix="bilaw-ts-", dir="/tmp"))
     top.chmod(0o755)  # as root, PostgreSQL runs as bilaw-pg, which must be able to enter it
-    data, ports = top / "store", (ts.check_port("127.0.0.1", 0), ts.check_port("127.0.0.1", 0))
+    return top, (ts.check_port("127.0.0.1", 0), ts.check_port("127.0.0.1", 0))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_end_to_end_log_stop_restart_and_mlflow_dying():
+    from mlflow.tracking import MlflowClient
+
+    top, ports = server_place()
+    data = top / "store"
     uri = f"http://127.0.0.1:{ports[0]}"
     server = None
     try:
