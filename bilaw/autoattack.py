@@ -50,12 +50,16 @@ class AutoAttackResult:
         y_pred: (n,) int64 final predictions (on x_adv), on y's device.
         accuracy: robust accuracy, mean(y_pred == y), in [0, 1].
         n: number of points evaluated (min(n, len(x))).
+        warnings: what AutoAttack's own sanity checks said of the model (a randomised or dynamic
+            defence, probabilities instead of logits, points with zero gradient, Square beating
+            the gradient attacks): each a sign that its number may overstate robustness.
     """
 
     x_adv: Tensor
     y_pred: Tensor
     accuracy: float
     n: int
+    warnings: tuple[str, ...] = ()
 
 
 def _check_args(norm: str, version: str, attacks: Optional[Sequence[str]],
@@ -105,17 +109,40 @@ def _configure(adversary: AutoAttack, *, version: str, num_classes: int,
         adversary.square.n_queries = n_iter
 
 
+class _Collect(logging.Handler):
+    """Keeps the messages of the WARNING records it is handed (AutoAttack's sanity checks log
+    there), and hands ERROR records on to `errors_to` where given."""
+
+    def __init__(self, errors_to: Optional[logging.Logger]) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+        self.errors_to = errors_to
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.ERROR and self.errors_to is not None:
+            self.errors_to.handle(record)
+        elif record.getMessage() not in self.messages:
+            self.messages.append(record.getMessage())
+
+
 @contextmanager
-def _quiet(verbose: bool) -> Iterator[None]:
-    """Silence the 'auto-attack' logger below ERROR unless verbose (level restored after)."""
+def _collected(verbose: bool) -> Iterator[list[str]]:
+    """Collect the 'auto-attack' logger's warnings into the yielded list; unless verbose only its
+    errors are printed (the logger stops propagating while it runs and the collector passes
+    errors on; level and propagation restored after)."""
     logger = logging.getLogger("auto-attack")
-    level = logger.level
+    level, propagate = logger.level, logger.propagate
+    collect = _Collect(None if verbose else logger.parent)
+    logger.addHandler(collect)
     if not verbose:
-        logger.setLevel(logging.ERROR)
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
     try:
-        yield
+        yield collect.messages
     finally:
+        logger.removeHandler(collect)
         logger.setLevel(level)
+        logger.propagate = propagate
 
 
 def run_autoattack(model: nn.Module, x: Tensor, y: Tensor, *, norm: str, eps: float,
@@ -142,10 +169,11 @@ def run_autoattack(model: nn.Module, x: Tensor, y: Tensor, *, norm: str, eps: fl
             runs; the result is then not a standard AutoAttack number). None keeps 100/5000.
         seed: seed for every sub-attack (the caller's RNG state is preserved).
         batch_size: attack batch size.
-        verbose: let the 'auto-attack' logger through (else only errors).
+        verbose: let the 'auto-attack' logger's messages through (else none are printed; its
+            warnings are returned either way).
 
     Returns:
-        AutoAttackResult(x_adv (n, ...), y_pred (n,), accuracy, n).
+        AutoAttackResult(x_adv (n, ...), y_pred (n,), accuracy, n, warnings).
 
     Raises:
         ValueError: unknown version or attack, attacks without version="custom" or the reverse.
@@ -156,7 +184,7 @@ def run_autoattack(model: nn.Module, x: Tensor, y: Tensor, *, norm: str, eps: fl
     device = model_device(model, default=x.device)
     cuda = [device.index if device.index is not None else torch.cuda.current_device()] \
         if device.type == "cuda" else []
-    with eval_mode(model), torch.random.fork_rng(devices=cuda), _quiet(verbose):
+    with eval_mode(model), torch.random.fork_rng(devices=cuda), _collected(verbose) as said:
         with torch.no_grad():
             num_classes = model(x[:1].to(device)).shape[1]
         adversary = AutoAttack(model, attacks=list(attacks) if attacks else None, device=device,
@@ -164,4 +192,4 @@ def run_autoattack(model: nn.Module, x: Tensor, y: Tensor, *, norm: str, eps: fl
         _configure(adversary, version=version, num_classes=num_classes, n_iter=n_iter)
         x_adv, y_pred = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
     accuracy = y_pred.eq(y).sum().item() / max(x.shape[0], 1)  # exact count / N
-    return AutoAttackResult(x_adv=x_adv, y_pred=y_pred, accuracy=accuracy, n=x.shape[0])
+    return AutoAttackResult(x_adv=x_adv, y_pred=y_pred, accuracy=accuracy, n=x.shape[0], warnings=tuple(said))

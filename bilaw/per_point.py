@@ -51,14 +51,32 @@ def save_per_point(path: str | Path, test: dict[str, Any], holdout: dict[str, An
     np.savez_compressed(path, **arrays)
 
 
-def holdout_points(run) -> dict[str, Any] | None:
-    """Which held-out validation points `run`'s model (a trainer RunState at its best state)
-    classifies correctly, clean and under PGD with the evaluation's steps."""
-    from .evaluate import evaluate_model
+VAL_ATTACK_SEED_OFFSET = 99  # the held-out PGD starts' generator seed is cfg.seed + this
 
-    cfg, d = run.cfg, run.data
-    if not len(d.y_holdout):
+
+def holdout_correct(model, cfg, data) -> dict[str, Any]:
+    """Which held-out validation points `model` classifies correctly (CPU bool tensors `clean`
+    and `pgd`): PGD with the evaluation's steps and the default step eps/4 whatever
+    `pgd_step_size` says, its random starts from a generator seeded cfg.seed + 99, so every epoch
+    is scored against the same starts. The trainer's held-out accuracies are the means of these,
+    so a run's per-point held-out results at its best state are exactly its best_val_pgd_acc."""
+    import torch
+
+    from .attacks import default_step_size, model_device
+    from .evaluate import pgd_predictions, predict
+
+    device = model_device(model, default=data.x_holdout.device)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed + VAL_ATTACK_SEED_OFFSET)
+    y = data.y_holdout.to(device)
+    clean = predict(model, data.x_holdout, cfg.eval_batch_size).eq(y)
+    adv = pgd_predictions(model, data.x_holdout, data.y_holdout, norm=cfg.norm, eps=cfg.eps, steps=cfg.eval_pgd_steps,
+                          step_size=default_step_size(cfg.eps), batch_size=cfg.eval_batch_size, generator=gen).eq(y)
+    return {"clean": clean.cpu(), "pgd": adv.cpu()}
+
+
+def holdout_points(run) -> dict[str, Any] | None:
+    """`holdout_correct` for `run`'s model (a trainer RunState at its best state); None without
+    a held-out set."""
+    if not len(run.data.y_holdout):
         return None
-    out = evaluate_model(run.model, d.x_holdout, d.y_holdout, num_classes=d.num_classes, norm=cfg.norm, eps=cfg.eps,
-                         pgd_steps=cfg.eval_pgd_steps, seed=cfg.seed, batch_size=cfg.eval_batch_size, per_point=True)
-    return out["points"]
+    return holdout_correct(run.model, run.cfg, run.data)

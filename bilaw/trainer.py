@@ -20,15 +20,14 @@ import torch
 from torch import nn
 
 from .analysis import TRACE_SIZE, collect, fixed_subset, noise_weight_means, trace_weights, weight_auroc
-from .attacks import default_step_size
 from .checkpoint import resume_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import RESUME_FREE_KEYS, ConfigError, TrainConfig, config_differences
 from .data import DataBundle, augment_crop_flip, batch_indices, load_data
 from .epoch_stats import accumulate, finish_epoch
-from .evaluate import accuracy, evaluate_model, pgd_accuracy
+from .evaluate import evaluate_model
 from .models import build_model
 from .objectives import OBJECTIVES, AttackSetting, Objective, combine
-from .per_point import holdout_points, masking_check
+from .per_point import holdout_correct, holdout_points, masking_check
 from .progress import batch_progress, format_epoch
 from .weight_health import collapse_message, collapsed_epoch, fade_message, weight_health
 from .learned import RunContext
@@ -204,17 +203,12 @@ class RunState:
             torch.cuda.synchronize(self.device)
 
     def validate(self) -> dict[str, float]:
-        """Held-out validation: clean and PGD (eval steps, the default step eps/4 whatever
-        `pgd_step_size` says, as in the test evaluation) accuracy, fixed attack seed so every
-        epoch is scored against the same random starts."""
-        cfg, d = self.cfg, self.data
-        gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 99)
-        return {
-            "val_clean_acc": accuracy(self.model, d.x_holdout, d.y_holdout, cfg.eval_batch_size),
-            "val_pgd_acc": pgd_accuracy(self.model, d.x_holdout, d.y_holdout, norm=cfg.norm, eps=cfg.eps,
-                                        steps=cfg.eval_pgd_steps, step_size=default_step_size(cfg.eps),
-                                        batch_size=cfg.eval_batch_size, generator=gen),
-        }
+        """Held-out validation: clean and PGD accuracy, the means of `holdout_correct`
+        (bilaw/per_point.py: the evaluation's PGD steps, step eps/4, the same random starts
+        every epoch)."""
+        points = holdout_correct(self.model, self.cfg, self.data)
+        n = max(len(self.data.y_holdout), 1)  # exact count / N
+        return {"val_clean_acc": points["clean"].sum().item() / n, "val_pgd_acc": points["pgd"].sum().item() / n}
 
     def update_best(self, metrics: dict[str, Any]) -> None:
         if metrics["val_pgd_acc"] > self.best["val_pgd_acc"]:
@@ -360,6 +354,10 @@ def _finish_run(run: RunState, say: Callable[[str], None] = _print_stderr) -> Tr
         final["test_pgd_acc_aa_subset"] = best["pgd_acc_aa_subset"]
         final["aa_points"] = min(cfg.aa_samples, len(d.y_test))
         final.update(masking_check(points["test"]["pgd"], points["test"]["aa"], cfg.masking_gap))
+        if best["aa_warnings"]:  # AutoAttack's own checks doubt its number (bilaw/autoattack.py)
+            final["autoattack_warnings"] = best["aa_warnings"]
+            for message in best["aa_warnings"]:
+                say(f"AutoAttack's check: {message}")
     final.update({f"test_pgd_acc_class_{k}": v for k, v in enumerate(best["per_class_pgd_acc"]) if v == v})
     if analysis is not None and not run.weighting.uniform:
         auroc = weight_auroc(analysis["weights"], analysis["misclassified_adv"])

@@ -169,6 +169,30 @@ def test_evaluate_model_with_autoattack(digits):
     assert m["aa_acc"] < accuracy(model, x[:32], y[:32])
 
 
+class _Probabilities(nn.Module):
+    """A model that hands out softmax probabilities instead of logits (a classic evaluation bug)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x).softmax(dim=1)
+
+
+def test_autoattack_sanity_check_warnings_are_returned_not_printed(digits, capsys, caplog):
+    model, x, y = digits
+    plain = run_autoattack(model, x, y, norm="linf", eps=0.1, n=16, **AA_CHEAP)
+    assert plain.warnings == ()
+    probs = run_autoattack(_Probabilities(model), x, y, norm="linf", eps=0.1, n=16, **AA_CHEAP)
+    assert len(probs.warnings) == 1 and "output is a probability distribution" in probs.warnings[0]
+    out = capsys.readouterr()
+    assert "probability" not in out.out + out.err and "probability" not in caplog.text
+    m = evaluate_model(_Probabilities(model), x, y, num_classes=10, norm="linf", eps=0.1, pgd_steps=1,
+                       aa_samples=16, aa_version="custom", aa_attacks=["apgd-ce"], aa_n_iter=3, seed=0)
+    assert m["aa_warnings"] == list(probs.warnings)
+
+
 def test_evaluate_model_absent_class_is_nan(digits):
     model, x, y = digits
     keep = y < 5

@@ -35,7 +35,7 @@ def test_the_flag_needs_a_large_significant_gap_on_enough_points():
 
 
 def test_a_run_keeps_its_per_point_results_beside_its_metrics(tmp_path):
-    cfg = TrainConfig.from_dict({"epochs": 1, "batch_size": 256, "pgd_steps": 2, "eval_pgd_steps": 2,
+    cfg = TrainConfig.from_dict({"epochs": 2, "batch_size": 256, "pgd_steps": 2, "eval_pgd_steps": 2,
                                  "aa_samples": 30, "aa_attacks": ["apgd-ce"], "aa_n_iter": 2,
                                  "analysis_samples": 0, "plots": False, "device": "cpu"})
     result = train(cfg, progress=False, log=lambda _: None)
@@ -48,6 +48,10 @@ def test_a_run_keeps_its_per_point_results_beside_its_metrics(tmp_path):
     assert points["test_pgd"][:30].mean() == pytest.approx(final["test_pgd_acc_aa_subset"], abs=1e-12)
     assert (points["test_index"] == np.arange(final["test_points"])).all()
     assert len(points["holdout_clean"]) == len(points["holdout_index"]) == result.config.resolved().holdout_val_size
+    # the held-out points are scored as the epochs' validation scored them: their mean is the ranking metric
+    best = result.history[final["best_epoch"]]
+    assert points["holdout_pgd"].mean() == pytest.approx(best["best_val_pgd_acc"], abs=1e-12)
+    assert points["holdout_clean"].mean() == pytest.approx(best["val_clean_acc"], abs=1e-12)
     check = masking_check(points["test_pgd"], points["test_aa"], cfg.masking_gap)
     assert {k: final[k] for k in check} == check and final["masking_points"] == 30
     assert final["suspect_gradient_masking"] is False  # 30 points: too few to flag anything

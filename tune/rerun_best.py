@@ -111,7 +111,7 @@ def _run(args, uri: str, best, config: dict) -> int:
     import ray
     from ray import tune
 
-    from tune.search import use_tune_env
+    from tune.search import LOCAL_RAY, use_tune_env
     from tune.trainable import META_KEY, train_trial
     from tune.trial_tracking import TrialTracking
     from tune.tracking import SearchTracking, use_fast_fail_http
@@ -123,7 +123,7 @@ def _run(args, uri: str, best, config: dict) -> int:
     gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (1.0 if torch.cuda.is_available() else 0.0)
     if gpus == 0 and config.get("device", "auto") == "auto":
         config["device"] = "cpu"
-    ray.init(include_dashboard=False, object_store_memory=256 * 1024 ** 2, logging_level="WARNING")
+    ray.init(address=LOCAL_RAY, include_dashboard=False, object_store_memory=256 * 1024 ** 2, logging_level="WARNING")
     meta = {"threads": max(1, int(args.cpus_per_trial))}
     name = f"{args.experiment}-rerun-{time.strftime('%Y%m%d-%H%M%S')}"
     try:

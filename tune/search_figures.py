@@ -75,11 +75,18 @@ def _save(drawn: Any, path: Path) -> Path:
 def _draw(name: str, path: Path, draw: Callable[[], Any], written: list[Path]) -> None:
     """Draw one figure; Optuna's ExperimentalWarning is silenced here only, and its global
     ggplot style is undone afterwards (rc_context) so later figures of the process keep theirs.
-    A failure becomes a warning, and any figure it left open is closed."""
+    Matplotlib's font fallback notices (a machine without the STIX or Computer Modern fonts logs
+    one per missing family) are kept out of the search's output. A failure becomes a warning, and
+    any figure it left open is closed."""
+    import logging
+
     import matplotlib
 
     plt = _pyplot()
     before = set(plt.get_fignums())
+    fonts = logging.getLogger("matplotlib.font_manager")
+    level = fonts.level
+    fonts.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings(), matplotlib.rc_context():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -87,6 +94,7 @@ def _draw(name: str, path: Path, draw: Callable[[], Any], written: list[Path]) -
     except Exception as exc:  # a figure never stops the others
         warnings.warn(f"search figure {name} not drawn: {type(exc).__name__}: {exc}", RuntimeWarning, stacklevel=3)
     finally:
+        fonts.setLevel(level)
         for num in set(plt.get_fignums()) - before:
             plt.close(num)
 

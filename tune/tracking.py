@@ -30,6 +30,9 @@ NOT_SEARCHED_TAG = "not_searched"
 # A run whose PGD-20 accuracy beats AutoAttack's on the same points by more than chance and
 # `masking_gap` allow (bilaw/per_point.py): its PGD number overstates its robustness.
 MASKING_TAG = "suspect_gradient_masking"
+# What AutoAttack's own sanity checks said of the run's model (randomised or dynamic defence,
+# probabilities for logits, zero gradients, Square beating the gradient attacks), one per line.
+AA_WARNINGS_TAG = "autoattack_warnings"
 WEIGHTS_TAG = "weights"  # "collapsed" or "faded": a trial whose learned weights died (bilaw/weight_health.py)
 # MLflow's own HTTP retries block for minutes on a dead server (measured: 247 s); keep them short.
 FAST_FAIL_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",

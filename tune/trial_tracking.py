@@ -26,8 +26,8 @@ from bilaw.weighting import is_learned
 from bilaw.trainer import scalar_final
 from bilaw.weight_health import health_label
 
-from .tracking import (MASKING_TAG, NOT_SEARCHED_TAG, PER_CLASS_ARTIFACT, STATUS_TAG, WEIGHTS_TAG, SearchTracking, TrialRun,
-                       run_name)
+from .tracking import (AA_WARNINGS_TAG, MASKING_TAG, NOT_SEARCHED_TAG, PER_CLASS_ARTIFACT, STATUS_TAG, WEIGHTS_TAG,
+                       SearchTracking, TrialRun, run_name)
 from .trainable import CHECKPOINT_NAME, SAVED_RUN, not_searched, trial_config
 
 # What Ray adds to every result besides the trial's own metrics.
@@ -142,6 +142,8 @@ class TrialTracking(tune.Callback):
                     run.set_tags({WEIGHTS_TAG: label})
                 if metrics["final"].get("suspect_gradient_masking"):
                     run.set_tags({MASKING_TAG: "true"})
+                if metrics["final"].get("autoattack_warnings"):
+                    run.set_tags({AA_WARNINGS_TAG: "\n".join(metrics["final"]["autoattack_warnings"])[:4000]})
                 _log_per_class(run, metrics["final"])
                 if self.log_models:
                     from .model_store import log_model

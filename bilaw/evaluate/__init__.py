@@ -127,7 +127,8 @@ def evaluate_model(model: Model, x: Tensor, y: Tensor, *, num_classes: int, norm
 
     Returns:
         dict with fractions in [0, 1]: `clean_acc`, `pgd_acc`, `aa_acc` and
-        `pgd_acc_aa_subset` (PGD on the same first aa_samples points; both only if aa_samples > 0), `per_class_clean_acc` and `per_class_pgd_acc` (k floats, NaN for an absent
+        `pgd_acc_aa_subset` (PGD on the same first aa_samples points; both only if aa_samples > 0,
+        with `aa_warnings`, what AutoAttack's own sanity checks said), `per_class_clean_acc` and `per_class_pgd_acc` (k floats, NaN for an absent
         class), `adv_confusion` (k x k ints: rows true class, columns class predicted on the
         PGD examples).
     """
@@ -153,6 +154,7 @@ def evaluate_model(model: Model, x: Tensor, y: Tensor, *, num_classes: int, norm
             aa = run_autoattack(model, x, y, norm=norm, eps=eps, n=aa_samples, version=aa_version,
                                 attacks=aa_attacks, n_iter=aa_n_iter, seed=seed)
             metrics["aa_acc"] = aa.accuracy
+            metrics["aa_warnings"] = list(aa.warnings)
         if per_point:
             metrics["points"] = {"clean": clean.eq(y_dev).cpu(), "pgd": adv.eq(y_dev).cpu()}
             if aa_samples > 0:
