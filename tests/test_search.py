@@ -17,10 +17,12 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Iterator
 
+import numpy as np
 import optuna
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from scipy import stats
 
 from bilaw.config import TrainConfig
 from helpers import tracebacks
@@ -94,6 +96,21 @@ def test_smoke_search_tracks_parent_and_children(smoke_search):
     best = yaml.safe_load((root / "ray_results" / "ablation_capacity" / "best_config.yaml").read_text())
     assert winner.data.params["weight_net"] == best["weight_net"] and parent.data.tags["winner_run_name"] == winner.info.run_name
     assert parent.data.metrics["winner_test_pgd_acc"] == winner.data.metrics["test_pgd_acc"]
+    # the search's last word: the winner against each other config, point by point on the held-out set
+    lines = Path(client.download_artifacts(parent.info.run_id, "paired_comparisons.txt")).read_text().splitlines()
+    won = np.load(client.download_artifacts(winner.info.run_id, "per_point.npz"))["holdout_pgd"]
+    assert won.mean() == pytest.approx(winner.data.metrics["best_val_pgd_acc"], abs=1e-12)
+    apart = []
+    for run in (r for r in children if r is not winner):
+        other = np.load(client.download_artifacts(run.info.run_id, "per_point.npz"))["holdout_pgd"]
+        only_won, only_other = int((won & ~other).sum()), int((~won & other).sum())
+        p = 1.0 if only_won + only_other == 0 else stats.binomtest(only_won, only_won + only_other).pvalue
+        line = next(x for x in lines if x.startswith(f"  weight_net={run.data.params['weight_net']} "))
+        assert f"{100 * (won.mean() - other.mean()):+6.2f} points" in line and f"p = {p:.3g}, {len(won)} points" in line
+        assert ("not distinguishable" in line) == (p >= 0.05)
+        apart.append(p < 0.05)
+    assert parent.data.tags["winner_distinguishable"] == str(all(apart)).lower()
+    assert lines[-1].startswith(f"weight_net={winner.data.params['weight_net']} is ")
     # epochs far shorter than --checkpoint-every (30 s): only the last report carries a checkpoint
     for trial in (root / "ray_results" / "ablation_capacity").glob("trial_*"):
         reports = [json.loads(line) for line in (trial / "result.json").read_text().splitlines()]

@@ -23,6 +23,7 @@ if __package__ in (None, ""):  # run as `python tune/report.py`
     import _script_path  # noqa: F401  (puts this repository first on sys.path)
 
 from bilaw.file_errors import DamagedFileError  # noqa: E402
+from tune.paired_runs import PER_POINT_KEYS  # noqa: E402
 from tune.space_schema import NOT_SEARCHED  # noqa: E402
 from tune.uncertainty import accuracy_interval  # noqa: E402
 from tune.tracking import (MASKING_TAG, NOT_SEARCHED_TAG, PARENT_TAG, STATUS_TAG, TrackingError, absolute_tracking_uri,  # noqa: E402
@@ -150,11 +151,31 @@ def format_markdown(rows: list[Row], by: str) -> str:
     head = [by, *cols, "PGD - Clean", "n"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
-        lines.append("| " + " | ".join([row.value, *(_with_interval(row, c) for c in cols), _pct(row.gap),
-                                        str(row.n)]) + " |")
+        gap = "-" if row.gap is None else f"{100 * row.gap[0]:.2f}" if row.n == 1 else _pct(row.gap)
+        lines.append("| " + " | ".join([row.value, *(_with_interval(row, c) for c in cols), gap, str(row.n)]) + " |")
     return "\n".join(lines) + ("\n\naccuracies in %; a row of one run: its accuracy and, in brackets, the 95% Wilson "
                                "interval over its test points; of n runs: mean ± std and the 95% t-interval of the "
                                "mean (df = n - 1)")
+
+
+def paired_section(uri: str, runs: list, by: str, metric: str) -> str:
+    """The best row against every other row, point by point on `metric`'s points and seed by seed
+    (tune/paired.py): the difference, its 95% interval, and whether it is distinguishable."""
+    from mlflow.tracking import MlflowClient
+
+    from tune.paired import against_leader, format_comparisons, mean_accuracy, verdict
+    from tune.paired_runs import WHAT, PerPointStore, group_points
+
+    groups, notes = group_points(PerPointStore(MlflowClient(uri)), runs, lambda r: f"{by}={param_value(r, by)}", metric)
+    if len(groups) < 2:
+        return f"paired comparison on {metric}: fewer than two rows have per-point results" + \
+            "".join(f"; {n}" for n in notes)
+    ranked = sorted(groups, key=lambda k: -mean_accuracy(groups[k]))
+    comparisons = against_leader({k: groups[k] for k in ranked}, ranked[0])
+    lines = [f"paired: {ranked[0]} (best mean {metric}) against each other row, {WHAT[metric]}, point by point "
+             f"and seed by seed (best minus other, 95% interval):", *format_comparisons(comparisons),
+             *(f"  note: {n}" for n in notes), verdict(ranked[0], comparisons)]
+    return "\n".join(lines)
 
 
 def varying_params(runs: list) -> list[str]:
@@ -270,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", action="store_true",
                    help="one row per finished trial (searched values, held-out and test metrics, weight health), "
                         "best first, instead of rows grouped by one parameter")
+    p.add_argument("--paired-metric", default="test_pgd_acc", choices=sorted(PER_POINT_KEYS),
+                   help="compare the best row with each other row point by point on this metric (default "
+                        "test_pgd_acc; best_val_pgd_acc: the search's held-out ranking metric); md format only")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlruns.db in this folder)")
     return p
 
@@ -288,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
             by = choose_by(runs, args.by)
             rows = build_rows(runs, by)
             print(format_markdown(rows, by) if args.format == "md" else format_csv(rows, by), end="\n")
+            if args.format == "md":
+                print("\n" + paired_section(uri, runs, by, args.paired_metric))
         if args.importance:
             print("\nparameter importance (Optuna, fANOVA):")
             for name, value in importances(runs, args.experiment, uri).items():

@@ -25,6 +25,7 @@ from tune.tracking import TrackingError, absolute_tracking_uri, check_tracking_u
 FULL_EVAL = {"aa_samples": 1000, "aa_attacks": None, "aa_n_iter": None, "aa_version": "standard",
              "eval_pgd_steps": 20}
 SUMMARY = [("clean", "test_clean_acc"), ("PGD-20", "test_pgd_acc"), ("AutoAttack", "test_aa_acc")]
+POINTS = {"test_clean_acc": "test_points", "test_pgd_acc": "test_points", "test_aa_acc": "aa_points"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,12 +143,27 @@ def _run(args, uri: str, best, config: dict) -> int:
         print(f"error: no re-run finished ({sum(r.error is not None for r in results)} errored)", file=sys.stderr)
         return 1
     print(f"\n{len(finals)} re-runs of {best.info.run_id}:")
+    for line in summary_lines(finals):
+        print(line)
+    return 0
+
+
+def summary_lines(finals: list[dict]) -> list[str]:
+    """Mean of each test accuracy over the re-runs with its 95% interval: over seeds (std and t)
+    for several, the Wilson interval over its test points for one."""
+    from tune.uncertainty import accuracy_interval
+
+    lines = []
     for label, key in SUMMARY:
         values = [m[key] for m in finals if key in m]
-        if values:
-            std = statistics.stdev(values) if len(values) > 1 else 0.0
-            print(f"  {label:<11} {100 * statistics.fmean(values):6.2f} ± {100 * std:.2f} %")
-    return 0
+        if not values:
+            continue
+        counts = {int(m[POINTS[key]]) for m in finals if POINTS[key] in m}
+        interval = accuracy_interval(values, counts.pop() if len(counts) == 1 else None)
+        spread = f" ± {100 * statistics.stdev(values):.2f}" if len(values) > 1 else ""
+        bounds = f" [{100 * interval[0]:.2f}, {100 * interval[1]:.2f}] ({interval[2]})" if interval else ""
+        lines.append(f"  {label:<11} {100 * statistics.fmean(values):6.2f}{spread} %{bounds}")
+    return lines
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bilaw.config import TrainConfig
+from tune.search_paired import paired_summary
 from tune.trainable import trial_config
 from tune.tracking import SearchTracking, redact_uri, runs_table_url
 
@@ -156,8 +157,11 @@ def report(plan, results, tracking: SearchTracking, folder: Path) -> int:
     winner, run_id, result = _winner(plan, results, tracking, cfg)
     if run_id is not None and plan.args.log_models != "none":
         _log_winner_model(plan, tracking, run_id, result, winner)
+    paired, paired_files = paired_summary(plan, results, tracking, cfg, folder)
     tracking.finish_parent("FINISHED", {f"best_{space.metric[0]}": mean, "trials": len(results), "errors": errors,
-                                        **winner}, artifacts=[path, space.path, *front_files])
+                                        **winner}, artifacts=[path, space.path, *front_files, *paired_files])
     print(f"MLflow: mlflow ui --backend-store-uri {redact_uri(plan.tracking_uri)} --host 127.0.0.1 --port 5000\n"
           f"  runs table: {runs_table_url(tracking.experiment_id)}")
+    if paired:  # last, so the search's last lines say whether its winner stands out
+        print("\n" + "\n".join(paired))
     return 0

@@ -34,9 +34,9 @@ def t_interval(values: list[float], confidence: float = 0.95) -> tuple[float, fl
 def accuracy_interval(values: list[float], points: int | None) -> tuple[float, float, str] | None:
     """The interval to print next to an accuracy: over seeds when there are several (t), else
     the one run's Wilson interval from its `points` (None where the count is unknown)."""
-    if len(values) >= 2:
+    if len(values) >= 2:  # an accuracy's interval stays in [0, 1], where a t-interval of few seeds may not
         lo, hi = t_interval(values)
-        return lo, hi, f"t, {len(values)} runs"
+        return max(0.0, lo), min(1.0, hi), f"t, {len(values)} runs"
     if len(values) == 1 and points:
         lo, hi = wilson_interval(round(values[0] * points), points)
         return lo, hi, f"Wilson, {points} points"

@@ -1,0 +1,110 @@
+"""The end of a search: is its best config distinguishable from the others? Each finished
+config's runs are paired with the best config's, seed by seed and point by point on the points
+its ranking metric counts (tune/paired.py), and the summary says which configs the best one is
+not distinguishable from."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bilaw.config import TrainConfig
+from tune.paired import Paired, against_leader, format_comparisons, mean_accuracy, verdict
+from tune.paired_runs import WHAT, PerPointStore, can_pair, group_points
+from tune.tracking import TRIAL_ID_TAG, SearchTracking, run_name
+from tune.trainable import trial_config
+
+PAIRED_ARTIFACT = "paired_comparisons.txt"
+DISTINGUISHABLE_TAG = "winner_distinguishable"  # true | false | not compared
+
+
+def config_label(space: Any, cfg: TrainConfig) -> str:
+    """A config by its searched values, as its runs are named without the seed: "weight_net=64"."""
+    return run_name({k: p.shown_for(cfg) for k, p in space.params.items()}, "the config")
+
+
+@dataclass
+class ConfigPoints:
+    """Per-point results of a search's finished configs: label -> seed -> bool per point."""
+
+    metric: str
+    groups: dict[str, dict[int, np.ndarray]]
+    configs: dict[str, TrainConfig]              # label -> config (first seed of the search)
+    notes: list[str] = field(default_factory=list)
+
+    def mean(self, label: str) -> float:
+        return mean_accuracy(self.groups.get(label, {}))
+
+
+def finished_config_points(plan: Any, results: Any, tracking: SearchTracking, metric: str,
+                           runs: list | None = None) -> ConfigPoints:
+    """The per-point results for `metric` of every finished trial (not those flagged for gradient
+    masking, unless --allow-suspect), from their MLflow runs (`runs`: the search's child runs)."""
+    allow_suspect = getattr(plan.args, "allow_suspect", False)
+    runs = tracking.child_runs() if runs is None else runs
+    by_trial = {r.data.tags.get(TRIAL_ID_TAG): r for r in runs}
+    labels: dict[str, str] = {}
+    configs: dict[str, TrainConfig] = {}
+    chosen = []
+    for r in results:
+        m = r.metrics or {}
+        if r.error is not None or not math.isfinite(m.get(plan.space.metric[0], math.nan)):
+            continue
+        if m.get("suspect_gradient_masking") and not allow_suspect:
+            continue
+        run = by_trial.get(m.get("trial_id"))
+        if run is None:
+            continue
+        cfg = trial_config(r.config)
+        label = config_label(plan.space, cfg)
+        labels[run.info.run_id] = label
+        configs.setdefault(label, cfg.replace(seed=plan.seeds[0]))
+        chosen.append(run)
+    groups, notes = group_points(PerPointStore(tracking.client), chosen, lambda run: labels[run.info.run_id], metric)
+    return ConfigPoints(metric, groups, configs, notes)
+
+
+def paired_lines(points: ConfigPoints, leader: str) -> tuple[list[str], dict[str, Paired | None]]:
+    """The printed block: the leader against every other config, best mean first, and the verdict."""
+    others = sorted((k for k in points.groups if k != leader), key=lambda k: -points.mean(k))
+    comparisons = against_leader({k: points.groups[k] for k in [leader, *others]}, leader)
+    head = (f"paired: {leader} against each other config, {WHAT.get(points.metric, points.metric)}, point by "
+            f"point (leader minus other, 95% interval):")
+    lines = [head, *format_comparisons(comparisons), *(f"  note: {n}" for n in points.notes)]
+    line = verdict(leader, comparisons)
+    if any(p is not None and not p.distinguishable for p in comparisons.values()):
+        line += (": the ranking metric still picks it (the config saved, logged and re-run), but these runs do not "
+                 "separate them; more seeds (--race K) or more held-out points can")
+    return [*lines, line], comparisons
+
+
+def paired_summary(plan: Any, results: Any, tracking: SearchTracking, cfg: TrainConfig,
+                   folder: Path) -> tuple[list[str], list[Path]]:
+    """The lines that say whether the search's winner is distinguishable from the other configs
+    (tune/paired.py) and the file holding them; tags the parent run with the answer. Never stops
+    the report: a failure is one line saying so."""
+    metric = plan.space.metric[0]
+    if plan.space.multi_objective:
+        return [], []
+    if not can_pair(metric):
+        return [f"paired comparison: not available for {metric} (no per-point results for it)"], []
+    try:
+        points = finished_config_points(plan, results, tracking, metric)
+        leader = config_label(plan.space, cfg)
+        if leader not in points.groups:
+            return [f"paired comparison: {leader} has no per-point results; nothing compared"], []
+        if len(points.groups) < 2:
+            return [f"paired comparison: {leader} is the only finished config; nothing to compare it with"], []
+        lines, comparisons = paired_lines(points, leader)
+        compared = [p for p in comparisons.values() if p is not None]
+        tag = "not compared" if not compared else str(all(p.distinguishable for p in compared)).lower()
+        if tracking.parent_run_id is not None:
+            tracking.client.set_tag(tracking.parent_run_id, DISTINGUISHABLE_TAG, tag)
+        path = folder / PAIRED_ARTIFACT
+        path.write_text("\n".join(lines) + "\n")
+        return lines, [path]
+    except Exception as exc:  # the comparison is a reading of the results, never a reason to lose them
+        return [f"warning: paired comparison failed: {type(exc).__name__}: {exc}"], []
