@@ -61,6 +61,7 @@ class Plan:
         if self.sampler_seed < 0:
             raise SearchError(f"--sampler-seed {self.sampler_seed}: must be >= 0")
         self.num_samples = self._num_samples()
+        self._check_race()
         if self.space.scheduler and len(self.seeds) > 1:
             raise SearchError("an ASHA scheduler runs each config once: use one seed with it (--seeds 1)")
         if self.space.multi_objective and len(self.seeds) > 1:
@@ -87,6 +88,24 @@ class Plan:
         self.checkpoint_every = DEFAULT_CHECKPOINT_EVERY_S if every is None else every
         if not self.checkpoint_every >= 0:  # also NaN
             raise SearchError(f"--checkpoint-every {every:g}: must be >= 0 seconds (0 = a checkpoint every epoch)")
+
+    def _check_race(self) -> None:
+        """--race K / --race-seeds N (tune/race.py) against the space."""
+        from tune.paired_runs import can_pair
+
+        k, most = getattr(self.args, "race", None), getattr(self.args, "race_seeds", 5)
+        if k is None:
+            return
+        if k < 2:
+            raise SearchError(f"--race {k}: a race needs at least 2 configs")
+        if most <= len(self.seeds):
+            raise SearchError(f"--race-seeds {most}: the search already runs {len(self.seeds)} seed(s) per config; "
+                              f"a race adds seeds, so give more than {len(self.seeds)}")
+        if self.space.multi_objective:
+            raise SearchError("--race: a two-objective (nsga2) search has a front, not one winner to race")
+        if not can_pair(self.space.metric[0]):
+            raise SearchError(f"--race: the space ranks by {self.space.metric[0]}, which has no per-point results "
+                              f"to pair; a race needs best_val_pgd_acc or a test accuracy")
 
     def _num_samples(self) -> int:
         n = self.args.num_samples

@@ -110,12 +110,10 @@ def _run(args, uri: str, best, config: dict) -> int:
     import torch
 
     import ray
-    from ray import tune
 
     from tune.search import LOCAL_RAY, use_tune_env
-    from tune.trainable import META_KEY, train_trial
-    from tune.trial_tracking import TrialTracking
     from tune.tracking import SearchTracking, use_fast_fail_http
+    from tune.variant_runs import run_variants
 
     use_tune_env()
     use_fast_fail_http()
@@ -125,17 +123,13 @@ def _run(args, uri: str, best, config: dict) -> int:
     if gpus == 0 and config.get("device", "auto") == "auto":
         config["device"] = "cpu"
     ray.init(address=LOCAL_RAY, include_dashboard=False, object_store_memory=256 * 1024 ** 2, logging_level="WARNING")
-    meta = {"threads": max(1, int(args.cpus_per_trial))}
     name = f"{args.experiment}-rerun-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
-        tuner = tune.Tuner(
-            tune.with_resources(train_trial, {"cpu": args.cpus_per_trial, "gpu": gpus}),
-            param_space={**config, "seed": tune.grid_search(list(range(args.seeds))), META_KEY: meta},
-            run_config=tune.RunConfig(name=name, storage_path=str(Path(args.storage_path).resolve()),
-                                      failure_config=tune.FailureConfig(max_failures=2), verbose=1,
-                                      callbacks=[TrialTracking(tracking, tags={"rerun_of": best.info.run_id,
-                                                                                 "rerun": "true"})]))
-        results = tuner.fit()
+        results = run_variants([{**config, "seed": seed} for seed in range(args.seeds)],
+                               meta={"threads": max(1, int(args.cpus_per_trial))},
+                               resources={"cpu": args.cpus_per_trial, "gpu": gpus}, tracking=tracking,
+                               tags={"rerun_of": best.info.run_id, "rerun": "true"}, name=name,
+                               storage_path=str(Path(args.storage_path).resolve()))
     finally:
         ray.shutdown()
     finals = [r.metrics for r in results if r.error is None and "test_clean_acc" in (r.metrics or {})]

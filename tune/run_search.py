@@ -81,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted search (same --space, --storage-path and --experiment): finished "
                         "trials are kept, unfinished ones continue from their last checkpoint")
+    p.add_argument("--race", type=int, metavar="K",
+                   help="after the search (with --resume: after a stored one), race its top K configs: each round "
+                        "gives every config still in the race one more seed, and drops those distinguishably worse "
+                        "than the leader (paired, on the held-out points), until one is left or --race-seeds are "
+                        "spent; prints the final paired table")
+    p.add_argument("--race-seeds", type=int, default=5, metavar="N",
+                   help="seeds per config at most in a --race, the search's own included (default 5)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved space and trial resources, then exit")
     p.add_argument("--list-spaces", action="store_true", help="list the shipped search spaces and exit")
     return p

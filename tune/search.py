@@ -211,13 +211,21 @@ def run_search(plan, argv: list[str]) -> int:
         results = tuner.fit()
     except KeyboardInterrupt:
         tracking.finish_parent("KILLED")
+        ray.shutdown()
         raise
     except Exception:
         tracking.finish_parent("FAILED")
+        ray.shutdown()
         raise
+    try:
+        code = report(plan, results, tracking, folder)
+        if code == 0 and getattr(plan.args, "race", None):
+            from tune.race import run_race
+
+            code = run_race(plan, results, tracking, folder, gpus)
     finally:
         ray.shutdown()
-    return report(plan, results, tracking, folder)
+    return code
 
 
 def build_tuner(plan, tracking: SearchTracking, folder: Path, gpus: float) -> tune.Tuner:
@@ -239,7 +247,7 @@ def build_tuner(plan, tracking: SearchTracking, folder: Path, gpus: float) -> tu
             search_alg=make_searcher(plan, folder), scheduler=make_scheduler(plan),
             num_samples=plan.num_samples, max_concurrent_trials=plan.args.max_concurrent,
             reuse_actors=True,  # later trials skip the worker start-up and imports (benchmarks/search_overhead.py)
-            trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
+            trial_name_creator=trial_name, trial_dirname_creator=trial_name),
         run_config=tune.RunConfig(
             name=plan.experiment, storage_path=plan.storage_location,
             failure_config=tune.FailureConfig(max_failures=2),
@@ -253,7 +261,7 @@ def _resources(plan, gpus: float) -> dict[str, float]:
     return {"cpu": plan.cpus, "gpu": gpus}
 
 
-def _trial_name(trial) -> str:
+def trial_name(trial) -> str:
     """Short trial names: Ray's default folder name spells out the whole config."""
     return f"trial_{trial.trial_id}"
 

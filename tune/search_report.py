@@ -17,11 +17,17 @@ from tune.tracking import SearchTracking, redact_uri, runs_table_url
 BEST_CONFIG = "best_config.yaml"
 
 
+def in_trial_order(results) -> list:
+    """Ray's results ordered by trial id, an order a restored experiment keeps (its result list
+    may come in another order): ties between configs go the same way after --resume."""
+    return sorted(results, key=lambda r: str((r.metrics or {}).get("trial_id", "")))
+
+
 def _winner(plan, results, tracking: SearchTracking, cfg: TrainConfig) -> tuple[dict[str, float], str | None, Any]:
     """Tag the parent with the run of the winner (the best seed of the best config `cfg`); return
     its test metrics as `winner_*` metrics for the parent, its MLflow run id and its result."""
     metric, sign = plan.space.metric[0], (1 if plan.space.mode[0] == "max" else -1)
-    done = [r for r in results if r.error is None and math.isfinite((r.metrics or {}).get(metric, math.nan))
+    done = [r for r in in_trial_order(results) if r.error is None and math.isfinite((r.metrics or {}).get(metric, math.nan))
             and trial_config(r.config).replace(seed=cfg.seed) == cfg]
     if not done:
         return {}, None, None
@@ -93,12 +99,12 @@ def _interval_note(metric: str, values: list[float], cfg: TrainConfig) -> str:
 
 
 def best_config(plan, results) -> tuple[TrainConfig | None, list[float]]:
-    """The config whose mean of the ranking metric over its seeds is best (ties: first); trials
-    flagged for gradient masking take no part unless --allow-suspect."""
+    """The config whose mean of the ranking metric over its seeds is best (ties: the one met first
+    in `in_trial_order`); trials flagged for gradient masking take no part unless --allow-suspect."""
     metric, sign = plan.space.metric[0], (1 if plan.space.mode[0] == "max" else -1)
     groups: dict[str, tuple[TrainConfig, list[float]]] = {}
     allow_suspect = getattr(plan.args, "allow_suspect", False)
-    for r in results:
+    for r in in_trial_order(results):
         value = (r.metrics or {}).get(metric)
         if r.error is not None or value is None or not math.isfinite(value):
             continue

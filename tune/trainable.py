@@ -33,13 +33,24 @@ SAVED_RUN = "run"  # the saved run's folder inside a trial's last checkpoint
 TRIAL_INDEX_KEY = "__trial_index__"  # set by ray.tune.search.Repeater: which seed of the config
 
 
-def trial_config(config: dict[str, Any]) -> TrainConfig:
-    """The TrainConfig of a trial: searched values + constants, the seed picked by the repeat index."""
+VARIANT_KEY = "__variant__"  # a grid index into meta["variants"]: a list of whole configs to run
+
+
+def trial_values(config: dict[str, Any]) -> dict[str, Any]:
+    """A trial's TrainConfig values: searched values + constants, the seed picked by the repeat
+    index, or (a list of configs run as one grid: the race, the re-runs) the variant's values."""
     meta = config.get(META_KEY, {})
-    values = {k: v for k, v in config.items() if k != META_KEY and k != TRIAL_INDEX_KEY}
+    values = {k: v for k, v in config.items() if k not in (META_KEY, TRIAL_INDEX_KEY, VARIANT_KEY)}
+    if VARIANT_KEY in config:
+        values.update(meta["variants"][int(config[VARIANT_KEY])])
     if TRIAL_INDEX_KEY in config and meta.get("seeds"):
         values["seed"] = meta["seeds"][int(config[TRIAL_INDEX_KEY])]
-    return TrainConfig.from_dict(values).resolved()
+    return values
+
+
+def trial_config(config: dict[str, Any]) -> TrainConfig:
+    """The TrainConfig of a trial (`trial_values`), resolved."""
+    return TrainConfig.from_dict(trial_values(config)).resolved()
 
 
 def _restore_checkpoint(work: Path) -> None:
@@ -64,7 +75,8 @@ def copy_training_checkpoints(src: Path, work: Path) -> list[str]:
 
 def not_searched(config: dict[str, Any]) -> list[str]:
     """The space's params this trial was given no value for (their `when` did not hold)."""
-    return [p for p in config.get(META_KEY, {}).get("searched", ()) if p not in config]
+    values = trial_values(config)
+    return [p for p in config.get(META_KEY, {}).get("searched", ()) if p not in values]
 
 
 def apply_gpu_share(meta: dict[str, Any], cfg: TrainConfig) -> tuple[float, float | None]:

@@ -28,7 +28,7 @@ from bilaw.weight_health import health_label
 
 from .tracking import (AA_WARNINGS_TAG, MASKING_TAG, NOT_SEARCHED_TAG, PER_CLASS_ARTIFACT, STATUS_TAG, WEIGHTS_TAG,
                        SearchTracking, TrialRun, run_name)
-from .trainable import CHECKPOINT_NAME, SAVED_RUN, not_searched, trial_config
+from .trainable import CHECKPOINT_NAME, SAVED_RUN, not_searched, trial_config, trial_values
 
 # What Ray adds to every result besides the trial's own metrics.
 RAY_RESULT_KEYS = frozenset(AUTO_RESULT_KEYS) | {"done", "trial_id", "experiment_tag", "should_checkpoint"}
@@ -58,7 +58,8 @@ class TrialTracking(tune.Callback):
             tags[NOT_SEARCHED_TAG] = ",".join(not_searched(trial.config))
         try:
             cfg = trial_config(trial.config)
-            values = {k: trial.config[k] for k in self.searched if k in trial.config}
+            given = trial_values(trial.config)
+            values = {k: given[k] for k in self.searched if k in given}
             name = run_name({**values, "seed": cfg.seed}, str(trial)) if values else f"{trial} seed={cfg.seed}"
             run = TrialRun(self.tracking.uri, self.tracking.experiment_id, self.tracking.parent_run_id,
                            trial.trial_id, name, cfg.to_dict(), tags=tags)

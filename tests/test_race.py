@@ -1,0 +1,109 @@
+"""`--race K`: a digits smoke search races its top 2 configs on up to 3 seeds through Ray, its
+rounds logged under the search's parent run, and stops by its rule (replayed here from the
+stored per-point results); a repeated `--resume --race` reuses the finished race runs."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from helpers import tracebacks
+from tune.paired import compare, mean_accuracy
+from tune.tracking import PARENT_TAG
+
+REPO = Path(__file__).resolve().parents[1]
+SEEDS = 3
+
+
+def _search(tmp_path: Path, *extra: str) -> str:
+    out = subprocess.run([sys.executable, str(REPO / "tune" / "run_search.py"), "--space", "ablation_capacity",
+                          "--workload", "smoke", "--race", "2", "--race-seeds", str(SEEDS),
+                          "--storage-path", str(tmp_path / "rr"), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}",
+                          *extra], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-4000:]
+    assert not tracebacks(log), log[-4000:]
+    return out.stdout
+
+
+def _holdout(client: MlflowClient, run) -> np.ndarray:
+    return np.load(client.download_artifacts(run.info.run_id, "per_point.npz"))["holdout_pgd"]
+
+
+def _replay(points: dict[str, dict[int, np.ndarray]], raced: list[str]) -> tuple[list[str], list[tuple[str, int]]]:
+    """The race's rule, step by step: who is left, and which (config, seed) each round ran."""
+    alive, ran, seeds = list(raced), [], 1
+    while True:
+        have = {k: {s: points[k][s] for s in range(seeds)} for k in alive}
+        leader = max(alive, key=lambda k: (mean_accuracy(have[k]), -alive.index(k)))
+        for k in list(alive):
+            p = compare(have[leader], have[k]) if k != leader else None
+            if p is not None and p.distinguishable and p.difference > 0:
+                alive.remove(k)
+        if len(alive) == 1 or seeds == SEEDS:
+            return alive, ran
+        ran += [(k, seeds) for k in alive]
+        seeds += 1
+
+
+@pytest.mark.slow
+def test_a_race_runs_its_rounds_under_the_parent_and_stops_by_its_rule(tmp_path):
+    out = _search(tmp_path)
+    raced = re.search(r"race: the top 2 configs \((.+), (.+)\) on up to 3 seeds each", out).groups()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")
+    exp = client.get_experiment_by_name("ablation_capacity").experiment_id
+    runs = client.search_runs([exp])
+    parent = next(r for r in runs if PARENT_TAG not in r.data.tags)
+    children = [r for r in runs if r.data.tags.get(PARENT_TAG) == parent.info.run_id]
+    assert len(children) == len(runs) - 1  # every race run is a child of the search's parent
+    trials = [r for r in children if "race" not in r.data.tags]
+    race = [r for r in children if r.data.tags.get("race") == "true"]
+    assert len(trials) == 4 and all(r.data.params["seed"] == "0" for r in trials)
+
+    points: dict[str, dict[int, np.ndarray]] = {}
+    for r in trials:
+        points.setdefault(f"weight_net={r.data.params['weight_net']}", {})[0] = _holdout(client, r)
+    for r in race:
+        label, seed = r.data.tags["race_config"], int(r.data.params["seed"])
+        assert label == f"weight_net={r.data.params['weight_net']}" and r.data.tags["race_round"] == str(seed)
+        assert r.info.status == "FINISHED" and r.info.run_name == f"{label} seed={seed}"
+        points[label][seed] = _holdout(client, r)
+    alive, ran = _replay(points, list(raced))
+    assert sorted((r.data.tags["race_config"], int(r.data.params["seed"])) for r in race) == sorted(ran)
+
+    lines = out.strip().splitlines()
+    ending = next(x for x in lines if x.startswith("race after "))
+    if len(alive) == 1:
+        assert "separated" in ending and parent.data.tags["race_separated"] == "true"
+    else:
+        assert f"spent: {SEEDS} seeds" in ending and parent.data.tags["race_separated"] == "false"
+    leader = parent.data.tags["race_winner"]
+    assert leader in alive and lines[-1].startswith(f"{leader} is ")
+    assert parent.info.status == "FINISHED"
+    stored = Path(client.download_artifacts(parent.info.run_id, "race.txt")).read_text()
+    assert ending in stored and lines[-1] in stored
+
+    # again on the stored search: the race runs are reused, none run again, and it ends the same way
+    again = _search(tmp_path, "--resume")
+    assert len(client.search_runs([exp])) == len(runs)
+    assert again.strip().splitlines()[-1] == lines[-1] and ending in again
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--race", "1"], "--race 1: a race needs at least 2 configs"),
+    (["--race", "2", "--race-seeds", "1"], "--race-seeds 1: the search already runs 1 seed(s) per config"),
+    (["--race", "2", "--space", "pareto"], "--race: a two-objective (nsga2) search has a front"),
+])
+def test_bad_race_options_are_refused_before_ray(extra, message, tmp_path, capsys):
+    from tune.run_search import main
+
+    argv = ["--space", "ablation_capacity", "--workload", "smoke", "--storage-path", str(tmp_path / "rr"),
+            "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", *extra]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "rr").exists()

@@ -1,0 +1,195 @@
+"""`run_search.py ... --race K`: after the search (or, with --resume, a stored one), race its top K
+configs on more seeds until one is separated from the rest.
+
+Round 0 is the search itself. Each round gives every config still in the race one more seed (the
+next seed it has not run) as Ray trials, tracked as children of the search's parent run and
+tagged with their round; then the leader (best mean of the ranking metric over its seeds) is
+compared with each other config, seed by seed and point by point on the held-out points of the
+ranking metric (tune/paired.py), and every config distinguishably worse than the leader is
+dropped. The race ends when one config is left (separated) or when the configs left have
+`--race-seeds` seeds each (spent); it prints the final paired table. A race run that finished
+before (a repeated `--resume --race`) is reused, not run again.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tune.paired import against_leader, format_comparisons, mean_accuracy, verdict
+from tune.paired_runs import WHAT, PerPointStore
+from tune.search_paired import config_label, finished_config_points
+from tune.tracking import SearchTracking, TRIAL_ID_TAG
+from tune.trainable import META_KEY, TRIAL_INDEX_KEY, VARIANT_KEY, trial_config
+
+RACE_TAG = "race"                # "true" on every race run
+ROUND_TAG = "race_round"         # 1, 2, ...
+CONFIG_TAG = "race_config"       # the config's label, e.g. "weight_net=64"
+RACE_ARTIFACT = "race.txt"
+DEFAULT_RACE_SEEDS = 5
+
+
+@dataclass
+class Race:
+    """The configs in the race: label -> seed -> bool per held-out point, and their values."""
+
+    metric: str
+    points: dict[str, dict[int, np.ndarray]]
+    values: dict[str, dict[str, Any]]           # label -> TrainConfig values without the seed
+    alive: list[str]
+    dropped: dict[str, int] = field(default_factory=dict)  # label -> round it was dropped in
+    lines: list[str] = field(default_factory=list)
+
+    def leader(self) -> str:
+        """Best mean over its seeds; ties: the earlier in the race (the search's order)."""
+        return max(self.alive, key=lambda k: (mean_accuracy(self.points[k]), -self.alive.index(k)))
+
+    def next_seed(self, label: str) -> int:
+        have = self.points[label]
+        return next(s for s in range(len(have) + 1) if s not in have)
+
+
+def _values(result: Any) -> dict[str, Any]:
+    """A search trial's TrainConfig values (what it was given; no seed)."""
+    values = {k: v for k, v in result.config.items() if k not in (META_KEY, TRIAL_INDEX_KEY, VARIANT_KEY)}
+    values.pop("seed", None)
+    return values
+
+
+def start(plan: Any, results: Any, tracking: SearchTracking, k: int) -> Race:
+    """Round 0: the top `k` configs of the search by their mean ranking metric over the held-out
+    points, with the per-point results of their search trials. Ties: configs an earlier race of
+    this search ran first (a repeated race continues it), then the search's winner."""
+    from tune.search_report import best_config
+
+    metric = plan.space.metric[0]
+    runs = tracking.child_runs()
+    found = finished_config_points(plan, results, tracking, metric, runs)
+    winner, _ = best_config(plan, results)
+    first = None if winner is None else config_label(plan.space, winner)
+    raced = {r.data.tags.get(CONFIG_TAG) for r in runs if r.data.tags.get(RACE_TAG) == "true"}
+    ranked = sorted(found.groups, key=lambda label: (-found.mean(label), label not in raced, label != first))[:k]
+    values: dict[str, dict[str, Any]] = {}
+    for r in results:
+        if r.error is None and r.config:
+            label = config_label(plan.space, trial_config(r.config))
+            if label in ranked:
+                values.setdefault(label, _values(r))
+    return Race(metric, {label: dict(found.groups[label]) for label in ranked}, values, list(ranked))
+
+
+def _judge(race: Race, round_no: int) -> None:
+    """Compare the leader with every other config still in; drop those distinguishably worse."""
+    leader = race.leader()
+    others = sorted((k for k in race.alive if k != leader), key=lambda k: -mean_accuracy(race.points[k]))
+    comparisons = against_leader({k: race.points[k] for k in [leader, *others]}, leader)
+    worse = [label for label, p in comparisons.items() if p is not None and p.distinguishable and p.difference > 0]
+    for label in worse:
+        race.alive.remove(label)
+        race.dropped[label] = round_no
+    seeds = {label: len(race.points[label]) for label in [leader, *others]}
+    counts = ", ".join(f"{k}: {n} seed{'s' if n != 1 else ''}" for k, n in seeds.items())
+    race.lines.append(f"race round {round_no}: {leader} leads ({counts})"
+                      + (f"; dropped {', '.join(worse)}" if worse else "; none dropped"))
+
+
+def _round_variants(race: Race, most: int) -> list[tuple[str, int, dict[str, Any]]]:
+    """One more seed for each config still in the race that has fewer than `most`."""
+    return [(label, seed, {**race.values[label], "seed": seed})
+            for label in race.alive if len(race.points[label]) < most for seed in [race.next_seed(label)]]
+
+
+def _reuse(race: Race, store: PerPointStore, runs: list, wanted: list[tuple[str, int, dict]]) -> list[tuple[str, int, dict]]:
+    """Take the per-point results of race runs that already finished; return what is left to run."""
+    done = {(r.data.tags.get(CONFIG_TAG), int(r.data.params.get("seed", -1))): r for r in runs
+            if r.data.tags.get(RACE_TAG) == "true" and r.info.status == "FINISHED"}
+    left = []
+    for label, seed, values in wanted:
+        run = done.get((label, seed))
+        got = None if run is None else store.correct(run.info.run_id, race.metric)
+        if got is None:
+            left.append((label, seed, values))
+        else:
+            race.points[label][seed] = got
+    return left
+
+
+def _run_round(plan: Any, race: Race, round_no: int, todo: list[tuple[str, int, dict]], tracking: SearchTracking,
+               store: PerPointStore, meta: dict[str, Any], resources: dict[str, float]) -> int:
+    """Run one round's new seeds as Ray trials; return how many failed."""
+    from tune.variant_runs import run_variants
+
+    results = run_variants([values for _, _, values in todo], meta=meta, resources=resources, tracking=tracking,
+                           tags={RACE_TAG: "true", ROUND_TAG: str(round_no)},
+                           name=f"{plan.experiment}-race{round_no}-{time.strftime('%Y%m%d-%H%M%S')}",
+                           storage_path=plan.storage_location, searched=list(plan.space.params),
+                           space=plan.space.name, max_concurrent=plan.args.max_concurrent)
+    by_trial = {r.data.tags.get(TRIAL_ID_TAG): r for r in tracking.child_runs()}
+    failed = 0
+    for result in results:
+        label, seed, _ = todo[int(result.config[VARIANT_KEY])]
+        run = by_trial.get((result.metrics or {}).get("trial_id"))
+        got = None if run is None or result.error is not None else store.correct(run.info.run_id, race.metric)
+        if got is None:
+            failed += 1
+            continue
+        tracking.client.set_tag(run.info.run_id, CONFIG_TAG, label)
+        race.points[label][seed] = got
+    return failed
+
+
+def run_race(plan: Any, results: Any, tracking: SearchTracking, folder: Path, gpus: float) -> int:
+    """The race after a finished search (Ray up, the parent run finished by the report); 0 when
+    it ran to its end, 1 when a round lost every trial."""
+    k, most = plan.args.race, plan.args.race_seeds
+    race = start(plan, results, tracking, k)
+    if len(race.alive) < 2:
+        print(f"\nrace: fewer than two configs with per-point results ({len(race.alive)}); nothing to race")
+        return 0
+    store = PerPointStore(tracking.client)
+    meta = {**next(r.config[META_KEY] for r in results if r.config and META_KEY in r.config)}
+    meta.pop("seeds", None)
+    resources = {"cpu": plan.cpus, "gpu": gpus}
+    tracking.client.update_run(tracking.parent_run_id, status="RUNNING")
+    print(f"\nrace: the top {len(race.alive)} configs ({', '.join(race.alive)}) on up to {most} seeds each", flush=True)
+    round_no = 0
+    _judge(race, round_no)
+    print(race.lines[-1], flush=True)
+    status = 0
+    while len(race.alive) > 1 and any(len(race.points[label]) < most for label in race.alive):
+        round_no += 1
+        todo = _reuse(race, store, tracking.child_runs(), _round_variants(race, most))
+        if todo and _run_round(plan, race, round_no, todo, tracking, store, meta, resources) == len(todo):
+            race.lines.append(f"race round {round_no}: every trial failed; the race stops here")
+            status = 1
+            break
+        _judge(race, round_no)
+        print(race.lines[-1], flush=True)
+    return _finish(plan, race, round_no, tracking, folder, most, status)
+
+
+def _finish(plan: Any, race: Race, rounds: int, tracking: SearchTracking, folder: Path, most: int, status: int) -> int:
+    leader = race.leader()
+    everyone = [leader, *sorted((k for k in race.points if k != leader), key=lambda k: -mean_accuracy(race.points[k]))]
+    comparisons = against_leader({k: race.points[k] for k in everyone}, leader)
+    ending = ("separated: every other config was distinguishably worse" if len(race.alive) == 1 else
+              f"spent: {most} seeds, and {leader} is still not distinguishable from "
+              f"{', '.join(k for k in race.alive if k != leader)}")
+    lines = [f"race after {rounds} round(s): {ending}",
+             f"paired: {leader} against each raced config, {WHAT.get(race.metric, race.metric)}, seed by seed and "
+             f"point by point (leader minus other, 95% interval):", *format_comparisons(comparisons),
+             *(f"  {k} was dropped in round {n}" for k, n in race.dropped.items()), verdict(leader, comparisons)]
+    print("\n" + "\n".join(lines))
+    path = folder / RACE_ARTIFACT
+    path.write_text("\n".join([*race.lines, *lines]) + "\n")
+    try:
+        tracking.client.set_tag(tracking.parent_run_id, "race_winner", leader)
+        tracking.client.set_tag(tracking.parent_run_id, "race_separated", str(len(race.alive) == 1).lower())
+        tracking.client.log_artifact(tracking.parent_run_id, str(path))
+        tracking.client.set_terminated(tracking.parent_run_id, "FINISHED" if status == 0 else "FAILED")
+    except Exception as exc:  # the race's results are printed and in the runs; a tag is not worth losing them
+        print(f"warning: MLflow: could not record the race on the parent run: {exc}")
+    return status

@@ -1,0 +1,34 @@
+"""A list of whole configs run once each as Ray trials, each tracked as an MLflow run: the
+machinery of the re-runs of a best config (tune/rerun_best.py) and of a search's race
+(tune/race.py). Ray must be up."""
+from __future__ import annotations
+
+from typing import Any
+
+from ray import tune
+
+from tune.search import PROGRESS_COLUMNS, trial_name
+from tune.trainable import META_KEY, VARIANT_KEY, train_trial
+from tune.trial_tracking import TrialTracking
+from tune.tracking import SearchTracking
+
+
+def run_variants(variants: list[dict[str, Any]], *, meta: dict[str, Any], resources: dict[str, float],
+                 tracking: SearchTracking, tags: dict[str, str], name: str, storage_path: str,
+                 searched: list[str] | tuple[str, ...] = (), space: str = "",
+                 max_concurrent: int | None = None) -> Any:
+    """Run each of `variants` (TrainConfig values, the seed included) once; every trial's MLflow
+    run carries `tags` and is a child of `tracking`'s parent run where it has one. Returns Ray's
+    ResultGrid, in the order of `variants` by each result's config[VARIANT_KEY]."""
+    tuner = tune.Tuner(
+        tune.with_resources(train_trial, resources),
+        param_space={META_KEY: {**meta, "variants": variants}, VARIANT_KEY: tune.grid_search(list(range(len(variants))))},
+        tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=True,
+                                    trial_name_creator=trial_name, trial_dirname_creator=trial_name),
+        run_config=tune.RunConfig(name=name, storage_path=storage_path,
+                                  failure_config=tune.FailureConfig(max_failures=2),
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=1,
+                                  progress_reporter=tune.CLIReporter(metric_columns=PROGRESS_COLUMNS,
+                                                                     max_report_frequency=15),
+                                  callbacks=[TrialTracking(tracking, space, tags=tags, searched=list(searched))]))
+    return tuner.fit()
