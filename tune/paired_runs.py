@@ -77,7 +77,7 @@ def group_points(store: PerPointStore, runs: Iterable[Any], label_of: Callable[[
     started first counts."""
     groups: dict[str, dict[int, np.ndarray]] = {}
     missing, repeated = 0, 0
-    for run in sorted(runs, key=lambda r: r.info.start_time or 0):
+    for run in sorted(runs, key=lambda r: getattr(r.info, "start_time", None) or 0):
         label, seed = label_of(run), int(run.data.params.get("seed", 0))
         values = store.correct(run.info.run_id, metric)
         if values is None:

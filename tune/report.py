@@ -189,6 +189,7 @@ def trial_table(runs: list) -> tuple[list[str], list[list[str]]]:
     params = varying_params(runs)
     cols = [c for c in TRIAL_COLUMNS if any(c[1] in r.data.metrics for r in runs)]
     ordered = sorted(runs, key=lambda r: -r.data.metrics.get("best_val_pgd_acc", -math.inf))
+    masking_column = any(MASKING_TAG in r.data.tags or "masking_points" in r.data.metrics for r in runs)
     rows = []
     for r in ordered:
         m = r.data.metrics
@@ -200,15 +201,27 @@ def trial_table(runs: list) -> tuple[list[str], list[list[str]]]:
             peak, last = m.get("weight_std_peak"), m.get("weight_std_last")
             cells.append(f"{last / peak:.2f}" if peak and last is not None else "-")
             cells.append(_weights_state(m) if peak else "-")
-        if any(MASKING_TAG in x.data.tags for x in runs):
-            cells.append("suspect" if MASKING_TAG in r.data.tags else "-")
+        if masking_column:
+            cells.append(_masking_cell(r))
         rows.append([r.info.run_name, *cells])
     header = ["run", *params, *(c[0] for c in cols)]
     if any(key == "weight_std_peak" for _, key, _ in cols):
         header += ["last/peak", "weights"]
-    if any(MASKING_TAG in r.data.tags for r in runs):
+    if masking_column:
         header.append("gradient masking")
     return header, rows
+
+
+def _masking_cell(run) -> str:
+    """suspect (tagged), no (checked), or why it was not checked (bilaw/per_point.py)."""
+    from bilaw.per_point import MASKING_MIN_POINTS
+
+    if MASKING_TAG in run.data.tags:
+        return "suspect"
+    points = run.data.metrics.get("masking_points")
+    if points is None:
+        return "-"
+    return "no" if points >= MASKING_MIN_POINTS else f"unchecked: {points:.0f} AA points, needs {MASKING_MIN_POINTS}"
 
 
 def _weights_state(metrics: dict[str, float]) -> str:
@@ -313,7 +326,10 @@ def main(argv: list[str] | None = None) -> int:
             rows = build_rows(runs, by)
             print(format_markdown(rows, by) if args.format == "md" else format_csv(rows, by), end="\n")
             if args.format == "md":
-                print("\n" + paired_section(uri, runs, by, args.paired_metric))
+                try:
+                    print("\n" + paired_section(uri, runs, by, args.paired_metric))
+                except Exception as exc:  # noqa: BLE001 - the table above stands without the comparison
+                    print(f"warning: paired comparison failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         if args.importance:
             print("\nparameter importance (Optuna, fANOVA):")
             for name, value in importances(runs, args.experiment, uri).items():
