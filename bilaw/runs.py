@@ -192,4 +192,6 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     print(f"PGD accuracy         {res['pgd_acc']:.4f}")
     if "aa_acc" in res:
         print(f"AutoAttack accuracy  {res['aa_acc']:.4f}")
+        for message in res.get("aa_warnings", []):
+            print(f"AutoAttack's check: {message}")
     return 0

@@ -49,6 +49,7 @@ class Row:
     cells: dict[str, tuple[float, float] | None]  # column -> (mean, std) over runs
     gap: tuple[float, float] | None
     intervals: dict[str, tuple[float, float, str] | None] = field(default_factory=dict)  # 95%: t or Wilson
+    points: dict[str, int | None] = field(default_factory=dict)  # column -> test points each run has
 
 
 def _mean_std(values: list[float]) -> tuple[float, float] | None:
@@ -114,7 +115,8 @@ def build_rows(runs: list, by: str) -> list[Row]:
         intervals = {name: accuracy_interval(values[name], _points(members, POINTS[key]))
                      for name, key in COLUMNS}
         gaps = [m.data.metrics["test_pgd_acc"] - m.data.metrics["test_clean_acc"] for m in members]
-        rows.append(Row(value, len(members), cells, _mean_std(gaps), intervals))
+        points = {name: _points(members, POINTS[key]) for name, key in COLUMNS if values[name]}
+        rows.append(Row(value, len(members), cells, _mean_std(gaps), intervals, points))
     return sorted(rows, key=lambda row: _sort_key(row.value))
 
 
@@ -155,7 +157,17 @@ def format_markdown(rows: list[Row], by: str) -> str:
         lines.append("| " + " | ".join([row.value, *(_with_interval(row, c) for c in cols), gap, str(row.n)]) + " |")
     return "\n".join(lines) + ("\n\naccuracies in %; a row of one run: its accuracy and, in brackets, the 95% Wilson "
                                "interval over its test points; of n runs: mean ± std and the 95% t-interval of the "
-                               "mean (df = n - 1)")
+                               "mean (df = n - 1)") + _points_note(rows, cols)
+
+
+def _points_note(rows: list[Row], cols: list[str]) -> str:
+    """How many test points each column's accuracies rest on, e.g. "; points per run: Clean 360, AA 100"."""
+    counts = []
+    for col in cols:
+        found = {row.points.get(col) for row in rows if col in row.points}
+        if found and None not in found:
+            counts.append(f"{col} {'/'.join(str(n) for n in sorted(found))}")
+    return f"; test points per run: {', '.join(counts)}" if counts else ""
 
 
 def paired_section(uri: str, runs: list, by: str, metric: str) -> str:

@@ -26,6 +26,7 @@ from tune.trainable import META_KEY, train_trial
 from tune.tracking import SearchTracking, redact_uri, use_fast_fail_http
 from tune.search_report import report
 from tune.trial_tracking import TrialTracking
+from tune.variant_runs import PROGRESS_COLUMNS, trial_name
 
 
 class ResumableOptunaSearch(OptunaSearch):
@@ -259,14 +260,6 @@ def build_tuner(plan, tracking: SearchTracking, folder: Path, gpus: float) -> tu
 
 def _resources(plan, gpus: float) -> dict[str, float]:
     return {"cpu": plan.cpus, "gpu": gpus}
-
-
-def trial_name(trial) -> str:
-    """Short trial names: Ray's default folder name spells out the whole config."""
-    return f"trial_{trial.trial_id}"
-
-
-PROGRESS_COLUMNS = ["epoch", "val_clean_acc", "val_pgd_acc", "best_val_pgd_acc", "weight_std"]
 
 
 @dataclass

@@ -1,16 +1,24 @@
 """A list of whole configs run once each as Ray trials, each tracked as an MLflow run: the
 machinery of the re-runs of a best config (tune/rerun_best.py) and of a search's race
-(tune/race.py). Ray must be up."""
+(tune/race.py). Ray must be up. Also the trial names and progress columns every Tuner of the
+project uses."""
 from __future__ import annotations
 
 from typing import Any
 
 from ray import tune
 
-from tune.search import PROGRESS_COLUMNS, trial_name
 from tune.trainable import META_KEY, VARIANT_KEY, train_trial
 from tune.trial_tracking import TrialTracking
 from tune.tracking import SearchTracking
+
+
+PROGRESS_COLUMNS = ["epoch", "val_clean_acc", "val_pgd_acc", "best_val_pgd_acc", "weight_std"]
+
+
+def trial_name(trial) -> str:
+    """Short trial names: Ray's default folder name spells out the whole config."""
+    return f"trial_{trial.trial_id}"
 
 
 def run_variants(variants: list[dict[str, Any]], *, meta: dict[str, Any], resources: dict[str, float],
