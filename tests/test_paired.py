@@ -108,3 +108,17 @@ def test_verdict_names_the_configs_the_leader_cannot_be_told_from():
 def test_accuracy_interval_of_seeds_stays_within_zero_and_one():
     lo, hi, how = accuracy_interval([0.9, 0.99], None)
     assert how == "t, 2 runs" and lo >= 0.0 and hi == 1.0
+
+
+def test_configs_whose_short_labels_meet_get_every_digit():
+    from types import SimpleNamespace
+
+    from bilaw.config import TrainConfig
+    from tune import spaces as sp
+    from tune.search_paired import _labels, config_key
+
+    plan = SimpleNamespace(space=sp.load_space("bilaw_meta"), seeds=[0])
+    a, b, c = (TrainConfig.from_dict({"method": "bilaw", "meta_lr": v}) for v in (0.0163300, 0.0163301, 0.02))
+    labels = [_labels(plan, {config_key(plan, cfg): cfg for cfg in (a, b, c)})[config_key(plan, cfg)] for cfg in (a, b, c)]
+    # a and b are both 0.01633 at 4 digits: told apart by every digit; c keeps its short label
+    assert "meta_lr=0.01633 " in labels[0] and "meta_lr=0.0163301 " in labels[1] and "meta_lr=0.02 " in labels[2]

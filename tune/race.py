@@ -21,7 +21,7 @@ import numpy as np
 
 from tune.paired import against_leader, format_comparisons, mean_accuracy, verdict
 from tune.paired_runs import WHAT, PerPointStore
-from tune.search_paired import config_label, finished_config_points
+from tune.search_paired import config_key, finished_config_points
 from tune.tracking import SearchTracking, TRIAL_ID_TAG
 from tune.trainable import META_KEY, TRIAL_INDEX_KEY, VARIANT_KEY, trial_config
 
@@ -69,13 +69,13 @@ def start(plan: Any, results: Any, tracking: SearchTracking, k: int) -> Race:
     runs = tracking.child_runs()
     found = finished_config_points(plan, results, tracking, metric, runs)
     winner, _ = best_config(plan, results)
-    first = None if winner is None else config_label(plan.space, winner)
+    first = None if winner is None else found.labels.get(config_key(plan, winner))
     raced = {r.data.tags.get(CONFIG_TAG) for r in runs if r.data.tags.get(RACE_TAG) == "true"}
     ranked = sorted(found.groups, key=lambda label: (-found.mean(label), label not in raced, label != first))[:k]
     values: dict[str, dict[str, Any]] = {}
     for r in results:
         if r.error is None and r.config:
-            label = config_label(plan.space, trial_config(r.config))
+            label = found.labels.get(config_key(plan, trial_config(r.config)))
             if label in ranked:
                 values.setdefault(label, _values(r))
     return Race(metric, {label: dict(found.groups[label]) for label in ranked}, values, list(ranked))

@@ -21,9 +21,18 @@ PAIRED_ARTIFACT = "paired_comparisons.txt"
 DISTINGUISHABLE_TAG = "winner_distinguishable"  # true | false | not compared
 
 
-def config_label(space: Any, cfg: TrainConfig) -> str:
-    """A config by its searched values, as its runs are named without the seed: "weight_net=64"."""
-    return run_name({k: p.shown_for(cfg) for k, p in space.params.items()}, "the config")
+def config_label(space: Any, cfg: TrainConfig, precise: bool = False) -> str:
+    """A config by its searched values, as its runs are named without the seed: "weight_net=64"
+    (floats to 4 significant digits; `precise`: every digit). Never cut short."""
+    values = {k: p.shown_for(cfg) for k, p in space.params.items()}
+    if precise:
+        return " ".join(f"{k}={v!r}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()) or "the config"
+    return run_name(values, "the config", limit=100_000)
+
+
+def config_key(plan: Any, cfg: TrainConfig) -> str:
+    """What makes two trials the same config: every value but the seed."""
+    return cfg.replace(seed=plan.seeds[0]).to_yaml()
 
 
 @dataclass
@@ -32,11 +41,19 @@ class ConfigPoints:
 
     metric: str
     groups: dict[str, dict[int, np.ndarray]]
-    configs: dict[str, TrainConfig]              # label -> config (first seed of the search)
+    labels: dict[str, str]                       # config_key -> label
     notes: list[str] = field(default_factory=list)
 
     def mean(self, label: str) -> float:
         return mean_accuracy(self.groups.get(label, {}))
+
+
+def _labels(plan: Any, configs: dict[str, TrainConfig]) -> dict[str, str]:
+    """config_key -> label: the short label, or every digit where two configs' short ones meet."""
+    short = {key: config_label(plan.space, cfg) for key, cfg in configs.items()}
+    clash = {label for label in short.values() if list(short.values()).count(label) > 1}
+    return {key: config_label(plan.space, configs[key], precise=True) if label in clash else label
+            for key, label in short.items()}
 
 
 def finished_config_points(plan: Any, results: Any, tracking: SearchTracking, metric: str,
@@ -46,7 +63,7 @@ def finished_config_points(plan: Any, results: Any, tracking: SearchTracking, me
     allow_suspect = getattr(plan.args, "allow_suspect", False)
     runs = tracking.child_runs() if runs is None else runs
     by_trial = {r.data.tags.get(TRIAL_ID_TAG): r for r in runs}
-    labels: dict[str, str] = {}
+    keys: dict[str, str] = {}
     configs: dict[str, TrainConfig] = {}
     chosen = []
     for r in results:
@@ -59,12 +76,13 @@ def finished_config_points(plan: Any, results: Any, tracking: SearchTracking, me
         if run is None:
             continue
         cfg = trial_config(r.config)
-        label = config_label(plan.space, cfg)
-        labels[run.info.run_id] = label
-        configs.setdefault(label, cfg.replace(seed=plan.seeds[0]))
+        keys[run.info.run_id] = key = config_key(plan, cfg)
+        configs.setdefault(key, cfg)
         chosen.append(run)
-    groups, notes = group_points(PerPointStore(tracking.client), chosen, lambda run: labels[run.info.run_id], metric)
-    return ConfigPoints(metric, groups, configs, notes)
+    labels = _labels(plan, configs)
+    groups, notes = group_points(PerPointStore(tracking.client), chosen, lambda run: labels[keys[run.info.run_id]],
+                                 metric)
+    return ConfigPoints(metric, groups, labels, notes)
 
 
 def paired_lines(points: ConfigPoints, leader: str) -> tuple[list[str], dict[str, Paired | None]]:
@@ -93,7 +111,7 @@ def paired_summary(plan: Any, results: Any, tracking: SearchTracking, cfg: Train
         return [f"paired comparison: not available for {metric} (no per-point results for it)"], []
     try:
         points = finished_config_points(plan, results, tracking, metric)
-        leader = config_label(plan.space, cfg)
+        leader = points.labels.get(config_key(plan, cfg), config_label(plan.space, cfg))
         if leader not in points.groups:
             return [f"paired comparison: {leader} has no per-point results; nothing compared"], []
         if len(points.groups) < 2:
