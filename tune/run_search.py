@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  python tune/run_search.py --space ablation_capacity            # offline, digits, CPU\n"
                "  python tune/run_search.py --space ablation_capacity --workload paper --seeds 3\n"
                "  python tune/run_search.py --space bilaw_tpe --address auto      # on a running Ray cluster\n"
+               "  python tune/run_search.py --space ablation_capacity --resume --race 2   # race the top 2 on more seeds\n"
                "  python tune/run_search.py --list-spaces")
     p.add_argument("--space", help="a shipped space name (see --list-spaces) or the path of a space YAML file")
     p.add_argument("--workload", help="a workload from search_spaces/workloads.yaml, or 'paper' for the space's "
