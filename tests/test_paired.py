@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from tune.paired import (Paired, bootstrap_difference, clopper_pearson, compare, format_comparisons,
-                         mcnemar_difference, verdict)
+from tune.paired import (Paired, bootstrap_interval, clopper_pearson, compare, format_comparisons,
+                         mcnemar_difference, seeds_and_points, seeds_interval, verdict)
 from tune.uncertainty import accuracy_interval
 
 
@@ -49,60 +49,101 @@ def test_a_hand_computed_mcnemar_case():
     assert not mcnemar_difference(*_pair(100, 5, 0, 20)).distinguishable  # p = 2 / 32 = 0.0625
 
 
-def _loop_bootstrap(a: list[np.ndarray], b: list[np.ndarray], resamples: int, seed: int) -> tuple[float, float]:
-    """The same bootstrap written the plain way: resample seeds, then each seed's point indices."""
+def _loop_bootstrap(a: list[np.ndarray], b: list[np.ndarray], resamples: int, seed: int,
+                    shared: bool = False) -> tuple[float, float]:
+    """The same bootstrap written the plain way: resample seeds, then point indices (one draw of
+    indices for all seeds when `shared`, else one per seed)."""
     rng = np.random.default_rng(seed)
     k, out = len(a), []
     for _ in range(resamples):
+        idx_all = rng.integers(len(a[0]), size=len(a[0]))
         means = []
         for i in rng.integers(k, size=k):
-            idx = rng.integers(len(a[i]), size=len(a[i]))
+            idx = idx_all if shared else rng.integers(len(a[i]), size=len(a[i]))
             means.append(a[i][idx].mean() - b[i][idx].mean())
         out.append(np.mean(means))
     return tuple(np.quantile(out, [0.025, 0.975]))
 
 
-def test_bootstrap_is_fixed_by_its_seed_and_matches_a_plain_loop():
+@pytest.mark.parametrize("shared", [False, True])
+def test_bootstrap_is_fixed_by_its_seed_and_matches_a_plain_loop(shared):
     rng = np.random.default_rng(7)
     a = [rng.random(400) < p for p in (0.55, 0.6, 0.52)]
     b = [rng.random(400) < p for p in (0.5, 0.5, 0.5)]
-    first, second = bootstrap_difference(a, b), bootstrap_difference(a, b)
-    assert (first.low, first.high) == (second.low, second.high)  # fixed seed: the same interval every time
-    assert first.difference == pytest.approx(np.mean([x.mean() - y.mean() for x, y in zip(a, b)]))
-    low, high = _loop_bootstrap(a, b, 3000, seed=123)  # another seed and another way of drawing
-    assert first.low == pytest.approx(low, abs=0.008) and first.high == pytest.approx(high, abs=0.008)
+    first, second = bootstrap_interval(a, b, shared), bootstrap_interval(a, b, shared)
+    assert first == second  # fixed seed: the same interval every time
+    low, high = _loop_bootstrap(a, b, 3000, seed=123, shared=shared)  # another seed and another way of drawing
+    assert first == pytest.approx((low, high), abs=0.008)
+
+
+def test_shared_points_are_resampled_together():
+    # every seed scored on the same points, and the seeds agree point by point: resampling the points
+    # together keeps that agreement, so the interval is the one seed's (independent draws would narrow it)
+    rng = np.random.default_rng(3)
+    a0, b0 = rng.random(500) < 0.6, rng.random(500) < 0.5
+    shared = bootstrap_interval([a0] * 4, [b0] * 4, shared_points=True)
+    alone = bootstrap_interval([a0], [b0])
+    independent = bootstrap_interval([a0] * 4, [b0] * 4)
+    assert shared == pytest.approx(alone, abs=0.006)
+    assert independent[1] - independent[0] < 0.6 * (shared[1] - shared[0])
 
 
 def test_one_seed_bootstrap_matches_the_normal_approximation():
     rng = np.random.default_rng(1)
     a, b = rng.random(2000) < 0.6, rng.random(2000) < 0.55
-    r = bootstrap_difference([a], [b])
+    low, high = bootstrap_interval([a], [b])
     d = a.astype(float) - b.astype(float)
     half = 1.96 * d.std() / math.sqrt(len(d))
-    assert r.low == pytest.approx(d.mean() - half, abs=0.004) and r.high == pytest.approx(d.mean() + half, abs=0.004)
+    assert (low, high) == pytest.approx((d.mean() - half, d.mean() + half), abs=0.004)
 
 
-def test_compare_pairs_seed_by_seed_and_refuses_different_points():
+def test_seeds_interval_is_scipys_t_interval():
+    diffs = [0.02, -0.01, 0.035, 0.004]
+    expected = stats.t.interval(0.95, len(diffs) - 1, loc=np.mean(diffs), scale=stats.sem(diffs))
+    assert seeds_interval(diffs) == pytest.approx(expected, abs=1e-12)
+
+
+def test_several_seeds_take_the_wider_of_the_seed_and_point_intervals():
+    rng = np.random.default_rng(5)
+    a = [rng.random(4000) < p for p in (0.62, 0.54, 0.58)]  # A's seeds move: 8 points apart
+    b = [rng.random(4000) < 0.5 for _ in range(3)]
+    r = seeds_and_points(a, b)
+    per_seed = [x.mean() - y.mean() for x, y in zip(a, b)]
+    t_low, t_high = seeds_interval(per_seed)
+    b_low, b_high = bootstrap_interval(a, b)
+    assert r.difference == pytest.approx(np.mean(per_seed))
+    assert (r.low, r.high) == pytest.approx((min(t_low, b_low), max(t_high, b_high)), abs=1e-12)
+    assert (r.low, r.high) == pytest.approx((t_low, t_high), abs=1e-12)  # here the seeds' spread is the larger noise
+    assert not r.distinguishable and b_low > 0  # the bootstrap alone would have called it
+
+
+def test_compare_pairs_seed_by_seed_and_says_why_it_cannot():
     a, b = _pair(200, 30, 5, 80)
     one = compare({0: a, 1: a}, {0: b, 2: b})
     assert one.method == "McNemar exact" and one.seeds == (0,)
     two = compare({0: a, 1: a}, {0: b, 1: b})
-    assert two.method == "paired bootstrap" and two.seeds == (0, 1) and two.distinguishable
-    assert compare({0: a}, {1: b}) is None
-    with pytest.raises(ValueError, match="seed 0: the two configs were scored on different points \\(200 and 199\\)"):
-        compare({0: a}, {0: b[:199]})
+    assert two.method == "t over seeds and bootstrap over points" and two.seeds == (0, 1) and two.better
+    assert compare({0: a}, {1: b}) == "no seed in common: not compared"
+    assert compare({0: a}, {0: b[:199]}) == "scored on different numbers of points [(200, 199)]: not compared"
 
 
 def test_verdict_names_the_configs_the_leader_cannot_be_told_from():
-    close = Paired(0.004, -0.02, 0.03, 150, (0,), "McNemar exact", 0.7)
-    far = Paired(0.2, 0.15, 0.25, 150, (0,), "McNemar exact", 1e-9)
-    assert verdict("w=64", {"w=32": close, "w=128": far, "w=256": close}) == \
-        "w=64 is not distinguishable from w=32, w=256 at 95%"
-    assert verdict("w=64", {"w=128": far}) == "w=64 is distinguishable from every other config compared (1) at 95%"
-    assert "nothing to compare" in verdict("w=64", {"w=128": None})
-    lines = format_comparisons({"w=32": close, "w=128": None})
+    close = Paired(0.004, -0.02, 0.03, 150, (0,), "McNemar exact", 0.7, 20)
+    far = Paired(0.2, 0.15, 0.25, 1500, (0, 1, 2), "t over seeds and bootstrap over points")
+    behind = Paired(-0.2, -0.25, -0.15, 1500, (0, 1, 2), "t over seeds and bootstrap over points")
+    caveat = " (on one seed this tells the runs apart, not the configs"
+    assert verdict("w=64", {"w=32": close, "w=128": far, "w=256": close}).startswith(
+        "w=64 is not distinguishable from w=32, w=256 at 95%" + caveat)
+    assert verdict("w=64", {"w=128": far}) == "w=64 is distinguishably better than every other config compared (1) at 95%"
+    assert verdict("w=64", {"w=128": far, "w=32": behind}) == (
+        "w=64 is distinguishable from every other config compared (2) at 95%; w=32 did better than it on the "
+        "seeds both have")
+    assert "nothing to compare" in verdict("w=64", {"w=128": "no seed in common: not compared"})
+    lines = format_comparisons({"w=32": close, "w=128": "no seed in common: not compared"})
     assert "+0.40 points [-2.00, +3.00]  not distinguishable  (McNemar exact, p = 0.7, 150 points, seed 0)" in lines[0]
-    assert "not compared" in lines[1]
+    assert lines[1].endswith("no seed in common: not compared")
+    same = mcnemar_difference(*_pair(100, 0, 0, 40))
+    assert "right and wrong on exactly the same points  not distinguishable" in format_comparisons({"w": same})[0]
 
 
 def test_accuracy_interval_of_seeds_stays_within_zero_and_one():

@@ -58,7 +58,7 @@ def test_a_difference_far_below_the_noise_is_not_distinguishable(tmp_path, capsy
     lines = _paired_lines(uri, capsys)
     assert lines[0].startswith("paired: weight_net=64 (best mean test_pgd_acc) against each other row")
     assert "weight_net=32" in lines[1] and "+0.30 points" in lines[1] and "not distinguishable" in lines[1]
-    assert "paired bootstrap" in lines[1] and "1000 points, 2 seeds" in lines[1]
+    assert "t over seeds and bootstrap over points" in lines[1] and "1000 points, 2 seeds" in lines[1]
     assert lines[-1] == "weight_net=64 is not distinguishable from weight_net=32 at 95%"
 
 
@@ -69,7 +69,7 @@ def test_a_difference_far_above_the_noise_names_the_winner(tmp_path, capsys):
                             "128": [_flip(b, 150) for b in base]})  # 15 points better
     lines = _paired_lines(uri, capsys)
     assert lines[0].startswith("paired: weight_net=128 (best mean test_pgd_acc)")
-    assert lines[-1] == "weight_net=128 is distinguishable from every other config compared (2) at 95%"
+    assert lines[-1] == "weight_net=128 is distinguishably better than every other config compared (2) at 95%"
     row = next(line for line in lines if "weight_net=32 " in line)
     assert "+15.00 points" in row and " distinguishable  (" in row
 
@@ -83,7 +83,8 @@ def test_one_seed_is_mcnemars_exact_test(tmp_path, capsys):
     lines = _paired_lines(uri, capsys)
     p = stats.binomtest(16, 16, 0.5).pvalue  # b is right on all 16 points where they disagree
     assert f"p = {p:.3g}, 1000 points, seed 0" in lines[1] and "+1.60 points" in lines[1]
-    assert lines[-1] == "weight_net=b is distinguishable from every other config compared (1) at 95%"
+    assert lines[-1].startswith("weight_net=b is distinguishably better than every other config compared (1) at "
+                                "95% (on one seed this tells the runs apart, not the configs")
 
 
 def test_runs_without_per_point_results_are_left_out_and_said(tmp_path, capsys):
@@ -101,6 +102,18 @@ def test_runs_without_per_point_results_are_left_out_and_said(tmp_path, capsys):
     lines = _paired_lines(uri, capsys)
     assert "  note: 1 run(s) without per-point results (per_point.npz) left out" in lines
     assert not any(line.lstrip().startswith("weight_net=c") for line in lines)
+
+
+def test_rows_that_pool_several_configs_are_not_paired(tmp_path, capsys):
+    rng = np.random.default_rng(5)
+    uri = _store(tmp_path, {"a": [rng.random(N) < 0.5], "b": [rng.random(N) < 0.5]})
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("synthetic").experiment_id
+    for i, run in enumerate(client.search_runs([exp], filter_string=f"tags.`{PARENT_TAG}` != ''")):
+        client.log_param(run.info.run_id, "lr", str(0.1 * (i + 1)))  # a second parameter varies within rows
+    assert report_main(["--experiment", "synthetic", "--tracking-uri", uri, "--by", "weight_net"]) == 0
+    out = capsys.readouterr().out
+    assert "paired comparison on test_pgd_acc: not made, the rows pool several configs (lr vary within them)" in out
 
 
 @pytest.mark.parametrize("metric", ["best_val_pgd_acc", "test_aa_acc"])

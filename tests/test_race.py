@@ -13,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from helpers import tracebacks
-from tune.paired import compare, mean_accuracy
+from tune.paired import Paired, compare, mean_accuracy
 from tune.tracking import PARENT_TAG
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,7 +43,7 @@ def _replay(points: dict[str, dict[int, np.ndarray]], raced: list[str]) -> tuple
         leader = max(alive, key=lambda k: (mean_accuracy(have[k]), -alive.index(k)))
         for k in list(alive):
             p = compare(have[leader], have[k]) if k != leader else None
-            if p is not None and p.distinguishable and p.difference > 0:
+            if isinstance(p, Paired) and p.better and len(p.seeds) >= 3:  # dropped only on 3+ seeds
                 alive.remove(k)
         if len(alive) == 1 or seeds == SEEDS:
             return alive, ran
@@ -96,7 +96,9 @@ def test_a_race_runs_its_rounds_under_the_parent_and_stops_by_its_rule(tmp_path)
 
 @pytest.mark.parametrize("extra, message", [
     (["--race", "1"], "--race 1: a race needs at least 2 configs"),
-    (["--race", "2", "--race-seeds", "1"], "--race-seeds 1: the search already runs 1 seed(s) per config"),
+    (["--race", "2", "--race-seeds", "2"], "--race-seeds 2: a race drops a config only once it is distinguishably "
+                                           "worse on 3 seeds"),
+    (["--race", "2", "--race-seeds", "3", "--seeds", "3"], "--race-seeds 3: the search already runs 3 seed(s)"),
     (["--race", "2", "--space", "pareto"], "--race: a two-objective (nsga2) search has a front"),
 ])
 def test_bad_race_options_are_refused_before_ray(extra, message, tmp_path, capsys):

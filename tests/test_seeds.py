@@ -25,3 +25,26 @@ def test_a_yaml_list_is_required_where_counts_are_not_allowed():
     for value in (3, "3", []):
         with pytest.raises(SeedsError, match=r"a non-empty list of integers >= 0 is required"):
             parse_seeds(value, allow_count=False)
+
+
+def test_each_trial_gets_the_seed_the_search_names():
+    from tune.trainable import META_KEY, TRIAL_INDEX_KEY, VARIANT_KEY, trial_config, variant_tags
+
+    one = {"lr": 0.1, META_KEY: {"seeds": [7]}}  # one seed: no repeat index, the seed is still 7
+    assert trial_config(one).seed == 7
+    repeated = {"lr": 0.1, TRIAL_INDEX_KEY: 1, META_KEY: {"seeds": [3, 5]}}
+    assert trial_config(repeated).seed == 5
+    variant = {VARIANT_KEY: 1, META_KEY: {"variants": [{"lr": 0.2, "seed": 1}, {"lr": 0.3, "seed": 2}],
+                                          "variant_tags": [{"race_config": "a"}, {"race_config": "b"}]}}
+    cfg = trial_config(variant)
+    assert (cfg.lr, cfg.seed) == (0.3, 2) and variant_tags(variant) == {"race_config": "b"}
+    assert variant_tags(one) == {}
+
+
+def test_a_search_refuses_a_seed_set_by_hand(tmp_path, capsys):
+    from tune.run_search import main
+
+    assert main(["--space", "ablation_capacity", "--workload", "smoke", "--set", "seed=3",
+                 "--storage-path", str(tmp_path / "rr")]) == 2
+    assert "--set seed=3: a search gives each trial its seed from --seeds; for that seed alone use --seeds '3,'" \
+        in capsys.readouterr().err

@@ -28,6 +28,12 @@ def can_pair(metric: str) -> bool:
     return metric in PER_POINT_KEYS
 
 
+def shared_points(metric: str) -> bool:
+    """Whether every seed is scored on the same points for `metric`: the test set is one for all
+    seeds; the held-out split is drawn by the seed."""
+    return PER_POINT_KEYS[metric][0].startswith("test_")
+
+
 class PerPointStore:
     """Reads and caches runs' per-point files from MLflow; a run without one (an older run, a
     lost artifact) gives None."""

@@ -43,6 +43,9 @@ class Plan:
         self.workloads = sp.load_workloads()
         self.workload = sp.resolve_workload(self.space, args.workload, self.workloads)
         overrides = parse_overrides(args.set)
+        if "seed" in overrides:
+            raise SearchError(f"--set seed={overrides['seed']}: a search gives each trial its seed from --seeds; "
+                              f"for that seed alone use --seeds '{overrides['seed']},'")
         if args.epochs is not None:
             overrides["epochs"] = args.epochs
         if "data_dir" in overrides and overrides["data_dir"]:
@@ -98,6 +101,11 @@ class Plan:
             return
         if k < 2:
             raise SearchError(f"--race {k}: a race needs at least 2 configs")
+        from tune.paired import MIN_SEEDS_TO_DROP
+
+        if most < MIN_SEEDS_TO_DROP:
+            raise SearchError(f"--race-seeds {most}: a race drops a config only once it is distinguishably worse on "
+                              f"{MIN_SEEDS_TO_DROP} seeds, so give at least {MIN_SEEDS_TO_DROP}")
         if most <= len(self.seeds):
             raise SearchError(f"--race-seeds {most}: the search already runs {len(self.seeds)} seed(s) per config; "
                               f"a race adds seeds, so give more than {len(self.seeds)}")

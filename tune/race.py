@@ -3,12 +3,13 @@ configs on more seeds until one is separated from the rest.
 
 Round 0 is the search itself. Each round gives every config still in the race one more seed (the
 next seed it has not run) as Ray trials, tracked as children of the search's parent run and
-tagged with their round; then the leader (best mean of the ranking metric over its seeds) is
-compared with each other config, seed by seed and point by point on the held-out points of the
-ranking metric (tune/paired.py), and every config distinguishably worse than the leader is
-dropped. The race ends when one config is left (separated) or when the configs left have
-`--race-seeds` seeds each (spent); it prints the final paired table. A race run that finished
-before (a repeated `--resume --race`) is reused, not run again.
+tagged with their round and config; then the leader (best mean of the ranking metric over its
+seeds) is compared with each other config, seed by seed and point by point on the points of the
+ranking metric (tune/paired.py), and every config distinguishably worse than the leader on at
+least MIN_SEEDS_TO_DROP seeds is dropped (fewer seeds cannot bound the seed-to-seed noise). The
+race ends when one config is left (separated), when the configs left have `--race-seeds` seeds
+each (spent), or when a round loses every trial; it prints the final paired table. A race run
+that finished before (a repeated `--resume --race`) is reused, not run again.
 """
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from tune.paired import against_leader, format_comparisons, mean_accuracy, verdict
-from tune.paired_runs import WHAT, PerPointStore
+from tune.paired import MIN_SEEDS_TO_DROP, Paired, against_leader, format_comparisons, mean_accuracy, verdict
+from tune.paired_runs import WHAT, PerPointStore, shared_points
 from tune.search_paired import config_key, finished_config_points
 from tune.tracking import SearchTracking, TRIAL_ID_TAG
 from tune.trainable import META_KEY, TRIAL_INDEX_KEY, VARIANT_KEY, trial_config
@@ -29,7 +30,6 @@ RACE_TAG = "race"                # "true" on every race run
 ROUND_TAG = "race_round"         # 1, 2, ...
 CONFIG_TAG = "race_config"       # the config's label, e.g. "weight_net=64"
 RACE_ARTIFACT = "race.txt"
-DEFAULT_RACE_SEEDS = 5
 
 
 @dataclass
@@ -40,7 +40,7 @@ class Race:
     points: dict[str, dict[int, np.ndarray]]
     values: dict[str, dict[str, Any]]           # label -> TrainConfig values without the seed
     alive: list[str]
-    dropped: dict[str, int] = field(default_factory=dict)  # label -> round it was dropped in
+    dropped: dict[str, tuple[int, Paired]] = field(default_factory=dict)  # label -> (round, the comparison then)
     lines: list[str] = field(default_factory=list)
 
     def leader(self) -> str:
@@ -78,18 +78,24 @@ def start(plan: Any, results: Any, tracking: SearchTracking, k: int) -> Race:
             label = found.labels.get(config_key(plan, trial_config(r.config)))
             if label in ranked:
                 values.setdefault(label, _values(r))
-    return Race(metric, {label: dict(found.groups[label]) for label in ranked}, values, list(ranked))
+    race = Race(metric, {label: dict(found.groups[label]) for label in ranked}, values, list(ranked))
+    race.lines += [f"race: note: {n}" for n in found.notes]
+    if first is not None and first not in ranked:
+        race.lines.append(f"race: note: the search's winner {first} is not in the race (no per-point results)")
+    return race
 
 
 def _judge(race: Race, round_no: int) -> None:
-    """Compare the leader with every other config still in; drop those distinguishably worse."""
+    """Compare the leader with every other config still in; drop those distinguishably worse on
+    at least MIN_SEEDS_TO_DROP seeds."""
     leader = race.leader()
     others = sorted((k for k in race.alive if k != leader), key=lambda k: -mean_accuracy(race.points[k]))
-    comparisons = against_leader({k: race.points[k] for k in [leader, *others]}, leader)
-    worse = [label for label, p in comparisons.items() if p is not None and p.distinguishable and p.difference > 0]
+    comparisons = against_leader({k: race.points[k] for k in [leader, *others]}, leader, shared_points(race.metric))
+    worse = [label for label, p in comparisons.items()
+             if isinstance(p, Paired) and p.better and len(p.seeds) >= MIN_SEEDS_TO_DROP]
     for label in worse:
         race.alive.remove(label)
-        race.dropped[label] = round_no
+        race.dropped[label] = (round_no, comparisons[label])
     seeds = {label: len(race.points[label]) for label in [leader, *others]}
     counts = ", ".join(f"{k}: {n} seed{'s' if n != 1 else ''}" for k, n in seeds.items())
     race.lines.append(f"race round {round_no}: {leader} leads ({counts})"
@@ -119,11 +125,13 @@ def _reuse(race: Race, store: PerPointStore, runs: list, wanted: list[tuple[str,
 
 def _run_round(plan: Any, race: Race, round_no: int, todo: list[tuple[str, int, dict]], tracking: SearchTracking,
                store: PerPointStore, meta: dict[str, Any], resources: dict[str, float]) -> int:
-    """Run one round's new seeds as Ray trials; return how many failed."""
+    """Run one round's new seeds as Ray trials (each run tagged with its config when it starts, so
+    a stopped race reuses what finished); return how many failed."""
     from tune.variant_runs import run_variants
 
     results = run_variants([values for _, _, values in todo], meta=meta, resources=resources, tracking=tracking,
                            tags={RACE_TAG: "true", ROUND_TAG: str(round_no)},
+                           variant_tags=[{CONFIG_TAG: label} for label, _, _ in todo],
                            name=f"{plan.experiment}-race{round_no}-{time.strftime('%Y%m%d-%H%M%S')}",
                            storage_path=plan.storage_location, searched=list(plan.space.params),
                            space=plan.space.name, max_concurrent=plan.args.max_concurrent)
@@ -135,61 +143,76 @@ def _run_round(plan: Any, race: Race, round_no: int, todo: list[tuple[str, int, 
         got = None if run is None or result.error is not None else store.correct(run.info.run_id, race.metric)
         if got is None:
             failed += 1
-            continue
-        tracking.client.set_tag(run.info.run_id, CONFIG_TAG, label)
-        race.points[label][seed] = got
+        else:
+            race.points[label][seed] = got
     return failed
 
 
 def run_race(plan: Any, results: Any, tracking: SearchTracking, folder: Path, gpus: float) -> int:
     """The race after a finished search (Ray up, the parent run finished by the report); 0 when
-    it ran to its end, 1 when a round lost every trial."""
+    it ran to its end, 1 when it stopped early (a round lost every trial, or an error). What it
+    found so far is printed and recorded however it ends; Ctrl-C marks the parent KILLED."""
     k, most = plan.args.race, plan.args.race_seeds
     race = start(plan, results, tracking, k)
+    for line in race.lines:
+        print(line)
     if len(race.alive) < 2:
         print(f"\nrace: fewer than two configs with per-point results ({len(race.alive)}); nothing to race")
         return 0
     store = PerPointStore(tracking.client)
     meta = {**next(r.config[META_KEY] for r in results if r.config and META_KEY in r.config)}
     meta.pop("seeds", None)
-    resources = {"cpu": plan.cpus, "gpu": gpus}
     tracking.client.update_run(tracking.parent_run_id, status="RUNNING")
-    print(f"\nrace: the top {len(race.alive)} configs ({', '.join(race.alive)}) on up to {most} seeds each", flush=True)
-    round_no = 0
-    _judge(race, round_no)
-    print(race.lines[-1], flush=True)
-    status = 0
-    while len(race.alive) > 1 and any(len(race.points[label]) < most for label in race.alive):
-        round_no += 1
-        todo = _reuse(race, store, tracking.child_runs(), _round_variants(race, most))
-        if todo and _run_round(plan, race, round_no, todo, tracking, store, meta, resources) == len(todo):
-            race.lines.append(f"race round {round_no}: every trial failed; the race stops here")
-            status = 1
-            break
+    print(f"\nrace: the top {len(race.alive)} configs ({', '.join(race.alive)}) on up to {most} seeds each; "
+          f"a config is dropped once it is distinguishably worse on {MIN_SEEDS_TO_DROP}+ seeds", flush=True)
+    round_no, stopped = 0, None
+    try:
         _judge(race, round_no)
         print(race.lines[-1], flush=True)
-    return _finish(plan, race, round_no, tracking, folder, most, status)
+        while len(race.alive) > 1 and any(len(race.points[label]) < most for label in race.alive):
+            round_no += 1
+            todo = _reuse(race, store, tracking.child_runs(), _round_variants(race, most))
+            if todo and _run_round(plan, race, round_no, todo, tracking, store, meta,
+                                   {"cpu": plan.cpus, "gpu": gpus}) == len(todo):
+                stopped = f"stopped: every trial of round {round_no} failed"
+                break
+            _judge(race, round_no)
+            print(race.lines[-1], flush=True)
+    except KeyboardInterrupt:
+        _finish(race, round_no, tracking, folder, most, "stopped: interrupted", "KILLED")
+        raise
+    except Exception as exc:  # noqa: BLE001 - the rounds that finished are still worth recording
+        stopped = f"stopped by an error: {type(exc).__name__}: {exc}"
+    return _finish(race, round_no, tracking, folder, most, stopped, "FINISHED" if stopped is None else "FAILED")
 
 
-def _finish(plan: Any, race: Race, rounds: int, tracking: SearchTracking, folder: Path, most: int, status: int) -> int:
+def _finish(race: Race, rounds: int, tracking: SearchTracking, folder: Path, most: int, stopped: str | None,
+            status: str) -> int:
+    """Print and record the race's outcome: the configs still in against the leader, and when
+    and how each dropped one fell behind."""
     leader = race.leader()
-    everyone = [leader, *sorted((k for k in race.points if k != leader), key=lambda k: -mean_accuracy(race.points[k]))]
-    comparisons = against_leader({k: race.points[k] for k in everyone}, leader)
-    ending = ("separated: every other config was distinguishably worse" if len(race.alive) == 1 else
-              f"spent: {most} seeds, and {leader} is still not distinguishable from "
-              f"{', '.join(k for k in race.alive if k != leader)}")
-    lines = [f"race after {rounds} round(s): {ending}",
-             f"paired: {leader} against each raced config, {WHAT.get(race.metric, race.metric)}, seed by seed and "
-             f"point by point (leader minus other, 95% interval):", *format_comparisons(comparisons),
-             *(f"  {k} was dropped in round {n}" for k, n in race.dropped.items()), verdict(leader, comparisons)]
-    print("\n" + "\n".join(lines))
+    left = [leader, *sorted((k for k in race.alive if k != leader), key=lambda k: -mean_accuracy(race.points[k]))]
+    comparisons = against_leader({k: race.points[k] for k in left}, leader, shared_points(race.metric))
+    ending = stopped or ("separated: every other config was dropped as distinguishably worse" if len(left) == 1
+                         else f"spent: {most} seeds, and {leader} is still not distinguishable from "
+                              f"{', '.join(left[1:])}")
+    lines = [f"race after {rounds} round(s): {ending}"]
+    if len(left) > 1:
+        lines += [f"paired: {leader} against each config still in the race, {WHAT.get(race.metric, race.metric)}, "
+                  f"seed by seed and point by point (leader minus other, 95% interval):",
+                  *format_comparisons(comparisons)]
+    for label, (round_no, p) in race.dropped.items():
+        lines.append(f"  dropped in round {round_no}: {format_comparisons({label: p}, '')[0]}")
+    lines.append(verdict(leader, comparisons) if len(left) > 1 else
+                 f"{leader} is distinguishably better than every other raced config at 95%")
+    print("\n" + "\n".join(lines), flush=True)
     path = folder / RACE_ARTIFACT
-    path.write_text("\n".join([*race.lines, *lines]) + "\n")
     try:
+        path.write_text("\n".join([*race.lines, *lines]) + "\n")
         tracking.client.set_tag(tracking.parent_run_id, "race_winner", leader)
-        tracking.client.set_tag(tracking.parent_run_id, "race_separated", str(len(race.alive) == 1).lower())
+        tracking.client.set_tag(tracking.parent_run_id, "race_separated", str(len(left) == 1).lower())
         tracking.client.log_artifact(tracking.parent_run_id, str(path))
-        tracking.client.set_terminated(tracking.parent_run_id, "FINISHED" if status == 0 else "FAILED")
-    except Exception as exc:  # the race's results are printed and in the runs; a tag is not worth losing them
-        print(f"warning: MLflow: could not record the race on the parent run: {exc}")
-    return status
+        tracking.client.set_terminated(tracking.parent_run_id, status)
+    except Exception as exc:  # noqa: BLE001 - the race's results are printed and in the runs
+        print(f"warning: could not record the race on the parent run: {exc}")
+    return 0 if status == "FINISHED" else 1

@@ -176,14 +176,18 @@ def paired_section(uri: str, runs: list, by: str, metric: str) -> str:
     from mlflow.tracking import MlflowClient
 
     from tune.paired import against_leader, format_comparisons, mean_accuracy, verdict
-    from tune.paired_runs import WHAT, PerPointStore, group_points
+    from tune.paired_runs import WHAT, PerPointStore, group_points, shared_points
 
+    pooled = [p for p in varying_params(runs) if p != by]
+    if pooled:
+        return (f"paired comparison on {metric}: not made, the rows pool several configs ({', '.join(pooled)} "
+                f"vary within them); it needs one config per row")
     groups, notes = group_points(PerPointStore(MlflowClient(uri)), runs, lambda r: f"{by}={param_value(r, by)}", metric)
     if len(groups) < 2:
         return f"paired comparison on {metric}: fewer than two rows have per-point results" + \
             "".join(f"; {n}" for n in notes)
     ranked = sorted(groups, key=lambda k: -mean_accuracy(groups[k]))
-    comparisons = against_leader({k: groups[k] for k in ranked}, ranked[0])
+    comparisons = against_leader({k: groups[k] for k in ranked}, ranked[0], shared_points(metric))
     lines = [f"paired: {ranked[0]} (best mean {metric}) against each other row, {WHAT[metric]}, point by point "
              f"and seed by seed (best minus other, 95% interval):", *format_comparisons(comparisons),
              *(f"  note: {n}" for n in notes), verdict(ranked[0], comparisons)]

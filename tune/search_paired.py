@@ -12,13 +12,13 @@ from typing import Any
 import numpy as np
 
 from bilaw.config import TrainConfig
-from tune.paired import Paired, against_leader, format_comparisons, mean_accuracy, verdict
-from tune.paired_runs import WHAT, PerPointStore, can_pair, group_points
+from tune.paired import Comparison, Paired, against_leader, format_comparisons, mean_accuracy, verdict
+from tune.paired_runs import WHAT, PerPointStore, can_pair, group_points, shared_points
 from tune.tracking import TRIAL_ID_TAG, SearchTracking, run_name
 from tune.trainable import trial_config
 
 PAIRED_ARTIFACT = "paired_comparisons.txt"
-DISTINGUISHABLE_TAG = "winner_distinguishable"  # true | false | not compared
+DISTINGUISHABLE_TAG = "winner_distinguishable"  # true (better than every other config) | false | not compared
 
 
 def config_label(space: Any, cfg: TrainConfig, precise: bool = False) -> str:
@@ -85,16 +85,17 @@ def finished_config_points(plan: Any, results: Any, tracking: SearchTracking, me
     return ConfigPoints(metric, groups, labels, notes)
 
 
-def paired_lines(points: ConfigPoints, leader: str) -> tuple[list[str], dict[str, Paired | None]]:
+def paired_lines(points: ConfigPoints, leader: str) -> tuple[list[str], dict[str, Comparison]]:
     """The printed block: the leader against every other config, best mean first, and the verdict."""
     others = sorted((k for k in points.groups if k != leader), key=lambda k: -points.mean(k))
-    comparisons = against_leader({k: points.groups[k] for k in [leader, *others]}, leader)
+    comparisons = against_leader({k: points.groups[k] for k in [leader, *others]}, leader,
+                                 shared_points(points.metric))
     head = (f"paired: {leader} against each other config, {WHAT.get(points.metric, points.metric)}, point by "
             f"point (leader minus other, 95% interval):")
     lines = [head, *format_comparisons(comparisons), *(f"  note: {n}" for n in points.notes)]
     line = verdict(leader, comparisons)
-    if any(p is not None and not p.distinguishable for p in comparisons.values()):
-        line += (": the ranking metric still picks it (the config saved, logged and re-run), but these runs do not "
+    if any(isinstance(p, Paired) and not p.better for p in comparisons.values()):
+        line += ("; the ranking metric still picks it (the config saved, logged and re-run), but these runs do not "
                  "separate them; more seeds (--race K) or more held-out points can")
     return [*lines, line], comparisons
 
@@ -117,8 +118,8 @@ def paired_summary(plan: Any, results: Any, tracking: SearchTracking, cfg: Train
         if len(points.groups) < 2:
             return [f"paired comparison: {leader} is the only finished config; nothing to compare it with"], []
         lines, comparisons = paired_lines(points, leader)
-        compared = [p for p in comparisons.values() if p is not None]
-        tag = "not compared" if not compared else str(all(p.distinguishable for p in compared)).lower()
+        compared = [p for p in comparisons.values() if isinstance(p, Paired)]
+        tag = "not compared" if not compared else str(all(p.better for p in compared)).lower()
         if tracking.parent_run_id is not None:
             tracking.client.set_tag(tracking.parent_run_id, DISTINGUISHABLE_TAG, tag)
         path = folder / PAIRED_ARTIFACT

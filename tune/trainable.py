@@ -43,9 +43,16 @@ def trial_values(config: dict[str, Any]) -> dict[str, Any]:
     values = {k: v for k, v in config.items() if k not in (META_KEY, TRIAL_INDEX_KEY, VARIANT_KEY)}
     if VARIANT_KEY in config:
         values.update(meta["variants"][int(config[VARIANT_KEY])])
-    if TRIAL_INDEX_KEY in config and meta.get("seeds"):
-        values["seed"] = meta["seeds"][int(config[TRIAL_INDEX_KEY])]
+    elif meta.get("seeds"):  # the search's seeds: the repeat index picks one; a single seed is the seed
+        values["seed"] = meta["seeds"][int(config.get(TRIAL_INDEX_KEY, 0))]
     return values
+
+
+def variant_tags(config: dict[str, Any]) -> dict[str, str]:
+    """The MLflow tags of a variant trial (tune/variant_runs.py), else none."""
+    tags = config.get(META_KEY, {}).get("variant_tags") or []
+    index = config.get(VARIANT_KEY)
+    return dict(tags[int(index)]) if index is not None and int(index) < len(tags) else {}
 
 
 def trial_config(config: dict[str, Any]) -> TrainConfig:

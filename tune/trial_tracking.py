@@ -28,7 +28,7 @@ from bilaw.weight_health import health_label
 
 from .tracking import (AA_WARNINGS_TAG, MASKING_TAG, NOT_SEARCHED_TAG, PER_CLASS_ARTIFACT, STATUS_TAG, WEIGHTS_TAG,
                        SearchTracking, TrialRun, run_name)
-from .trainable import CHECKPOINT_NAME, SAVED_RUN, not_searched, trial_config, trial_values
+from .trainable import CHECKPOINT_NAME, SAVED_RUN, not_searched, trial_config, trial_values, variant_tags
 
 # What Ray adds to every result besides the trial's own metrics.
 RAY_RESULT_KEYS = frozenset(AUTO_RESULT_KEYS) | {"done", "trial_id", "experiment_tag", "should_checkpoint"}
@@ -53,7 +53,7 @@ class TrialTracking(tune.Callback):
     def _run(self, trial) -> TrialRun | None:
         if trial.trial_id in self.runs:
             return self.runs[trial.trial_id]
-        tags = {"space": self.space, **self.tags}
+        tags = {"space": self.space, **self.tags, **variant_tags(trial.config)}
         if not_searched(trial.config):
             tags[NOT_SEARCHED_TAG] = ",".join(not_searched(trial.config))
         try:

@@ -24,13 +24,13 @@ def trial_name(trial) -> str:
 def run_variants(variants: list[dict[str, Any]], *, meta: dict[str, Any], resources: dict[str, float],
                  tracking: SearchTracking, tags: dict[str, str], name: str, storage_path: str,
                  searched: list[str] | tuple[str, ...] = (), space: str = "",
-                 max_concurrent: int | None = None) -> Any:
+                 max_concurrent: int | None = None, variant_tags: list[dict[str, str]] | None = None) -> Any:
     """Run each of `variants` (TrainConfig values, the seed included) once; every trial's MLflow
-    run carries `tags` and is a child of `tracking`'s parent run where it has one. Returns Ray's
-    ResultGrid, in the order of `variants` by each result's config[VARIANT_KEY]."""
+    run carries `tags` (and its own `variant_tags[i]`) and is a child of `tracking`'s parent run
+    where it has one. Returns Ray's ResultGrid; a result's config[VARIANT_KEY] says which variant."""
     tuner = tune.Tuner(
         tune.with_resources(train_trial, resources),
-        param_space={META_KEY: {**meta, "variants": variants}, VARIANT_KEY: tune.grid_search(list(range(len(variants))))},
+        param_space={META_KEY: {**meta, "variants": variants, "variant_tags": variant_tags or []}, VARIANT_KEY: tune.grid_search(list(range(len(variants))))},
         tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=True,
                                     trial_name_creator=trial_name, trial_dirname_creator=trial_name),
         run_config=tune.RunConfig(name=name, storage_path=storage_path,
