@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 from tune.paired import (Paired, bootstrap_interval, clopper_pearson, compare, format_comparisons,
-                         mcnemar_difference, seeds_and_points, seeds_interval, verdict)
+                         mcnemar_difference, seeds_and_points, seeds_interval, verdict, winner_standing)
 from tune.uncertainty import accuracy_interval
 
 
@@ -130,15 +130,21 @@ def test_compare_pairs_seed_by_seed_and_says_why_it_cannot():
 def test_verdict_names_the_configs_the_leader_cannot_be_told_from():
     close = Paired(0.004, -0.02, 0.03, 150, (0,), "McNemar exact", 0.7, 20)
     far = Paired(0.2, 0.15, 0.25, 1500, (0, 1, 2), "t over seeds and bootstrap over points")
+    far_one_seed = Paired(0.2, 0.15, 0.25, 150, (0,), "McNemar exact", 1e-9, 40)
     behind = Paired(-0.2, -0.25, -0.15, 1500, (0, 1, 2), "t over seeds and bootstrap over points")
-    caveat = " (on one seed this tells the runs apart, not the configs"
-    assert verdict("w=64", {"w=32": close, "w=128": far, "w=256": close}).startswith(
-        "w=64 is not distinguishable from w=32, w=256 at 95%" + caveat)
+    assert verdict("w=64", {"w=32": close, "w=128": far, "w=256": close}) == \
+        "w=64 is not distinguishable from w=32, w=256 at 95%"
     assert verdict("w=64", {"w=128": far}) == "w=64 is distinguishably better than every other config compared (1) at 95%"
     assert verdict("w=64", {"w=128": far, "w=32": behind}) == (
-        "w=64 is distinguishable from every other config compared (2) at 95%; w=32 did better than it on the "
-        "seeds both have")
+        "w=64 is distinguishably better than w=128 at 95%; w=32 did distinguishably better than it on the seeds both "
+        "have")
+    assert verdict("w=64", {"w=128": far_one_seed}).endswith(
+        "(a difference on one seed tells those two runs apart, not the configs: how much a config moves from seed to "
+        "seed is not in it)")
     assert "nothing to compare" in verdict("w=64", {"w=128": "no seed in common: not compared"})
+    assert [winner_standing(c) for c in ({"a": far}, {"a": far, "b": far_one_seed}, {"a": far, "b": close},
+                                         {"a": "no seed in common: not compared"})] == \
+        ["true", "runs only", "false", "not compared"]
     lines = format_comparisons({"w=32": close, "w=128": "no seed in common: not compared"})
     assert "+0.40 points [-2.00, +3.00]  not distinguishable  (McNemar exact, p = 0.7, 150 points, seed 0)" in lines[0]
     assert lines[1].endswith("no seed in common: not compared")

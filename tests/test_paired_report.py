@@ -84,7 +84,7 @@ def test_one_seed_is_mcnemars_exact_test(tmp_path, capsys):
     p = stats.binomtest(16, 16, 0.5).pvalue  # b is right on all 16 points where they disagree
     assert f"p = {p:.3g}, 1000 points, seed 0" in lines[1] and "+1.60 points" in lines[1]
     assert lines[-1].startswith("weight_net=b is distinguishably better than every other config compared (1) at "
-                                "95% (on one seed this tells the runs apart, not the configs")
+                                "95% (a difference on one seed tells those two runs apart, not the configs")
 
 
 def test_runs_without_per_point_results_are_left_out_and_said(tmp_path, capsys):

@@ -109,7 +109,7 @@ def test_smoke_search_tracks_parent_and_children(smoke_search):
         assert f"{100 * (won.mean() - other.mean()):+6.2f} points" in line and f"p = {p:.3g}, {len(won)} points" in line
         assert ("not distinguishable" in line) == (p >= 0.05)
         apart.append(p < 0.05)  # the winner leads on the held-out mean, so apart means better
-    assert parent.data.tags["winner_distinguishable"] == str(all(apart)).lower()
+    assert parent.data.tags["winner_distinguishable"] == ("runs only" if all(apart) else "false")  # one seed
     assert lines[-1].startswith(f"weight_net={winner.data.params['weight_net']} is ")
     # epochs far shorter than --checkpoint-every (30 s): only the last report carries a checkpoint
     for trial in (root / "ray_results" / "ablation_capacity").glob("trial_*"):

@@ -41,10 +41,20 @@ def test_each_trial_gets_the_seed_the_search_names():
     assert variant_tags(one) == {}
 
 
-def test_a_search_refuses_a_seed_set_by_hand(tmp_path, capsys):
+def test_a_search_refuses_a_seed_set_by_hand_or_by_its_workload(tmp_path, capsys, monkeypatch):
     from tune.run_search import main
 
     assert main(["--space", "ablation_capacity", "--workload", "smoke", "--set", "seed=3",
                  "--storage-path", str(tmp_path / "rr")]) == 2
     assert "--set seed=3: a search gives each trial its seed from --seeds; for that seed alone use --seeds '3,'" \
         in capsys.readouterr().err
+    space = tmp_path / "s.yaml"
+    space.write_text("description: d\nworkload: seeded\nsearch:\n  lr: {choice: [0.1, 0.2]}\nsampler: grid\n")
+    workloads = tmp_path / "workloads.yaml"
+    workloads.write_text("seeded:\n  description: d\n  config: {dataset: digits, epochs: 1, seed: 4}\n")
+    from tune import spaces as sp
+
+    real = sp.load_workloads
+    monkeypatch.setattr(sp, "load_workloads", lambda path=None: real(workloads))
+    assert main(["--space", str(space), "--storage-path", str(tmp_path / "rr")]) == 2
+    assert "the workload 'seeded''s seed=4: a search gives each trial its seed from --seeds" in capsys.readouterr().err

@@ -185,25 +185,39 @@ def against_leader(groups: Mapping[str, Mapping[int, np.ndarray]], leader: str,
 
 
 def verdict(leader: str, comparisons: Mapping[str, Comparison]) -> str:
-    """One line: is the leader distinguishably better than each other config at 95%? Comparisons
-    on one seed are said to tell runs apart, not configs."""
+    """One line: which configs the leader is distinguishably better than at 95%, which it cannot
+    be told from, and which did better than it on the seeds both have."""
     compared = {k: v for k, v in comparisons.items() if isinstance(v, Paired)}
     if not compared:
         return f"{leader}: no other config shares a seed and points with it; nothing to compare"
     close = [label for label, p in compared.items() if not p.distinguishable]
     ahead = [label for label, p in compared.items() if p.worse]
+    parts = []
     if not close and not ahead:
-        line = f"{leader} is distinguishably better than every other config compared ({len(compared)}) at 95%"
+        parts.append(f"{leader} is distinguishably better than every other config compared ({len(compared)}) at 95%")
     elif close:
-        line = f"{leader} is not distinguishable from {', '.join(close)} at 95%"
+        parts.append(f"{leader} is not distinguishable from {', '.join(close)} at 95%")
     else:
-        line = f"{leader} is distinguishable from every other config compared ({len(compared)}) at 95%"
+        behind = [label for label, p in compared.items() if p.better]
+        parts.append(f"{leader} is distinguishably better than {', '.join(behind) or 'no other config'} at 95%")
     if ahead:
-        line += f"; {', '.join(ahead)} did better than it on the seeds both have"
-    if any(len(p.seeds) == 1 for p in compared.values()):
-        line += (" (on one seed this tells the runs apart, not the configs: how much a config moves from seed "
-                 "to seed is not in it)")
+        parts.append(f"{', '.join(ahead)} did distinguishably better than it on the seeds both have")
+    line = "; ".join(parts)
+    if any(len(p.seeds) == 1 and p.distinguishable for p in compared.values()):
+        line += (" (a difference on one seed tells those two runs apart, not the configs: how much a config moves "
+                 "from seed to seed is not in it)")
     return line
+
+
+def winner_standing(comparisons: Mapping[str, Comparison]) -> str:
+    """For a tag: "true" (better than every other config, on several seeds each), "runs only"
+    (better than every other, but some only on one seed), "false", or "not compared"."""
+    compared = [p for p in comparisons.values() if isinstance(p, Paired)]
+    if not compared:
+        return "not compared"
+    if not all(p.better for p in compared):
+        return "false"
+    return "runs only" if any(len(p.seeds) == 1 for p in compared) else "true"
 
 
 def format_comparisons(comparisons: Mapping[str, Comparison], indent: str = "  ") -> list[str]:

@@ -43,14 +43,15 @@ class Plan:
         self.workloads = sp.load_workloads()
         self.workload = sp.resolve_workload(self.space, args.workload, self.workloads)
         overrides = parse_overrides(args.set)
-        if "seed" in overrides:
-            raise SearchError(f"--set seed={overrides['seed']}: a search gives each trial its seed from --seeds; "
-                              f"for that seed alone use --seeds '{overrides['seed']},'")
         if args.epochs is not None:
             overrides["epochs"] = args.epochs
         if "data_dir" in overrides and overrides["data_dir"]:
             overrides["data_dir"] = str(Path(overrides["data_dir"]).expanduser().resolve())
         self.base = sp.base_config(self.space, self.workload, overrides)
+        if "seed" in self.base:
+            where = "--set seed" if "seed" in overrides else f"the workload {self.workload.name!r}'s seed"
+            raise SearchError(f"{where}={self.base['seed']}: a search gives each trial its seed from --seeds; "
+                              f"for that seed alone use --seeds '{self.base['seed']},'")
         sp.check_space_against_config(self.space, self.base)
         self.cfg = TrainConfig.from_dict(self.base).resolved()
         self.seeds = parse_seeds(args.seeds, self.space.seeds)

@@ -127,7 +127,7 @@ def _run_round(plan: Any, race: Race, round_no: int, todo: list[tuple[str, int, 
                store: PerPointStore, meta: dict[str, Any], resources: dict[str, float]) -> int:
     """Run one round's new seeds as Ray trials (each run tagged with its config when it starts, so
     a stopped race reuses what finished); return how many failed."""
-    from tune.variant_runs import run_variants
+    from tune.variant_runs import run_variants, unfinished_trials
 
     results = run_variants([values for _, _, values in todo], meta=meta, resources=resources, tracking=tracking,
                            tags={RACE_TAG: "true", ROUND_TAG: str(round_no)},
@@ -135,6 +135,8 @@ def _run_round(plan: Any, race: Race, round_no: int, todo: list[tuple[str, int, 
                            name=f"{plan.experiment}-race{round_no}-{time.strftime('%Y%m%d-%H%M%S')}",
                            storage_path=plan.storage_location, searched=list(plan.space.params),
                            space=plan.space.name, max_concurrent=plan.args.max_concurrent)
+    if unfinished_trials(results):  # Ray Tune took a Ctrl-C and returned: the race stops as interrupted
+        raise KeyboardInterrupt
     by_trial = {r.data.tags.get(TRIAL_ID_TAG): r for r in tracking.child_runs()}
     failed = 0
     for result in results:
@@ -189,11 +191,32 @@ def run_race(plan: Any, results: Any, tracking: SearchTracking, folder: Path, gp
 def _finish(race: Race, rounds: int, tracking: SearchTracking, folder: Path, most: int, stopped: str | None,
             status: str) -> int:
     """Print and record the race's outcome: the configs still in against the leader, and when
-    and how each dropped one fell behind."""
+    and how each dropped one fell behind. The parent run is ended whatever fails on the way."""
+    try:
+        lines = _outcome(race, rounds, most, stopped)
+        print("\n" + "\n".join(lines), flush=True)
+        path = folder / RACE_ARTIFACT
+        path.write_text("\n".join([*race.lines, *lines]) + "\n")
+        leader = race.leader()
+        tracking.client.set_tag(tracking.parent_run_id, "race_winner", leader)
+        tracking.client.set_tag(tracking.parent_run_id, "race_separated", str(len(race.alive) == 1).lower())
+        tracking.client.log_artifact(tracking.parent_run_id, str(path))
+    except Exception as exc:  # noqa: BLE001 - what the rounds found is in their runs either way
+        print(f"warning: could not record the race's outcome: {type(exc).__name__}: {exc}")
+        status = "FAILED"
+    finally:
+        try:
+            tracking.client.set_terminated(tracking.parent_run_id, status)
+        except Exception as exc:  # noqa: BLE001
+            print(f"warning: MLflow: could not end the parent run: {exc}")
+    return 0 if status == "FINISHED" else 1
+
+
+def _outcome(race: Race, rounds: int, most: int, stopped: str | None) -> list[str]:
     leader = race.leader()
     left = [leader, *sorted((k for k in race.alive if k != leader), key=lambda k: -mean_accuracy(race.points[k]))]
     comparisons = against_leader({k: race.points[k] for k in left}, leader, shared_points(race.metric))
-    ending = stopped or ("separated: every other config was dropped as distinguishably worse" if len(left) == 1
+    ending = stopped or ("separated: every other config was dropped" if len(left) == 1
                          else f"spent: {most} seeds, and {leader} is still not distinguishable from "
                               f"{', '.join(left[1:])}")
     lines = [f"race after {rounds} round(s): {ending}"]
@@ -202,17 +225,9 @@ def _finish(race: Race, rounds: int, tracking: SearchTracking, folder: Path, mos
                   f"seed by seed and point by point (leader minus other, 95% interval):",
                   *format_comparisons(comparisons)]
     for label, (round_no, p) in race.dropped.items():
-        lines.append(f"  dropped in round {round_no}: {format_comparisons({label: p}, '')[0]}")
+        lines.append(f"  dropped in round {round_no} (against that round's leader): "
+                     f"{format_comparisons({label: p}, '')[0]}")
     lines.append(verdict(leader, comparisons) if len(left) > 1 else
-                 f"{leader} is distinguishably better than every other raced config at 95%")
-    print("\n" + "\n".join(lines), flush=True)
-    path = folder / RACE_ARTIFACT
-    try:
-        path.write_text("\n".join([*race.lines, *lines]) + "\n")
-        tracking.client.set_tag(tracking.parent_run_id, "race_winner", leader)
-        tracking.client.set_tag(tracking.parent_run_id, "race_separated", str(len(left) == 1).lower())
-        tracking.client.log_artifact(tracking.parent_run_id, str(path))
-        tracking.client.set_terminated(tracking.parent_run_id, status)
-    except Exception as exc:  # noqa: BLE001 - the race's results are printed and in the runs
-        print(f"warning: could not record the race on the parent run: {exc}")
-    return 0 if status == "FINISHED" else 1
+                 f"{leader} is the one config left: each other raced config was distinguishably worse than the "
+                 f"leader of the round it was dropped in (each test at 95%, repeated every round without correction)")
+    return lines

@@ -85,10 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--race", type=int, metavar="K",
                    help="after the search (with --resume: after a stored one), race its top K configs: each round "
                         "gives every config still in the race one more seed, and drops those distinguishably worse "
-                        "than the leader (paired, on the held-out points), until one is left or --race-seeds are "
-                        "spent; prints the final paired table")
+                        "than the leader on 3 or more seeds (paired, on the held-out points), until one is left "
+                        "or --race-seeds are spent; prints the final paired table")
     p.add_argument("--race-seeds", type=int, default=5, metavar="N",
-                   help="seeds per config at most in a --race, the search's own included (default 5)")
+                   help="seeds per config at most in a --race, the search's own included (default 5, at least 3)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved space and trial resources, then exit")
     p.add_argument("--list-spaces", action="store_true", help="list the shipped search spaces and exit")
     return p
@@ -125,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     except (SearchError, DamagedFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted; what finished is kept: --resume continues the search (and --race K the race)",
+              file=sys.stderr)
+        return 130
 
 
 def _local_gpu_count() -> int:

@@ -26,7 +26,7 @@ from tune.trainable import META_KEY, train_trial
 from tune.tracking import SearchTracking, redact_uri, use_fast_fail_http
 from tune.search_report import report
 from tune.trial_tracking import TrialTracking
-from tune.variant_runs import PROGRESS_COLUMNS, trial_name
+from tune.variant_runs import PROGRESS_COLUMNS, trial_name, unfinished_trials
 
 
 class ResumableOptunaSearch(OptunaSearch):
@@ -223,7 +223,11 @@ def run_search(plan, argv: list[str]) -> int:
         if code == 0 and getattr(plan.args, "race", None):
             from tune.race import run_race
 
-            code = run_race(plan, results, tracking, folder, gpus)
+            if unfinished_trials(results):  # Ray Tune took a Ctrl-C and returned from fit
+                print(f"\nrace: not started, the search was interrupted ({unfinished_trials(results)} trials "
+                      f"unfinished); --resume --race {plan.args.race} finishes it and then races")
+            else:
+                code = run_race(plan, results, tracking, folder, gpus)
     finally:
         ray.shutdown()
     return code

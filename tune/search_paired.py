@@ -12,13 +12,14 @@ from typing import Any
 import numpy as np
 
 from bilaw.config import TrainConfig
-from tune.paired import Comparison, Paired, against_leader, format_comparisons, mean_accuracy, verdict
+from tune.paired import (Comparison, Paired, against_leader, format_comparisons, mean_accuracy, verdict,
+                         winner_standing)
 from tune.paired_runs import WHAT, PerPointStore, can_pair, group_points, shared_points
 from tune.tracking import TRIAL_ID_TAG, SearchTracking, run_name
 from tune.trainable import trial_config
 
 PAIRED_ARTIFACT = "paired_comparisons.txt"
-DISTINGUISHABLE_TAG = "winner_distinguishable"  # true (better than every other config) | false | not compared
+DISTINGUISHABLE_TAG = "winner_distinguishable"  # tune/paired.py winner_standing: true | runs only | false | not compared
 
 
 def config_label(space: Any, cfg: TrainConfig, precise: bool = False) -> str:
@@ -95,8 +96,8 @@ def paired_lines(points: ConfigPoints, leader: str) -> tuple[list[str], dict[str
     lines = [head, *format_comparisons(comparisons), *(f"  note: {n}" for n in points.notes)]
     line = verdict(leader, comparisons)
     if any(isinstance(p, Paired) and not p.better for p in comparisons.values()):
-        line += ("; the ranking metric still picks it (the config saved, logged and re-run), but these runs do not "
-                 "separate them; more seeds (--race K) or more held-out points can")
+        line += ("; the ranking metric still picks it (the config saved, logged and re-run), though these runs do not "
+                 "show it better than every other config; more seeds (--race K) or more held-out points can settle it")
     return [*lines, line], comparisons
 
 
@@ -118,10 +119,8 @@ def paired_summary(plan: Any, results: Any, tracking: SearchTracking, cfg: Train
         if len(points.groups) < 2:
             return [f"paired comparison: {leader} is the only finished config; nothing to compare it with"], []
         lines, comparisons = paired_lines(points, leader)
-        compared = [p for p in comparisons.values() if isinstance(p, Paired)]
-        tag = "not compared" if not compared else str(all(p.better for p in compared)).lower()
         if tracking.parent_run_id is not None:
-            tracking.client.set_tag(tracking.parent_run_id, DISTINGUISHABLE_TAG, tag)
+            tracking.client.set_tag(tracking.parent_run_id, DISTINGUISHABLE_TAG, winner_standing(comparisons))
         path = folder / PAIRED_ARTIFACT
         path.write_text("\n".join(lines) + "\n")
         return lines, [path]

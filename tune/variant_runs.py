@@ -21,6 +21,12 @@ def trial_name(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
+def unfinished_trials(results: Any) -> int:
+    """Trials of a ResultGrid that neither finished nor failed: what a Ctrl-C leaves (Ray Tune
+    catches the first one, ends its run gracefully and returns from fit)."""
+    return len(results) - results.num_terminated - results.num_errors
+
+
 def run_variants(variants: list[dict[str, Any]], *, meta: dict[str, Any], resources: dict[str, float],
                  tracking: SearchTracking, tags: dict[str, str], name: str, storage_path: str,
                  searched: list[str] | tuple[str, ...] = (), space: str = "",
