@@ -3,6 +3,7 @@ and seed for the paired comparisons of tune/paired.py."""
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -10,18 +11,25 @@ import numpy as np
 
 from bilaw.per_point import PER_POINT_NAME
 
-# A ranking or test metric -> the per-point array whose mean it is (the file's key), and whether
-# only AutoAttack's points count (PGD on AutoAttack's points is the first points of test_pgd).
-PER_POINT_KEYS: dict[str, tuple[str, bool]] = {
-    "best_val_pgd_acc": ("holdout_pgd", False),
-    "test_clean_acc": ("test_clean", False),
-    "test_pgd_acc": ("test_pgd", False),
-    "test_aa_acc": ("test_aa", False),
-    "test_pgd_acc_aa_subset": ("test_pgd", True),
+
+
+@dataclass(frozen=True)
+class PointsOf:
+    """Which per-point array a metric is the mean of: the file's key, whether only AutoAttack's
+    points count (PGD on them is the first points of test_pgd), and what to call it."""
+
+    key: str
+    aa_points_only: bool
+    what: str
+
+
+PER_POINT_KEYS: dict[str, PointsOf] = {
+    "best_val_pgd_acc": PointsOf("holdout_pgd", False, "held-out PGD accuracy of each run's best state"),
+    "test_clean_acc": PointsOf("test_clean", False, "test clean accuracy"),
+    "test_pgd_acc": PointsOf("test_pgd", False, "test PGD accuracy"),
+    "test_aa_acc": PointsOf("test_aa", False, "test AutoAttack accuracy"),
+    "test_pgd_acc_aa_subset": PointsOf("test_pgd", True, "test PGD accuracy on AutoAttack's points"),
 }
-WHAT = {"best_val_pgd_acc": "held-out PGD accuracy of each run's best state", "test_clean_acc": "test clean accuracy",
-        "test_pgd_acc": "test PGD accuracy", "test_aa_acc": "test AutoAttack accuracy",
-        "test_pgd_acc_aa_subset": "test PGD accuracy on AutoAttack's points"}
 
 
 def can_pair(metric: str) -> bool:
@@ -31,7 +39,11 @@ def can_pair(metric: str) -> bool:
 def shared_points(metric: str) -> bool:
     """Whether every seed is scored on the same points for `metric`: the test set is one for all
     seeds; the held-out split is drawn by the seed."""
-    return PER_POINT_KEYS[metric][0].startswith("test_")
+    return PER_POINT_KEYS[metric].key.startswith("test_")
+
+
+def what(metric: str) -> str:
+    return PER_POINT_KEYS[metric].what
 
 
 class PerPointStore:
@@ -65,11 +77,11 @@ class PerPointStore:
     def correct(self, run_id: str, metric: str) -> np.ndarray | None:
         """Which points `run_id` gets right for `metric` (bool), or None."""
         arrays = self.arrays(run_id)
-        key, aa_points_only = PER_POINT_KEYS[metric]
-        if arrays is None or key not in arrays:
+        of = PER_POINT_KEYS[metric]
+        if arrays is None or of.key not in arrays:
             return None
-        values = arrays[key].astype(bool)
-        if aa_points_only:
+        values = arrays[of.key].astype(bool)
+        if of.aa_points_only:
             if "test_aa" not in arrays:
                 return None
             values = values[:len(arrays["test_aa"])]

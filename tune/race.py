@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 
 from tune.paired import MIN_SEEDS_TO_DROP, Paired, against_leader, format_comparisons, mean_accuracy, verdict
-from tune.paired_runs import WHAT, PerPointStore, shared_points
+from tune.paired_runs import PerPointStore, shared_points, what
 from tune.search_paired import config_key, finished_config_points
 from tune.tracking import SearchTracking, TRIAL_ID_TAG
-from tune.trainable import META_KEY, TRIAL_INDEX_KEY, VARIANT_KEY, trial_config
+from tune.trainable import META_KEY, VARIANT_KEY, trial_config, trial_values
 
 RACE_TAG = "race"                # "true" on every race run
 ROUND_TAG = "race_round"         # 1, 2, ...
@@ -54,12 +54,12 @@ class Race:
 
 def _values(result: Any) -> dict[str, Any]:
     """A search trial's TrainConfig values (what it was given; no seed)."""
-    values = {k: v for k, v in result.config.items() if k not in (META_KEY, TRIAL_INDEX_KEY, VARIANT_KEY)}
+    values = trial_values(result.config)
     values.pop("seed", None)
     return values
 
 
-def start(plan: Any, results: Any, tracking: SearchTracking, k: int) -> Race:
+def start(plan: Any, results: Any, tracking: SearchTracking, store: PerPointStore, k: int) -> Race:
     """Round 0: the top `k` configs of the search by their mean ranking metric over the held-out
     points, with the per-point results of their search trials. Ties: configs an earlier race of
     this search ran first (a repeated race continues it), then the search's winner."""
@@ -67,7 +67,7 @@ def start(plan: Any, results: Any, tracking: SearchTracking, k: int) -> Race:
 
     metric = plan.space.metric[0]
     runs = tracking.child_runs()
-    found = finished_config_points(plan, results, tracking, metric, runs)
+    found = finished_config_points(plan, results, store, metric, runs)
     winner, _ = best_config(plan, results)
     first = None if winner is None else found.labels.get(config_key(plan, winner))
     raced = {r.data.tags.get(CONFIG_TAG) for r in runs if r.data.tags.get(RACE_TAG) == "true"}
@@ -150,18 +150,19 @@ def _run_round(plan: Any, race: Race, round_no: int, todo: list[tuple[str, int, 
     return failed
 
 
-def run_race(plan: Any, results: Any, tracking: SearchTracking, folder: Path, gpus: float) -> int:
+def run_race(plan: Any, results: Any, tracking: SearchTracking, folder: Path, gpus: float,
+             store: PerPointStore | None = None) -> int:
     """The race after a finished search (Ray up, the parent run finished by the report); 0 when
     it ran to its end, 1 when it stopped early (a round lost every trial, or an error). What it
     found so far is printed and recorded however it ends; Ctrl-C marks the parent KILLED."""
     k, most = plan.args.race, plan.args.race_seeds
-    race = start(plan, results, tracking, k)
+    store = store or PerPointStore(tracking.client)
+    race = start(plan, results, tracking, store, k)
     for line in race.lines:
         print(line)
     if len(race.alive) < 2:
         print(f"\nrace: fewer than two configs with per-point results ({len(race.alive)}); nothing to race")
         return 0
-    store = PerPointStore(tracking.client)
     meta = {**next(r.config[META_KEY] for r in results if r.config and META_KEY in r.config)}
     meta.pop("seeds", None)
     tracking.client.update_run(tracking.parent_run_id, status="RUNNING")
@@ -221,7 +222,7 @@ def _outcome(race: Race, rounds: int, most: int, stopped: str | None) -> list[st
                               f"{', '.join(left[1:])}")
     lines = [f"race after {rounds} round(s): {ending}"]
     if len(left) > 1:
-        lines += [f"paired: {leader} against each config still in the race, {WHAT.get(race.metric, race.metric)}, "
+        lines += [f"paired: {leader} against each config still in the race, {what(race.metric)}, "
                   f"seed by seed and point by point (leader minus other, 95% interval):",
                   *format_comparisons(comparisons)]
     for label, (round_no, p) in race.dropped.items():

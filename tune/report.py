@@ -176,7 +176,7 @@ def paired_section(uri: str, runs: list, by: str, metric: str) -> str:
     from mlflow.tracking import MlflowClient
 
     from tune.paired import against_leader, format_comparisons, mean_accuracy, verdict
-    from tune.paired_runs import WHAT, PerPointStore, group_points, shared_points
+    from tune.paired_runs import PerPointStore, group_points, shared_points, what
 
     pooled = [p for p in varying_params(runs) if p != by]
     if pooled:
@@ -188,7 +188,7 @@ def paired_section(uri: str, runs: list, by: str, metric: str) -> str:
             "".join(f"; {n}" for n in notes)
     ranked = sorted(groups, key=lambda k: -mean_accuracy(groups[k]))
     comparisons = against_leader({k: groups[k] for k in ranked}, ranked[0], shared_points(metric))
-    lines = [f"paired: {ranked[0]} (best mean {metric}) against each other row, {WHAT[metric]}, point by point "
+    lines = [f"paired: {ranked[0]} (best mean {metric}) against each other row, {what(metric)}, point by point "
              f"and seed by seed (best minus other, 95% interval):", *format_comparisons(comparisons),
              *(f"  note: {n}" for n in notes), verdict(ranked[0], comparisons)]
     return "\n".join(lines)

@@ -19,13 +19,12 @@ if __package__ in (None, ""):  # run as `python tune/rerun_best.py`
 from bilaw.config import ConfigError, TrainConfig, parse_overrides  # noqa: E402
 from bilaw.file_errors import DamagedFileError  # noqa: E402
 from tune.model_store import ModelStoreError, source_run  # noqa: E402
-from tune.report import ReportError, finished_runs  # noqa: E402
+from tune.report import POINTS, ReportError, finished_runs  # noqa: E402
 from tune.tracking import TrackingError, absolute_tracking_uri, check_tracking_uri  # noqa: E402
 
 FULL_EVAL = {"aa_samples": 1000, "aa_attacks": None, "aa_n_iter": None, "aa_version": "standard",
              "eval_pgd_steps": 20}
 SUMMARY = [("clean", "test_clean_acc"), ("PGD-20", "test_pgd_acc"), ("AutoAttack", "test_aa_acc")]
-POINTS = {"test_clean_acc": "test_points", "test_pgd_acc": "test_points", "test_aa_acc": "aa_points"}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,6 +18,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from tune import spaces as sp
 from tune.driver import clean_up_killed_driver, record_driver
+from tune.paired_runs import PerPointStore
 from tune.plan import SearchError, git_commit
 from tune.space_schema import NOT_SEARCHED
 from tune.storage import StorageError, check_shared_storage
@@ -185,6 +186,26 @@ def run_search(plan, argv: list[str]) -> int:
     tracking = SearchTracking(plan.tracking_uri, plan.experiment)
     available = start_ray(plan)
     try:
+        results, gpus = _fit(plan, argv, tracking, folder, available)
+        store = PerPointStore(tracking.client)  # the report's per-point downloads serve the race too
+        code = report(plan, results, tracking, folder, store)
+        if code == 0 and getattr(plan.args, "race", None):
+            from tune.race import run_race
+
+            if unfinished_trials(results):  # Ray Tune took a Ctrl-C and returned from fit
+                print(f"\nrace: not started, the search was interrupted ({unfinished_trials(results)} trials "
+                      f"unfinished); --resume --race {plan.args.race} finishes it and then races")
+            else:
+                code = run_race(plan, results, tracking, folder, gpus, store)
+        return code
+    finally:
+        ray.shutdown()
+
+
+def _fit(plan, argv: list[str], tracking: SearchTracking, folder: Path, available: float) -> tuple[Any, float]:
+    """Run (or resume) the search's trials under its MLflow parent run; return Ray's results and
+    the GPU share per trial. A failure or Ctrl-C ends the parent run as FAILED or KILLED."""
+    try:
         record_driver(folder, joined_cluster=bool(plan.args.address))
         try:
             nodes = check_shared_storage(plan.storage_location)
@@ -209,28 +230,13 @@ def run_search(plan, argv: list[str]) -> int:
             tracking.start_parent(f"{plan.space.name} on {plan.workload.name} {time.strftime('%Y-%m-%d %H:%M')}",
                                   parent_tags(plan, argv), params={k: v for k, v in plan.base.items()})
             tuner = build_tuner(plan, tracking, folder, gpus)
-        results = tuner.fit()
+        return tuner.fit(), gpus
     except KeyboardInterrupt:
         tracking.finish_parent("KILLED")
-        ray.shutdown()
         raise
     except Exception:
         tracking.finish_parent("FAILED")
-        ray.shutdown()
         raise
-    try:
-        code = report(plan, results, tracking, folder)
-        if code == 0 and getattr(plan.args, "race", None):
-            from tune.race import run_race
-
-            if unfinished_trials(results):  # Ray Tune took a Ctrl-C and returned from fit
-                print(f"\nrace: not started, the search was interrupted ({unfinished_trials(results)} trials "
-                      f"unfinished); --resume --race {plan.args.race} finishes it and then races")
-            else:
-                code = run_race(plan, results, tracking, folder, gpus)
-    finally:
-        ray.shutdown()
-    return code
 
 
 def build_tuner(plan, tracking: SearchTracking, folder: Path, gpus: float) -> tune.Tuner:

@@ -14,7 +14,7 @@ import numpy as np
 from bilaw.config import TrainConfig
 from tune.paired import (Comparison, Paired, against_leader, format_comparisons, mean_accuracy, verdict,
                          winner_standing)
-from tune.paired_runs import WHAT, PerPointStore, can_pair, group_points, shared_points
+from tune.paired_runs import PerPointStore, can_pair, group_points, shared_points, what
 from tune.tracking import TRIAL_ID_TAG, SearchTracking, run_name
 from tune.trainable import trial_config
 
@@ -26,8 +26,8 @@ def config_label(space: Any, cfg: TrainConfig, precise: bool = False) -> str:
     """A config by its searched values, as its runs are named without the seed: "weight_net=64"
     (floats to 4 significant digits; `precise`: every digit). Never cut short."""
     values = {k: p.shown_for(cfg) for k, p in space.params.items()}
-    if precise:
-        return " ".join(f"{k}={v!r}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()) or "the config"
+    if precise:  # a float as a string is left whole by run_name
+        values = {k: repr(v) if isinstance(v, float) else v for k, v in values.items()}
     return run_name(values, "the config", limit=100_000)
 
 
@@ -57,12 +57,10 @@ def _labels(plan: Any, configs: dict[str, TrainConfig]) -> dict[str, str]:
             for key, label in short.items()}
 
 
-def finished_config_points(plan: Any, results: Any, tracking: SearchTracking, metric: str,
-                           runs: list | None = None) -> ConfigPoints:
+def finished_config_points(plan: Any, results: Any, store: PerPointStore, metric: str, runs: list) -> ConfigPoints:
     """The per-point results for `metric` of every finished trial (not those flagged for gradient
     masking, unless --allow-suspect), from their MLflow runs (`runs`: the search's child runs)."""
     allow_suspect = getattr(plan.args, "allow_suspect", False)
-    runs = tracking.child_runs() if runs is None else runs
     by_trial = {r.data.tags.get(TRIAL_ID_TAG): r for r in runs}
     keys: dict[str, str] = {}
     configs: dict[str, TrainConfig] = {}
@@ -81,7 +79,7 @@ def finished_config_points(plan: Any, results: Any, tracking: SearchTracking, me
         configs.setdefault(key, cfg)
         chosen.append(run)
     labels = _labels(plan, configs)
-    groups, notes = group_points(PerPointStore(tracking.client), chosen, lambda run: labels[keys[run.info.run_id]],
+    groups, notes = group_points(store, chosen, lambda run: labels[keys[run.info.run_id]],
                                  metric)
     return ConfigPoints(metric, groups, labels, notes)
 
@@ -91,7 +89,7 @@ def paired_lines(points: ConfigPoints, leader: str) -> tuple[list[str], dict[str
     others = sorted((k for k in points.groups if k != leader), key=lambda k: -points.mean(k))
     comparisons = against_leader({k: points.groups[k] for k in [leader, *others]}, leader,
                                  shared_points(points.metric))
-    head = (f"paired: {leader} against each other config, {WHAT.get(points.metric, points.metric)}, point by "
+    head = (f"paired: {leader} against each other config, {what(points.metric)}, point by "
             f"point (leader minus other, 95% interval):")
     lines = [head, *format_comparisons(comparisons), *(f"  note: {n}" for n in points.notes)]
     line = verdict(leader, comparisons)
@@ -101,8 +99,8 @@ def paired_lines(points: ConfigPoints, leader: str) -> tuple[list[str], dict[str
     return [*lines, line], comparisons
 
 
-def paired_summary(plan: Any, results: Any, tracking: SearchTracking, cfg: TrainConfig,
-                   folder: Path) -> tuple[list[str], list[Path]]:
+def paired_summary(plan: Any, results: Any, tracking: SearchTracking, cfg: TrainConfig, folder: Path,
+                   child_runs: list, store: PerPointStore | None = None) -> tuple[list[str], list[Path]]:
     """The lines that say whether the search's winner is distinguishable from the other configs
     (tune/paired.py) and the file holding them; tags the parent run with the answer. Never stops
     the report: a failure is one line saying so."""
@@ -112,7 +110,7 @@ def paired_summary(plan: Any, results: Any, tracking: SearchTracking, cfg: Train
     if not can_pair(metric):
         return [f"paired comparison: not available for {metric} (no per-point results for it)"], []
     try:
-        points = finished_config_points(plan, results, tracking, metric)
+        points = finished_config_points(plan, results, store or PerPointStore(tracking.client), metric, child_runs)
         leader = points.labels.get(config_key(plan, cfg), config_label(plan.space, cfg))
         if leader not in points.groups:
             return [f"paired comparison: {leader} has no per-point results; nothing compared"], []

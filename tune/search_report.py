@@ -23,9 +23,11 @@ def in_trial_order(results) -> list:
     return sorted(results, key=lambda r: str((r.metrics or {}).get("trial_id", "")))
 
 
-def _winner(plan, results, tracking: SearchTracking, cfg: TrainConfig) -> tuple[dict[str, float], str | None, Any]:
-    """Tag the parent with the run of the winner (the best seed of the best config `cfg`); return
-    its test metrics as `winner_*` metrics for the parent, its MLflow run id and its result."""
+def _winner(plan, results, tracking: SearchTracking, cfg: TrainConfig,
+            child_runs: list) -> tuple[dict[str, float], str | None, Any]:
+    """Tag the parent with the run of the winner (the best seed of the best config `cfg`, among
+    the search's `child_runs`); return its test metrics as `winner_*` metrics for the parent, its
+    MLflow run id and its result."""
     metric, sign = plan.space.metric[0], (1 if plan.space.mode[0] == "max" else -1)
     done = [r for r in in_trial_order(results) if r.error is None and math.isfinite((r.metrics or {}).get(metric, math.nan))
             and trial_config(r.config).replace(seed=cfg.seed) == cfg]
@@ -34,7 +36,7 @@ def _winner(plan, results, tracking: SearchTracking, cfg: TrainConfig) -> tuple[
     best = max(done, key=lambda r: sign * r.metrics[metric])
     run_id = None
     try:
-        runs = [r for r in tracking.child_runs() if r.data.tags.get("ray_trial_id") == best.metrics.get("trial_id")]
+        runs = [r for r in child_runs if r.data.tags.get("ray_trial_id") == best.metrics.get("trial_id")]
         if runs:
             run_id = runs[0].info.run_id
             tracking.client.set_tag(tracking.parent_run_id, "winner_run_id", run_id)
@@ -69,7 +71,7 @@ def _log_winner_model(plan, tracking: SearchTracking, run_id: str, result, metri
         print(f"warning: MLflow: could not log the winner's model: {exc}", file=sys.stderr)
 
 
-def search_figures(plan, tracking: SearchTracking, folder: Path) -> None:
+def search_figures(plan, tracking: SearchTracking, folder: Path, child_runs: list) -> None:
     """The search's figures (tune/search_figures.py) from the stored study and the trials'
     histories, under search/ on the parent run (also after --resume); never stops the report."""
     import optuna
@@ -81,7 +83,7 @@ def search_figures(plan, tracking: SearchTracking, folder: Path) -> None:
         return
     try:
         study = optuna.load_study(study_name=plan.experiment, storage=f"sqlite:///{folder / OPTUNA_DB}")
-        histories = trial_histories(tracking.client, tracking.child_runs())
+        histories = trial_histories(tracking.client, child_runs)
         for png in draw_search_figures(study, histories, folder / "search", list(plan.space.metric)):
             tracking.client.log_artifact(tracking.parent_run_id, str(png), "search")
     except Exception as exc:  # figures never stop the search
@@ -140,12 +142,19 @@ def pareto_report(plan, results, tracking: SearchTracking, folder: Path) -> list
     return [csv_path, png_path]
 
 
-def report(plan, results, tracking: SearchTracking, folder: Path) -> int:
+def report(plan, results, tracking: SearchTracking, folder: Path, store: Any = None) -> int:
+    """Print and record the search's outcome (see the module docstring); `store`: a
+    tune/paired_runs.py PerPointStore to share its downloads with a race that follows."""
     space = plan.space
+    try:
+        child_runs = tracking.child_runs() if tracking.parent_run_id is not None else []
+    except Exception as exc:  # tracking never stops the report
+        print(f"warning: MLflow: could not read the trials' runs: {exc}", file=sys.stderr)
+        child_runs = []
     errors = sum(1 for r in results if r.error is not None)
     front_files = pareto_report(plan, results, tracking, folder) if space.multi_objective else []
     cfg, values = best_config(plan, results)
-    search_figures(plan, tracking, folder)
+    search_figures(plan, tracking, folder, child_runs)
     if cfg is None:
         tracking.finish_parent("FAILED")
         print(f"error: no trial of {plan.experiment} finished with {space.metric[0]} ({errors} errored); "
@@ -160,10 +169,10 @@ def report(plan, results, tracking: SearchTracking, folder: Path) -> int:
     for name in space.params:
         print(f"  {name} = {plan.space.params[name].shown_for(cfg)!r}")
     print(f"best config: {path}\n  re-run it: python -m bilaw.train --config {path} --out runs/best")
-    winner, run_id, result = _winner(plan, results, tracking, cfg)
+    winner, run_id, result = _winner(plan, results, tracking, cfg, child_runs)
     if run_id is not None and plan.args.log_models != "none":
         _log_winner_model(plan, tracking, run_id, result, winner)
-    paired, paired_files = paired_summary(plan, results, tracking, cfg, folder)
+    paired, paired_files = paired_summary(plan, results, tracking, cfg, folder, child_runs, store)
     tracking.finish_parent("FINISHED", {f"best_{space.metric[0]}": mean, "trials": len(results), "errors": errors,
                                         **winner}, artifacts=[path, space.path, *front_files, *paired_files])
     print(f"MLflow: mlflow ui --backend-store-uri {redact_uri(plan.tracking_uri)} --host 127.0.0.1 --port 5000\n"
