@@ -71,7 +71,7 @@ def test_a_difference_far_above_the_noise_names_the_winner(tmp_path, capsys):
     assert lines[0].startswith("paired: weight_net=128 (best mean test_pgd_acc)")
     assert lines[-1] == "weight_net=128 is distinguishably better than every other config compared (2) at 95%"
     row = next(line for line in lines if "weight_net=32 " in line)
-    assert "+15.00 points" in row and " distinguishable  (" in row
+    assert "+15.00 points" in row and "distinguishable  (" in row and "not distinguishable" not in row
 
 
 def test_one_seed_is_mcnemars_exact_test(tmp_path, capsys):

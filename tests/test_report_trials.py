@@ -123,3 +123,28 @@ def test_a_suspect_trial_never_wins_unless_allowed():
     assert cfg.lr == 0.1 and values == [0.7]
     cfg, values = best_config(NS(space=space, seeds=[0], args=NS(allow_suspect=True)), results)
     assert cfg.lr == 0.2 and values == [0.9]
+
+
+def test_the_winning_run_is_never_a_flagged_seed_of_the_winning_config():
+    from types import SimpleNamespace as NS
+
+    from tune.search_report import _winner
+    from tune.trainable import META_KEY, TRIAL_INDEX_KEY
+
+    space = NS(metric=["best_val_pgd_acc"], mode=["max"])
+    meta = {META_KEY: {"seeds": [0, 1]}}
+    results = [NS(error=None, metrics={"best_val_pgd_acc": 0.9, "trial_id": "a", "suspect_gradient_masking": True},
+                  config={"lr": 0.1, TRIAL_INDEX_KEY: 0, **meta}),
+               NS(error=None, metrics={"best_val_pgd_acc": 0.7, "trial_id": "b"},
+                  config={"lr": 0.1, TRIAL_INDEX_KEY: 1, **meta})]
+    tags = {}
+    tracking = NS(parent_run_id="p", client=NS(set_tag=lambda run, k, v: tags.__setitem__(k, v)))
+    child_runs = [NS(data=NS(tags={"ray_trial_id": t}), info=NS(run_id=f"run-{t}", run_name=t)) for t in "ab"]
+    plan = NS(space=space, seeds=[0, 1], args=NS(allow_suspect=False))
+    from tune.search_report import best_config
+
+    cfg, _ = best_config(plan, results)
+    metrics, run_id, best = _winner(plan, results, tracking, cfg, child_runs)
+    assert run_id == "run-b" and best is results[1] and metrics["winner_best_val_pgd_acc"] == 0.7
+    plan.args.allow_suspect = True
+    assert _winner(plan, results, tracking, best_config(plan, results)[0], child_runs)[1] == "run-a"

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from bilaw.config import TrainConfig
-from tune.search_paired import paired_summary
+from tune.search_paired import config_key, paired_summary
 from tune.trainable import trial_config
-from tune.tracking import SearchTracking, redact_uri, runs_table_url
+from tune.tracking import TRIAL_ID_TAG, SearchTracking, redact_uri, runs_table_url
 
 BEST_CONFIG = "best_config.yaml"
 
@@ -26,17 +26,16 @@ def in_trial_order(results) -> list:
 def _winner(plan, results, tracking: SearchTracking, cfg: TrainConfig,
             child_runs: list) -> tuple[dict[str, float], str | None, Any]:
     """Tag the parent with the run of the winner (the best seed of the best config `cfg`, among
-    the search's `child_runs`); return its test metrics as `winner_*` metrics for the parent, its
-    MLflow run id and its result."""
+    the trials `best_config` counted, and the search's `child_runs`); return its test metrics as
+    `winner_*` metrics for the parent, its MLflow run id and its result."""
     metric, sign = plan.space.metric[0], (1 if plan.space.mode[0] == "max" else -1)
-    done = [r for r in in_trial_order(results) if r.error is None and math.isfinite((r.metrics or {}).get(metric, math.nan))
-            and trial_config(r.config).replace(seed=cfg.seed) == cfg]
+    done = config_groups(plan, results).get(config_key(plan, cfg), (cfg, []))[1]
     if not done:
         return {}, None, None
     best = max(done, key=lambda r: sign * r.metrics[metric])
     run_id = None
     try:
-        runs = [r for r in child_runs if r.data.tags.get("ray_trial_id") == best.metrics.get("trial_id")]
+        runs = [r for r in child_runs if r.data.tags.get(TRIAL_ID_TAG) == best.metrics.get("trial_id")]
         if runs:
             run_id = runs[0].info.run_id
             tracking.client.set_tag(tracking.parent_run_id, "winner_run_id", run_id)
@@ -100,24 +99,32 @@ def _interval_note(metric: str, values: list[float], cfg: TrainConfig) -> str:
     return "" if interval is None else f"\n  95% interval [{interval[0]:.4f}, {interval[1]:.4f}] ({interval[2]})"
 
 
-def best_config(plan, results) -> tuple[TrainConfig | None, list[float]]:
-    """The config whose mean of the ranking metric over its seeds is best (ties: the one met first
-    in `in_trial_order`); trials flagged for gradient masking take no part unless --allow-suspect."""
-    metric, sign = plan.space.metric[0], (1 if plan.space.mode[0] == "max" else -1)
-    groups: dict[str, tuple[TrainConfig, list[float]]] = {}
+def config_groups(plan, results) -> dict[str, tuple[TrainConfig, list]]:
+    """The finished trials with a finite ranking metric, by config (`config_key`): its config at
+    the search's first seed, and its results in `in_trial_order`. Trials flagged for gradient
+    masking take no part unless --allow-suspect: their PGD overstates their robustness."""
+    metric = plan.space.metric[0]
     allow_suspect = getattr(plan.args, "allow_suspect", False)
+    groups: dict[str, tuple[TrainConfig, list]] = {}
     for r in in_trial_order(results):
         value = (r.metrics or {}).get(metric)
         if r.error is not None or value is None or not math.isfinite(value):
             continue
         if (r.metrics or {}).get("suspect_gradient_masking") and not allow_suspect:
-            continue  # its PGD overstates its robustness (bilaw/per_point.py); --allow-suspect keeps it
+            continue
         cfg = trial_config(r.config)
-        key = cfg.replace(seed=plan.seeds[0]).to_yaml()
-        groups.setdefault(key, (cfg.replace(seed=plan.seeds[0]), []))[1].append(float(value))
-    if not groups:
+        groups.setdefault(config_key(plan, cfg), (cfg.replace(seed=plan.seeds[0]), []))[1].append(r)
+    return groups
+
+
+def best_config(plan, results) -> tuple[TrainConfig | None, list[float]]:
+    """The config whose mean of the ranking metric over its seeds is best (ties: the one met first
+    in `in_trial_order`), and its values, among `config_groups`."""
+    metric, sign = plan.space.metric[0], (1 if plan.space.mode[0] == "max" else -1)
+    scored = [(cfg, [float(r.metrics[metric]) for r in members]) for cfg, members in config_groups(plan, results).values()]
+    if not scored:
         return None, []
-    return max(groups.values(), key=lambda g: sign * statistics.fmean(g[1]))
+    return max(scored, key=lambda g: sign * statistics.fmean(g[1]))
 
 
 def pareto_report(plan, results, tracking: SearchTracking, folder: Path) -> list[Path]:
