@@ -139,7 +139,7 @@ def step_packing(out: Path, dry: bool, save) -> dict[str, Any]:
         budget = total * n / sum(PACK_N)  # more processes, more time: each N gets its share
         share = 1.0 / n
         code = ("import sys; from bilaw.gpu_memory import cap_gpu_memory; "
-                f"cap_gpu_memory({share}) if {n} > 1 else None; from bilaw.train import main; sys.exit(main(sys.argv[1:]))")
+                f"cap_gpu_memory({share}); from bilaw.train import main; sys.exit(main(sys.argv[1:]))")
         start = time.perf_counter()
         procs = [subprocess.Popen([sys.executable, "-c", code, "--out", str(out / f".pack_{n}_{i}"), "--no-progress",
                                    *sets, "--set", f"seed={i}"], cwd=REPO, stdout=subprocess.DEVNULL,

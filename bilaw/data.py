@@ -19,7 +19,7 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from bilaw.dataset_files import (CIFAR10_FILES, CIFAR100_FILES, IDX_EXPECTED, Di
                                  find_named_files, read_cifar_batch, read_idx, read_idx_dataset)
 from bilaw.file_errors import DamagedFileError, one_line
 from bilaw.registry import Registry
-from bilaw.splits import SplitIndices, apply_label_noise, noise_generator, split_indices
+from bilaw.splits import SplitIndices, apply_label_noise, noise_generator, split_and_corrupt, split_indices
 
 __all__ = [
     "DATASETS",
@@ -333,6 +333,14 @@ def load_digits(data_dir: str | os.PathLike[str] | None = None) -> RawDataset:
     )
 
 
+def run_data_args(cfg: Any, learned: bool) -> dict[str, Any]:
+    """`load_data`'s arguments (all but the dataset and device) for a run of `cfg`; `learned`:
+    its weighting learns from the validation sets, so they never join the training set."""
+    return dict(data_dir=cfg.data_dir, meta_val_size=cfg.meta_val_size, holdout_val_size=cfg.holdout_val_size,
+                seed=cfg.seed, label_noise=cfg.label_noise,
+                include_val_in_train=cfg.baselines_full_train and not learned)
+
+
 def load_data(
     dataset: str,
     *,
@@ -353,12 +361,9 @@ def load_data(
     the validation sets; `noisy_idx` then indexes that full set.
     """
     raw: RawDataset = DATASETS.get(dataset)(data_dir=data_dir)
-    split = split_indices(
-        raw.y_train, meta_val_size=meta_val_size, holdout_val_size=holdout_val_size, seed=seed
-    )
-    y_noisy_part, noisy_local = apply_label_noise(
-        raw.y_train[split.train], label_noise, raw.num_classes, noise_generator(seed)
-    )
+    split, y_noisy_part, noisy_local = split_and_corrupt(raw, meta_val_size=meta_val_size,
+                                                         holdout_val_size=holdout_val_size, seed=seed,
+                                                         label_noise=label_noise)
     if include_val_in_train:
         x_train, y_train_clean = raw.x_train, raw.y_train
         y_train = raw.y_train.clone()

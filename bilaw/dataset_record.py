@@ -8,15 +8,15 @@ import hashlib
 from typing import Any
 
 from .data import DATASETS
-from .splits import apply_label_noise, noise_generator, split_indices
+from .splits import split_and_corrupt
 
 
 def dataset_record(dataset: str, *, data_dir: str | None, meta_val_size: int, holdout_val_size: int, seed: int,
                    label_noise: float = 0.0, include_val_in_train: bool = False) -> dict[str, Any]:
     """The record of `load_data` called with the same arguments (it reads the dataset's labels)."""
     raw = DATASETS.get(dataset)(data_dir=data_dir)
-    split = split_indices(raw.y_train, meta_val_size=meta_val_size, holdout_val_size=holdout_val_size, seed=seed)
-    _, noisy_local = apply_label_noise(raw.y_train[split.train], label_noise, raw.num_classes, noise_generator(seed))
+    split, _, noisy_local = split_and_corrupt(raw, meta_val_size=meta_val_size, holdout_val_size=holdout_val_size,
+                                              seed=seed, label_noise=label_noise)
     digest = hashlib.sha256()
     for name, part in (("train", split.train), ("meta_val", split.meta_val), ("holdout", split.holdout),
                        ("noisy", split.train[noisy_local]), ("test", range(len(raw.y_test)))):

@@ -33,7 +33,7 @@ from .attacks import NORMS
 from .checkpoint import atomic_write_text, save_checkpoint
 from .config import TrainConfig
 from .file_errors import DamagedFileError
-from .models import Normalize, build_model
+from .models import Normalize, build_model, model_kwargs
 from .runs import load_run, read_metrics, read_run_config
 
 FORMATS = ("robustbench",)
@@ -100,11 +100,6 @@ def architecture_name(cfg: TrainConfig) -> str:
         return f"WideResNet-{cfg.wrn_depth}-{cfg.wrn_width}"
     preset = re.fullmatch(r"wrn(\d+)_(\d+)", cfg.model)
     return f"WideResNet-{preset[1]}-{preset[2]}" if preset else f"{cfg.model} (bilaw.models)"
-
-
-def model_kwargs(cfg: TrainConfig) -> dict[str, int]:
-    """The keyword arguments `build_model` takes for the run's model (as the trainer builds it)."""
-    return {"depth": cfg.wrn_depth, "widen_factor": cfg.wrn_width} if cfg.model == "wrn" else {}
 
 
 def _percent(fraction: Any, key: str) -> str:

@@ -14,6 +14,12 @@ from torch.nn import functional as F
 
 from .registry import Registry
 
+
+def model_kwargs(cfg) -> dict[str, int]:
+    """The keyword arguments `build_model` takes for a run config's model (a TrainConfig): the
+    generic WideResNet's depth and width; the named models take none."""
+    return {"depth": cfg.wrn_depth, "widen_factor": cfg.wrn_width} if cfg.model == "wrn" else {}
+
 ModelFactory = Callable[..., nn.Module]
 MODELS: Registry[ModelFactory] = Registry("model")
 Shape = Sequence[int]

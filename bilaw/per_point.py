@@ -34,7 +34,7 @@ def masking_check(pgd: Any, aa: Any, gap_points: float) -> dict[str, float | boo
     only_pgd, only_aa = int((pgd & ~aa).sum()), int((~pgd & aa).sum())
     gap = 100.0 * (pgd.mean() - aa.mean()) if n else 0.0
     p = mcnemar_p(only_pgd, only_aa)
-    return {"masking_gap_points": float(gap), "masking_p_value": p, "masking_points": n,
+    return {"masking_gap_points": float(gap), "masking_p_value": p,
             "suspect_gradient_masking": bool(n >= MASKING_MIN_POINTS and gap > gap_points and p < 0.05)}
 
 

@@ -28,7 +28,7 @@ from .config import KEYS, ConfigError, TrainConfig, stored_config_dict, yaml_loa
 from .config_yaml import yaml_problem
 from .data import MissingDatasetError, load_data
 from .file_errors import DamagedFileError, MissingFileError, load_json, one_line, read_text, require_mapping
-from .models import build_model
+from .models import build_model, model_kwargs
 
 BEST_NAME = "best.pt"
 ANALYSIS_NAME = "analysis.pt"
@@ -113,9 +113,8 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[n
     except (ValueError, TypeError, AttributeError) as exc:
         problems = "; ".join(exc.errors) if isinstance(exc, ConfigError) else one_line(exc)
         raise DamagedFileError(path, f"holds a config that is not valid: {problems}", fix) from None
-    kwargs = {"depth": cfg.wrn_depth, "widen_factor": cfg.wrn_width} if cfg.model == "wrn" else {}
     try:
-        model = build_model(cfg.model, state["input_shape"], state["num_classes"], **kwargs)
+        model = build_model(cfg.model, state["input_shape"], state["num_classes"], **model_kwargs(cfg))
         model.load_state_dict(state["model"])
     except Exception as exc:  # shapes or keys of another model, or a damaged state
         raise DamagedFileError(path, f"holds weights that do not fit the model its config names ({cfg.model}, "

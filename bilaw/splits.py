@@ -3,6 +3,7 @@ fixed by the run seed), and symmetric label noise on the train part only."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -107,3 +108,14 @@ def noise_generator(seed: int) -> torch.Generator:
     """A generator for label noise, independent of the split's generator for the same seed."""
     mixed = int(np.random.SeedSequence([seed, 1]).generate_state(1, dtype=np.uint64)[0])
     return torch.Generator().manual_seed(mixed)
+
+
+def split_and_corrupt(raw: Any, *, meta_val_size: int, holdout_val_size: int, seed: int,
+                      label_noise: float) -> tuple[SplitIndices, torch.Tensor, torch.Tensor]:
+    """How `bilaw.data.load_data` splits a raw dataset (its `y_train`, `num_classes`) and
+    corrupts its training-only labels: (the split, the noisy labels of split.train, which of
+    split.train were corrupted)."""
+    split = split_indices(raw.y_train, meta_val_size=meta_val_size, holdout_val_size=holdout_val_size, seed=seed)
+    y_noisy_part, noisy_local = apply_label_noise(raw.y_train[split.train], label_noise, raw.num_classes,
+                                                  noise_generator(seed))
+    return split, y_noisy_part, noisy_local

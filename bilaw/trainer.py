@@ -22,10 +22,10 @@ from torch import nn
 from .analysis import TRACE_SIZE, collect, fixed_subset, noise_weight_means, trace_weights, weight_auroc
 from .checkpoint import resume_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import RESUME_FREE_KEYS, ConfigError, TrainConfig, config_differences
-from .data import DataBundle, augment_crop_flip, batch_indices, load_data
+from .data import DataBundle, augment_crop_flip, batch_indices, load_data, run_data_args
 from .epoch_stats import accumulate, finish_epoch
 from .evaluate import evaluate_model
-from .models import build_model
+from .models import build_model, model_kwargs
 from .objectives import OBJECTIVES, AttackSetting, Objective, combine
 from .per_point import holdout_correct, holdout_points, masking_check
 from .progress import batch_progress, format_epoch
@@ -82,12 +82,9 @@ class RunState:
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         torch.manual_seed(cfg.seed)
-        self.data = data or load_data(
-            cfg.dataset, data_dir=cfg.data_dir, meta_val_size=cfg.meta_val_size,
-            holdout_val_size=cfg.holdout_val_size, seed=cfg.seed, label_noise=cfg.label_noise,
-            device=self.device, include_val_in_train=cfg.baselines_full_train and not self.learned)
-        kwargs = {"depth": cfg.wrn_depth, "widen_factor": cfg.wrn_width} if cfg.model == "wrn" else {}
-        self.model = build_model(cfg.model, self.data.input_shape, self.data.num_classes, **kwargs).to(self.device)
+        self.data = data or load_data(cfg.dataset, device=self.device, **run_data_args(cfg, self.learned))
+        self.model = build_model(cfg.model, self.data.input_shape, self.data.num_classes,
+                                 **model_kwargs(cfg)).to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         # The attacks and the real step call `forward` (compiled when asked); the bilevel look-ahead

@@ -101,8 +101,8 @@ def test_a_run_flagged_for_gradient_masking_is_marked():
                                 _run("b", {"lr": "0.2"}, metrics)])
     assert header[-1] == "gradient masking"
     assert {r[0]: r[-1] for r in rows} == {"a": "suspect", "b": "-"}
-    checked = {**metrics, "masking_points": 1000.0}
-    few = {**metrics, "masking_points": 100.0}  # the digits workload's AutoAttack points
+    checked = {**metrics, "aa_points": 1000.0}
+    few = {**metrics, "aa_points": 100.0}  # the digits workload's AutoAttack points
     header, rows = trial_table([_run("c", {"lr": "0.1"}, checked), _run("d", {"lr": "0.2"}, few),
                                 _run("e", {"lr": "0.3"}, metrics)])
     assert header[-1] == "gradient masking"

@@ -14,7 +14,8 @@ if __package__ in (None, ""):  # run as `python tune/fetch_model.py`
 
 from bilaw.file_errors import DamagedFileError  # noqa: E402
 from tune.model_store import ModelStoreError, fetch_run_folder  # noqa: E402
-from tune.tracking import DEFAULT_TRACKING_URI, TrackingError, absolute_tracking_uri, check_tracking_uri  # noqa: E402
+from tune.tracking import (DEFAULT_TRACKING_URI, TrackingError, absolute_tracking_uri, check_store_exists,  # noqa: E402
+                           check_tracking_uri)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,8 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         uri = absolute_tracking_uri(args.tracking_uri)
-        if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
-            raise TrackingError(f"no MLflow database at {uri}; pass the --tracking-uri the search used")
+        check_store_exists(uri)
         check_tracking_uri(uri)
         out = Path(args.out)
         if out.exists() and not out.is_dir():

@@ -27,7 +27,7 @@ from tune.paired_runs import PER_POINT_KEYS  # noqa: E402
 from tune.space_schema import NOT_SEARCHED  # noqa: E402
 from tune.uncertainty import accuracy_interval  # noqa: E402
 from tune.tracking import (MASKING_TAG, NOT_SEARCHED_TAG, PARENT_TAG, STATUS_TAG, TrackingError, absolute_tracking_uri,  # noqa: E402
-                           check_tracking_uri)
+                           check_store_exists, check_tracking_uri)
 
 COLUMNS = [("Clean", "test_clean_acc"), ("PGD", "test_pgd_acc"), ("AA", "test_aa_acc")]
 # --trials: per-run columns after the searched values (header, metric, percent?)
@@ -205,7 +205,7 @@ def trial_table(runs: list) -> tuple[list[str], list[list[str]]]:
     params = varying_params(runs)
     cols = [c for c in TRIAL_COLUMNS if any(c[1] in r.data.metrics for r in runs)]
     ordered = sorted(runs, key=lambda r: -r.data.metrics.get("best_val_pgd_acc", -math.inf))
-    masking_column = any(MASKING_TAG in r.data.tags or "masking_points" in r.data.metrics for r in runs)
+    masking_column = any(MASKING_TAG in r.data.tags or "aa_points" in r.data.metrics for r in runs)
     rows = []
     for r in ordered:
         m = r.data.metrics
@@ -234,7 +234,7 @@ def _masking_cell(run) -> str:
 
     if MASKING_TAG in run.data.tags:
         return "suspect"
-    points = run.data.metrics.get("masking_points")
+    points = run.data.metrics.get("aa_points")  # the points PGD and AutoAttack were both run on
     if points is None:
         return "-"
     return "no" if points >= MASKING_MIN_POINTS else f"unchecked: {points:.0f} AA points, needs {MASKING_MIN_POINTS}"
@@ -331,8 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         uri = absolute_tracking_uri(args.tracking_uri)
-        if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
-            raise ReportError(f"no tracking database at {uri}; pass the --tracking-uri the search used")
+        check_store_exists(uri)
         check_tracking_uri(uri)
         runs = finished_runs(uri, args.experiment, reruns=args.reruns)
         if args.trials:

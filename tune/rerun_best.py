@@ -20,7 +20,7 @@ from bilaw.config import ConfigError, TrainConfig, parse_overrides  # noqa: E402
 from bilaw.file_errors import DamagedFileError  # noqa: E402
 from tune.model_store import ModelStoreError, source_run  # noqa: E402
 from tune.report import POINTS, ReportError, finished_runs  # noqa: E402
-from tune.tracking import TrackingError, absolute_tracking_uri, check_tracking_uri  # noqa: E402
+from tune.tracking import TrackingError, absolute_tracking_uri, check_store_exists, check_tracking_uri  # noqa: E402
 
 FULL_EVAL = {"aa_samples": 1000, "aa_attacks": None, "aa_n_iter": None, "aa_version": "standard",
              "eval_pgd_steps": 20}
@@ -84,8 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.seeds < 1:
             raise ConfigError([f"--seeds {args.seeds}: must be >= 1"])
         uri = absolute_tracking_uri(args.tracking_uri)
-        if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
-            raise ReportError(f"no tracking database at {uri}; pass the --tracking-uri the search used")
+        check_store_exists(uri)
         check_tracking_uri(uri)
         if args.model and args.run_id:
             raise ReportError("--model and --run-id both name a run: pass one")

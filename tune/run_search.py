@@ -18,6 +18,8 @@ from bilaw.file_errors import DamagedFileError  # noqa: E402
 from tune import spaces as sp  # noqa: E402
 from tune.plan import (DEFAULT_CHECKPOINT_EVERY_S, Plan, SearchError, check_address, check_data, check_fresh,  # noqa: E402
                        check_resumable, check_storage)
+from tune.model_store import LOG_MODELS  # noqa: E402
+from tune.system_metrics import DEFAULT_INTERVAL_S  # noqa: E402
 from tune.tracking import TrackingError, check_tracking_uri  # noqa: E402
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,12 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "long plus one epoch of training. 0: every epoch (default "
                         f"{DEFAULT_CHECKPOINT_EVERY_S:g}; short epochs pay for each checkpoint; a resumed search "
                         "keeps the value it started with)")
-    p.add_argument("--log-models", choices=["winner", "finished", "none"], default="winner",
+    p.add_argument("--log-models", choices=LOG_MODELS, default="winner",
                    help="log trained models to MLflow (mlflow.pytorch, loadable with mlflow.pytorch.load_model): "
                         "the winner's best model (default), every finished trial's best and last model, or none")
     p.add_argument("--register", action="store_true",
                    help="register the winner's model in MLflow's Model Registry under the experiment's name")
-    p.add_argument("--system-metrics-interval", type=float, default=2.0, metavar="SECONDS",
+    p.add_argument("--system-metrics-interval", type=float, default=DEFAULT_INTERVAL_S, metavar="SECONDS",
                    help="how often a trial samples the machine's CPU, memory and GPU use, logged per epoch as "
                         "MLflow system metrics (default 2)")
     p.add_argument("--no-system-metrics", action="store_true", help="log no system metrics")

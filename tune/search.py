@@ -192,8 +192,9 @@ def run_search(plan, argv: list[str]) -> int:
         if code == 0 and getattr(plan.args, "race", None):
             from tune.race import run_race
 
-            if unfinished_trials(results):  # Ray Tune took a Ctrl-C and returned from fit
-                print(f"\nrace: not started, the search was interrupted ({unfinished_trials(results)} trials "
+            unfinished = unfinished_trials(results)
+            if unfinished:  # Ray Tune took a Ctrl-C and returned from fit
+                print(f"\nrace: not started, the search was interrupted ({unfinished} trials "
                       f"unfinished); --resume --race {plan.args.race} finishes it and then races")
             else:
                 code = run_race(plan, results, tracking, folder, gpus, store)

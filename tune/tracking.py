@@ -70,6 +70,13 @@ def redact_uri(uri: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
+def check_store_exists(uri: str) -> None:
+    """For the readers of a finished search: a SQLite store must already be there (MLflow would
+    create an empty one and report no experiment)."""
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        raise TrackingError(f"no tracking database at {uri}; pass the --tracking-uri the search used")
+
+
 def check_tracking_uri(uri: str, timeout_s: float = 3.0) -> None:
     """Fail within seconds, with a clear message, when the store cannot be reached or written."""
     if uri.startswith("sqlite:///"):
@@ -186,18 +193,6 @@ class SearchTracking:
                                             filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_run_id}'",
                                             max_results=5000))
 
-    def mark_trial(self, trial_id: str, status: str, mlflow_status: str, message: str | None = None) -> None:
-        """Set a child run's terminal status from the driver (a stopped trial cannot do it itself)."""
-        runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.{TRIAL_ID_TAG} = '{trial_id}'",
-                                       max_results=1)
-        if not runs:
-            return
-        run_id = runs[0].info.run_id
-        self.client.set_tag(run_id, STATUS_TAG, status)
-        if message:
-            self.client.set_tag(run_id, "error", message[:4000])
-        self.client.set_terminated(run_id, mlflow_status)
-
     def finish_parent(self, status: str = "FINISHED", metrics: dict[str, Any] | None = None,
                       artifacts: Iterable[Path] = ()) -> None:
         if self.parent_run_id is None:
@@ -294,7 +289,10 @@ class TrialRun:
         self._flush_or_warn()
         ts = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, v, ts, step) for k, v in numeric_metrics(final).items()])
-        for name in ("config.yaml", "metrics.json", "per_point.npz"):
+        from bilaw.per_point import PER_POINT_NAME
+        from bilaw.runs import CONFIG_NAME, METRICS_NAME
+
+        for name in (CONFIG_NAME, METRICS_NAME, PER_POINT_NAME):
             if (run_dir / name).is_file():
                 self.log_artifact(run_dir / name)
         for png in sorted((run_dir / "plots").glob("*.png")):

@@ -21,6 +21,7 @@ from typing import Any
 from ray import tune
 from ray.tune.result import AUTO_RESULT_KEYS
 
+from bilaw.data import run_data_args
 from bilaw.runs import read_metrics
 from bilaw.weighting import is_learned
 from bilaw.trainer import scalar_final
@@ -80,9 +81,7 @@ class TrialTracking(tune.Callback):
         try:
             if run.client.get_run(run.run_id).inputs.dataset_inputs:
                 return
-            args = dict(data_dir=cfg.data_dir, meta_val_size=cfg.meta_val_size, holdout_val_size=cfg.holdout_val_size,
-                        seed=cfg.seed, label_noise=cfg.label_noise,
-                        include_val_in_train=cfg.baselines_full_train and not is_learned(cfg.weighting))
+            args = run_data_args(cfg, is_learned(cfg.weighting))
             key = (cfg.dataset, *sorted(args.items()))
             if key not in self.datasets:
                 self.datasets[key] = dataset_record(cfg.dataset, **args)
