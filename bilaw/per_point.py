@@ -75,8 +75,10 @@ def holdout_correct(model, cfg, data) -> dict[str, Any]:
 
 
 def holdout_points(run) -> dict[str, Any] | None:
-    """`holdout_correct` for `run`'s model (a trainer RunState at its best state); None without
-    a held-out set."""
+    """`holdout_correct` of `run`'s best state (a trainer RunState with its best state loaded):
+    kept from the epoch that was best, else (a checkpoint from before they were kept, or no best
+    epoch) computed now; None without a held-out set."""
     if not len(run.data.y_holdout):
         return None
-    return holdout_correct(run.model, run.cfg, run.data)
+    kept = run.best.get("holdout")
+    return kept if kept is not None else holdout_correct(run.model, run.cfg, run.data)

@@ -199,19 +199,22 @@ class RunState:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def validate(self) -> dict[str, float]:
+    def validate(self) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
         """Held-out validation: clean and PGD accuracy, the means of `holdout_correct`
         (bilaw/per_point.py: the evaluation's PGD steps, step eps/4, the same random starts
-        every epoch)."""
+        every epoch), and those per-point results."""
         points = holdout_correct(self.model, self.cfg, self.data)
         n = max(len(self.data.y_holdout), 1)  # exact count / N
-        return {"val_clean_acc": points["clean"].sum().item() / n, "val_pgd_acc": points["pgd"].sum().item() / n}
+        return {"val_clean_acc": points["clean"].sum().item() / n,
+                "val_pgd_acc": points["pgd"].sum().item() / n}, points
 
-    def update_best(self, metrics: dict[str, Any]) -> None:
+    def update_best(self, metrics: dict[str, Any], holdout: dict[str, torch.Tensor]) -> None:
+        """Keep the state (and its per-point held-out results) of the best held-out PGD accuracy."""
         if metrics["val_pgd_acc"] > self.best["val_pgd_acc"]:
             self.best = {"val_pgd_acc": metrics["val_pgd_acc"], "epoch": self.epoch,
                          "model": _cpu_state(self.model),
-                         "weight_net": None if self.weight_net is None else _cpu_state(self.weight_net)}
+                         "weight_net": None if self.weight_net is None else _cpu_state(self.weight_net),
+                         "holdout": holdout}
         metrics["best_val_pgd_acc"] = self.best["val_pgd_acc"]
 
     # ----- checkpoints -----------------------------------------------------------------------
@@ -283,13 +286,14 @@ def train(
     while run.epoch < last and not _early_stopped(run):
         metrics = {"epoch": run.epoch, **run.train_epoch(wrap)}
         start = time.perf_counter()
-        metrics.update(run.validate())
+        scores, holdout = run.validate()
+        metrics.update(scores)
         if cfg.analysis_samples > 0:
             trace = trace_weights(run, run.trace_idx)
             if trace is not None:
                 run.trace.append(trace)
         metrics["eval_time_s"] = time.perf_counter() - start  # validation and the Fig. 5 trace
-        run.update_best(metrics)
+        run.update_best(metrics, holdout)
         run.history.append(metrics)
         if run.weight_net is not None and collapsed_epoch(run.history, cfg.burn_in_epochs) == run.epoch:
             say(collapse_message(run.epoch, metrics["weight_std"]))

@@ -52,6 +52,15 @@ def test_a_run_keeps_its_per_point_results_beside_its_metrics(tmp_path):
     best = result.history[final["best_epoch"]]
     assert points["holdout_pgd"].mean() == pytest.approx(best["best_val_pgd_acc"], abs=1e-12)
     assert points["holdout_clean"].mean() == pytest.approx(best["val_clean_acc"], abs=1e-12)
+    # kept from the best epoch, they are what the best state scores when asked again
+    from bilaw.data import load_data, run_data_args
+    from bilaw.per_point import holdout_correct
+    from bilaw.weighting import is_learned
+
+    data = load_data(result.config.dataset, **run_data_args(result.config, is_learned(result.config.weighting)))
+    again = holdout_correct(result.model, result.config, data)
+    assert (again["pgd"].numpy() == points["holdout_pgd"]).all()
+    assert (again["clean"].numpy() == points["holdout_clean"]).all()
     check = masking_check(points["test_pgd"], points["test_aa"], cfg.masking_gap)
     assert {k: final[k] for k in check} == check and final["aa_points"] == 30
     assert final["suspect_gradient_masking"] is False  # 30 points: too few to flag anything
