@@ -103,6 +103,12 @@ def load_analysis(run_dir: str | Path) -> dict[str, Any]:
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, TrainConfig]:
     """The run's best model (eval mode, on `device`) and its resolved config; a best.pt that is
     missing, damaged or holds weights its own config's model cannot take is a DamagedFileError."""
+    model, cfg, _ = load_best(run_dir, device)
+    return model, cfg
+
+
+def load_best(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, TrainConfig, dict]:
+    """`load_run`, and the contents of best.pt it read (input_shape, num_classes, epoch, ...)."""
     run_dir = _run_folder(run_dir)
     path, fix = run_dir / BEST_NAME, _rewrite_fix(run_dir, BEST_NAME)
     state = load_checkpoint(path, fix=fix)
@@ -120,7 +126,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[n
         raise DamagedFileError(path, f"holds weights that do not fit the model its config names ({cfg.model}, "
                                      f"input {state['input_shape']}, {state['num_classes']} classes): "
                                      f"{one_line(exc, 300)}", fix) from None
-    return model.to(device).eval(), cfg
+    return model.to(device).eval(), cfg, state
 
 
 def read_run_config(run_dir: str | Path) -> dict[str, Any]:

@@ -47,10 +47,10 @@ def log_model(uri: str, run_id: str, run_dir: Path, last_checkpoint: Path | None
     import torch
 
     from bilaw.checkpoint import load_checkpoint
-    from bilaw.runs import BEST_NAME, load_run
+    from bilaw.runs import BEST_NAME, load_best
 
-    model, _ = load_run(run_dir)
-    shape = tuple(load_checkpoint(Path(run_dir) / BEST_NAME)["input_shape"])
+    model, _, best = load_best(run_dir)
+    shape = tuple(best["input_shape"])
     example = torch.rand(1, *shape, generator=torch.Generator().manual_seed(0)).numpy()
     models = {MODEL_NAME: model}
     if last_checkpoint is not None and Path(last_checkpoint).is_file():
