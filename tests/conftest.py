@@ -25,3 +25,24 @@ def _two_threads():
     """Tests run on 2-core machines; keep torch from oversubscribing them."""
     torch.set_num_threads(2)
     yield
+
+
+@pytest.fixture
+def no_download(monkeypatch, tmp_path):
+    """Downloads fail like a blocked network; Debian's copy and BILAW_DATA_DIR are hidden.
+    Returns the (dataset, root) of each download tried."""
+    import urllib.error
+    from pathlib import Path
+
+    from bilaw import data
+
+    calls = []
+
+    def refuse(dataset, root):
+        calls.append((dataset, Path(root)))
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(data, "download_with_torchvision", refuse)
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "no-debian-copy")
+    monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+    return calls

@@ -1,8 +1,12 @@
 """Small helpers shared by the test modules (not a test file)."""
 from __future__ import annotations
 
+import os
 import re
+import signal
 import sqlite3
+import subprocess
+import time
 from pathlib import Path
 
 import torch
@@ -56,3 +60,46 @@ def tracebacks(log: str) -> list[str]:
     `sigterm_handler`. Any other traceback (and that one anywhere but a worker) is kept."""
     kept = _WORKER_SIGTERM_NOISE.sub(lambda m: "" if "sigterm_handler" in m.group(0) else m.group(0), log)
     return [line for line in kept.splitlines() if "Traceback" in line]
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """Stop a process this test started, then whatever is left of its process group, each by PID."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+    for pid in group_members(proc.pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 15
+    while group_members(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of the process group `pgid`."""
+    pids = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            pids.append(int(entry.name))
+    return pids
+
+
+def paired_points(n: int, only_a: int, only_b: int, both: int) -> tuple["np.ndarray", "np.ndarray"]:
+    """Bool arrays over n points: only_a points right for A alone, only_b for B alone, both for both."""
+    import numpy as np
+
+    a, b = np.zeros(n, bool), np.zeros(n, bool)
+    a[:only_a] = True
+    b[only_a:only_a + only_b] = True
+    a[only_a + only_b:only_a + only_b + both] = b[only_a + only_b:only_a + only_b + both] = True
+    return a, b

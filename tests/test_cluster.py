@@ -20,7 +20,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tune import spaces as sp
-from test_search import RAY, _free_port, _group_members, _ray_env, _stop_group, ray_tmp  # noqa: F401 (fixture)
+from helpers import group_members, stop_group
+from test_search import RAY, _free_port, _ray_env, ray_tmp  # noqa: F401 (fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE_EPOCHS = sp.load_workloads()["smoke"].config["epochs"]
@@ -79,9 +80,9 @@ def _two_node_processes(ray_tmp: Path, hidden: list[Path]) -> Iterator[tuple[str
         yield address, head, node
     finally:
         if node is not None:
-            _stop_group(node)
-        _stop_group(head)
-    assert not _group_members(head.pid)
+            stop_group(node)
+        stop_group(head)
+    assert not group_members(head.pid)
 
 
 def _search(cwd: Path, ray_tmp: Path, address: str, *extra: str) -> subprocess.CompletedProcess:
@@ -166,7 +167,7 @@ def test_trials_on_a_node_that_cannot_see_the_drivers_files_are_tracked_in_full(
 def _daemons(group: int) -> set[int]:
     """The Ray daemons (GCS, raylet) among a node's processes."""
     found = set()
-    for pid in _group_members(group):
+    for pid in group_members(group):
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:

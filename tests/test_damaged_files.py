@@ -62,17 +62,6 @@ def good(tmp_path_factory) -> SimpleNamespace:
     return SimpleNamespace(run=root / "run", study=root / OPTUNA_DB)
 
 
-@pytest.fixture
-def no_download(monkeypatch, tmp_path):
-    """Downloads fail like a blocked network; Debian's copy and BILAW_DATA_DIR are hidden."""
-    def refuse(dataset, root):
-        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
-
-    monkeypatch.setattr(data, "download_with_torchvision", refuse)
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "no-debian-copy")
-    monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
-
-
 def _copy_run(good, tmp_path: Path, names=("best.pt", "analysis.pt", "config.yaml", "metrics.json")) -> Path:
     run = tmp_path / "run"
     run.mkdir()

@@ -62,21 +62,6 @@ def write_cifar_batch(path: Path, images: np.ndarray, labels: np.ndarray, label_
         pickle.dump(entry, f, protocol=protocol)
 
 
-@pytest.fixture
-def no_download(monkeypatch, tmp_path):
-    """Downloads fail like a blocked network; Debian's copy and BILAW_DATA_DIR are hidden."""
-    calls = []
-
-    def refuse(dataset, root):
-        calls.append((dataset, Path(root)))
-        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
-
-    monkeypatch.setattr(data, "download_with_torchvision", refuse)
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "no-debian-copy")
-    monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
-    return calls
-
-
 def as_float(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images.astype(np.float32) / np.float32(255.0))
 

@@ -12,6 +12,8 @@ from tune.paired import (Paired, bootstrap_interval, clopper_pearson, compare, f
                          mcnemar_difference, seeds_and_points, seeds_interval, verdict, winner_standing)
 from tune.uncertainty import accuracy_interval
 
+from helpers import paired_points
+
 
 @pytest.mark.parametrize("k, n", [(0, 10), (3, 10), (10, 10), (37, 150), (1, 1)])
 def test_clopper_pearson_is_scipys_exact_interval(k, n):
@@ -19,18 +21,9 @@ def test_clopper_pearson_is_scipys_exact_interval(k, n):
     assert clopper_pearson(k, n) == pytest.approx((ci.low, ci.high), abs=1e-10)
 
 
-def _pair(n: int, only_a: int, only_b: int, both: int) -> tuple[np.ndarray, np.ndarray]:
-    """Bool arrays over n points: only_a points right for A alone, only_b for B alone, both for both."""
-    a, b = np.zeros(n, bool), np.zeros(n, bool)
-    a[:only_a] = True
-    b[only_a:only_a + only_b] = True
-    a[only_a + only_b:only_a + only_b + both] = b[only_a + only_b:only_a + only_b + both] = True
-    return a, b
-
-
 @pytest.mark.parametrize("only_a, only_b", [(0, 0), (5, 0), (6, 0), (10, 4), (30, 12), (12, 30), (40, 40)])
 def test_mcnemar_difference_test_and_interval_agree(only_a, only_b):
-    a, b = _pair(150, only_a, only_b, 50)
+    a, b = paired_points(150, only_a, only_b, 50)
     r = mcnemar_difference(a, b)
     assert r.difference == pytest.approx((only_a - only_b) / 150)
     assert r.difference == pytest.approx(a.mean() - b.mean())
@@ -43,10 +36,10 @@ def test_mcnemar_difference_test_and_interval_agree(only_a, only_b):
 
 def test_a_hand_computed_mcnemar_case():
     # 6 points where only A is right, none the other way: p = 2 / 2**6 = 0.03125
-    r = mcnemar_difference(*_pair(100, 6, 0, 20))
+    r = mcnemar_difference(*paired_points(100, 6, 0, 20))
     assert r.p_value == pytest.approx(2 / 64) and r.distinguishable
     assert r.high == pytest.approx(0.06)  # all six disagreements going A's way
-    assert not mcnemar_difference(*_pair(100, 5, 0, 20)).distinguishable  # p = 2 / 32 = 0.0625
+    assert not mcnemar_difference(*paired_points(100, 5, 0, 20)).distinguishable  # p = 2 / 32 = 0.0625
 
 
 def _loop_bootstrap(a: list[np.ndarray], b: list[np.ndarray], resamples: int, seed: int,
@@ -118,7 +111,7 @@ def test_several_seeds_take_the_wider_of_the_seed_and_point_intervals():
 
 
 def test_compare_pairs_seed_by_seed_and_says_why_it_cannot():
-    a, b = _pair(200, 30, 5, 80)
+    a, b = paired_points(200, 30, 5, 80)
     one = compare({0: a, 1: a}, {0: b, 2: b})
     assert one.method == "McNemar exact" and one.seeds == (0,)
     two = compare({0: a, 1: a}, {0: b, 1: b})
@@ -148,7 +141,7 @@ def test_verdict_names_the_configs_the_leader_cannot_be_told_from():
     lines = format_comparisons({"w=32": close, "w=128": "no seed in common: not compared"})
     assert "+0.40 points [-2.00, +3.00]  not distinguishable  (McNemar exact, p = 0.7, 150 points, seed 0)" in lines[0]
     assert lines[1].endswith("no seed in common: not compared")
-    same = mcnemar_difference(*_pair(100, 0, 0, 40))
+    same = mcnemar_difference(*paired_points(100, 0, 0, 40))
     assert "right and wrong on exactly the same points  not distinguishable" in format_comparisons({"w": same})[0]
 
 

@@ -10,6 +10,8 @@ from bilaw.per_point import MASKING_MIN_POINTS, masking_check, mcnemar_p
 from bilaw.runs import save_run
 from bilaw.trainer import train
 
+from helpers import paired_points  # PGD right alone, AutoAttack right alone, both
+
 
 @pytest.mark.parametrize("b, c", [(0, 0), (3, 0), (10, 4), (25, 40), (100, 0), (7, 7)])
 def test_mcnemar_is_the_exact_two_sided_binomial_test(b, c):
@@ -17,20 +19,13 @@ def test_mcnemar_is_the_exact_two_sided_binomial_test(b, c):
     assert mcnemar_p(b, c) == pytest.approx(expected, rel=1e-12)
 
 
-def _points(n: int, pgd_correct: int, aa_correct: int):
-    """n points where AutoAttack breaks a subset of what PGD leaves correct (no point the other way)."""
-    pgd = np.arange(n) < pgd_correct
-    aa = np.arange(n) < aa_correct
-    return pgd, aa
-
-
 def test_the_flag_needs_a_large_significant_gap_on_enough_points():
-    big = masking_check(*_points(1000, 700, 600), gap_points=5.0)
+    big = masking_check(*paired_points(1000, 100, 0, 600), gap_points=5.0)
     assert big["suspect_gradient_masking"] and big["masking_gap_points"] == pytest.approx(10.0)
     assert big["masking_p_value"] < 1e-20
-    small = masking_check(*_points(1000, 620, 600), gap_points=5.0)  # significant, but 2 points
+    small = masking_check(*paired_points(1000, 20, 0, 600), gap_points=5.0)  # significant, but 2 points
     assert not small["suspect_gradient_masking"] and small["masking_p_value"] < 0.05
-    few = masking_check(*_points(100, 70, 50), gap_points=5.0)  # 20 points, but on 100 points only
+    few = masking_check(*paired_points(100, 20, 0, 50), gap_points=5.0)  # 20 points, but on 100 points only
     assert MASKING_MIN_POINTS == 500 and not few["suspect_gradient_masking"]
 
 

@@ -6,7 +6,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from mlflow.tracking import MlflowClient
 from scipy import stats
 
 from bilaw.config import TrainConfig
-from helpers import tracebacks
+from helpers import group_members, stop_group, tracebacks
 from tune.run_search import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -374,40 +373,8 @@ def _separate_cluster(ray_tmp: Path) -> Iterator[tuple[str, Path, subprocess.Pop
         assert address_file.exists(), (ray_tmp / "ray_start.log").read_text()[-2000:]
         yield f"127.0.0.1:{port}", (ray_tmp / "ray" / "session_latest").resolve(), proc
     finally:
-        _stop_group(proc)
+        stop_group(proc)
         log.close()
-
-
-def _stop_group(proc: subprocess.Popen) -> None:
-    """Stop a process this test started, then whatever is left of its process group, each by PID."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
-    for pid in _group_members(proc.pid):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + 15
-    while _group_members(proc.pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-
-
-def _group_members(pgid: int) -> list[int]:
-    """Live (not zombie) processes of the process group `pgid`."""
-    pids = []
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            pids.append(int(entry.name))
-    return pids
 
 
 def _search(tmp_path: Path, env: dict[str, str], *extra: str) -> tuple[subprocess.CompletedProcess, str]:
@@ -466,7 +433,7 @@ def test_search_on_a_separately_started_ray_cluster(tmp_path, ray_tmp):
         _assert_finished(out, uri, "ablation_capacity", 4)
         assert _driver_session(tmp_path, "ablation_capacity") == session  # joined, as --address asked
         assert cluster.poll() is None
-    assert not _group_members(cluster.pid)
+    assert not group_members(cluster.pid)
 
 
 @pytest.mark.slow

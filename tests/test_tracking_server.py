@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import group_members
 from tune import tracking_server as ts
 
 REPO = Path(__file__).resolve().parents[1]
@@ -211,24 +212,12 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _group(pgid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            out.append(int(entry.name))
-    return out
-
-
 def _assert_stopped(server: Server, ports: tuple[int, int]) -> None:
     mlflow_pid, pg_pid = server.pids()
     deadline = time.monotonic() + 10
-    while (_alive(pg_pid) or _group(mlflow_pid)) and time.monotonic() < deadline:
+    while (_alive(pg_pid) or group_members(mlflow_pid)) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not _alive(mlflow_pid) and not _group(mlflow_pid), "mlflow server or a worker still runs"
+    assert not _alive(mlflow_pid) and not group_members(mlflow_pid), "mlflow server or a worker still runs"
     assert not _alive(pg_pid), "PostgreSQL still runs"
     for port in ports:
         ts.check_port("127.0.0.1", port)
