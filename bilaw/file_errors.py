@@ -35,9 +35,9 @@ def one_line(exc: BaseException, limit: int = 200) -> str:
     return (f"{type(exc).__name__}: {text}" if text else type(exc).__name__)[:limit]
 
 
-def check_file(path: str | os.PathLike[str], fix: str, *, allow_empty: bool = False) -> Path:
-    """`path` as a Path once it exists, is no folder, is readable and (a regular file, unless
-    `allow_empty`) is not empty; otherwise a `DamagedFileError` (a `MissingFileError` if it does
+def check_file(path: str | os.PathLike[str], fix: str) -> Path:
+    """`path` as a Path once it exists, is no folder, is readable and (a regular file) is not
+    empty; otherwise a `DamagedFileError` (a `MissingFileError` if it does
     not exist). A pipe passes (`--config <(...)`)."""
     path = Path(path)
     try:
@@ -51,24 +51,24 @@ def check_file(path: str | os.PathLike[str], fix: str, *, allow_empty: bool = Fa
     if not os.access(path, os.R_OK):
         raise DamagedFileError(path, "the file cannot be read (permission denied)",
                                f"make it readable (chmod u+r {path}), or {fix}")
-    if stat.S_ISREG(st.st_mode) and st.st_size == 0 and not allow_empty:
+    if stat.S_ISREG(st.st_mode) and st.st_size == 0:
         raise DamagedFileError(path, "the file is empty (0 bytes): damaged or cut short", fix)
     return path
 
 
-def read_bytes(path: str | os.PathLike[str], fix: str, *, allow_empty: bool = False) -> bytes:
+def read_bytes(path: str | os.PathLike[str], fix: str) -> bytes:
     """The file's bytes after `check_file`; an OSError while reading is a `DamagedFileError`."""
-    path = check_file(path, fix, allow_empty=allow_empty)
+    path = check_file(path, fix)
     try:
         return path.read_bytes()
     except OSError as exc:
         raise DamagedFileError(path, f"the file cannot be read ({exc.strerror or exc})", fix) from None
 
 
-def read_text(path: str | os.PathLike[str], fix: str, *, allow_empty: bool = False) -> str:
+def read_text(path: str | os.PathLike[str], fix: str) -> str:
     """The file as UTF-8 text; bytes that are not UTF-8 (a binary or garbled file) are a
     `DamagedFileError` naming the first bad byte."""
-    raw = read_bytes(path, fix, allow_empty=allow_empty)
+    raw = read_bytes(path, fix)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
