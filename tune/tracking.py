@@ -115,6 +115,100 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
+class UnquotableFilterValue(TrackingError):
+    """A value MLflow's search filter cannot hold exactly (see `quote_filter_value`)."""
+
+
+# A probe clause after the value: a literal that runs on past its closing quote (a value ending in
+# a backslash reads as escaping it) swallows this clause, and the parse shows it.
+_PROBE_TAIL = " and tags.`probe_a` = 'x' and tags.`probe_b` = \"y\""
+
+
+def _reads_back(literal: str, value: str) -> bool:
+    """Whether MLflow's own filter parser reads `literal` as exactly `value`, also when more
+    clauses follow it."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.search_utils import SearchUtils
+
+    try:
+        parsed = SearchUtils.parse_search_filter(f"tags.`probe` = {literal}{_PROBE_TAIL}")
+    except MlflowException:
+        return False
+    return len(parsed) == 3 and parsed[0]["value"] == value and [c["value"] for c in parsed[1:]] == ["x", "y"]
+
+
+def quote_filter_value(value: str) -> str:
+    """`value` as a quoted string for an MLflow `filter_string` (`tags.KEY = VALUE`), such that
+    MLflow searches for exactly `value`.
+
+    MLflow's parser takes the text between the quotes as it stands: it undoes no escape (`'it''s'`
+    searches for `it''s`), so an apostrophe cannot be escaped, only quoted with the other quote
+    (`"d'été runs"`). The first of 'VALUE' and "VALUE" that MLflow's own parser reads back as
+    exactly `value` is returned; a value it cannot read back either way (one holding both kinds
+    of quote, or ending in a backslash that reads as escaping the closing quote) raises
+    UnquotableFilterValue: `find_runs` searches for such a value another way."""
+    value = str(value)
+    for quote in ("'", '"'):
+        literal = f"{quote}{value}{quote}"
+        if _reads_back(literal, value):
+            return literal
+    raise UnquotableFilterValue(f"the value {value!r} cannot be written exactly in an MLflow search filter "
+                                f"(MLflow's parser reads it back as another value whichever quote encloses it)")
+
+
+def _filter_key(field: str) -> str:
+    """`tags.KEY`, `params.KEY` or `attributes.KEY` with the key in backticks (a key may hold dots)."""
+    kind, _, key = field.partition(".")
+    if kind not in ("tags", "params", "attributes") or not key or "`" in key:
+        raise ValueError(f"filter field {field!r}: expected tags.KEY, params.KEY or attributes.KEY "
+                         f"(no backtick in KEY)")
+    return f"{kind}.`{key}`"
+
+
+def find_runs(client, experiment_ids: list[str], equal: dict[str, str], max_results: int = 50000,
+              order_by: list[str] | None = None) -> list:
+    """The runs of `experiment_ids` whose fields equal the given values exactly, e.g.
+    `{"tags.ray_experiment_path": path, "attributes.status": "FINISHED"}`: the one way tune/
+    searches MLflow by value, so that a user's path, experiment name or key with quotes,
+    backslashes or any unicode finds its runs.
+
+    Every value is quoted by `quote_filter_value`. A value no quoting can hold exactly is looked
+    for with LIKE, its quotes and backslashes as one-character wildcards, and the runs found are
+    kept only where the value is equal (LIKE is also case-blind on SQLite); then every page is
+    read, so that `max_results` counts exact matches only."""
+    clauses, inexact = [], {}
+    for field, value in equal.items():
+        key = _filter_key(field)
+        try:
+            clauses.append(f"{key} = {quote_filter_value(value)}")
+        except UnquotableFilterValue:
+            pattern = re.sub(r"['\"\\]", "_", str(value))
+            clauses.append(f"{key} LIKE '{pattern}'")
+            inexact[field] = str(value)
+    filter_string = " and ".join(clauses)
+    if not inexact:
+        return list(client.search_runs(experiment_ids, filter_string=filter_string, max_results=max_results,
+                                       order_by=order_by))
+    found, token = [], None
+    while True:
+        page = client.search_runs(experiment_ids, filter_string=filter_string, max_results=min(max_results, 1000),
+                                  order_by=order_by, page_token=token)
+        found += [run for run in page if all(_run_field(run, f) == v for f, v in inexact.items())]
+        token = page.token
+        if not token or len(found) >= max_results:
+            return found[:max_results]
+
+
+def _run_field(run, field: str) -> str | None:
+    """The value of `tags.KEY`, `params.KEY` or `attributes.KEY` in a found run."""
+    kind, _, key = field.partition(".")
+    if kind == "tags":
+        return run.data.tags.get(key)
+    if kind == "params":
+        return run.data.params.get(key)
+    return str(getattr(run.info, key, None))
+
+
 def flatten_params(config: dict[str, Any]) -> dict[str, str]:
     """TrainConfig dict -> MLflow params (strings); private keys and secret-looking keys dropped."""
     out = {}
@@ -180,18 +274,16 @@ class SearchTracking:
 
     def resume_parent(self, experiment_path: str) -> str | None:
         """Find the parent run of the search stored at `experiment_path` and mark it running again."""
-        runs = self.client.search_runs([self.experiment_id],
-                                       filter_string=f"tags.ray_experiment_path = '{experiment_path}'",
-                                       max_results=1, order_by=["attributes.start_time DESC"])
+        runs = find_runs(self.client, [self.experiment_id], {"tags.ray_experiment_path": experiment_path},
+                         max_results=1, order_by=["attributes.start_time DESC"])
         self.parent_run_id = runs[0].info.run_id if runs else None
         if self.parent_run_id:
             self.client.update_run(self.parent_run_id, status="RUNNING")
         return self.parent_run_id
 
     def child_runs(self) -> list:
-        return list(self.client.search_runs([self.experiment_id],
-                                            filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_run_id}'",
-                                            max_results=5000))
+        return find_runs(self.client, [self.experiment_id], {f"tags.{PARENT_TAG}": self.parent_run_id},
+                         max_results=5000)
 
     def finish_parent(self, status: str = "FINISHED", metrics: dict[str, Any] | None = None,
                       artifacts: Iterable[Path] = ()) -> None:
@@ -218,8 +310,7 @@ class TrialRun:
         from mlflow.entities import Param
 
         self.client = _client(uri)
-        found = self.client.search_runs([experiment_id], filter_string=f"tags.{key_tag} = '{trial_id}'",
-                                        max_results=1)
+        found = find_runs(self.client, [experiment_id], {f"tags.{key_tag}": trial_id}, max_results=1)
         if found:
             self.run_id = found[0].info.run_id
             self.client.update_run(self.run_id, status="RUNNING")
