@@ -236,7 +236,6 @@ def test_list_spaces(capsys):
     (["--space", "ablation_capacity", "--seeds", "0"], "--seeds '0'"),
     (["--space", "ablation_capacity", "--num-samples", "3"], "runs each of its 4 values once per seed"),
     (["--space", "ablation_capacity", "--checkpoint-every", "-5"], "--checkpoint-every -5: must be >= 0"),
-    (["--space", "ablation_capacity", "--resume", "--checkpoint-every", "5"], "keeps the value it started with"),
 ])
 def test_bad_input_is_a_message_before_ray(argv, message, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -85,10 +85,7 @@ class Plan:
         self.gpus = self._gpus_per_trial()
         if args.max_concurrent is not None and args.max_concurrent < 1:
             raise SearchError(f"--max-concurrent {args.max_concurrent}: must be >= 1")
-        every = args.checkpoint_every
-        if every is not None and args.resume:
-            raise SearchError(f"--checkpoint-every {every:g} with --resume: a resumed search keeps the value it "
-                              f"started with; drop the option")
+        every = args.checkpoint_every  # on --resume, tune/resume_check.py refuses a changed value
         self.checkpoint_every = DEFAULT_CHECKPOINT_EVERY_S if every is None else every
         if not self.checkpoint_every >= 0:  # also NaN
             raise SearchError(f"--checkpoint-every {every:g}: must be >= 0 seconds (0 = a checkpoint every epoch)")
@@ -189,8 +186,10 @@ def check_storage(plan: Plan) -> None:
 
 
 def check_fresh(plan: Plan) -> None:
+    from tune.search_lock import LOCK_FILE
+
     for folder in {plan.state_dir, *([plan.storage / plan.experiment] if plan.storage is not None else [])}:
-        if folder.exists() and any(folder.iterdir()):
+        if folder.exists() and any(p.name != LOCK_FILE for p in folder.iterdir()):
             raise SearchError(f"experiment {plan.experiment!r} already has results in {folder}; use --experiment "
                               f"NEW_NAME for a new search or remove that folder")
 

@@ -127,6 +127,7 @@ def _run_round(plan: Any, race: Race, round_no: int, todo: list[tuple[str, int, 
                store: PerPointStore, meta: dict[str, Any], resources: dict[str, float]) -> int:
     """Run one round's new seeds as Ray trials (each run tagged with its config when it starts, so
     a stopped race reuses what finished); return how many failed."""
+    from tune.stopping import STOP
     from tune.variant_runs import run_variants, unfinished_trials
 
     results = run_variants([values for _, _, values in todo], meta=meta, resources=resources, tracking=tracking,
@@ -135,8 +136,8 @@ def _run_round(plan: Any, race: Race, round_no: int, todo: list[tuple[str, int, 
                            name=f"{plan.experiment}-race{round_no}-{time.strftime('%Y%m%d-%H%M%S')}",
                            storage_path=plan.storage_location, searched=list(plan.space.params),
                            space=plan.space.name, max_concurrent=plan.args.max_concurrent)
-    if unfinished_trials(results):  # Ray Tune took a Ctrl-C and returned: the race stops as interrupted
-        raise KeyboardInterrupt
+    if unfinished_trials(results) or STOP.reason is not None:  # Ray Tune took a stop and returned:
+        raise KeyboardInterrupt                                    # the race stops as interrupted
     by_trial = {r.data.tags.get(TRIAL_ID_TAG): r for r in tracking.child_runs()}
     failed = 0
     for result in results:

@@ -19,6 +19,9 @@ from tune import spaces as sp  # noqa: E402
 from tune.plan import (DEFAULT_CHECKPOINT_EVERY_S, Plan, SearchError, check_address, check_data, check_fresh,  # noqa: E402
                        check_resumable, check_storage)
 from tune.model_store import LOG_MODELS  # noqa: E402
+from tune import resume_check  # noqa: E402
+from tune.search_lock import LockError, SearchLock  # noqa: E402
+from tune.stopping import STOP, DurationError, parse_duration, print_stopped  # noqa: E402
 from tune.system_metrics import DEFAULT_INTERVAL_S  # noqa: E402
 from tune.tracking import TrackingError, check_tracking_uri  # noqa: E402
 
@@ -82,8 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: the experiment's folder in --storage-path when that is a local disk, else "
                         "./ray_results/EXPERIMENT")
     p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted search (same --space, --storage-path and --experiment): finished "
-                        "trials are kept, unfinished ones continue from their last checkpoint")
+                   help="continue a stopped search (same --space, --storage-path and --experiment): finished "
+                        "trials are kept, unfinished ones continue from their last checkpoint; a finished search "
+                        "is left as it is and its summary printed again. " + resume_check.RESUME_HELP
+                        + "; a changed one is refused, naming old -> new")
+    p.add_argument("--time-budget", metavar="DURATION",
+                   help="stop the search gracefully once this long has passed since the driver started (e.g. "
+                        "3h30m, 45m, 90s), as a SIGTERM would: running trials keep their last checkpoint and "
+                        "--resume continues; exit code 75")
+    p.add_argument("--break-lock", action="store_true",
+                   help="take over the search's lock (driver.lock in its state folder) from a driver on another "
+                        "host that is dead; a live driver on this host is never overridden")
     p.add_argument("--race", type=int, metavar="K",
                    help="after the search (with --resume: after a stored one), race its top K configs: each round "
                         "gives every config still in the race one more seed, and drops those distinguishably worse "
@@ -105,8 +117,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.space:
         print("error: --space is required (see --list-spaces)", file=sys.stderr)
         return 2
+    argv = list(argv if argv is not None else sys.argv[1:])
+    lock = None
     try:
         plan = Plan(args)
+        if args.resume:  # a shaping option left out takes the stored search's value
+            resume_check.fill_left_out(args, vars(build_parser().parse_args(["--space", args.space])), plan.state_dir)
+            plan = Plan(args)
+        budget = parse_duration(args.time_budget) if args.time_budget is not None else None
         if args.dry_run or not args.address:  # a cluster's GPUs are known once Ray is up
             plan.resolve_gpus(float(_local_gpu_count()))
         if args.dry_run:
@@ -116,21 +134,47 @@ def main(argv: list[str] | None = None) -> int:
         check_tracking_uri(plan.tracking_uri)
         check_address(args.address)
         check_storage(plan)
-        check_resumable(plan) if args.resume else check_fresh(plan)
-    except (sp.SpaceError, ConfigError, SearchError, TrackingError, MissingDatasetError, DamagedFileError) as exc:
+        lock = SearchLock(plan.state_dir)  # one driver per search, before anything is read or written
+        lock.acquire(_command(argv), break_lock=args.break_lock)
+        if lock.note:
+            print(f"note: {lock.note}", flush=True)
+        if args.resume:
+            check_resumable(plan)
+            note = resume_check.check(plan)
+            if note:
+                print(note, flush=True)
+        else:
+            check_fresh(plan)
+            resume_check.store(plan)
+    except (sp.SpaceError, ConfigError, SearchError, TrackingError, MissingDatasetError, DamagedFileError,
+            LockError, resume_check.ResumeMismatch, DurationError) as exc:
+        if lock is not None:
+            lock.release()
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from tune.search import run_search
 
+    STOP.install()  # installed again once Ray is up (ray.init installs its own SIGTERM handler)
+    STOP.start_budget(budget)
     try:
-        return run_search(plan, argv if argv is not None else sys.argv[1:])
+        return run_search(plan, argv)
     except (SearchError, DamagedFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; what finished is kept: --resume continues the search (and --race K the race)",
-              file=sys.stderr)
-        return 130
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP or the time budget (tune/stopping.py)
+        return print_stopped(STOP.reason or "SIGINT", argv)
+    finally:
+        STOP.uninstall()
+        STOP.reason = None
+        lock.release()
+
+
+def _command(argv: list[str]) -> str:
+    import shlex
+
+    from tune.tracking import redact_uri
+
+    return "python tune/run_search.py " + shlex.join(redact_uri(a) if "://" in a else a for a in argv)
 
 
 def _local_gpu_count() -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +27,10 @@ from tune.state_files import OPTUNA_DB
 from tune.trainable import META_KEY, train_trial
 from tune.tracking import SearchTracking, redact_uri, use_fast_fail_http
 from tune.search_report import report
+from tune.stopping import STOP
+from tune import orphans, finished_search
 from tune.trial_tracking import TrialTracking
-from tune.variant_runs import PROGRESS_COLUMNS, trial_name, unfinished_trials
+from tune.variant_runs import PROGRESS_COLUMNS, trial_name
 
 
 class ResumableOptunaSearch(OptunaSearch):
@@ -184,23 +187,52 @@ def run_search(plan, argv: list[str]) -> int:
     if plan.args.resume:
         clean_up_killed_driver(folder)
     tracking = SearchTracking(plan.tracking_uri, plan.experiment)
+    done = finished_search.stored_parent(tracking, plan.experiment_path) if plan.args.resume else None
+    if done is not None and done.info.status == "FINISHED" and not getattr(plan.args, "race", None):
+        return finished_search.show_again(plan, tracking, done, folder)  # nothing stored changes
     available = start_ray(plan)
+    STOP.install()  # after ray.init, which installed Ray's own SIGTERM handler
     try:
         results, gpus = _fit(plan, argv, tracking, folder, available)
+        if STOP.reason is not None:  # Ray Tune took the stop and returned from fit
+            raise KeyboardInterrupt
+        orphans.clear_closed_tag(tracking.client, tracking.experiment_id, tracking.parent_run_id)
         store = PerPointStore(tracking.client)  # the report's per-point downloads serve the race too
-        code = report(plan, results, tracking, folder, store)
+        if done is not None and done.info.status == "FINISHED":  # --race on a finished search
+            finished_search.print_summary(tracking, done, folder)
+            code = 0
+        else:
+            with finished_search.kept_summary(tracking, folder):
+                code = report(plan, results, tracking, folder, store)
         if code == 0 and getattr(plan.args, "race", None):
             from tune.race import run_race
 
-            unfinished = unfinished_trials(results)
-            if unfinished:  # Ray Tune took a Ctrl-C and returned from fit
-                print(f"\nrace: not started, the search was interrupted ({unfinished} trials "
-                      f"unfinished); --resume --race {plan.args.race} finishes it and then races")
-            else:
-                code = run_race(plan, results, tracking, folder, gpus, store)
+            code = run_race(plan, results, tracking, folder, gpus, store)
         return code
+    except KeyboardInterrupt:
+        _close_after_stop(plan, tracking, folder)
+        raise
     finally:
         ray.shutdown()
+
+
+def _close_after_stop(plan, tracking: SearchTracking, folder: Path) -> None:
+    """After a stop (a signal, Ctrl-C, the time budget): the parent run and every running child
+    run end KILLED, tagged with what stopped them, and the study's running trials are set aside
+    (WAITING) for --resume. Nothing here may hide the stop itself."""
+    why = f"stopped by {STOP.reason or 'SIGINT'}"
+    try:
+        if tracking.parent_run_id is not None:
+            n = orphans.close_running_runs(tracking.client, tracking.experiment_id, tracking.parent_run_id, why,
+                                           parent=True)
+            tracking.client.set_tag(tracking.parent_run_id, orphans.KILLED_TAG, why)
+            print(f"MLflow: the search's parent run and {n} running trial run(s) ended KILLED ({why})", flush=True)
+    except Exception as exc:  # noqa: BLE001
+        print(f"warning: MLflow: could not end the running runs: {exc}", file=sys.stderr)
+    try:
+        orphans.set_running_trials_aside(folder / OPTUNA_DB, plan.experiment, why)
+    except Exception as exc:  # noqa: BLE001
+        print(f"warning: Optuna: could not set the study's running trials aside: {exc}", file=sys.stderr)
 
 
 def _fit(plan, argv: list[str], tracking: SearchTracking, folder: Path, available: float) -> tuple[Any, float]:
@@ -221,6 +253,7 @@ def _fit(plan, argv: list[str], tracking: SearchTracking, folder: Path, availabl
         print(f"  trial results: {plan.experiment_path}" + (f" (shared by all {nodes} nodes)" if nodes > 1 else "")
               + f"; search state: {folder}", flush=True)
         if plan.args.resume and tracking.resume_parent(plan.experiment_path):
+            _close_orphans(tracking, folder, plan)
             tuner = tune.Tuner.restore(plan.experiment_path, trainable=tune.with_resources(train_trial, _resources(plan, gpus)),
                                        resume_unfinished=True, resume_errored=True)
         else:
@@ -231,13 +264,27 @@ def _fit(plan, argv: list[str], tracking: SearchTracking, folder: Path, availabl
             tracking.start_parent(f"{plan.space.name} on {plan.workload.name} {time.strftime('%Y-%m-%d %H:%M')}",
                                   parent_tags(plan, argv), params={k: v for k, v in plan.base.items()})
             tuner = build_tuner(plan, tracking, folder, gpus)
-        return tuner.fit(), gpus
+        with STOP.during_fit():
+            return tuner.fit(), gpus
     except KeyboardInterrupt:
         tracking.finish_parent("KILLED")
         raise
     except Exception:
         tracking.finish_parent("FAILED")
         raise
+
+
+def _close_orphans(tracking: SearchTracking, folder: Path, plan) -> None:
+    """At --resume, before Ray Tune continues: every run of the search still RUNNING has no live
+    trial behind it (one driver per search, and this one has not started any): end it KILLED. A
+    trial that Ray Tune continues opens its own run again. The study's trials a stop set aside
+    are taken back."""
+    n = orphans.close_running_runs(tracking.client, tracking.experiment_id, tracking.parent_run_id,
+                                   orphans.orphan_reason("its driver was gone: killed, or its node lost"))
+    if n:
+        print(f"closed {n} run(s) left RUNNING by a driver that is gone (ended KILLED, tagged "
+              f"{orphans.KILLED_TAG}; a trial that continues takes its run back)", flush=True)
+    orphans.take_trials_back(folder / OPTUNA_DB, plan.experiment)
 
 
 def build_tuner(plan, tracking: SearchTracking, folder: Path, gpus: float) -> tune.Tuner:

@@ -45,4 +45,7 @@ def run_variants(variants: list[dict[str, Any]], *, meta: dict[str, Any], resour
                                   progress_reporter=tune.CLIReporter(metric_columns=PROGRESS_COLUMNS,
                                                                      max_report_frequency=15),
                                   callbacks=[TrialTracking(tracking, space, tags=tags, searched=list(searched))]))
-    return tuner.fit()
+    from tune.stopping import STOP
+
+    with STOP.during_fit():  # a stop signal ends the fit as Ctrl-C does
+        return tuner.fit()

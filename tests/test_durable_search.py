@@ -1,0 +1,410 @@
+"""A search is a durable job (issue 24): a scheduler's SIGTERM or a closed terminal's SIGHUP stops
+it as Ctrl-C does and --resume finishes it; --time-budget stops it the same way; one driver per
+search; --resume refuses changed settings and leaves a finished search as it is; a SIGKILLed
+driver's runs are closed at --resume. Each test checks the stores (MLflow runs, the Optuna study,
+logged models), the printed message and the exit code; each touches only the processes it
+started (its own process group) and files under its own tmp_path."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from helpers import running_epochs, stop_group
+from tune.orphans import INTERRUPTED_ATTR, KILLED_TAG, study_states
+from tune.run_search import main
+from tune.search_lock import LOCK_FILE, LockError, SearchLock
+from tune.stopping import DurationError, parse_duration
+
+REPO = Path(__file__).resolve().parents[1]
+PLANNED = ["128", "256", "64", "64-64"]  # ablation_capacity's grid, one seed
+
+
+def _argv(tmp_path: Path, *extra: str, space: str = "ablation_capacity") -> list[str]:
+    return ["--space", space, "--workload", "smoke", "--storage-path", str(tmp_path / "rr"),
+            "--tracking-uri", f"sqlite:///{tmp_path / 'mlruns.db'}", *extra]
+
+
+def _start(tmp_path: Path, argv: list[str], log_name: str = "driver.log") -> subprocess.Popen:
+    """The driver in its own process group (so the test can stop exactly what it started)."""
+    with open(tmp_path / log_name, "w") as log:
+        return subprocess.Popen([sys.executable, str(REPO / "tune" / "run_search.py"), *argv], cwd=tmp_path,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _completed(db: Path) -> int:
+    try:
+        with sqlite3.connect(db, timeout=5) as con:
+            return con.execute("select count(*) from tags where key='trial_status' and value='completed'").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+def _wait_mid_search(tmp_path: Path, driver: subprocess.Popen, finished: int = 1, timeout: float = 400) -> None:
+    """Until `finished` trials completed and the next one has logged an epoch (it is running)."""
+    db = tmp_path / "mlruns.db"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and driver.poll() is None:
+        if _completed(db) >= finished and running_epochs(db) >= 1:
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"the search never got mid-way (exit {driver.poll()}): "
+                         + (tmp_path / "driver.log").read_text()[-3000:])
+
+
+def _runs(tmp_path: Path, experiment: str = "ablation_capacity"):
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return client, exp, parents, children
+
+
+def _study(tmp_path: Path, experiment: str = "ablation_capacity"):
+    import optuna
+
+    return optuna.load_study(study_name=experiment,
+                             storage=f"sqlite:///{tmp_path / 'rr' / experiment / 'optuna.db'}").trials
+
+
+def _assert_finished_exactly_planned(tmp_path: Path, experiment: str = "ablation_capacity") -> None:
+    import optuna
+
+    _, _, parents, children = _runs(tmp_path, experiment)
+    assert [p.info.status for p in parents] == ["FINISHED"]
+    assert sorted(r.data.params["weight_net"] for r in children) == PLANNED
+    assert {r.info.status for r in children} == {"FINISHED"}
+    assert not [r for r in children if KILLED_TAG in r.data.tags]  # closed, then resumed: the tag is gone
+    trials = _study(tmp_path, experiment)
+    assert sorted(t.params["weight_net"] for t in trials) == PLANNED
+    assert {t.state for t in trials} == {optuna.trial.TrialState.COMPLETE}
+
+
+def _resume_command(log: str) -> list[str]:
+    """The command the stopped driver printed, run with this interpreter."""
+    line = next(ln for ln in log.splitlines() if ln.startswith("stopped"))
+    command = shlex.split(line.split("resume with: ", 1)[1])
+    assert command[0] == "python" and command[1].endswith("run_search.py") and command[-1] == "--resume"
+    return [sys.executable, *command[1:]]
+
+
+# -- signals -------------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("name, code", [("SIGTERM", 143), ("SIGHUP", 129)])
+def test_a_signal_stops_the_search_as_ctrl_c_does(tmp_path, name, code):
+    """SIGTERM (a batch scheduler) and SIGHUP (a closed terminal) to the driver alone: trials stop,
+    every running run ends KILLED, the study keeps no RUNNING trial, one line names the signal and
+    the resume command; after SIGTERM, that command finishes exactly the planned trials."""
+    import optuna
+
+    driver = _start(tmp_path, _argv(tmp_path, "--set", "epochs=6", "--max-concurrent", "1"))
+    try:
+        _wait_mid_search(tmp_path, driver)
+        sent = time.monotonic()
+        driver.send_signal(getattr(signal, name))  # the driver only, as a scheduler does
+        assert driver.wait(timeout=120) == code
+        took = time.monotonic() - sent
+    finally:
+        stop_group(driver)
+    log = (tmp_path / "driver.log").read_text()
+    assert "Traceback" not in log and "SIGTERM received" not in log
+    stopped = [ln for ln in log.splitlines() if ln.startswith("stopped")]
+    assert len(stopped) == 1 and f"by {name}" in stopped[0] and "resume with: " in stopped[0], log[-3000:]
+    assert took < 60, took
+
+    _, _, parents, children = _runs(tmp_path)
+    assert [p.info.status for p in parents] == ["KILLED"]
+    assert parents[0].data.tags[KILLED_TAG] == f"stopped by {name}"
+    killed = [r for r in children if r.info.status == "KILLED"]
+    assert len(killed) == 1 and killed[0].data.tags[KILLED_TAG] == f"stopped by {name}"
+    assert not [r for r in children if r.info.status == "RUNNING"]
+    assert 1 <= len([r for r in children if r.info.status == "FINISHED"]) <= 3
+    trials = _study(tmp_path)
+    assert optuna.trial.TrialState.RUNNING not in {t.state for t in trials}
+    waiting = [t for t in trials if t.state == optuna.trial.TrialState.WAITING]
+    assert len(waiting) == 1 and waiting[0].user_attrs[INTERRUPTED_ATTR] == f"stopped by {name}"
+    assert (tmp_path / "rr" / "ablation_capacity" / LOCK_FILE).read_text() == ""  # the lock is let go
+    if name != "SIGTERM":
+        return
+
+    resumed = subprocess.run(_resume_command(log), cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "Traceback" not in resumed.stdout + resumed.stderr
+    _assert_finished_exactly_planned(tmp_path)
+
+
+@pytest.mark.slow
+def test_a_race_stops_on_sigterm_and_its_runs_are_closed(tmp_path):
+    """SIGTERM during --race: the race's running runs and the parent end KILLED, exit 143."""
+    argv = _argv(tmp_path, "--race", "2", "--race-seeds", "3", "--max-concurrent", "1")
+    driver = _start(tmp_path, argv)
+    try:
+        db = tmp_path / "mlruns.db"
+        deadline = time.monotonic() + 500
+        while time.monotonic() < deadline and driver.poll() is None:
+            if "race round 0" in (tmp_path / "driver.log").read_text() and running_epochs(db) >= 1:
+                break
+            time.sleep(0.3)
+        assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+        driver.send_signal(signal.SIGTERM)
+        assert driver.wait(timeout=120) == 143
+    finally:
+        stop_group(driver)
+    log = (tmp_path / "driver.log").read_text()
+    assert "Traceback" not in log and re.search(r"race after \d round\(s\): stopped: interrupted", log), log[-3000:]
+    assert [ln for ln in log.splitlines() if ln.startswith("stopped")][0].count("--race 2") == 1
+    _, _, parents, children = _runs(tmp_path)
+    assert [p.info.status for p in parents] == ["KILLED"]
+    assert not [r for r in children if r.info.status == "RUNNING"]
+    race = [r for r in children if r.data.tags.get("race") == "true"]
+    assert race and all(r.info.status in ("KILLED", "FINISHED") for r in race)
+    assert any(r.info.status == "KILLED" and r.data.tags[KILLED_TAG] == "stopped by SIGTERM" for r in race)
+
+
+# -- the time budget -----------------------------------------------------------------------------
+@pytest.mark.parametrize("text, seconds", [("3h30m", 12600), ("90s", 90), ("45m", 2700), ("1h0m30s", 3630),
+                                           ("2H", 7200)])
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["90", "1.5h", "3h-30m", "30m3h", "0s", "", "soon"])
+def test_bad_time_budget_is_one_error_before_ray(text, tmp_path, capsys, monkeypatch):
+    with pytest.raises(DurationError):
+        parse_duration(text)
+    monkeypatch.chdir(tmp_path)
+    assert main(["--space", "ablation_capacity", "--workload", "smoke", "--time-budget", text]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --time-budget {text!r}") and "3h30m" in err and "Traceback" not in err
+    assert not (tmp_path / "ray_results").exists()
+
+
+@pytest.mark.slow
+def test_time_budget_stops_the_search_resumably(tmp_path):
+    import optuna
+
+    argv = _argv(tmp_path, "--set", "epochs=6", "--max-concurrent", "1")
+    budget = subprocess.run([sys.executable, str(REPO / "tune" / "run_search.py"), *argv, "--time-budget", "30s"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    log = budget.stdout + budget.stderr
+    assert budget.returncode == 75, log[-3000:]
+    assert "Traceback" not in log
+    line = [ln for ln in log.splitlines() if ln.startswith("stopped")]
+    assert len(line) == 1 and "--time-budget was spent" in line[0] and "--time-budget 30s --resume" in line[0]
+    _, _, parents, children = _runs(tmp_path)
+    assert [p.info.status for p in parents] == ["KILLED"] and len(children) < 4
+    assert not [r for r in children if r.info.status == "RUNNING"]
+    assert optuna.trial.TrialState.RUNNING not in {t.state for t in _study(tmp_path)}
+
+    resumed = subprocess.run([sys.executable, str(REPO / "tune" / "run_search.py"), *argv, "--resume"],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    _assert_finished_exactly_planned(tmp_path)
+
+
+# -- one driver per search -----------------------------------------------------------------------
+def _holder(folder: Path) -> subprocess.Popen:
+    """A process of this test holding the search lock of `folder` until it is stopped."""
+    code = (f"import sys, time; sys.path.insert(0, {str(REPO)!r}); from tune.search_lock import SearchLock; "
+            f"lock = SearchLock({str(folder)!r}); lock.acquire('python tune/run_search.py --space x'); "
+            f"print('locked', flush=True); time.sleep(120)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_lock_refuses_a_live_driver_and_takes_over_a_dead_one(tmp_path):
+    holder = _holder(tmp_path)
+    try:
+        with pytest.raises(LockError) as refused:
+            SearchLock(tmp_path).acquire("second")
+        message = str(refused.value)
+        assert f"driver pid {holder.pid} on host {socket.gethostname()}" in message
+        assert f"kill {holder.pid}" in message and "--resume" in message
+        with pytest.raises(LockError):  # --break-lock never overrides a live driver here
+            SearchLock(tmp_path).acquire("second", break_lock=True)
+    finally:
+        stop_group(holder)
+    record = json.loads((tmp_path / LOCK_FILE).read_text())
+    assert record["pid"] == holder.pid  # its record outlives it: killed, it could not clear it
+    lock = SearchLock(tmp_path)
+    lock.acquire("third")
+    assert f"driver pid {holder.pid}" in lock.note and "no longer running" in lock.note
+    assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
+    lock.release()
+    assert (tmp_path / LOCK_FILE).read_text() == ""
+
+
+def test_lock_of_another_host_is_honoured_unless_broken(tmp_path):
+    (tmp_path / LOCK_FILE).write_text(json.dumps({"host": "gpu-node-7", "pid": 4242, "started": "yesterday",
+                                                  "command": "python tune/run_search.py --space x"}))
+    with pytest.raises(LockError) as refused:
+        SearchLock(tmp_path).acquire("mine")
+    assert "driver pid 4242 on host gpu-node-7" in str(refused.value) and "--break-lock" in str(refused.value)
+    lock = SearchLock(tmp_path)
+    lock.acquire("mine", break_lock=True)
+    assert "gpu-node-7" in lock.note and "dead" in lock.note
+    lock.release()
+
+
+@pytest.mark.slow
+def test_two_drivers_started_together_one_runs(tmp_path):
+    argv = _argv(tmp_path)
+    first = _start(tmp_path, argv, "first.log")
+    time.sleep(0.5)
+    second = _start(tmp_path, argv, "second.log")
+    try:
+        codes = sorted([first.wait(timeout=600), second.wait(timeout=600)])
+    finally:
+        stop_group(first)
+        stop_group(second)
+    logs = {name: (tmp_path / name).read_text() for name in ("first.log", "second.log")}
+    assert codes == [0, 2], logs
+    refused = next(log for log in logs.values() if "error:" in log)
+    winner = first.pid if refused is logs["second.log"] else second.pid
+    assert f"error: this search is already running: driver pid {winner} on host {socket.gethostname()}" in refused
+    assert "Traceback" not in refused and "resuming" not in refused and "search ablation_capacity:" not in refused
+    _assert_finished_exactly_planned(tmp_path)
+
+
+# -- a stored search: resume checks, a finished search resumed --------------------------------------
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One finished search of a space file of its own (edited by a test, then put back)."""
+    root = tmp_path_factory.mktemp("finished")
+    shutil.copy(REPO / "search_spaces" / "ablation_capacity.yaml", root / "cap.yaml")
+    argv = _argv(root, space=str(root / "cap.yaml"))
+    assert main(argv) == 0
+    return root, argv
+
+
+def test_resume_refuses_changed_settings(finished, capsys):
+    root, argv = finished
+    _, _, parents, children = _runs(root, "cap")
+    before = [(r.info.run_id, r.info.status, r.info.end_time) for r in [*parents, *children]]
+    assert main([*argv, "--resume", "--epochs", "3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --resume: this search started with other settings")
+    assert "  --epochs: 2 -> 3" in err and "--experiment NEW_NAME" in err and "undo the change" in err
+    assert "Traceback" not in err and "base config" not in err
+    assert main([*argv, "--resume", "--checkpoint-every", "5"]) == 2
+    assert "  --checkpoint-every: 30.0 -> 5.0" in capsys.readouterr().err
+
+    space = root / "cap.yaml"
+    original = space.read_text()
+    space.write_text(original.replace('["128", "64", "64-64", "256"]', '["128", "32"]'))
+    try:
+        assert main([*argv, "--resume"]) == 2
+    finally:
+        space.write_text(original)
+    err = capsys.readouterr().err
+    assert f"  space file {space}: content changed" in err and '"32"' in err and "--experiment NEW_NAME" in err
+    _, _, parents, children = _runs(root, "cap")
+    assert [(r.info.run_id, r.info.status, r.info.end_time) for r in [*parents, *children]] == before
+
+
+def test_help_lists_what_a_resume_may_change(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = "".join(capsys.readouterr().out.split())  # argparse wraps lines, also at hyphens
+    assert "optionsaresumemaychange:--max-concurrent,--race,--race-seeds,--register,--log-models,--time-budget" in text
+
+
+def _logged_models(client, exp) -> int:
+    return len(client.search_logged_models(experiment_ids=[exp.experiment_id]))
+
+
+def test_resuming_a_finished_search_changes_nothing(finished, capsys):
+    root, argv = finished
+    client, exp, parents, children = _runs(root, "cap")
+    before = sorted((r.info.run_id, r.info.status, r.info.end_time) for r in [*parents, *children])
+    models = _logged_models(client, exp)
+    assert models == 1  # the winner's (--log-models winner)
+    assert main([*argv, "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "this search finished on" in out and "best best_val_pgd_acc:" in out and "paired:" in out
+    assert "resuming" not in out
+    client, exp, parents, children = _runs(root, "cap")
+    assert sorted((r.info.run_id, r.info.status, r.info.end_time) for r in [*parents, *children]) == before
+    assert _logged_models(client, exp) == models
+
+    assert main([*argv, "--resume", "--register"]) == 0  # registers the model already logged
+    out = capsys.readouterr().out
+    versions = client.search_model_versions("name = 'cap'")
+    assert len(versions) == 1 and versions[0].run_id == parents[0].data.tags["winner_run_id"]
+    assert re.search(r"registered: models:/cap/1 \(the model logged with run \w+\)", out)
+    assert main([*argv, "--resume", "--register"]) == 0
+    assert "already registered: models:/cap/1" in capsys.readouterr().out
+    assert len(client.search_model_versions("name = 'cap'")) == 1 and _logged_models(client, exp) == models
+    client, exp, parents, children = _runs(root, "cap")
+    assert sorted((r.info.run_id, r.info.status, r.info.end_time) for r in [*parents, *children]) == before
+
+
+# -- no orphans ----------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_a_sigkilled_drivers_runs_are_closed_at_resume(tmp_path):
+    argv = _argv(tmp_path, "--set", "epochs=6", "--max-concurrent", "1")
+    driver = _start(tmp_path, argv)
+    try:
+        _wait_mid_search(tmp_path, driver)
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver's own process group: it and its Ray
+        driver.wait(timeout=30)
+    finally:
+        stop_group(driver)
+    _, _, parents, children = _runs(tmp_path)
+    assert len([r for r in children if r.info.status == "RUNNING"]) == 1  # what the kill left open
+
+    resumed = subprocess.run([sys.executable, str(REPO / "tune" / "run_search.py"), *argv, "--resume"],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    out = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, out[-3000:]
+    assert "closed 1 run(s) left RUNNING by a driver that is gone" in out and "Traceback" not in out
+    assert "took over the lock of driver pid" in out and "no longer running" in out
+    _assert_finished_exactly_planned(tmp_path)
+
+
+@pytest.mark.slow
+def test_a_sigkilled_race_run_is_closed_and_run_again(tmp_path):
+    argv = _argv(tmp_path, "--max-concurrent", "1")
+    assert subprocess.run([sys.executable, str(REPO / "tune" / "run_search.py"), *argv], cwd=tmp_path,
+                          capture_output=True, timeout=600).returncode == 0
+    race = [*argv, "--resume", "--race", "2", "--race-seeds", "3"]
+    driver = _start(tmp_path, race)
+    try:
+        db = tmp_path / "mlruns.db"
+        deadline = time.monotonic() + 400
+        while time.monotonic() < deadline and driver.poll() is None and running_epochs(db) < 1:
+            time.sleep(0.3)
+        assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        stop_group(driver)
+    resumed = subprocess.run([sys.executable, str(REPO / "tune" / "run_search.py"), *race], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=900)
+    out = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, out[-3000:]
+    assert "closed 1 run(s) left RUNNING" in out and "Traceback" not in out
+    _, _, parents, children = _runs(tmp_path)
+    assert not [r for r in [*parents, *children] if r.info.status == "RUNNING"]
+    search = [r for r in children if r.data.tags.get("race") != "true"]
+    assert sorted(r.data.params["weight_net"] for r in search) == PLANNED
+    assert {r.info.status for r in search} == {"FINISHED"}
+    race_runs = [r for r in children if r.data.tags.get("race") == "true"]
+    killed = [r for r in race_runs if r.info.status == "KILLED"]
+    assert len(killed) == 1 and "driver was gone" in killed[0].data.tags[KILLED_TAG]
+    done = [(r.data.tags["race_config"], r.data.params["seed"]) for r in race_runs if r.info.status == "FINISHED"]
+    assert len(done) == len(set(done)) and (killed[0].data.tags["race_config"], killed[0].data.params["seed"]) in done

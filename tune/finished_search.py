@@ -1,0 +1,120 @@
+"""A finished search resumed: nothing stored changes. `--resume` of a search whose parent run
+FINISHED does not start Ray: it prints the summary the search printed when it ended (kept as
+SUMMARY_FILE in its state folder and on its parent run) and, with `--register`, registers the
+winner's model that is already logged (once: a version of that run already registered is
+reported, not made again). No model is logged again and no run's end time moves."""
+from __future__ import annotations
+
+import contextlib
+import io
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+from tune.tracking import PARENT_TAG, SearchTracking
+
+SUMMARY_FILE = "summary.txt"
+
+
+def stored_parent(tracking: SearchTracking, experiment_path: str) -> Any:
+    """The most recent parent run of the search stored at `experiment_path`, or None."""
+    runs = tracking.client.search_runs([tracking.experiment_id], max_results=50000,
+                                       order_by=["attributes.start_time DESC"])
+    for run in runs:  # matched here, not in a filter string: a path may hold any character
+        if PARENT_TAG not in run.data.tags and run.data.tags.get("ray_experiment_path") == experiment_path:
+            return run
+    return None
+
+
+class _Tee(io.TextIOBase):
+    def __init__(self, out) -> None:
+        self.out, self.kept = out, io.StringIO()
+
+    def write(self, text: str) -> int:
+        self.kept.write(text)
+        return self.out.write(text)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
+@contextlib.contextmanager
+def kept_summary(tracking: SearchTracking, folder: Path) -> Iterator[None]:
+    """Keep what the search's report prints (stdout) as SUMMARY_FILE, in `folder` and on the
+    parent run, for a later --resume to print again."""
+    tee = _Tee(sys.stdout)
+    with contextlib.redirect_stdout(tee):
+        yield
+    text = tee.kept.getvalue().strip("\n")
+    if not text:
+        return
+    path = Path(folder) / SUMMARY_FILE
+    try:
+        path.write_text(text + "\n")
+        if tracking.parent_run_id is not None:
+            tracking.client.log_artifact(tracking.parent_run_id, str(path))
+    except Exception as exc:  # noqa: BLE001 - the summary was printed; keeping it is a convenience
+        print(f"warning: could not keep the search's summary: {exc}", file=sys.stderr)
+
+
+def print_summary(tracking: SearchTracking, parent: Any, folder: Path) -> None:
+    """The summary the search printed when it finished (or, for a search from before it was
+    kept, its parent run's best metric and winner)."""
+    path = Path(folder) / SUMMARY_FILE
+    end = parent.info.end_time
+    import time
+
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(end / 1000)) if end else "?"
+    print(f"this search finished on {when} (MLflow parent run {parent.info.run_id}); nothing to resume, nothing "
+          f"changed. Its summary:")
+    if path.exists():
+        print(path.read_text().rstrip("\n"))
+        return
+    best = {k: v for k, v in parent.data.metrics.items() if k.startswith(("best_", "winner_"))}
+    for key, value in sorted(best.items()):
+        print(f"  {key}: {value:.4f}")
+    if "winner_run_name" in parent.data.tags:
+        print(f"  winner: {parent.data.tags['winner_run_name']} (run {parent.data.tags.get('winner_run_id')})")
+
+
+def show_again(plan: Any, tracking: SearchTracking, parent: Any, folder: Path) -> int:
+    """--resume of a finished search (see the module docstring)."""
+    tracking.parent_run_id = parent.info.run_id
+    print_summary(tracking, parent, folder)
+    if getattr(plan.args, "register", False):
+        return register_logged(plan, tracking, parent)
+    return 0
+
+
+def _logged_model(tracking: SearchTracking, run_id: str) -> Any:
+    models = tracking.client.search_logged_models(experiment_ids=[tracking.experiment_id],
+                                                  filter_string=f"source_run_id = '{run_id}'")
+    ready = [m for m in models if m.name == "model"]
+    return ready[0] if ready else None
+
+
+def register_logged(plan: Any, tracking: SearchTracking, parent: Any) -> int:
+    """Register the winner's model already logged with its run; an existing version of that run
+    under the experiment's name is reported, not registered again."""
+    from tune.model_store import register
+
+    run_id = parent.data.tags.get("winner_run_id")
+    if not run_id:
+        print("error: --register: this finished search has no winner run (no trial finished)", file=sys.stderr)
+        return 1
+    for version in tracking.client.search_model_versions(f"run_id = '{run_id}'"):
+        if version.name == plan.experiment:
+            print(f"already registered: models:/{plan.experiment}/{version.version} (run {run_id})")
+            return 0
+    model = _logged_model(tracking, run_id)
+    if model is None:
+        print(f"error: --register: the winner's run {run_id} has no logged model (the search ran with "
+              f"--log-models none); nothing was registered", file=sys.stderr)
+        return 1
+    run = tracking.client.get_run(run_id)
+    tags = {"run_id": run_id, "space": plan.space.name, "workload": plan.workload.name,
+            **{f"config.{k}": v for k, v in run.data.params.items()},
+            **{k: v for k, v in parent.data.metrics.items() if k.startswith("winner_")}}
+    version = register(tracking.uri, model.model_uri, plan.experiment, tags)
+    print(f"registered: models:/{plan.experiment}/{version.version} (the model logged with run {run_id})")
+    return 0

@@ -1,0 +1,110 @@
+"""What a stopped or killed driver leaves open in the stores, closed so that nothing stays
+"running" forever and nothing half-done reads as a result.
+
+- MLflow: a run of the search still RUNNING while no driver runs it (the driver was SIGKILLed,
+  its node was lost, a race round was killed) is ended KILLED, tagged KILLED_TAG with why. A
+  resumed trial re-opens its own run (found by its Ray trial id) and finishes it; `clear_closed_tag`
+  then takes the tag off the runs that finished after all. A graceful stop (signal, time budget)
+  ends the running runs KILLED the same way, naming what stopped it.
+- Optuna: a graceful stop leaves the study's running trials WAITING (Optuna has no "paused"
+  state), tagged with the user attribute INTERRUPTED_ATTR; `--resume` puts them back to RUNNING
+  before Ray Tune continues them, so they finish as the same study trials. A WAITING trial
+  without that attribute is Optuna's own (an enqueued first trial) and is left alone.
+"""
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+KILLED_TAG = "killed_because"     # why a run was ended KILLED by this module
+INTERRUPTED_ATTR = "interrupted_by"  # study trial user attribute: what stopped it (SIGTERM, ...)
+PARENT_TAG = "mlflow.parentRunId"
+
+
+def _running_children(client: Any, experiment_id: str, parent_run_id: str) -> list:
+    # run ids are hex digits: nothing in this filter needs quoting
+    return [r for r in client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
+                                          max_results=50000)
+            if r.info.status == "RUNNING"]
+
+
+def close_running_runs(client: Any, experiment_id: str, parent_run_id: str, why: str, parent: bool = False) -> int:
+    """End every RUNNING child run of `parent_run_id` (and the parent itself with `parent`) as
+    KILLED, tagged KILLED_TAG = `why`; returns how many child runs it closed."""
+    closed = 0
+    for run in _running_children(client, experiment_id, parent_run_id):
+        client.set_tag(run.info.run_id, KILLED_TAG, why)
+        client.set_terminated(run.info.run_id, "KILLED")
+        closed += 1
+    if parent and client.get_run(parent_run_id).info.status == "RUNNING":
+        client.set_tag(parent_run_id, KILLED_TAG, why)
+        client.set_terminated(parent_run_id, "KILLED")
+    return closed
+
+
+def clear_closed_tag(client: Any, experiment_id: str, parent_run_id: str) -> None:
+    """Take KILLED_TAG off the runs that were closed but then resumed and ended otherwise."""
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
+                              max_results=50000)
+    for run in [*runs, client.get_run(parent_run_id)]:
+        if KILLED_TAG in run.data.tags and run.info.status != "KILLED":
+            client.delete_tag(run.info.run_id, KILLED_TAG)
+
+
+def orphan_reason(what: str) -> str:
+    return f"{what} (closed {time.strftime('%Y-%m-%d %H:%M:%S')})"
+
+
+# -- the Optuna study ---------------------------------------------------------------------------
+def _storage(db: Path):
+    import optuna
+
+    return optuna.storages.RDBStorage(f"sqlite:///{db}")
+
+
+def _study_trials(db: Path, study_name: str):
+    import optuna
+
+    storage = _storage(db)
+    study_id = storage.get_study_id_from_name(study_name)
+    return storage, storage.get_all_trials(study_id, deepcopy=False)
+
+
+def set_running_trials_aside(db: Path, study_name: str, why: str) -> int:
+    """RUNNING study trials -> WAITING with INTERRUPTED_ATTR = `why`; returns how many."""
+    import optuna
+
+    if not Path(db).exists():
+        return 0
+    storage, trials = _study_trials(db, study_name)
+    moved = 0
+    for t in trials:
+        if t.state == optuna.trial.TrialState.RUNNING:
+            storage.set_trial_user_attr(t._trial_id, INTERRUPTED_ATTR, why)
+            storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.WAITING)
+            moved += 1
+    return moved
+
+
+def take_trials_back(db: Path, study_name: str) -> int:
+    """Before a resume: the trials `set_running_trials_aside` left WAITING -> RUNNING again, so
+    the restored searcher tells them their results; returns how many."""
+    import optuna
+
+    if not Path(db).exists():
+        return 0
+    storage, trials = _study_trials(db, study_name)
+    back = 0
+    for t in trials:
+        if t.state == optuna.trial.TrialState.WAITING and INTERRUPTED_ATTR in t.user_attrs:
+            storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.RUNNING)
+            back += 1
+    return back
+
+
+def study_states(db: Path) -> dict[str, int]:
+    """Trial state -> count, read straight from the SQLite file (for messages and tests)."""
+    with sqlite3.connect(f"{Path(db).resolve().as_uri()}?mode=ro", uri=True) as con:
+        return dict(con.execute("select state, count(*) from trials group by state").fetchall())

@@ -1,0 +1,187 @@
+"""How a search's driver stops before its end: a signal (Ctrl-C, a batch scheduler's SIGTERM, a
+closed terminal's SIGHUP) or its own `--time-budget`.
+
+Every one of them takes the path Ctrl-C takes: while Ray Tune runs the trials, Ray Tune's own
+SIGINT handler ends its loop gracefully (a last experiment snapshot; running trials stop and keep
+their last checkpoint, so `--resume` continues them); anywhere else the driver unwinds with
+KeyboardInterrupt. The driver then ends its MLflow runs KILLED, sets the study's running trials
+aside (tune/orphans.py) and exits with the shell's code for the signal (128 + its number: SIGINT
+130, SIGTERM 143, SIGHUP 129), or TIME_BUDGET_EXIT for a spent budget, after one line naming
+what stopped it and the command that resumes.
+
+Ray installs its own SIGTERM handler in the driver at `ray.init` (it aborts the process), so
+`install` is called again once Ray is up. Ray Tune's stop handler stays installed after a run
+that was not interrupted, so each Tuner.fit runs in `during_fit`, which puts the previous
+handlers back. After a fit, `reason` says whether it was stopped (Ray Tune's ResultGrid shows a
+stopped trial as TERMINATED).
+"""
+from __future__ import annotations
+
+import _thread
+import os
+import re
+import shlex
+import signal
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+TIME_BUDGET = "time budget"   # the reason of a stop by --time-budget
+TIME_BUDGET_EXIT = 75         # EX_TEMPFAIL: not finished, run the resume command later
+STOP_SIGNALS = ("SIGTERM", "SIGHUP")
+_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+DURATION_FORM = "hours, minutes and seconds such as 3h30m, 45m, 90s or 1h0m30s (whole numbers, at least 1s)"
+
+
+class DurationError(ValueError):
+    """A --time-budget value that is not a duration; the message names it and the allowed form."""
+
+
+def parse_duration(text: str) -> float:
+    """'3h30m' / '90s' / '1h' -> seconds. Whole numbers of h, m and s, in that order."""
+    match = _DURATION.match(text.strip().lower()) if text else None
+    if not match or not any(match.groups()):
+        raise DurationError(f"--time-budget {text!r}: not a duration; give {DURATION_FORM}")
+    hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    total = 3600 * hours + 60 * minutes + seconds
+    if total < 1:
+        raise DurationError(f"--time-budget {text!r}: must be at least 1s; give {DURATION_FORM}")
+    return float(total)
+
+
+def exit_code(reason: str) -> int:
+    """The driver's exit code after a stop for `reason` ("SIGTERM", ..., or TIME_BUDGET)."""
+    if reason == TIME_BUDGET:
+        return TIME_BUDGET_EXIT
+    return 128 + int(getattr(signal, reason, signal.SIGINT))
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command that continues this search: the same arguments with --resume added and the
+    ones a resume refuses (--checkpoint-every, which it keeps from the start) left out."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg == "--checkpoint-every":
+            skip = True
+            continue
+        if arg.startswith("--checkpoint-every="):
+            continue
+        out.append(arg)
+    if "--resume" not in out:
+        out.append("--resume")
+    script = Path(__file__).resolve().parent / "run_search.py"
+    try:
+        script = script.relative_to(Path.cwd())
+    except ValueError:
+        pass
+    return f"python {shlex.quote(str(script))} {shlex.join(out)}"
+
+
+class StopRequest:
+    """What stopped this driver, if anything (`reason`), and the handlers that stop it."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self.in_fit = False
+        self._timer: threading.Timer | None = None
+        self.budget_s: float | None = None
+        self._budget_call = False
+        self._asked_ray = False  # Ray Tune was asked to stop its fit gracefully
+
+    # -- signals -------------------------------------------------------------------------------
+    def install(self) -> None:
+        """Route SIGTERM and SIGHUP (and a SIGINT outside Ray Tune) to the graceful stop. Call
+        again after ray.init, which installs Ray's own SIGTERM handler."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # SIGINT comes here too (see _stop)
+        for name in (*STOP_SIGNALS, "SIGINT"):
+            signal.signal(getattr(signal, name), self._on_signal)
+
+    def uninstall(self) -> None:
+        """Give the signals back to Python's defaults (the driver's own tests run in-process)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for name in STOP_SIGNALS:
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        self.reason, self._asked_ray = None, False
+
+    def _on_signal(self, signum: int, frame) -> None:
+        if self._budget_call:  # _budget_spent's own call, not a signal from outside
+            self._budget_call = False
+        elif self.reason in (None, TIME_BUDGET):  # a signal says more than a budget spent at once
+            self.reason = signal.Signals(signum).name
+        self._stop(frame)
+
+    def _stop(self, frame) -> None:
+        """During a fit, Ray Tune's stop handler (which Ray Tune installs for SIGUSR1, and for
+        SIGINT unless TUNE_DISABLE_SIGINT_HANDLER, set here so that every stop passes through this
+        class) ends it gracefully; a second stop, or one anywhere else, unwinds as KeyboardInterrupt.
+        A spent time budget waits for the next fit (a report is never cut short)."""
+        if self.reason == TIME_BUDGET and not self.in_fit:
+            return
+        handler = signal.getsignal(signal.SIGUSR1)
+        if self.in_fit and not self._asked_ray and callable(handler) and handler is not self._on_signal:
+            self._asked_ray = True
+            handler(signal.SIGINT, frame)
+            return
+        raise KeyboardInterrupt
+
+    # -- the time budget -----------------------------------------------------------------------
+    def start_budget(self, seconds: float | None) -> None:
+        """Stop the search gracefully `seconds` from now (the next fit, if none is running)."""
+        self.budget_s = seconds
+        if seconds is None:
+            return
+        self._timer = threading.Timer(seconds, self._budget_spent)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _budget_spent(self) -> None:
+        if self.reason is None:
+            self.reason = TIME_BUDGET
+        if self.in_fit:
+            self._budget_call = True
+            _thread.interrupt_main(signal.SIGTERM)  # runs _on_signal in the main thread
+
+    @contextmanager
+    def during_fit(self) -> Iterator[None]:
+        """Around a Tuner.fit: a stop that came before it stops it at once; Ray Tune's SIGINT
+        handler, left installed by a fit that was not interrupted, is taken out afterwards."""
+        if self.reason is not None:
+            raise KeyboardInterrupt
+        main = threading.current_thread() is threading.main_thread()
+        before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGUSR1)} if main else {}
+        self.in_fit = True
+        try:
+            yield
+        finally:
+            self.in_fit = False
+            for signum, handler in before.items():
+                signal.signal(signum, handler)
+
+
+STOP = StopRequest()  # the driver's one instance (a process has one set of signal handlers)
+
+
+def stopped_line(reason: str, argv: list[str], started: float | None = None) -> str:
+    """The one line a stopped driver prints."""
+    took = "" if started is None else f" after {time.monotonic() - started:.0f} s"
+    what = ("its --time-budget was spent" if reason == TIME_BUDGET else f"by {reason}")
+    return (f"stopped{took}: {what}; running trials stopped at their last checkpoint and what finished is kept; "
+            f"resume with: {resume_command(argv)}")
+
+
+def print_stopped(reason: str, argv: list[str]) -> int:
+    print(stopped_line(reason, argv), file=sys.stderr, flush=True)
+    return exit_code(reason)
