@@ -83,13 +83,26 @@ def stop_group(proc: subprocess.Popen) -> None:
 
 def group_members(pgid: int) -> list[int]:
     """Live (not zombie) processes of the process group `pgid`."""
+    return _live_processes(pgid, field=2)
+
+
+def session_members(sid: int) -> list[int]:
+    """Live (not zombie) processes of the session `sid`: for a process a test started with
+    `start_new_session=True`, everything it started, Ray's trial workers included (each worker
+    is the leader of a process group of its own, so `group_members` misses them)."""
+    return _live_processes(sid, field=3)
+
+
+def _live_processes(wanted: int, field: int) -> list[int]:
+    """Live processes whose /proc/PID/stat field `field` (counted after the command name: 2 is
+    the process group, 3 the session) is `wanted`."""
     pids = []
     for entry in Path("/proc").glob("[0-9]*"):
         try:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:
+        if fields[0] != "Z" and int(fields[field]) == wanted:
             pids.append(int(entry.name))
     return pids
 

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from bilaw.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from tune.run_search import main
 
-from helpers import running_epochs
+from helpers import running_epochs, session_members
 from tune.search import _redacted_command
 from tune.tracking import flatten_params, redact_uri
 
@@ -113,12 +113,14 @@ def test_diverging_trial_fails_clearly_while_others_finish(tmp_path):
     assert good.info.status == "FINISHED" and "test_clean_acc" in good.data.metrics
 
 
-def _trial_workers() -> list[int]:
+def _trial_workers(driver: subprocess.Popen) -> list[int]:
+    """The trial workers of this test's own search: Ray's `ray::ImplicitFunc` processes in the
+    session of the driver it started (never another search's trials on the same machine)."""
     pids = []
-    for proc in Path("/proc").glob("[0-9]*"):
+    for pid in session_members(driver.pid):
         try:
-            if (proc / "cmdline").read_bytes().startswith(b"ray::ImplicitFunc"):
-                pids.append(int(proc.name))
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::ImplicitFunc"):
+                pids.append(pid)
         except OSError:
             pass
     return pids
@@ -136,13 +138,17 @@ def test_killed_trial_worker_resumes_from_its_checkpoint(tmp_path):
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and running_epochs(db) < 2:
             time.sleep(0.2)
-        workers = _trial_workers()
+        workers = _trial_workers(driver)
         assert len(workers) == 1, (tmp_path / "driver.log").read_text()[-3000:]
         os.kill(workers[0], signal.SIGKILL)  # mid-epoch: the third epoch is training now
         assert driver.wait(timeout=600) == 0, (tmp_path / "driver.log").read_text()[-3000:]
     finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
+        if driver.poll() is None:  # stop what this test started: its driver's session, workers included
+            for pid in session_members(driver.pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
     client = MlflowClient(f"sqlite:///{db}")
     exp = client.get_experiment_by_name("ablation_capacity")
     children = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags]

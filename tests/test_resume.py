@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from tune.run_search import main
 
-from helpers import running_epochs
+from helpers import running_epochs, session_members
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,17 +27,6 @@ def _finished(db: Path) -> int:
             return con.execute("select count(*) from tags where key='trial_status' and value='completed'").fetchone()[0]
     except sqlite3.Error:
         return 0
-
-
-def _group_alive(pgid: int) -> list[int]:
-    alive = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            if os.getpgid(int(proc.name)) == pgid and "Z" not in (proc / "stat").read_text().split(")")[1][:3]:
-                alive.append(int(proc.name))
-        except (OSError, ProcessLookupError):
-            pass
-    return alive
 
 
 @pytest.mark.slow
@@ -62,7 +51,7 @@ def test_resume_after_the_driver_is_killed(tmp_path):
     assert main([*argv, "--resume"]) == 0
 
     time.sleep(1)
-    assert _group_alive(driver.pid) == []  # nothing of the killed search is left running
+    assert session_members(driver.pid) == []  # nothing of the killed search is left running, workers included
     client = MlflowClient(f"sqlite:///{db}")
     exp = client.get_experiment_by_name("ablation_capacity")
     runs = client.search_runs([exp.experiment_id])
