@@ -87,3 +87,110 @@ def test_a_search_under_a_path_with_an_apostrophe_runs_and_resumes(tmp_path, cap
     assert sorted(r.data.params["weight_net"] for r in children) == ["128", "256", "64", "64-64"]
     assert all(r.info.status == "FINISHED" and r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
                for r in children)
+
+
+SMOKE = ["--space", "ablation_capacity", "--workload", "smoke"]
+GARBAGE = b"not a database! " * 256  # 4 KiB over the start of a file: SQLite's header and first page
+
+
+@pytest.fixture(scope="module")
+def finished_search(tmp_path_factory):
+    """A finished smoke search with its state in a folder of its own (--state-dir), so that the
+    default state folder (the experiment's folder among the trial folders) is a wrong one."""
+    root = tmp_path_factory.mktemp("stores")
+    argv = [*SMOKE, "--storage-path", str(root / "rr"), "--state-dir", str(root / "state"),
+            "--tracking-uri", f"sqlite:///{root / 'mlruns.db'}"]
+    assert main(argv) == 0
+    return root, argv
+
+
+def _one_error(capfd) -> tuple[str, str]:
+    """(the one `error:` line, all output) of the command just run; no traceback in it."""
+    out = capfd.readouterr()
+    text = out.out + out.err
+    errors = [line for line in text.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, text[-3000:]
+    assert "Traceback" not in text, text[-3000:]
+    return errors[0], text
+
+
+def _with(argv: list[str], flag: str, value: str | None) -> list[str]:
+    """argv with `flag`'s value replaced (None: the flag left out)."""
+    i = argv.index(flag)
+    return argv[:i] + ([flag, value] if value is not None else []) + argv[i + 2:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("store", ["mlruns.db", "optuna.db"])
+def test_a_damaged_store_stops_the_resume_with_one_error_saying_what_is_intact(finished_search, store, capfd):
+    """The first 4 KiB of one store overwritten: --resume stops before Ray with one error line
+    naming that file, the trial folders and the other store as intact, and how to go on; nothing
+    is written; with the file put back (the advice), the same command goes on."""
+    root, argv = finished_search
+    stores = {"mlruns.db": root / "mlruns.db", "optuna.db": root / "state" / "optuna.db"}
+    damaged, other = stores[store], stores["optuna.db" if store == "mlruns.db" else "mlruns.db"]
+    trials = root / "rr" / "ablation_capacity"
+    before = {p: p.read_bytes() for p in (damaged, other)}
+    folders = sorted(p.name for p in trials.glob("trial_*"))
+    assert len(folders) == 4
+    with open(damaged, "r+b") as f:
+        f.write(GARBAGE)
+    capfd.readouterr()
+    try:
+        assert main([*argv, "--resume"]) == 2
+        line, _ = _one_error(capfd)
+        assert line.startswith(f"error: {damaged}: ") and "file is not a database" in line
+        assert f"the 4 trial folders in {trials}" in line and str(other) in line and "Intact" in line
+        assert "(4 trials)" in line if store == "mlruns.db" else "(5 runs of experiment 'ablation_capacity')" in line
+        assert f"put back a copy of {damaged} from a backup" in line and "--experiment NEW_NAME" in line
+        assert other.read_bytes() == before[other] and sorted(p.name for p in trials.glob("trial_*")) == folders
+    finally:
+        damaged.write_bytes(before[damaged])
+    assert main([*argv, "--resume"]) == 0
+    _, children = _runs(f"sqlite:///{root / 'mlruns.db'}", "ablation_capacity")
+    assert len(children) == 4 and all(r.info.status == "FINISHED" for r in children)
+
+
+@pytest.mark.slow
+def test_resume_with_the_wrong_state_dir_names_the_one_the_search_used(finished_search, capfd):
+    """--resume with another --state-dir, or none (the default folder), finds no study there: the
+    error names --state-dir, the folder given and the one MLflow recorded for the search, never
+    the advice to start a new search; the wrong folder is not created."""
+    root, argv = finished_search
+    capfd.readouterr()
+    wrong = root / "elsewhere"
+    assert main([*_with(argv, "--state-dir", str(wrong)), "--resume"]) == 2
+    line, _ = _one_error(capfd)
+    assert f"--state-dir {wrong}" in line and f"{wrong / 'optuna.db'} does not exist" in line
+    assert f"kept its state in {root / 'state'}" in line and f"run the same command with --state-dir {root / 'state'}" \
+        in line
+    assert "--experiment NEW_NAME" not in line and not wrong.exists()
+    assert main([*_with(argv, "--state-dir", None), "--resume"]) == 2
+    line, _ = _one_error(capfd)
+    assert "no --state-dir given" in line and f"--state-dir {root / 'state'}" in line
+    assert str(root / "rr" / "ablation_capacity" / "optuna.db") in line
+
+
+def test_a_damaged_or_foreign_tracking_database_is_refused_by_every_reader(tmp_path):
+    """check_tracking_uri (every command that logs) and check_store_exists (report.py,
+    rerun_best.py, fetch_model.py) refuse a damaged SQLite file and a database that is not
+    MLflow's, naming the file and what is intact, and pass a whole one."""
+    import sqlite3
+
+    from tune.tracking import TrackingError, check_store_exists, check_tracking_uri
+
+    db = tmp_path / "mlruns.db"
+    MlflowClient(f"sqlite:///{db}").create_experiment("x")
+    check_tracking_uri(f"sqlite:///{db}")
+    check_store_exists(f"sqlite:///{db}")
+    with open(db, "r+b") as f:
+        f.write(GARBAGE)
+    foreign = tmp_path / "other.db"
+    with sqlite3.connect(foreign) as con:
+        con.execute("create table notes (x)")
+    for path, problem in ((db, "file is not a database"), (foreign, "without the tables experiments, runs")):
+        for check in (check_tracking_uri, check_store_exists):
+            with pytest.raises(TrackingError) as err:
+                check(f"sqlite:///{path}")
+            assert f"tracking database {path} cannot be used" in str(err.value) and problem in str(err.value)
+            assert "trial folders" in str(err.value) and "from a backup" in str(err.value)

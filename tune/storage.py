@@ -11,9 +11,13 @@ machine), else `./ray_results/<experiment>`.
 from __future__ import annotations
 
 import os
+import shlex
+import sqlite3
 import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from bilaw.file_errors import DamagedFileError
 
 URI_SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "abfs", "abfss", "az")
 # File systems whose files other machines can see (and where SQLite's locking is unreliable).
@@ -165,3 +169,145 @@ def _remove_markers(location: str, token: str) -> None:
             os.rmdir(Path(location) / MARKERS)
         except OSError:
             pass
+
+
+# The tables each store must hold: a file without them is some other database.
+MLFLOW_TABLES = ("experiments", "runs", "tags", "metrics", "params")
+OPTUNA_TABLES = ("studies", "trials")
+
+
+def sqlite_problem(db: str | Path, tables: tuple[str, ...] = ()) -> str | None:
+    """What is wrong with the SQLite file `db`, or None when SQLite reads it whole (its quick
+    integrity check passes) and it holds `tables`. Opened read-only, so nothing is changed; a
+    database another process holds locked is not called damaged (None). The check reads every
+    page once: well under a second for a search's stores of tens of MB."""
+    try:
+        con = sqlite3.connect(f"{Path(db).resolve().as_uri()}?mode=ro", uri=True, timeout=10)
+        try:
+            health = con.execute("pragma quick_check").fetchone()[0]
+            names = {row[0] for row in con.execute("select name from sqlite_master where type = 'table'")}
+        finally:
+            con.close()
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            return None
+        if "unable to open" in str(exc):
+            return f"SQLite cannot open it ({exc})"
+        return f"SQLite cannot read it ({exc}): it is damaged, cut short or not a database"
+    except sqlite3.DatabaseError as exc:
+        return f"SQLite cannot read it ({exc}): it is damaged, cut short or not a database"
+    if health != "ok":
+        return f"it is damaged (SQLite's integrity check says: {' '.join(str(health).split())[:200]})"
+    missing = [t for t in tables if t not in names]
+    if missing:
+        return f"it is an SQLite database without the tables {', '.join(missing)}: not the store it should be"
+    return None
+
+
+def _count_rows(db: Path, query: str, args: tuple = ()) -> int | None:
+    """One count from a whole SQLite file (read-only), or None where it cannot be read."""
+    try:
+        con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
+        try:
+            return int(con.execute(query, args).fetchone()[0])
+        finally:
+            con.close()
+    except (sqlite3.Error, TypeError):
+        return None
+
+
+def _trial_folders(plan) -> str:
+    """The search's trial folders, as the intact part of a damaged-store message."""
+    if plan.storage is None:
+        return f"the trial folders in {plan.experiment_path}"
+    folder = plan.storage / plan.experiment
+    count = sum(1 for p in folder.glob("trial_*") if p.is_dir()) if folder.is_dir() else 0
+    return f"the {count} trial folders in {folder} (each trial's results and checkpoints)"
+
+
+def _study(db: Path, experiment: str) -> str:
+    count = _count_rows(db, "select count(*) from trials t join studies s on t.study_id = s.study_id "
+                            "where s.study_name = ?", (experiment,))
+    return f"the Optuna study {db}" + (f" ({count} trials)" if count is not None else "")
+
+
+def _tracking(db: Path, experiment: str) -> str:
+    count = _count_rows(db, "select count(*) from runs r join experiments e on r.experiment_id = e.experiment_id "
+                            "where e.name = ?", (experiment,))
+    return f"the MLflow database {db}" + (f" ({count} runs of experiment {experiment!r})" if count is not None else "")
+
+
+def check_search_stores(plan) -> None:
+    """Before Ray starts (and before anything is written): the search's MLflow SQLite database
+    and, on --resume, its Optuna study are whole SQLite files of the right kind. A damaged one
+    stops the search with a DamagedFileError naming the file, what is wrong, what is intact (the
+    trial folders and the other store) and how to go on, instead of SQLite's traceback from deep
+    inside MLflow or Optuna. A --resume whose state folder holds no study is a SearchError naming
+    --state-dir and the folder the search used, where MLflow recorded it. A tracking server, or a
+    tracking database not created yet, is not checked here."""
+    from tune.state_files import OPTUNA_DB
+    from tune.tracking import sqlite_path
+
+    tracking_db = sqlite_path(plan.tracking_uri)
+    study_db = Path(plan.state_dir) / OPTUNA_DB
+    resume = bool(getattr(plan.args, "resume", False))
+    if tracking_db is not None and tracking_db.exists():
+        problem = sqlite_problem(tracking_db, MLFLOW_TABLES)
+        if problem:
+            intact = [_trial_folders(plan)] + ([_study(study_db, plan.experiment)] if study_db.exists() else [])
+            kept = (f"Intact: {' and '.join(intact)}; only MLflow's records (runs, params, metrics) are in the "
+                    f"damaged file" if resume else "Nothing of this search is in it yet")
+            raise DamagedFileError(
+                tracking_db, f"the MLflow tracking database cannot be used: {problem}. {kept}",
+                f"put back a copy of {tracking_db} from a backup and run the same command again, or log to a new "
+                f"database (--tracking-uri sqlite:///NEW.db"
+                + (" with --experiment NEW_NAME: a new search, since a resume needs its first run's records)"
+                   if resume else ")"))
+    if resume and not study_db.exists():
+        raise _no_study_here(plan, study_db)
+    if resume:
+        problem = sqlite_problem(study_db, OPTUNA_TABLES)
+        if problem:
+            intact = [_trial_folders(plan)] + ([_tracking(tracking_db, plan.experiment)]
+                                               if tracking_db is not None and tracking_db.exists() else [])
+            raise DamagedFileError(
+                study_db, f"the search's Optuna study cannot be used: {problem}. Intact: {' and '.join(intact)}; "
+                          f"only the sampler's record of the trials is in the damaged file",
+                f"put back a copy of {study_db} from a backup and run the same command again; or start a new "
+                f"search with --experiment NEW_NAME (the finished trials stay in MLflow: python tune/report.py "
+                f"--experiment {plan.experiment} --trials lists them)")
+
+
+def _no_study_here(plan, study_db: Path) -> Exception:
+    """The error of a --resume whose state folder holds no Optuna study: it names --state-dir and,
+    where the tracking store recorded it, the state folder (and the trials' folder) the search
+    used. A right folder that lost its study is told apart from a wrong folder."""
+    from tune.plan import SearchError
+    from tune.tracking import recorded_search_places, redact_uri
+
+    given = (f"--state-dir {plan.args.state_dir}" if getattr(plan.args, "state_dir", None)
+             else "the default state folder (no --state-dir given)")
+    head = f"--resume: no Optuna study in {given}: {study_db} does not exist"
+    places = recorded_search_places(plan.tracking_uri, plan.experiment)
+    mine = [p for p in places if p["ray_experiment_path"] == plan.experiment_path] or places
+    elsewhere = [p for p in mine if Path(p["state_dir"]) != Path(plan.state_dir)]
+    if mine and not elsewhere:  # the search kept its state here, and the study is gone
+        return SearchError(f"{head}, though it is the state folder the search used (MLflow run {mine[0]['run_id']}): "
+                           f"its study was deleted or moved; put back a copy of it from a backup and run the same "
+                           f"command again, or start a new search with --experiment NEW_NAME (the finished trials "
+                           f"stay in MLflow and in {plan.experiment_path})")
+    if elsewhere:
+        options = []
+        for place in elsewhere[:3]:
+            option = f"--state-dir {shlex.quote(place['state_dir'])}"
+            trials = place["ray_experiment_path"]
+            if trials and trials != plan.experiment_path and not is_uri(trials):
+                option += f" --storage-path {shlex.quote(str(Path(trials).parent))}"
+            options.append(option)
+        return SearchError(f"{head}. MLflow ({redact_uri(plan.tracking_uri)}) records that the search "
+                           f"{plan.experiment!r} kept its state in {' or '.join(p['state_dir'] for p in elsewhere[:3])}: "
+                           f"run the same command with {'; or with '.join(options)}")
+    return SearchError(f"{head}, and {redact_uri(plan.tracking_uri)} records no search {plan.experiment!r} that says "
+                       f"where its state was: pass the --state-dir the search used (the folder holding its optuna.db, "
+                       f"printed as 'search state:' when it started; by default the experiment's folder in "
+                       f"--storage-path) and the --tracking-uri it used")

@@ -72,15 +72,41 @@ def redact_uri(uri: str) -> str:
 
 def check_store_exists(uri: str) -> None:
     """For the readers of a finished search: a SQLite store must already be there (MLflow would
-    create an empty one and report no experiment)."""
+    create an empty one and report no experiment), and be whole."""
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
         raise TrackingError(f"no tracking database at {uri}; pass the --tracking-uri the search used")
+    _refuse_damaged(uri)
+
+
+def _refuse_damaged(uri: str) -> None:
+    """A SQLite tracking database that exists must be whole and MLflow's: SQLite's own error would
+    surface as a traceback from deep inside MLflow. (`storage.check_search_stores` says the same
+    of a search's stores, with what of that search is intact.)"""
+    db = sqlite_path(uri)
+    if db is None or not db.is_file() or db.stat().st_size == 0:
+        return
+    from tune.storage import MLFLOW_TABLES, sqlite_problem
+
+    problem = sqlite_problem(db, MLFLOW_TABLES)
+    if problem:
+        raise TrackingError(
+            f"tracking database {db} cannot be used: {problem}. Only MLflow's records are in it: a search's trial "
+            f"folders (--storage-path) and its Optuna study (optuna.db in its state folder) are other files and "
+            f"intact; put back a copy of {db} from a backup and run the same command again, or pass another "
+            f"--tracking-uri (sqlite:///NEW.db)")
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The file of a `sqlite:///PATH` tracking URI; None for any other store."""
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
 
 
 def check_tracking_uri(uri: str, timeout_s: float = 3.0) -> None:
-    """Fail within seconds, with a clear message, when the store cannot be reached or written."""
+    """Fail within seconds, with a clear message, when the store cannot be reached or written, or
+    (a SQLite file) is damaged."""
     if uri.startswith("sqlite:///"):
-        folder = Path(uri[len("sqlite:///"):]).parent
+        _refuse_damaged(uri)
+        folder = sqlite_path(uri).parent
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -245,6 +271,34 @@ def run_name(values: dict[str, Any], fallback: str, limit: int = 80) -> str:
 def runs_table_url(experiment_id: str, ui: str = "http://127.0.0.1:5000") -> str:
     """The MLflow UI's runs table (MLflow 3's default landing page is the GenAI view)."""
     return f"{ui}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def recorded_search_places(uri: str, experiment: str) -> list[dict[str, str]]:
+    """Where the searches of `experiment` in the tracking store kept their files, newest first:
+    each parent run's `ray_experiment_path` (the trials' results) and `state_dir` (the Optuna
+    study and the driver's files), as `search.parent_tags` recorded them. For advice only: [] when
+    the store is a SQLite file that does not exist (it is not created here), holds no such
+    experiment or cannot be read."""
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
+        return []
+    try:
+        client = _client(uri)
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            return []
+        runs = client.search_runs([exp.experiment_id], filter_string="tags.`state_dir` LIKE '%'", max_results=1000,
+                                  order_by=["attributes.start_time DESC"])
+    except Exception:  # noqa: BLE001 - the advice is left out, never the reason to fail
+        return []
+    places = []
+    for run in runs:
+        place = {"ray_experiment_path": run.data.tags.get("ray_experiment_path", ""),
+                 "state_dir": run.data.tags["state_dir"], "run_id": run.info.run_id}
+        seen = {(p["ray_experiment_path"], p["state_dir"]) for p in places}
+        if PARENT_TAG not in run.data.tags and (place["ray_experiment_path"], place["state_dir"]) not in seen:
+            places.append(place)
+    return places
 
 
 class SearchTracking:
