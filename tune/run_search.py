@@ -134,12 +134,13 @@ def main(argv: list[str] | None = None) -> int:
         check_tracking_uri(plan.tracking_uri)
         check_address(args.address)
         check_storage(plan)
-        lock = SearchLock(plan.state_dir)  # one driver per search, before anything is read or written
+        if args.resume:
+            check_resumable(plan)  # reads only: the state folder is not made where there is none
+        lock = SearchLock(plan.state_dir)  # one driver per search, before anything is written
         lock.acquire(_command(argv), break_lock=args.break_lock)
         if lock.note:
             print(f"note: {lock.note}", flush=True)
         if args.resume:
-            check_resumable(plan)
             note = resume_check.check(plan)
             if note:
                 print(note, flush=True)
