@@ -420,3 +420,46 @@ def test_a_sigkilled_race_run_is_closed_and_run_again(tmp_path):
     assert len(killed) == 1 and "driver was gone" in killed[0].data.tags[KILLED_TAG]
     done = [(r.data.tags["race_config"], r.data.params["seed"]) for r in race_runs if r.info.status == "FINISHED"]
     assert len(done) == len(set(done)) and (killed[0].data.tags["race_config"], killed[0].data.params["seed"]) in done
+
+
+def _store_with_an_open_search(tmp_path: Path):
+    """An MLflow store as a SIGKILLed driver leaves it: the parent and one child RUNNING, one child
+    FINISHED with its test metrics; the search's state folder here."""
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    exp = client.create_experiment("cap")
+    (tmp_path / "state").mkdir()
+    parent = client.create_run(exp, run_name="cap on smoke", tags={"state_dir": str(tmp_path / "state")})
+    done = client.create_run(exp, run_name="weight_net=64 seed=0",
+                             tags={"mlflow.parentRunId": parent.info.run_id, "trial_status": "completed"})
+    for key, value in (("test_clean_acc", 0.9), ("test_pgd_acc", 0.5), ("best_val_pgd_acc", 0.5)):
+        client.log_metric(done.info.run_id, key, value)
+    client.log_param(done.info.run_id, "weight_net", "64")
+    client.set_terminated(done.info.run_id, "FINISHED")
+    open_run = client.create_run(exp, run_name="weight_net=128 seed=0", tags={"mlflow.parentRunId": parent.info.run_id})
+    client.log_param(open_run.info.run_id, "weight_net", "128")
+    client.log_metric(open_run.info.run_id, "test_clean_acc", 0.1)
+    return client, parent.info.run_id, open_run.info.run_id
+
+
+def test_report_closes_the_runs_of_a_gone_driver_and_leaves_a_live_ones(tmp_path, capsys):
+    from tune.report import main as report_main
+
+    client, parent, open_run = _store_with_an_open_search(tmp_path)
+    argv = ["--experiment", "cap", "--tracking-uri", f"sqlite:///{tmp_path / 'mlruns.db'}", "--by", "weight_net"]
+    holder = _holder(tmp_path / "state")  # a live driver of that search: nothing is closed
+    try:
+        assert report_main(argv) == 0
+        captured = capsys.readouterr()
+        assert "closed" not in captured.err
+        assert client.get_run(open_run).info.status == "RUNNING" and client.get_run(parent).info.status == "RUNNING"
+    finally:
+        stop_group(holder)
+    assert report_main(argv) == 0  # its driver is gone now
+    captured = capsys.readouterr()
+    assert "closed 1 run(s) left RUNNING by a search whose driver is gone" in captured.err
+    assert "Traceback" not in captured.err
+    for run_id in (open_run, parent):
+        run = client.get_run(run_id)
+        assert run.info.status == "KILLED" and "driver was gone" in run.data.tags[KILLED_TAG]
+    rows = [ln for ln in captured.out.splitlines() if ln.startswith("| ") and ln.split("|")[1].strip() in ("64", "128")]
+    assert [ln.split("|")[1].strip() for ln in rows] == ["64"]  # the closed run is no result

@@ -57,6 +57,40 @@ def orphan_reason(what: str) -> str:
     return f"{what} (closed {time.strftime('%Y-%m-%d %H:%M:%S')})"
 
 
+def close_orphans_in_experiment(uri: str, experiment: str) -> tuple[int, list[str]]:
+    """For readers (report.py): end KILLED every run of the experiment's searches still RUNNING
+    while no driver runs that search (tune/search_lock.py's holder_state of the state folder its
+    parent run names). Returns how many runs it closed and notes on searches it could not judge."""
+    from mlflow.tracking import MlflowClient
+
+    from tune.search_lock import holder_state
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return 0, []
+    running = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'",
+                                 max_results=50000)
+    parent_ids = {r.data.tags.get(PARENT_TAG) or r.info.run_id for r in running}
+    closed, notes = 0, []
+    for parent_id in sorted(parent_ids):
+        parent = client.get_run(parent_id)
+        folder = parent.data.tags.get("state_dir")
+        if not folder:
+            continue  # not a search's parent (a re-run's own runs)
+        state = holder_state(Path(folder))
+        if state == "running":
+            continue
+        if state != "none":
+            notes.append(f"search {parent.info.run_name!r} has runs marked RUNNING; its state folder {folder} "
+                         f"{'is on another host' if state == 'other host' else 'is not readable here'}, so "
+                         f"whether its driver still runs cannot be told: they are left as they are")
+            continue
+        why = orphan_reason("its driver was gone: killed, or its node lost; closed by report.py")
+        closed += close_running_runs(client, exp.experiment_id, parent_id, why, parent=True)
+    return closed, notes
+
+
 # -- the Optuna study ---------------------------------------------------------------------------
 def _storage(db: Path):
     import optuna

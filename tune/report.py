@@ -309,6 +309,19 @@ def importances(runs: list, experiment: str, uri: str) -> dict[str, float]:
                       f"state_dir tag)")
 
 
+def _close_orphans(uri: str, experiment: str) -> None:
+    """Runs left RUNNING by a search whose driver is gone end KILLED (tune/orphans.py), so that
+    nothing reads as still running; never counted as results either way."""
+    from tune.orphans import KILLED_TAG, close_orphans_in_experiment
+
+    closed, notes = close_orphans_in_experiment(uri, experiment)
+    if closed:
+        print(f"closed {closed} run(s) left RUNNING by a search whose driver is gone (ended KILLED, tagged "
+              f"{KILLED_TAG})", file=sys.stderr)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="report.py", description="Tables of a search's tracked results (reads MLflow).")
     p.add_argument("--experiment", required=True, help="MLflow experiment (the space name, or --experiment of the search)")
@@ -333,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         uri = absolute_tracking_uri(args.tracking_uri)
         check_store_exists(uri)
         check_tracking_uri(uri)
+        _close_orphans(uri, args.experiment)
         runs = finished_runs(uri, args.experiment, reruns=args.reruns)
         if args.trials:
             print(format_trials(*trial_table(runs), args.format), end="\n")

@@ -124,3 +124,31 @@ class SearchLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def holder_state(folder: Path) -> str:
+    """Whether a driver runs the search of state folder `folder`, read without touching the lock:
+    "running" (a live driver here), "other host" (a record from another host: cannot tell),
+    "none" (no record, or its process is gone), "unknown" (no such folder on this host)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return "unknown"
+    try:
+        text = (folder / LOCK_FILE).read_text()
+        record = json.loads(text) if text.strip() else {}
+    except FileNotFoundError:
+        record = {}
+    except (OSError, ValueError):
+        return "unknown"
+    if not record:  # no lock record: a search from before the lock, or none running; ask driver.json
+        from tune.state_files import read_driver_record
+
+        try:
+            old = read_driver_record(folder)
+        except Exception:  # noqa: BLE001 - a damaged record says nothing either way
+            return "unknown"
+        return "running" if old and old["pid"] != os.getpid() and _start_ticks(old["pid"]) else "none"
+    if record.get("host") != socket.gethostname():
+        return "other host"
+    return "running" if _alive(record) else "none"
+
