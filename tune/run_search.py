@@ -21,6 +21,7 @@ from tune.plan import (DEFAULT_CHECKPOINT_EVERY_S, Plan, SearchError, check_addr
 from tune.model_store import LOG_MODELS  # noqa: E402
 from tune import resume_check  # noqa: E402
 from tune.search_lock import LockError, SearchLock  # noqa: E402
+from tune.storage import check_search_stores  # noqa: E402
 from tune.stopping import STOP, DurationError, parse_duration, print_stopped  # noqa: E402
 from tune.system_metrics import DEFAULT_INTERVAL_S  # noqa: E402
 from tune.tracking import TrackingError, check_tracking_uri  # noqa: E402
@@ -130,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             print(plan.describe())
             return 0
+        check_search_stores(plan)  # a damaged MLflow or Optuna store: one error before anything is written
         check_data(plan.cfg)
         check_tracking_uri(plan.tracking_uri)
         check_address(args.address)
