@@ -4,6 +4,9 @@ with an apostrophe runs and resumes; a damaged MLflow or Optuna store, a full di
 --state-dir each stop with one `error:` line that says what is intact and how to go on."""
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -194,3 +197,106 @@ def test_a_damaged_or_foreign_tracking_database_is_refused_by_every_reader(tmp_p
                 check(f"sqlite:///{path}")
             assert f"tracking database {path} cannot be used" in str(err.value) and problem in str(err.value)
             assert "trial folders" in str(err.value) and "from a backup" in str(err.value)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 MiB tmpfs mounted for this test alone (unmounted at its end), or a skip where this
+    process may not mount one (the test needs root or CAP_SYS_ADMIN)."""
+    import subprocess
+
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(folder)], capture_output=True,
+                          text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (mount exit {made.returncode}: {made.stderr.strip()}); the "
+                    f"full-disk test needs root or CAP_SYS_ADMIN")
+    try:
+        yield folder
+    finally:
+        if subprocess.run(["umount", str(folder)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(folder)], check=True)  # busy: detach it now, freed when let go
+
+
+def _finished_runs(db) -> int:
+    """Child runs ended FINISHED, read from the MLflow database read-only (0 before it exists)."""
+    import sqlite3
+
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=5) as con:
+            return con.execute("select count(*) from runs r join tags t on r.run_uuid = t.run_uuid "
+                               "where t.key = 'mlflow.parentRunId' and r.status = 'FINISHED'").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+def _fill(folder) -> None:
+    """Write a filler file until the file system holding `folder` has no space left."""
+    with open(folder / "filler", "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * (1 << 20))
+                f.flush()
+        except OSError as exc:
+            assert exc.errno == 28, exc  # ENOSPC
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_the_search_with_one_error_and_resume_finishes_it(small_disk, tmp_path):
+    """Every file of the search (trials, Optuna study, MLflow database) on a small file system
+    that fills up once the first trial has finished: the driver stops with one error naming the
+    file system, what was kept and the command that resumes, exit 74, no traceback; with the
+    space freed, that command finishes the search with exactly the planned trials."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import optuna
+
+    from helpers import session_members
+
+    db = small_disk / "mlruns.db"
+    argv = [*SMOKE, "--max-concurrent", "1", "--storage-path", str(small_disk / "rr"),
+            "--tracking-uri", f"sqlite:///{db}"]
+    script = str(Path(__file__).resolve().parents[1] / "tune" / "run_search.py")
+    log = tmp_path / "driver.log"
+    with open(log, "w") as out:
+        driver = subprocess.Popen([sys.executable, script, *argv], cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while driver.poll() is None and _finished_runs(db) < 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert driver.poll() is None, log.read_text()[-3000:]
+        _fill(small_disk)
+        code = driver.wait(timeout=300)
+    finally:
+        if driver.poll() is None:  # stop what this test started: its driver's session, workers included
+            for pid in session_members(driver.pid):
+                os.kill(pid, signal.SIGKILL)
+    text = log.read_text()
+    errors = [line for line in text.splitlines() if line.startswith("error:")]
+    assert code == 74 and len(errors) == 1 and "Traceback" not in text, text[-4000:]
+    line = errors[0]
+    assert line.startswith("error: the disk is full (") and f"{small_disk} (tmpfs, " in line, line
+    assert "trials finished" in line and "last checkpoint" in line and "nothing that finished is lost" in line
+    assert f"Free space on {small_disk}, then run: python " in line and line.count("--resume") == 1
+    study_db = small_disk / "rr" / "ablation_capacity" / "optuna.db"
+    done = sum(t.state == optuna.trial.TrialState.COMPLETE
+               for t in optuna.load_study(study_name="ablation_capacity", storage=f"sqlite:///{study_db}").trials)
+    assert 1 <= done < 4 and f"kept: {done} of the 4 trials finished" in line
+
+    (small_disk / "filler").unlink()
+    resume = subprocess.run([sys.executable, script, *argv, "--resume"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=600, start_new_session=True)
+    assert resume.returncode == 0 and "Traceback" not in resume.stdout + resume.stderr, resume.stderr[-4000:]
+    parents, children = _runs(f"sqlite:///{db}", "ablation_capacity")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(r.data.params["weight_net"] for r in children) == ["128", "256", "64", "64-64"]
+    assert all(r.info.status == "FINISHED" and r.data.tags["trial_status"] == "completed" for r in children)
+    trials = optuna.load_study(study_name="ablation_capacity", storage=f"sqlite:///{study_db}").trials
+    assert len(trials) == 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)

@@ -10,6 +10,7 @@ machine), else `./ray_results/<experiment>`.
 """
 from __future__ import annotations
 
+import errno
 import os
 import shlex
 import sqlite3
@@ -52,22 +53,7 @@ def join(location: str, name: str) -> str:
 
 def filesystem_type(path: str | Path) -> str:
     """The type of the file system holding `path` (from /proc/mounts; "" where unknown)."""
-    path = Path(path).resolve()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    best, kind = "", ""
-    try:
-        lines = Path("/proc/mounts").read_text().splitlines()
-    except OSError:
-        return ""
-    for line in lines:
-        fields = line.split()
-        if len(fields) < 3:
-            continue
-        mount = fields[1].replace("\\040", " ")
-        if (str(path) == mount or str(path).startswith(mount.rstrip("/") + "/")) and len(mount) >= len(best):
-            best, kind = mount, fields[2]
-    return kind
+    return mount_of(path)[1]
 
 
 def on_network(location: str) -> bool:
@@ -182,12 +168,16 @@ def sqlite_problem(db: str | Path, tables: tuple[str, ...] = ()) -> str | None:
     database another process holds locked is not called damaged (None). The check reads every
     page once: well under a second for a search's stores of tens of MB."""
     try:
+        if Path(db).stat().st_size == 0:
+            return "it is empty (0 bytes): cut short or never written"
         con = sqlite3.connect(f"{Path(db).resolve().as_uri()}?mode=ro", uri=True, timeout=10)
         try:
             health = con.execute("pragma quick_check").fetchone()[0]
             names = {row[0] for row in con.execute("select name from sqlite_master where type = 'table'")}
         finally:
             con.close()
+    except OSError as exc:
+        return f"it cannot be read ({exc.strerror or exc})"
     except sqlite3.OperationalError as exc:
         if "locked" in str(exc) or "busy" in str(exc):
             return None
@@ -251,7 +241,7 @@ def check_search_stores(plan) -> None:
     tracking_db = sqlite_path(plan.tracking_uri)
     study_db = Path(plan.state_dir) / OPTUNA_DB
     resume = bool(getattr(plan.args, "resume", False))
-    if tracking_db is not None and tracking_db.exists():
+    if tracking_db is not None and tracking_db.is_file() and tracking_db.stat().st_size > 0:  # MLflow fills an empty one
         problem = sqlite_problem(tracking_db, MLFLOW_TABLES)
         if problem:
             intact = [_trial_folders(plan)] + ([_study(study_db, plan.experiment)] if study_db.exists() else [])
@@ -311,3 +301,134 @@ def _no_study_here(plan, study_db: Path) -> Exception:
                        f"where its state was: pass the --state-dir the search used (the folder holding its optuna.db, "
                        f"printed as 'search state:' when it started; by default the experiment's folder in "
                        f"--storage-path) and the --tracking-uri it used")
+
+
+DISK_FULL_EXIT = 74  # EX_IOERR (sysexits.h): the search stopped on a write that found no space
+# What a full disk reads as once wrapped: SQLite's message (Optuna, MLflow), the C library's
+# (an OSError turned into text, as Ray Tune's TuneError holds a traceback), a quota's.
+DISK_FULL_TEXT = ("database or disk is full", "No space left on device", "Disk quota exceeded")
+
+
+def disk_full_cause(exc: BaseException) -> str | None:
+    """What the full-disk error behind `exc` says, in a few words, or None when there is none: `exc`, what
+    it was raised from or while handling (Optuna's StorageInternalError from SQLite's
+    OperationalError; MLflow's MlflowException; Ray Tune's TuneError, which holds the traceback
+    as text; a RayTaskError's `cause`), at any depth. An OSError with errno ENOSPC or EDQUOT,
+    or any of DISK_FULL_TEXT in an error's text, is a full disk."""
+    seen, stack = set(), [exc]
+    while stack:
+        err = stack.pop()
+        if err is None or id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return f"{err.strerror}" + (f": {err.filename}" if err.filename else "")
+        text = str(err)
+        for phrase in DISK_FULL_TEXT:
+            if phrase in text:
+                return phrase + (" (SQLite)" if phrase == DISK_FULL_TEXT[0] else "")
+        cause = getattr(err, "cause", None)
+        stack += [err.__context__, err.__cause__] + ([cause] if isinstance(cause, BaseException) else [])
+    return None
+
+
+def mount_of(path: str | Path) -> tuple[str, str]:
+    """(mount point, file system type) of the file system holding `path` (its nearest existing
+    folder), from /proc/mounts; ("", "") where unknown."""
+    path = Path(path).resolve()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    best, kind = "", ""
+    try:
+        lines = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return "", ""
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        mount = fields[1].replace("\\040", " ")
+        if (str(path) == mount or str(path).startswith(mount.rstrip("/") + "/")) and len(mount) >= len(best):
+            best, kind = mount, fields[2]
+    return best, kind
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def disk_full_message(plan, cause: str, resume_command: str) -> str:
+    """The one line a search that stopped on a full disk prints (after `error: `): which of its
+    places (the trials' results, the state folder, the tracking database) are on a full file
+    system, named by mount point and type with its free space; what was kept (the finished
+    trials, each unfinished trial's last checkpoint); and that `resume_command` continues the
+    search once space is freed. `cause` is `disk_full_cause`'s line."""
+    from tune.state_files import OPTUNA_DB
+    from tune.tracking import sqlite_path
+
+    places: dict[Path, list[str]] = {}  # path -> what of the search it holds
+    if plan.storage is not None:
+        places.setdefault(plan.storage / plan.experiment, []).append("the trials' results")
+    places.setdefault(Path(plan.state_dir), []).append("the search state (Optuna study)")
+    tracking_db = sqlite_path(plan.tracking_uri)
+    if tracking_db is not None:
+        places.setdefault(tracking_db, []).append("the MLflow database")
+    disks: dict[str, dict] = {}
+    for path, what in places.items():
+        mount, kind = mount_of(path)
+        try:
+            st = os.statvfs(mount or path)
+            free, size = st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+        except OSError:
+            free, size = float("nan"), float("nan")
+        disk = disks.setdefault(mount or str(path), {"kind": kind or "unknown", "free": free, "size": size, "holds": []})
+        disk["holds"].append(f"{' and '.join(what)} ({path})")
+    # full: under 1% or 1 MiB free; if no place is that full any more, the one with the least room
+    full = [m for m, d in disks.items() if d["free"] < max(1 << 20, 0.01 * d["size"])] or \
+        [min(disks, key=lambda m: disks[m]["free"] / disks[m]["size"] if disks[m]["size"] else 0.0)]
+    where = "; ".join(f"{m} ({disks[m]['kind']}, {_size(disks[m]['free'])} free of {_size(disks[m]['size'])}) holds "
+                      f"{' and '.join(disks[m]['holds'])}" for m in full)
+    done = _count_rows(Path(plan.state_dir) / OPTUNA_DB,
+                       "select count(*) from trials t join studies s on t.study_id = s.study_id "
+                       "where s.study_name = ? and t.state = 'COMPLETE'", (plan.experiment,))
+    kept = (f"{done} of the {plan.num_samples} trials finished" if done is not None else "the trials that finished")
+    return (f"the disk is full ({cause}): {where}. The search stopped; kept: {kept} (in the Optuna study, in MLflow "
+            f"and in their trial folders) and each unfinished trial's last checkpoint, so nothing that finished is "
+            f"lost. Free space on {' and '.join(full)}, then run: {resume_command} (it continues the search where it "
+            f"stopped)")
+
+
+class _DiskFullTracebacks:
+    """Cuts a Ray log record that carries a traceback ending in a full disk down to its first
+    line and the error's own line: Ray's syncer logs each failed copy of the experiment's state
+    to the storage as a warning with the whole traceback, several times before the driver stops;
+    the driver's one `error:` line (`disk_full_message`) says the rest."""
+
+    def filter(self, record) -> bool:
+        text = record.getMessage()
+        if "Traceback" in text and any(phrase in text for phrase in DISK_FULL_TEXT):
+            lines = [line.strip() for line in text.splitlines() if line.strip()]
+            record.msg, record.args = f"{lines[0]} {lines[-1]}", ()
+            record.exc_info = record.exc_text = None
+        return True
+
+
+# Ray's loggers that write a traceback when a write to the storage fails.
+RAY_STORAGE_LOGGERS = ("ray.train._internal.syncer", "ray.train._internal.storage", "ray.tune.execution.tune_controller",
+                       "ray.tune.execution.experiment_state")
+_CUT = _DiskFullTracebacks()
+
+
+def keep_disk_full_tracebacks_out() -> None:
+    """Install `_DiskFullTracebacks` on Ray's storage loggers in this (the driver's) process;
+    calling it again changes nothing."""
+    import logging
+
+    for name in RAY_STORAGE_LOGGERS:
+        log = logging.getLogger(name)
+        if _CUT not in log.filters:
+            log.addFilter(_CUT)

@@ -24,6 +24,8 @@ DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
 TRIAL_ID_TAG = "ray_trial_id"
 PARENT_TAG = "mlflow.parentRunId"
 STATUS_TAG = "trial_status"  # completed | pruned | error
+# The MLflow status of a run whose trial ended so (tune/trial_tracking.py writes the tag, then the status).
+TRIAL_RUN_STATUS = {"completed": "FINISHED", "pruned": "KILLED", "error": "FAILED"}
 # The searched params a trial was never given a value for (a `when` that did not hold), comma-
 # separated: its logged value is the default, which report.py shows as "-", not as a choice.
 NOT_SEARCHED_TAG = "not_searched"
@@ -134,9 +136,29 @@ def use_fast_fail_http() -> None:
         os.environ.setdefault(k, v)
 
 
+class _RaisedStoreErrors:
+    """Drops MLflow's log record of a database error it raises anyway: MLflow's SQL store logs
+    every SQLAlchemy OperationalError (a full disk, a locked or damaged file) with its whole
+    traceback and then raises it as an MlflowException, which the caller here handles (a
+    warning while tracking trials, one `error:` line where the search stops); the traceback in
+    the user's terminal would only repeat it."""
+
+    def filter(self, record) -> bool:
+        return not str(record.msg).startswith("SQLAlchemy database error")
+
+
+_QUIET = _RaisedStoreErrors()
+
+
 def _client(uri: str):
     use_fast_fail_http()
+    import logging
+
     from mlflow.tracking import MlflowClient
+
+    store_log = logging.getLogger("mlflow.store.db.utils")
+    if _QUIET not in store_log.filters:
+        store_log.addFilter(_QUIET)
 
     return MlflowClient(tracking_uri=uri)
 
@@ -333,7 +355,22 @@ class SearchTracking:
         self.parent_run_id = runs[0].info.run_id if runs else None
         if self.parent_run_id:
             self.client.update_run(self.parent_run_id, status="RUNNING")
+            self.end_runs_whose_trial_ended()
         return self.parent_run_id
+
+    def end_runs_whose_trial_ended(self) -> int:
+        """End the child runs still RUNNING although their trial's end is recorded (STATUS_TAG),
+        with the status that end means (TRIAL_RUN_STATUS); returns how many. The tag is written
+        just before the run's status, and a full disk or a killed driver can come between the
+        two: such a finished trial is not live at --resume and would otherwise be taken for an
+        orphan and ended KILLED."""
+        ended = 0
+        for run in self.child_runs():
+            status = TRIAL_RUN_STATUS.get(run.data.tags.get(STATUS_TAG, ""))
+            if run.info.status == "RUNNING" and status:
+                self.client.set_terminated(run.info.run_id, status)
+                ended += 1
+        return ended
 
     def child_runs(self) -> list:
         return find_runs(self.client, [self.experiment_id], {f"tags.{PARENT_TAG}": self.parent_run_id},
