@@ -332,7 +332,7 @@ def test_help_lists_what_a_resume_may_change(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     text = "".join(capsys.readouterr().out.split())  # argparse wraps lines, also at hyphens
-    assert "optionsaresumemaychange:--max-concurrent,--race,--race-seeds,--register,--log-models,--time-budget" in text
+    assert "optionsaresumemaychange:--race,--race-seeds,--register,--log-models,--time-budget,--address" in text
 
 
 def _logged_models(client, exp) -> int:

@@ -256,6 +256,7 @@ def _fit(plan, argv: list[str], tracking: SearchTracking, folder: Path, availabl
             _close_orphans(tracking, folder, plan)
             tuner = tune.Tuner.restore(plan.experiment_path, trainable=tune.with_resources(train_trial, _resources(plan, gpus)),
                                        resume_unfinished=True, resume_errored=True)
+            _use_log_models(tuner, plan)
         else:
             if plan.args.resume:
                 raise SearchError(f"--resume: no MLflow parent run of {plan.experiment_path} in "
@@ -272,6 +273,15 @@ def _fit(plan, argv: list[str], tracking: SearchTracking, folder: Path, availabl
     except Exception:
         tracking.finish_parent("FAILED")
         raise
+
+
+def _use_log_models(tuner: tune.Tuner, plan) -> None:
+    """A resumed search's --log-models (it may change on resume): the trial-tracking callback Ray
+    Tune restores from its snapshot keeps the first run's choice, so it is given the new one."""
+    callbacks = getattr(getattr(tuner, "_local_tuner", None), "get_run_config", lambda: None)()
+    for callback in getattr(callbacks, "callbacks", None) or []:
+        if isinstance(callback, TrialTracking):
+            callback.log_models = plan.args.log_models == "finished"
 
 
 def _close_orphans(tracking: SearchTracking, folder: Path, plan) -> None:
