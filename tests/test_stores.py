@@ -300,3 +300,58 @@ def test_a_full_disk_stops_the_search_with_one_error_and_resume_finishes_it(smal
     assert all(r.info.status == "FINISHED" and r.data.tags["trial_status"] == "completed" for r in children)
     trials = optuna.load_study(study_name="ablation_capacity", storage=f"sqlite:///{study_db}").trials
     assert len(trials) == 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+
+
+def test_a_full_disk_is_found_behind_every_wrapper():
+    """disk_full_cause finds the full disk behind what Optuna, MLflow, Ray Tune and a trial's
+    worker raise (by errno, or by SQLite's and the C library's words in a wrapper's text), and
+    nothing in an unrelated error."""
+    import errno
+    import sqlite3
+
+    import optuna
+    from ray.tune.error import TuneError
+
+    from tune.storage import disk_full_cause
+
+    def raised(outer, inner):
+        try:
+            try:
+                raise inner
+            except BaseException as exc:
+                raise outer from exc
+        except BaseException as exc:
+            return exc
+
+    optuna_error = raised(optuna.exceptions.StorageInternalError("An exception is raised during the commit."),
+                          sqlite3.OperationalError("database or disk is full"))
+    assert disk_full_cause(optuna_error) == "database or disk is full (SQLite)"
+    assert disk_full_cause(RuntimeError("while handling")) is None
+    worker = OSError(errno.ENOSPC, "No space left on device", "/data/rr/trial_1/checkpoint_000001/x.pt")
+    assert disk_full_cause(raised(RuntimeError("trial failed"), worker)) == \
+        "No space left on device: /data/rr/trial_1/checkpoint_000001/x.pt"
+    tune_error = TuneError("Traceback (most recent call last):\n  ...\nOSError: [Errno 28] Error writing bytes to file. "
+                           "Detail: [errno 28] No space left on device\n")
+    assert disk_full_cause(tune_error) == "No space left on device"
+    assert disk_full_cause(raised(ValueError("bad value"), OSError(errno.EACCES, "Permission denied"))) is None
+
+
+def test_resume_ends_a_run_whose_trial_ended_but_whose_status_write_was_lost(tmp_path):
+    """A child run still RUNNING with its trial's end recorded (trial_status written, the status
+    write lost to a full disk) is ended as that end says when the search resumes; a run whose
+    trial has not ended is left RUNNING (a resumed trial continues it)."""
+    from tune.tracking import PARENT_TAG, STATUS_TAG, SearchTracking
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    tracking = SearchTracking(uri, "s")
+    parent = tracking.start_parent("s", {"ray_experiment_path": "/x/d'été/s"})
+    runs = {}
+    for name, status in (("done", "completed"), ("pruned", "pruned"), ("failed", "error"), ("live", None)):
+        tags = {PARENT_TAG: parent, **({STATUS_TAG: status} if status else {})}
+        runs[name] = tracking.client.create_run(tracking.experiment_id, run_name=name, tags=tags).info.run_id
+    tracking.finish_parent("FAILED")
+    again = SearchTracking(uri, "s")
+    assert again.resume_parent("/x/d'été/s") == parent
+    status = {name: again.client.get_run(run_id).info.status for name, run_id in runs.items()}
+    assert status == {"done": "FINISHED", "pruned": "KILLED", "failed": "FAILED", "live": "RUNNING"}
+    assert again.client.get_run(parent).info.status == "RUNNING"
