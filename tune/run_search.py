@@ -21,8 +21,9 @@ from tune.plan import (DEFAULT_CHECKPOINT_EVERY_S, Plan, SearchError, check_addr
 from tune.model_store import LOG_MODELS  # noqa: E402
 from tune import resume_check  # noqa: E402
 from tune.search_lock import LockError, SearchLock  # noqa: E402
-from tune.storage import check_search_stores  # noqa: E402
-from tune.stopping import STOP, DurationError, parse_duration, print_stopped  # noqa: E402
+from tune.storage import (DISK_FULL_EXIT, check_search_stores, disk_full_cause, disk_full_message,  # noqa: E402
+                          keep_disk_full_tracebacks_out)
+from tune.stopping import STOP, DurationError, parse_duration, print_stopped, resume_command  # noqa: E402
 from tune.system_metrics import DEFAULT_INTERVAL_S  # noqa: E402
 from tune.tracking import TrackingError, check_tracking_uri  # noqa: E402
 
@@ -159,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
 
     STOP.install()  # installed again once Ray is up (ray.init installs its own SIGTERM handler)
     STOP.start_budget(budget)
+    keep_disk_full_tracebacks_out()
     try:
         return run_search(plan, argv)
     except (SearchError, DamagedFileError) as exc:
@@ -166,6 +168,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP or the time budget (tune/stopping.py)
         return print_stopped(STOP.reason or "SIGINT", argv)
+    except Exception as exc:  # a full disk, however wrapped, is one error line (tune/storage.py)
+        cause = disk_full_cause(exc)
+        if cause is None:
+            raise
+        print(f"error: {disk_full_message(plan, cause, resume_command(argv))}", file=sys.stderr)
+        return DISK_FULL_EXIT
     finally:
         STOP.uninstall()
         STOP.reason = None
