@@ -115,9 +115,9 @@ def _resume_command(log: str) -> list[str]:
 
 # -- signals -------------------------------------------------------------------------------------
 @pytest.mark.slow
-@pytest.mark.parametrize("name, code", [("SIGTERM", 143), ("SIGHUP", 129)])
+@pytest.mark.parametrize("name, code", [("SIGTERM", 143), ("SIGHUP", 129), ("SIGINT", 130)])
 def test_a_signal_stops_the_search_as_ctrl_c_does(tmp_path, name, code):
-    """SIGTERM (a batch scheduler) and SIGHUP (a closed terminal) to the driver alone: trials stop,
+    """SIGTERM (a batch scheduler), SIGHUP (a closed terminal) and SIGINT (Ctrl-C) to the driver alone: trials stop,
     every running run ends KILLED, the study keeps no RUNNING trial, one line names the signal and
     the resume command; after SIGTERM, that command finishes exactly the planned trials."""
     import optuna

@@ -92,6 +92,7 @@ def test_a_race_runs_its_rounds_under_the_parent_and_stops_by_its_rule(tmp_path)
     again = _search(tmp_path, "--resume")
     assert len(client.search_runs([exp])) == len(runs)
     assert again.strip().splitlines()[-1] == lines[-1] and ending in again
+    assert client.get_run(parent.info.run_id).info.end_time == parent.info.end_time  # nothing stored changed
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -1,8 +1,9 @@
 """A finished search resumed: nothing stored changes. `--resume` of a search whose parent run
-FINISHED does not start Ray: it prints the summary the search printed when it ended (kept as
-SUMMARY_FILE in its state folder and on its parent run) and, with `--register`, registers the
-winner's model that is already logged (once: a version of that run already registered is
-reported, not made again). No model is logged again and no run's end time moves."""
+FINISHED (and, with `--race`, whose same race finished) does not start Ray: it prints the summary
+the search printed when it ended (kept as SUMMARY_FILE in its state folder and on its parent run;
+the race's race.txt) and, with `--register`, registers the winner's model that is already logged
+(once: a version of that run already registered is reported, not made again). No model is logged
+again and no run's end time moves. A new `--race` on a finished search runs that race."""
 from __future__ import annotations
 
 import contextlib
@@ -77,10 +78,24 @@ def print_summary(tracking: SearchTracking, parent: Any, folder: Path) -> None:
         print(f"  winner: {parent.data.tags['winner_run_name']} (run {parent.data.tags.get('winner_run_id')})")
 
 
+def nothing_new(plan: Any, parent: Any) -> bool:
+    """A resume of the finished search of `parent` asks for no new work: no --race, or the same
+    --race (K and --race-seeds) as a race that finished."""
+    from tune.race import RACE_ASKED_TAG, race_asked
+
+    k = getattr(plan.args, "race", None)
+    return k is None or parent.data.tags.get(RACE_ASKED_TAG) == race_asked(k, plan.args.race_seeds)
+
+
 def show_again(plan: Any, tracking: SearchTracking, parent: Any, folder: Path) -> int:
     """--resume of a finished search (see the module docstring)."""
+    from tune.race import RACE_ARTIFACT
+
     tracking.parent_run_id = parent.info.run_id
     print_summary(tracking, parent, folder)
+    race = Path(folder) / RACE_ARTIFACT
+    if getattr(plan.args, "race", None) and race.exists():
+        print("\nits race, as it finished:\n" + race.read_text().rstrip("\n"))
     if getattr(plan.args, "register", False):
         return register_logged(plan, tracking, parent)
     return 0

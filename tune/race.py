@@ -30,6 +30,11 @@ RACE_TAG = "race"                # "true" on every race run
 ROUND_TAG = "race_round"         # 1, 2, ...
 CONFIG_TAG = "race_config"       # the config's label, e.g. "weight_net=64"
 RACE_ARTIFACT = "race.txt"
+RACE_ASKED_TAG = "race_asked"    # "K=2 seeds=5" on the parent of a search whose race finished
+
+
+def race_asked(k: int, seeds: int) -> str:
+    return f"K={k} seeds={seeds}"
 
 
 @dataclass
@@ -187,11 +192,12 @@ def run_race(plan: Any, results: Any, tracking: SearchTracking, folder: Path, gp
         raise
     except Exception as exc:  # noqa: BLE001 - the rounds that finished are still worth recording
         stopped = f"stopped by an error: {type(exc).__name__}: {exc}"
-    return _finish(race, round_no, tracking, folder, most, stopped, "FINISHED" if stopped is None else "FAILED")
+    return _finish(race, round_no, tracking, folder, most, stopped, "FINISHED" if stopped is None else "FAILED",
+                   race_asked(k, most))
 
 
 def _finish(race: Race, rounds: int, tracking: SearchTracking, folder: Path, most: int, stopped: str | None,
-            status: str) -> int:
+            status: str, asked: str = "") -> int:
     """Print and record the race's outcome: the configs still in against the leader, and when
     and how each dropped one fell behind. The parent run is ended whatever fails on the way."""
     try:
@@ -202,6 +208,8 @@ def _finish(race: Race, rounds: int, tracking: SearchTracking, folder: Path, mos
         leader = race.leader()
         tracking.client.set_tag(tracking.parent_run_id, "race_winner", leader)
         tracking.client.set_tag(tracking.parent_run_id, "race_separated", str(len(race.alive) == 1).lower())
+        if status == "FINISHED" and asked:  # what a finished race was asked: the same --race again changes nothing
+            tracking.client.set_tag(tracking.parent_run_id, RACE_ASKED_TAG, asked)
         tracking.client.log_artifact(tracking.parent_run_id, str(path))
     except Exception as exc:  # noqa: BLE001 - what the rounds found is in their runs either way
         print(f"warning: could not record the race's outcome: {type(exc).__name__}: {exc}")

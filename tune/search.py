@@ -188,7 +188,7 @@ def run_search(plan, argv: list[str]) -> int:
         clean_up_killed_driver(folder)
     tracking = SearchTracking(plan.tracking_uri, plan.experiment)
     done = finished_search.stored_parent(tracking, plan.experiment_path) if plan.args.resume else None
-    if done is not None and done.info.status == "FINISHED" and not getattr(plan.args, "race", None):
+    if done is not None and done.info.status == "FINISHED" and finished_search.nothing_new(plan, done):
         return finished_search.show_again(plan, tracking, done, folder)  # nothing stored changes
     available = start_ray(plan)
     STOP.install()  # after ray.init, which installed Ray's own SIGTERM handler
