@@ -12,19 +12,16 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
-from tune.tracking import PARENT_TAG, SearchTracking
+from tune.tracking import PARENT_TAG, SearchTracking, find_runs
 
 SUMMARY_FILE = "summary.txt"
 
 
 def stored_parent(tracking: SearchTracking, experiment_path: str) -> Any:
     """The most recent parent run of the search stored at `experiment_path`, or None."""
-    runs = tracking.client.search_runs([tracking.experiment_id], max_results=50000,
-                                       order_by=["attributes.start_time DESC"])
-    for run in runs:  # matched here, not in a filter string: a path may hold any character
-        if PARENT_TAG not in run.data.tags and run.data.tags.get("ray_experiment_path") == experiment_path:
-            return run
-    return None
+    runs = find_runs(tracking.client, [tracking.experiment_id], {"tags.ray_experiment_path": experiment_path},
+                     order_by=["attributes.start_time DESC"])
+    return next((run for run in runs if PARENT_TAG not in run.data.tags), None)
 
 
 class _Tee(io.TextIOBase):

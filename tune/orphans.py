@@ -23,11 +23,14 @@ INTERRUPTED_ATTR = "interrupted_by"  # study trial user attribute: what stopped 
 PARENT_TAG = "mlflow.parentRunId"
 
 
+def _children(client: Any, experiment_id: str, parent_run_id: str) -> list:
+    from tune.tracking import find_runs
+
+    return find_runs(client, [experiment_id], {f"tags.{PARENT_TAG}": parent_run_id})
+
+
 def _running_children(client: Any, experiment_id: str, parent_run_id: str) -> list:
-    # run ids are hex digits: nothing in this filter needs quoting
-    return [r for r in client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
-                                          max_results=50000)
-            if r.info.status == "RUNNING"]
+    return [r for r in _children(client, experiment_id, parent_run_id) if r.info.status == "RUNNING"]
 
 
 def close_running_runs(client: Any, experiment_id: str, parent_run_id: str, why: str, parent: bool = False) -> int:
@@ -46,9 +49,7 @@ def close_running_runs(client: Any, experiment_id: str, parent_run_id: str, why:
 
 def clear_closed_tag(client: Any, experiment_id: str, parent_run_id: str) -> None:
     """Take KILLED_TAG off the runs that were closed but then resumed and ended otherwise."""
-    runs = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
-                              max_results=50000)
-    for run in [*runs, client.get_run(parent_run_id)]:
+    for run in [*_children(client, experiment_id, parent_run_id), client.get_run(parent_run_id)]:
         if KILLED_TAG in run.data.tags and run.info.status != "KILLED":
             client.delete_tag(run.info.run_id, KILLED_TAG)
 
@@ -69,8 +70,9 @@ def close_orphans_in_experiment(uri: str, experiment: str) -> tuple[int, list[st
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return 0, []
-    running = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'",
-                                 max_results=50000)
+    from tune.tracking import find_runs
+
+    running = find_runs(client, [exp.experiment_id], {"attributes.status": "RUNNING"})
     parent_ids = {r.data.tags.get(PARENT_TAG) or r.info.run_id for r in running}
     closed, notes = 0, []
     for parent_id in sorted(parent_ids):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bilaw.checkpoint import atomic_write_text
-from bilaw.file_errors import DamagedFileError, load_json, require_mapping
+from bilaw.file_errors import load_json, require_mapping
 
 IDENTITY_FILE = "search.json"
 # argparse dests that may differ on --resume, with what they change (for --help and messages)
@@ -151,5 +151,3 @@ def check(plan: Any) -> str | None:
         f"either undo the change (the stored settings are in {path}), or start a new search with "
         f"--experiment NEW_NAME (and without --resume). {RESUME_HELP}")
 
-
-__all__ = ["DamagedFileError", "MAY_CHANGE", "RESUME_HELP", "ResumeMismatch", "check", "identity", "store"]

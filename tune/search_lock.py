@@ -91,12 +91,6 @@ class SearchLock:
             raise LockError(f"this search's lock {self.path} is held by {_describe(old)}; this host ({here}) "
                             f"cannot tell whether that driver still runs: if it does, stop it there; if that "
                             f"host or its driver is dead, pass --break-lock to take the lock over")
-        if old and old.get("host") == here and _alive(old) and old.get("pid") != os.getpid():
-            # its process lives but holds no lock: a record written by a process that has since
-            # exec'd or handed it on; treat it as held
-            os.close(fd)
-            raise LockError(f"this search is already running: {_describe(old)}; wait for it to end, or stop it "
-                            f"(kill {old['pid']}: it stops gracefully and --resume continues it)")
         if old:
             gone = "is dead (--break-lock)" if old.get("host") != here else "is no longer running"
             self.note = f"took over the lock of {_describe(old)}, which {gone}"

@@ -24,7 +24,6 @@ import shlex
 import signal
 import sys
 import threading
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -174,11 +173,10 @@ class StopRequest:
 STOP = StopRequest()  # the driver's one instance (a process has one set of signal handlers)
 
 
-def stopped_line(reason: str, argv: list[str], started: float | None = None) -> str:
+def stopped_line(reason: str, argv: list[str]) -> str:
     """The one line a stopped driver prints."""
-    took = "" if started is None else f" after {time.monotonic() - started:.0f} s"
     what = ("its --time-budget was spent" if reason == TIME_BUDGET else f"by {reason}")
-    return (f"stopped{took}: {what}; running trials stopped at their last checkpoint and what finished is kept; "
+    return (f"stopped: {what}; running trials stopped at their last checkpoint and what finished is kept; "
             f"resume with: {resume_command(argv)}")
 
 
