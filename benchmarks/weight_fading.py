@@ -4,10 +4,12 @@ tests/test_weight_fading.py and the fading discussion in docs/results.md).
 
     python benchmarks/weight_fading.py                                  # digits, 80 epochs, 3 seeds
     python benchmarks/weight_fading.py --variants legacy,no_decay --seeds 5 --epochs 40
+    python benchmarks/weight_fading.py --variants legacy,default,adamw,frozen --threads 1,2
 
 Each variant is a set of TrainConfig overrides on top of the base (digits, FC1, batch 32, no
-AutoAttack, no analysis). Prints one row per variant and seed (peak, last, last/peak, the epoch of
-the peak, collapsed epoch if any) and writes every run's weight_std per epoch as JSON.
+AutoAttack, no analysis). Prints one row per variant, thread count and seed (peak, last,
+last/peak, the epoch of the peak, collapsed epoch if any, the weight status) and writes every
+run's weight_std per epoch as JSON.
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
 
 from bilaw.config import TrainConfig, parse_overrides  # noqa: E402
 from bilaw.trainer import train  # noqa: E402
@@ -33,6 +37,9 @@ VARIANTS: dict[str, dict] = {
     # the two settings the Fashion-MNIST bilaw_meta search put first (docs/results.md)
     "sgd_0.025": {"meta_optimizer": "sgd", "meta_lr": 0.025, "meta_weight_decay": 1e-5, "meta_grad_scale": "raw"},
     "adamw_1.2e-4": {"meta_optimizer": "adamw", "meta_lr": 1.2e-4, "meta_weight_decay": 1e-4, "meta_grad_scale": "raw"},
+    "default": {},
+    # the control: BiLAW's net frozen at its initialisation; its weight_std moves with the margins alone
+    "frozen": {"method": "bilaw_frozen"},
 }
 
 
@@ -46,6 +53,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of: {', '.join(VARIANTS)}")
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--threads", default="1", help="torch thread counts, comma-separated (default 1)")
     p.add_argument("--epochs", type=int, default=BASE["epochs"])
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key for all")
     p.add_argument("--out", default="weight_fading.json")
@@ -56,18 +64,28 @@ def main(argv=None) -> int:
         p.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     base = {**BASE, "epochs": args.epochs, **parse_overrides(args.set)}
     runs = []
-    print(f"{'variant':<10} {'seed':>4} {'peak':>7} {'last':>7} {'last/peak':>9} {'peak ep':>7} {'collapsed':>9}")
+    threads = [int(t) for t in args.threads.split(",") if t]
+    print(f"{'variant':<12} {'thr':>3} {'seed':>4} {'peak':>7} {'last':>7} {'last/peak':>9} {'peak ep':>7} "
+          f"{'collapsed':>9}  status")
     for name in names:
-        for seed in range(args.seeds):
-            cfg = TrainConfig.from_dict({**base, **VARIANTS[name], "seed": seed})
-            result = train(cfg, progress=False, log=lambda _: None)
-            stds = [h["weight_std"] for h in result.history]
-            row = {"variant": name, "seed": seed, **fading(stds), "weight_std": stds,
-                   "collapsed_epoch": result.final.get("weights_collapsed_epoch")}
-            runs.append(row)
-            print(f"{name:<10} {seed:>4} {row['peak']:7.4f} {row['last']:7.4f} {row['ratio']:9.3f} "
-                  f"{row['peak_epoch'] + 1:>7} {'-' if row['collapsed_epoch'] is None else row['collapsed_epoch'] + 1:>9}",
-                  flush=True)
+        for t in threads:
+            for seed in range(args.seeds):
+                cfg = TrainConfig.from_dict({**base, **VARIANTS[name], "seed": seed})
+                before = torch.get_num_threads()
+                torch.set_num_threads(t)
+                try:
+                    result = train(cfg, progress=False, log=lambda _: None)
+                finally:
+                    torch.set_num_threads(before)
+                stds = [h["weight_std"] for h in result.history]
+                row = {"variant": name, "threads": t, "seed": seed, **fading(stds), "weight_std": stds,
+                       "collapsed_epoch": result.final.get("weights_collapsed_epoch"),
+                       "status": result.final.get("weight_status")}
+                runs.append(row)
+                print(f"{name:<12} {t:>3} {seed:>4} {row['peak']:7.4f} {row['last']:7.4f} {row['ratio']:9.3f} "
+                      f"{row['peak_epoch'] + 1:>7} "
+                      f"{'-' if row['collapsed_epoch'] is None else row['collapsed_epoch'] + 1:>9}  {row['status']}",
+                      flush=True)
     for name in names:
         ratios = [r["ratio"] for r in runs if r["variant"] == name]
         spread = f" +- {statistics.stdev(ratios):.3f}" if len(ratios) > 1 else ""

@@ -42,6 +42,7 @@ METHODS: dict[str, tuple[str, str]] = {
     "mail": ("at", "mail"),
     "nonparam": ("at", "nonparam"),
     "bilaw": ("at", "bilaw"),
+    "bilaw_frozen": ("at", "bilaw_frozen"),
     "bilaw_trades": ("trades", "bilaw"),
 }
 CUSTOM_METHOD = "custom"  # an (objective, weighting) pair that is no preset

@@ -333,12 +333,13 @@ def load_digits(data_dir: str | os.PathLike[str] | None = None) -> RawDataset:
     )
 
 
-def run_data_args(cfg: Any, learned: bool) -> dict[str, Any]:
-    """`load_data`'s arguments (all but the dataset and device) for a run of `cfg`; `learned`:
-    its weighting learns from the validation sets, so they never join the training set."""
+def run_data_args(cfg: Any, holds_out_validation: bool) -> dict[str, Any]:
+    """`load_data`'s arguments (all but the dataset and device) for a run of `cfg`;
+    `holds_out_validation`: its weighting learns from the validation sets (or is the control of
+    one that does), so they never join the training set."""
     return dict(data_dir=cfg.data_dir, meta_val_size=cfg.meta_val_size, holdout_val_size=cfg.holdout_val_size,
                 seed=cfg.seed, label_noise=cfg.label_noise,
-                include_val_in_train=cfg.baselines_full_train and not learned)
+                include_val_in_train=cfg.baselines_full_train and not holds_out_validation)
 
 
 def load_data(

@@ -10,8 +10,10 @@ import torch
 
 from .weighting import as_mean_one
 
-# Extra epoch sums copied to the metrics as they are (label-noise means, BiLAW's meta-gradient norm).
-PASSTHROUGH = ("weight_mean_noisy", "weight_mean_clean", "meta_grad_norm")
+# Extra epoch sums copied to the metrics as they are (label-noise means, BiLAW's meta-gradient
+# norm, and a weight net's learning statistics: bilaw/weight_learning.py).
+PASSTHROUGH = ("weight_mean_noisy", "weight_mean_clean", "meta_grad_norm", "weight_net_drift", "weight_std_init",
+               "weight_rank_corr_init")
 
 
 def accumulate(acc: dict[str, torch.Tensor], loss_sum, n: int, w, raw) -> None:

@@ -9,6 +9,7 @@ optimiser. Their checkpoint entries keep the names stored checkpoints use (`weig
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,7 @@ from .bilevel import (TrainBatch, ValAttack, bilaw_meta_step, bilaw_weights, bui
                       nonparam_weights)
 from .data import CyclingBatches
 from .margins import MarginSources, compute_margin_input, margin_input_dim
+from .weight_learning import MapStatistics
 from .weighting import WEIGHTINGS, StepInputs, Weighting, WeightNet, as_mean_one, normalize_sum_one
 
 WEIGHT_NET_SEED_OFFSET = 7  # the weight net's init draws from its own stream, not the classifier's
@@ -69,21 +71,78 @@ class _Learned(Weighting):
         self.meta_batches.load_state_dict(state["meta_batches"])
 
 
+def seeded_weight_net(cfg: Any, ctx: RunContext) -> WeightNet:
+    """BiLAW's weight net at its seeded initialisation (its own stream, not the classifier's)."""
+    gen = torch.Generator().manual_seed(cfg.seed + WEIGHT_NET_SEED_OFFSET)
+    return WeightNet(margin_input_dim(cfg.margin_input, ctx.num_classes), cfg.weight_net_hidden,
+                     generator=gen).to(ctx.device)
+
+
+class _WeightNetMap:
+    """What every weighting by a weight net shares: the net, a frozen copy of its initial state,
+    the map from logits to the net's input, and the per-epoch learning statistics
+    (bilaw/weight_learning.py) on the batches it weighted."""
+
+    net: WeightNet | None
+    init_net: WeightNet | None
+    map_stats: MapStatistics
+    cfg: Any
+
+    def _bind_net(self, ctx: RunContext) -> None:
+        self.net = seeded_weight_net(self.cfg, ctx)
+        self.init_net = copy.deepcopy(self.net).requires_grad_(False)
+        self.map_stats = MapStatistics()
+
+    def _weigh(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's weights from the current net, recorded beside the initial net's."""
+        with torch.no_grad():
+            w, raw = bilaw_weights(self.net, feats)
+            self.map_stats.add(w, bilaw_weights(self.init_net, feats)[0])
+        return w, raw
+
+    def map_inputs(self, y: torch.Tensor, logits_clean: torch.Tensor, logits_adv: torch.Tensor,
+                   logits: torch.Tensor | None = None) -> torch.Tensor:
+        """The net's input for samples with these logits; the margin is read from `logits`
+        (default: the clean or the adversarial logits, as `margin_on` says)."""
+        if logits is None:
+            logits = logits_clean if self.cfg.margin_on == "clean" else logits_adv
+        sources = MarginSources(
+            probs=F.softmax(logits, 1), y=y,
+            robust_loss=F.cross_entropy(logits_adv, y, reduction="none"),
+            clean_loss=F.cross_entropy(logits_clean, y, reduction="none"))
+        return compute_margin_input(self.cfg.margin_input, sources)
+
+    def map_weights(self, feats: torch.Tensor, initial: bool = False) -> torch.Tensor:
+        """Mean-1 weights of the current (or the initial) net over the samples of `feats`."""
+        return as_mean_one(normalize_sum_one((self.init_net if initial else self.net)(feats)))
+
+    def on_subset(self, y, logits, logits_clean, logits_adv, kappa, epoch) -> torch.Tensor | None:
+        with torch.no_grad():
+            return self.map_weights(self.map_inputs(y, logits_clean, logits_adv, logits))
+
+    def _map_epoch_sums(self) -> dict[str, torch.Tensor]:
+        return self.map_stats.epoch_sums(self.net, self.init_net)
+
+    @property
+    def weight_net(self) -> WeightNet | None:
+        return self.net
+
+
 @dataclass
-class BiLAWWeighting(_Learned):
+class BiLAWWeighting(_WeightNetMap, _Learned):
     """A weight net maps each sample's margin input to its weight; a meta step (every
     `meta_interval` steps) moves the net along the look-ahead validation loss's gradient."""
 
     net: WeightNet | None = field(default=None, repr=False)
+    init_net: WeightNet | None = field(default=None, repr=False)
     optimizer: torch.optim.Optimizer | None = field(default=None, repr=False)
     grad_norms: list[torch.Tensor] = field(default_factory=list, repr=False)
+    map_stats: MapStatistics = field(default_factory=MapStatistics, repr=False)
 
     def bind(self, ctx: RunContext) -> None:
         super().bind(ctx)
+        self._bind_net(ctx)
         cfg = self.cfg
-        gen = torch.Generator().manual_seed(cfg.seed + WEIGHT_NET_SEED_OFFSET)
-        self.net = WeightNet(margin_input_dim(cfg.margin_input, ctx.num_classes), cfg.weight_net_hidden,
-                             generator=gen).to(ctx.device)
         self.optimizer = build_meta_optimizer(cfg.meta_optimizer, self.net.parameters(), cfg.meta_lr,
                                               cfg.meta_weight_decay)
 
@@ -96,29 +155,17 @@ class BiLAWWeighting(_Learned):
                                            x_val, y_val, self.val_attack, cfg.hypergrad,
                                            self._train_batch(step), cfg.meta_grad_scale)
             self.grad_norms.append(grad_norm)
-        with torch.no_grad():
-            return bilaw_weights(self.net, feats)
+        return self._weigh(feats)
 
     def start_epoch(self) -> None:
         self.grad_norms.clear()
+        self.map_stats.clear()
 
     def epoch_sums(self) -> dict[str, torch.Tensor]:
-        if not self.grad_norms:  # no meta step this epoch (burn-in)
-            return {}
-        return {"meta_grad_norm": torch.stack(self.grad_norms).mean()}
-
-    def on_subset(self, y, logits, logits_clean, logits_adv, kappa, epoch) -> torch.Tensor | None:
-        with torch.no_grad():
-            sources = MarginSources(
-                probs=F.softmax(logits, 1), y=y,
-                robust_loss=F.cross_entropy(logits_adv, y, reduction="none"),
-                clean_loss=F.cross_entropy(logits_clean, y, reduction="none"))
-            raw = self.net(compute_margin_input(self.cfg.margin_input, sources))
-            return as_mean_one(normalize_sum_one(raw))
-
-    @property
-    def weight_net(self) -> WeightNet | None:
-        return self.net
+        sums = self._map_epoch_sums()
+        if self.grad_norms:  # none in a burn-in epoch
+            sums["meta_grad_norm"] = torch.stack(self.grad_norms).mean()
+        return sums
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "weight_net": self.net.state_dict(),
@@ -128,6 +175,41 @@ class BiLAWWeighting(_Learned):
         self.net.load_state_dict(state["weight_net"])
         self.optimizer.load_state_dict(state["meta_optimizer"])
         super().load_state_dict(state)
+
+
+@dataclass
+class FrozenBiLAWWeighting(_WeightNetMap, Weighting):
+    """The control for BiLAW: its weight net at the same seeded initialisation, never
+    meta-trained. It weights by margin exactly as an untrained BiLAW would, with no meta step
+    (no validation batches, no look-ahead), so it costs what AT costs plus the clean forward the
+    margins need. It answers: is it the learning, or any smooth reweighting by margin?"""
+
+    cfg: Any = None
+    model: nn.Module | None = field(default=None, repr=False)
+    net: WeightNet | None = field(default=None, repr=False)
+    init_net: WeightNet | None = field(default=None, repr=False)
+    map_stats: MapStatistics = field(default_factory=MapStatistics, repr=False)
+
+    def bind(self, ctx: RunContext) -> None:
+        self.model = ctx.model
+        self._bind_net(ctx)
+        self.net.requires_grad_(False)
+
+    def batch_weights(self, step: StepInputs) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        cfg = self.cfg
+        return self._weigh(margin_features(self.model, step.x, step.y, step.terms, cfg.margin_input, cfg.margin_on))
+
+    def start_epoch(self) -> None:
+        self.map_stats.clear()
+
+    def epoch_sums(self) -> dict[str, torch.Tensor]:
+        return self._map_epoch_sums()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"weight_net": self.net.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["weight_net"])
 
 
 @dataclass
@@ -153,6 +235,13 @@ META_OPTIMIZER_KEYS = ("meta_optimizer", "meta_lr", "meta_weight_decay", "meta_g
 @WEIGHTINGS.register("bilaw", learned=True, own_keys=META_OPTIMIZER_KEYS)
 def _bilaw(cfg) -> Weighting:
     return BiLAWWeighting("bilaw", cfg=cfg)
+
+
+# The frozen control trains on what BiLAW trains on (the validation sets held out), so the two
+# differ only in the learning.
+@WEIGHTINGS.register("bilaw_frozen", holds_out_validation=True)
+def _bilaw_frozen(cfg) -> Weighting:
+    return FrozenBiLAWWeighting("bilaw_frozen", cfg=cfg)
 
 
 @WEIGHTINGS.register("nonparam", learned=True)

@@ -39,9 +39,10 @@ def masking_check(pgd: Any, aa: Any, gap_points: float) -> dict[str, float | boo
 
 
 def save_per_point(path: str | Path, test: dict[str, Any], holdout: dict[str, Any] | None) -> None:
-    """per_point.npz: `test_<clean|pgd|aa>` and `holdout_<clean|pgd>` (bool per point) and
-    `test_index` / `holdout_index`: each point's position in the test set and in the hold-out
-    validation set (`aa` covers AutoAttack's first points of the test set)."""
+    """per_point.npz: `test_<clean|pgd|aa>` (the best state), `test_last_<clean|pgd>` (the last
+    epoch's state) and `holdout_<clean|pgd>` (bool per point) and `test_index` /
+    `holdout_index`: each point's position in the test set and in the hold-out validation set
+    (`aa` covers AutoAttack's first points of the test set)."""
     arrays = {f"test_{k}": np.asarray(v, dtype=bool) for k, v in test.items()}
     arrays["test_index"] = np.arange(len(arrays["test_clean"]))
     for k, v in (holdout or {}).items():

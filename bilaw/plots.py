@@ -10,6 +10,8 @@ allows and returns the files written:
 - likelihood_pca.png        PCA of the predicted likelihoods coloured by weight (Fig. 4)
 - adv_rank_histogram.png    rank of the adversarial class among the clean logits (Fig. 1b)
 - weights_noisy_vs_clean.png  mean weight of corrupted and clean samples per epoch (label noise)
+`plot_weight_maps` draws weight_vs_margin.png: a weight net's weight against the true-class
+margin at each map snapshot, the current net beside its initial state (bilaw/weight_learning.py).
 Weight plots need a weighting; an unweighted run gets the confusion matrix, the rank histogram
 and the PCA coloured by whether the PGD example is misclassified.
 """
@@ -147,3 +149,24 @@ def write_plots(folder: str | Path, *, analysis: dict[str, Any], history: list[d
         ax.legend()
         _save(fig, folder / "weights_noisy_vs_clean.png", written)
     return written
+
+
+def plot_weight_maps(folder: str | Path, maps: list[dict[str, Any]]) -> Path:
+    """weight_vs_margin.png: one panel per map snapshot, the current and the initial net's weight
+    of the same training points against their true-class margin, with each one's AUROC for
+    'the PGD example is misclassified'."""
+    plt = _pyplot()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, len(maps), figsize=(3.4 * len(maps), 3.3), sharey=True, squeeze=False)
+    for ax, m in zip(axes[0], maps):
+        m = {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in m.items()}
+        ax.scatter(m["margin"], m["weight_init"], s=4, alpha=0.4, color="grey",
+                   label=f"initial net (AUROC {m['auroc_init']:.2f})")
+        ax.scatter(m["margin"], m["weight"], s=4, alpha=0.5, color="C0", label=f"current (AUROC {m['auroc']:.2f})")
+        ax.set(xlabel="true-class margin p_y - max p_j", title=f"after epoch {m['epoch'] + 1}")
+        ax.legend(fontsize=7, markerscale=3)
+    axes[0][0].set_ylabel("weight (mean 1 over the points)")
+    path = folder / "weight_vs_margin.png"
+    _save(fig, path, [])
+    return path

@@ -47,7 +47,8 @@ def _jsonable(value: Any) -> Any:
 
 
 def save_run(result, out_dir: str | Path) -> Path:
-    """Write config.yaml, metrics.json and best.pt of a `TrainResult` to `out_dir`."""
+    """Write config.yaml, metrics.json and best.pt of a `TrainResult` to `out_dir`, with its
+    per-point results, analysis, weight-map snapshots and plots where it has them."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / CONFIG_NAME, result.config.to_yaml())
@@ -62,6 +63,14 @@ def save_run(result, out_dir: str | Path) -> Path:
         from .per_point import PER_POINT_NAME, save_per_point
 
         save_per_point(out / PER_POINT_NAME, result.per_point["test"], result.per_point.get("holdout"))
+    if getattr(result, "weight_maps", None):
+        from .weight_learning import WEIGHT_MAP_NAME, save_weight_maps
+
+        save_weight_maps(out / WEIGHT_MAP_NAME, result.weight_maps)
+        if result.config.plots:
+            from .plots import plot_weight_maps
+
+            plot_weight_maps(out / "plots", result.weight_maps)
     if result.analysis is not None or result.sample_weights is not None:
         save_checkpoint({"analysis": result.analysis, "sample_weights": result.sample_weights,
                          "trace": result.trace}, out / ANALYSIS_NAME)

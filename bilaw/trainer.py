@@ -30,8 +30,9 @@ from .objectives import OBJECTIVES, AttackSetting, Objective, combine
 from .per_point import holdout_correct, holdout_points, masking_check
 from .progress import batch_progress, format_epoch
 from .weight_health import collapse_message, collapsed_epoch, fade_message, weight_health
+from .weight_learning import map_snapshot, snapshot_epochs
 from .learned import RunContext
-from .weighting import StepInputs, WeightNet, Weighting, as_mean_one, build_weighting, is_learned
+from .weighting import StepInputs, WeightNet, Weighting, as_mean_one, build_weighting, holds_out_validation
 
 CHECKPOINT_NAME = "checkpoint.pt"
 EpochCallback = Callable[[dict[str, Any], "Path | None"], None]
@@ -56,6 +57,7 @@ class TrainResult:
     sample_weights: torch.Tensor | None = None    # (epochs, n_train) recorded training weights
     trace: list[dict[str, list[float]]] = field(default_factory=list)  # Fig. 5, per epoch
     per_point: dict[str, Any] | None = None       # bilaw/per_point.py: {"test": ..., "holdout": ...}
+    weight_maps: list[dict[str, Any]] = field(default_factory=list)  # bilaw/weight_learning.py snapshots
 
 
 def resolve_device(name: str) -> torch.device:
@@ -82,7 +84,7 @@ class RunState:
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         torch.manual_seed(cfg.seed)
-        self.data = data or load_data(cfg.dataset, device=self.device, **run_data_args(cfg, self.learned))
+        self.data = data or load_data(cfg.dataset, device=self.device, **run_data_args(cfg, holds_out_validation(cfg.weighting)))
         self.model = build_model(cfg.model, self.data.input_shape, self.data.num_classes,
                                  **model_kwargs(cfg)).to(self.device)
         if cfg.channels_last:
@@ -108,12 +110,10 @@ class RunState:
             self.noisy_mask[self.data.noisy_idx] = True
         self.trace_idx = fixed_subset(n_train, TRACE_SIZE, cfg.seed).to(self.device)
         self.trace: list[dict[str, list[float]]] = []                 # Fig. 5, one entry per epoch
+        self.weight_maps: list[dict[str, Any]] = []                   # map snapshots (weight_learning.py)
+        self.map_epochs = set(snapshot_epochs(cfg)) if self.weight_net is not None else set()
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"val_pgd_acc": -1.0, "epoch": -1, "model": None, "weight_net": None}
-
-    @property
-    def learned(self) -> bool:
-        return is_learned(self.cfg.weighting)
 
     @property
     def amp(self) -> bool:
@@ -225,7 +225,7 @@ class RunState:
             "weight_net": None, "meta_optimizer": None, "meta_batches": None, **self.weighting.state_dict(),
             "rng": rng_state(self.gens), "best": self.best, "history": self.history,
             "sample_weights": torch.stack(self.sample_weights) if self.sample_weights else None,
-            "trace": self.trace,
+            "trace": self.trace, "weight_maps": self.weight_maps,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -240,6 +240,7 @@ class RunState:
         weights = state.get("sample_weights")
         self.sample_weights = [] if weights is None else list(weights.unbind(0))
         self.trace = list(state.get("trace") or [])
+        self.weight_maps = list(state.get("weight_maps") or [])
 
 
 def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -292,6 +293,10 @@ def train(
             trace = trace_weights(run, run.trace_idx)
             if trace is not None:
                 run.trace.append(trace)
+        if run.epoch in run.map_epochs:
+            snapshot = map_snapshot(run)
+            run.weight_maps.append(snapshot)
+            metrics.update(weight_map_auroc=snapshot["auroc"], weight_map_auroc_init=snapshot["auroc_init"])
         metrics["eval_time_s"] = time.perf_counter() - start  # validation and the Fig. 5 trace
         run.update_best(metrics, holdout)
         run.history.append(metrics)
@@ -333,7 +338,7 @@ def _finish_run(run: RunState, say: Callable[[str], None] = _print_stderr) -> Tr
     start = time.perf_counter()
     analysis = collect(run, run.sample_weights, cfg.analysis_samples) if cfg.analysis_samples > 0 else None
     last = evaluate_model(run.model, d.x_test, d.y_test, num_classes=d.num_classes, norm=cfg.norm, eps=cfg.eps,
-                          pgd_steps=cfg.eval_pgd_steps, seed=cfg.seed, batch_size=cfg.eval_batch_size)
+                          pgd_steps=cfg.eval_pgd_steps, seed=cfg.seed, batch_size=cfg.eval_batch_size, per_point=True)
     if run.best["model"] is not None:
         run.model.load_state_dict(run.best["model"])
         if run.weight_net is not None:
@@ -342,7 +347,9 @@ def _finish_run(run: RunState, say: Callable[[str], None] = _print_stderr) -> Tr
                           pgd_steps=cfg.eval_pgd_steps, aa_samples=min(cfg.aa_samples, len(d.y_test)),
                           aa_version="custom" if cfg.aa_attacks else cfg.aa_version, aa_attacks=cfg.aa_attacks,
                           aa_n_iter=cfg.aa_n_iter, seed=cfg.seed, batch_size=cfg.eval_batch_size, per_point=True)
-    points = {"test": best.pop("points"), "holdout": holdout_points(run)}
+    last_points = last.pop("points")
+    points = {"test": {**best.pop("points"), "last_clean": last_points["clean"], "last_pgd": last_points["pgd"]},
+              "holdout": holdout_points(run)}
     final = {"test_clean_acc": best["clean_acc"], "test_pgd_acc": best["pgd_acc"],
              "last_test_clean_acc": last["clean_acc"], "last_test_pgd_acc": last["pgd_acc"],
              "best_epoch": run.best["epoch"], "epochs_trained": run.epoch,
@@ -364,6 +371,8 @@ def _finish_run(run: RunState, say: Callable[[str], None] = _print_stderr) -> Tr
         auroc = weight_auroc(analysis["weights"], analysis["misclassified_adv"])
         if auroc == auroc:
             final["weight_pgd_auroc"] = auroc
+    if run.weight_maps:
+        final.update(weight_map_auroc=run.weight_maps[-1]["auroc"], weight_map_auroc_init=run.weight_maps[-1]["auroc_init"])
     if run.weight_net is not None:
         health = weight_health(run.history, cfg.burn_in_epochs)
         final.update(health)
@@ -377,7 +386,7 @@ def _finish_run(run: RunState, say: Callable[[str], None] = _print_stderr) -> Tr
                                    "num_classes": d.num_classes},
                        analysis=analysis,
                        sample_weights=torch.stack(run.sample_weights) if run.sample_weights else None,
-                       trace=list(run.trace), per_point=points)
+                       trace=list(run.trace), per_point=points, weight_maps=list(run.weight_maps))
 
 
 

@@ -1,4 +1,5 @@
-"""Is a learned weighting still alive? Two named conditions read from a run's per-epoch history.
+"""Is a learned weighting alive, and did it learn? A run's weight status, read from its per-epoch
+history: `collapsed`, `untrained`, `faded` or `learned` (`weight_status`).
 
 A weight net can stop weighting without any error: its weights drift to uniform (the run is then
 plain AT at twice the cost). `weight_std` is the per-epoch standard deviation of the weights on
@@ -10,6 +11,26 @@ the mean-1 scale of their batches (0 = uniform), so both conditions are read fro
   so a run whose first few meta steps have not yet moved it is not called collapsed.
 - **faded**: the last epoch's `weight_std` is below `FADE_FRACTION` of its peak over the epochs
   after burn-in: `weights_faded`, with `weight_std_peak`.
+- **untrained**: the map did not move beyond what a frozen net shows. `weight_std` cannot tell
+  (with the net fixed it still moves with the classifier's margins), so this reads the statistics
+  that compare the net with its own initial state on the same samples (bilaw/weight_learning.py):
+  in the last weighted epoch the current and the initial net rank the samples alike
+  (`weight_rank_corr_init` >= UNTRAINED_RANK_CORR) and spread them alike (`weight_std` within a
+  factor UNTRAINED_SPREAD_RATIO of `weight_std_init`). A frozen net gives exactly 1 and 1.
+- **learned**: none of the above.
+Collapse is the strongest; a net that never moved is `untrained` even when the margins faded
+its weights.
+
+The untrained thresholds come from measured runs (`python benchmarks/weight_learning.py`: digits,
+FC1, batch 32, 12 epochs, seeds 0-2, 1 and 2 torch threads; output in
+docs/results/benchmarks/weight_learning_12.txt). The frozen control and BiLAW with meta_lr 1e-9
+gave a last-epoch rank correlation of 1.0000 and a spread ratio of 1.000 on all 12 runs (drift 0
+or under 1e-11). The default BiLAW gave rank correlations 0.58-0.99 (seeds 0, 1, 2: 0.580,
+0.994, 0.785 on one thread; 0.580, 0.994, 0.762 on two) and spread ratios 0.66-1.34 (1.119, 1.336,
+0.663; 1.113, 1.340, 0.660), drift 6e-3 to 9e-3. No default run lies inside both lines: seed 1
+ranks like its initial net (0.994) but spreads its weights a third wider, seed 0 spreads about
+as wide (1.11) but ranks differently (0.58). The lines sit at 0.99 and 5%: a run inside both
+gives, to within 5% of spread and 1% of rank agreement, the initial net's weights.
 """
 from __future__ import annotations
 
@@ -17,6 +38,9 @@ from typing import Any, Sequence
 
 COLLAPSE_STD = 1e-3
 FADE_FRACTION = 0.25
+UNTRAINED_RANK_CORR = 0.99
+UNTRAINED_SPREAD_RATIO = 1.05
+STATUSES = ("collapsed", "untrained", "faded", "learned")
 
 
 def _active(history: Sequence[dict[str, Any]], burn_in: int) -> list[dict[str, Any]]:
@@ -40,9 +64,21 @@ def is_faded(last: float, peak: float) -> bool:
     return bool(last < FADE_FRACTION * peak)
 
 
+def is_untrained(last: dict[str, Any]) -> bool:
+    """The last weighted epoch's map is the initial net's: the same ranking and the same spread."""
+    rank, std, std_init = last.get("weight_rank_corr_init"), last.get("weight_std"), last.get("weight_std_init")
+    if rank is None or std is None or std_init is None:
+        return False
+    if rank != rank:  # NaN: constant weights (collapse, or a net whose output never varies)
+        return False
+    ratio = std / std_init if std_init > 0 else (1.0 if std == 0 else float("inf"))
+    return bool(rank >= UNTRAINED_RANK_CORR and 1 / UNTRAINED_SPREAD_RATIO <= ratio <= UNTRAINED_SPREAD_RATIO)
+
+
 def weight_health(history: Sequence[dict[str, Any]], burn_in: int) -> dict[str, Any]:
-    """`weight_std_peak`, `weight_std_last`, `weights_faded` and, when it happened,
-    `weights_collapsed_epoch` (empty for a history with no weighted epoch)."""
+    """`weight_std_peak`, `weight_std_last`, `weights_faded`, `weight_status` and, when it
+    happened, `weights_collapsed_epoch` (empty for a history with no weighted epoch); with the
+    learning statistics, also the last epoch's `weight_net_drift` and `weight_rank_corr_init`."""
     active = _active(history, burn_in)
     if not active:
         return {}
@@ -52,16 +88,27 @@ def weight_health(history: Sequence[dict[str, Any]], burn_in: int) -> dict[str, 
     epoch = collapsed_epoch(history, burn_in)
     if epoch is not None:
         out["weights_collapsed_epoch"] = epoch
+    for key in ("weight_net_drift", "weight_rank_corr_init", "weight_std_init"):
+        if key in active[-1]:
+            out[f"{key}_last"] = active[-1][key]
+    out["weights_untrained"] = is_untrained(active[-1])
+    out["weight_status"] = health_label(out)
     return out
 
 
 def health_label(final: dict[str, Any]) -> str | None:
-    """"collapsed", "faded" or None for a run's final metrics (collapse is the stronger)."""
+    """The weight status of a run's final metrics: "collapsed", "untrained", "faded" or "learned";
+    None for a run without a weight net, or one from before the learning statistics that neither
+    collapsed nor faded."""
+    if "weights_faded" not in final and final.get("weights_collapsed_epoch") is None:
+        return None
     if final.get("weights_collapsed_epoch") is not None:
         return "collapsed"
+    if final.get("weights_untrained"):
+        return "untrained"
     if final.get("weights_faded"):
         return "faded"
-    return None
+    return "learned" if "weight_rank_corr_init_last" in final else None  # older runs kept no learning statistics
 
 
 def collapse_message(epoch: int, std: float) -> str:

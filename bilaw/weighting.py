@@ -1,5 +1,6 @@
 """Sample weightings: none, gairat, wmmr, mail (heuristic formulas), bilaw (the learned weight
-net) and nonparam (gradient alignment, computed in `bilevel.py`).
+net), bilaw_frozen (its control: the same net never trained) and nonparam (gradient alignment,
+computed in `bilevel.py`).
 
 Every weighting returns weights on the *mean-1 loss scale*: the trainer's loss is
 mean_i(w_i * loss_i), so uniform weights reproduce the unweighted method. Each weighting owns its
@@ -8,7 +9,7 @@ normalisation (docs/methods.md sec. gairat, wmmr, mail and A1):
 - mail:   3 * sigmoid(-gamma (m - beta)), not batch-normalised, detached (MAIL's code);
 - wmmr:   exp(-alpha m), not normalised and not detached (WMMR's code) unless
           `wmmr_normalize` / `wmmr_detach`;
-- bilaw, nonparam: sum-1 weights (seed Sec. 3.2) times B, i.e. B * w~ / (sum w~ + guard).
+- bilaw, bilaw_frozen, nonparam: sum-1 weights (seed Sec. 3.2) times B, i.e. B * w~ / (sum w~ + guard).
 """
 from __future__ import annotations
 
@@ -278,6 +279,13 @@ def _wmmr(cfg) -> Weighting:
 def is_learned(weighting: str) -> bool:
     """Whether `weighting` was registered as learned (it trains on the meta-validation set)."""
     return bool(WEIGHTINGS.facts(weighting).get("learned", False))
+
+
+def holds_out_validation(weighting: str) -> bool:
+    """Whether a run of `weighting` trains without the two validation sets whatever
+    `baselines_full_train` says: a learned weighting learns from them, and a control registered
+    with `holds_out_validation` trains on exactly what such a weighting trains on."""
+    return is_learned(weighting) or bool(WEIGHTINGS.facts(weighting).get("holds_out_validation", False))
 
 
 def unread_keys(weighting: str) -> frozenset[str]:

@@ -179,14 +179,14 @@ def test_unknown_key_with_did_you_mean():
 
 
 @pytest.mark.parametrize("key,value,kind,valid,suggestion", [
-    ("method", "gairt", "method", "at, bilaw, bilaw_trades, gairat, mail, nonparam, plain, trades, wmmr", "gairat"),
+    ("method", "gairt", "method", "at, bilaw, bilaw_frozen, bilaw_trades, gairat, mail, nonparam, plain, trades, wmmr", "gairat"),
     ("model", "resnet18", "model", "fc1, small_cnn, tiny_cnn, wrn, wrn32_10, wrn34_10", None),
     ("model", "tiny_cn", "model", "fc1, small_cnn, tiny_cnn, wrn, wrn32_10, wrn34_10", "tiny_cnn"),
     ("dataset", "fashion-mnist", "dataset", "cifar10, cifar100, digits, fashion_mnist, mnist", "fashion_mnist"),
     ("norm", "l1", "norm", "l2, linf", None),
     ("margin_input", "multclass", "margin input", "loss_diff, margin, multiclass, robust_loss", "multiclass"),
     ("objective", "trade", "objective", "at, plain, trades", "trades"),
-    ("weighting", "gairatt", "weighting", "bilaw, gairat, mail, none, nonparam, wmmr", "gairat"),
+    ("weighting", "gairatt", "weighting", "bilaw, bilaw_frozen, gairat, mail, none, nonparam, wmmr", "gairat"),
 ])
 def test_unknown_choice_names_key_value_and_allowed(key, value, kind, valid, suggestion):
     err = _one_error({key: value})

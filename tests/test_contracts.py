@@ -62,7 +62,7 @@ REGISTRIES: dict[str, Registry] = {
 # typo nothing would ever read (e.g. `burnin=` instead of `burn_in=`).
 FACTS: dict[str, tuple[set[str], set[str]]] = {
     "model": ({"gpu_share"}, set()),
-    "weighting": (set(), {"burn_in", "learned", "own_keys"}),
+    "weighting": (set(), {"burn_in", "learned", "own_keys", "holds_out_validation"}),
     "objective": (set(), set()),
     "norm": ({"autoattack"}, set()),
     "margin_input": ({"dim"}, set()),

@@ -95,8 +95,9 @@ def _finished_trial(tmp_path, final_extra=None, checkpoint_dir=None):
                                           "eval_pgd_steps": 2, "aa_samples": 0, "analysis_samples": 0,
                                           "plots": False, "device": "cpu"}), progress=False, log=lambda _: None,
                    checkpoint_dir=checkpoint_dir)
-    if final_extra is not None:
-        result.final = {k: v for k, v in result.final.items() if not k.startswith("weights_")} | final_extra
+    if final_extra is not None:  # the health keys replaced; None values drop a key
+        kept = {k: v for k, v in result.final.items() if not k.startswith("weights_") and k != "weight_status"}
+        result.final = {k: v for k, v in (kept | final_extra).items() if v is not None}
     folder = tmp_path / "checkpoint"
     save_run(result, folder / "run")
     class Trial(SimpleNamespace):
@@ -108,10 +109,15 @@ def _finished_trial(tmp_path, final_extra=None, checkpoint_dir=None):
     return result, trial
 
 
-@pytest.mark.parametrize("final, tag", [({"weights_collapsed_epoch": 3, "weights_faded": True}, "collapsed"),
-                                        ({"weights_faded": True}, "faded"), ({"weights_faded": False}, None)])
+@pytest.mark.parametrize("final, tag", [
+    ({"weights_collapsed_epoch": 3, "weights_faded": True}, "collapsed"),
+    ({"weights_faded": True, "weights_untrained": True}, "untrained"),
+    ({"weights_faded": True}, "faded"), ({"weights_faded": False}, "learned"),
+    ({"weights_faded": False, "weight_rank_corr_init_last": None}, None),  # a run from before the statistics
+])
 def test_a_trial_whose_weights_died_is_tagged(tmp_path, final, tag):
-    """The driver tags the trial's run `weights: collapsed | faded` from its saved final metrics."""
+    """The driver tags the trial's run `weights: collapsed | untrained | faded | learned` from its
+    saved final metrics."""
     from tune.trial_tracking import TrialTracking
     from tune.tracking import SearchTracking
 

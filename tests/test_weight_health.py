@@ -21,7 +21,8 @@ def _history(stds):
 
 def test_fading_is_the_last_epoch_under_a_quarter_of_the_peak():
     faded = weight_health(_history([0.1, 0.277, 0.2, 0.0195]), burn_in=0)
-    assert faded == {"weight_std_peak": 0.277, "weight_std_last": 0.0195, "weights_faded": True}
+    assert faded == {"weight_std_peak": 0.277, "weight_std_last": 0.0195, "weights_faded": True,
+                     "weights_untrained": False, "weight_status": "faded"}  # a history without learning statistics
     alive = weight_health(_history([0.1, 0.2, 0.06]), burn_in=0)  # 0.06 is 30% of the peak
     assert alive["weights_faded"] is False and health_label(alive) is None
     assert health_label(faded) == "faded"

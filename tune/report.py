@@ -216,7 +216,7 @@ def trial_table(runs: list) -> tuple[list[str], list[list[str]]]:
         if any(key == "weight_std_peak" for _, key, _ in cols):
             peak, last = m.get("weight_std_peak"), m.get("weight_std_last")
             cells.append(f"{last / peak:.2f}" if peak and last is not None else "-")
-            cells.append(_weights_state(m) if peak else "-")
+            cells.append(_weights_state(r) if peak else "-")
         if masking_column:
             cells.append(_masking_cell(r))
         rows.append([r.info.run_name, *cells])
@@ -240,10 +240,17 @@ def _masking_cell(run) -> str:
     return "no" if points >= MASKING_MIN_POINTS else f"unchecked: {points:.0f} AA points, needs {MASKING_MIN_POINTS}"
 
 
-def _weights_state(metrics: dict[str, float]) -> str:
-    """collapsed / faded / alive from a run's final metrics (the same rule that tags the run)."""
+def _weights_state(run) -> str:
+    """The run's weight status: the tag its tracking set (collapsed / untrained / faded /
+    learned, bilaw/weight_health.py), else, for a run tracked before the tag said more than
+    collapsed or faded, the same rule on its final metrics ("alive" where it neither collapsed
+    nor faded and kept no learning statistics)."""
     from bilaw.weight_health import health_label, is_faded
+    from tune.tracking import WEIGHTS_TAG
 
+    if run.data.tags.get(WEIGHTS_TAG):
+        return run.data.tags[WEIGHTS_TAG]
+    metrics = run.data.metrics
     faded = is_faded(metrics["weight_std_last"], metrics["weight_std_peak"])
     return health_label({"weights_collapsed_epoch": metrics.get("weights_collapsed_epoch"),
                          "weights_faded": faded}) or "alive"

@@ -40,6 +40,7 @@ class Row:
     label: str
     method: str
     overrides: dict = field(default_factory=dict, hash=False)
+    name: str = ""      # the run folder's name for this row (default: method and overrides)
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ class ReproduceError(ValueError):
 
 @dataclass
 class Job:
-    table: int
+    group: str          # what the run belongs to: "table1", "study", ...
     setting: Setting
     row: Row
     seed: int
@@ -100,12 +101,14 @@ class Job:
 
     @property
     def slug(self) -> str:
+        if self.row.name:
+            return self.row.name
         return self.row.method + "".join(f"_{k}{v}" for k, v in sorted(self.row.overrides.items()))
 
     @property
     def key(self) -> str:
         """The MLflow tag value that identifies this run (and its folder below --out)."""
-        return f"table{self.table}/{self.setting.workload}/{self.slug}/seed{self.seed}"
+        return f"{self.group}/{self.setting.workload}/{self.slug}/seed{self.seed}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -186,7 +189,7 @@ def plan_jobs(args, table: Table, settings: list[Setting], rows: list[Row], seed
                 except ConfigError as exc:
                     errors += [e for e in exc.errors if e not in errors]
                     continue
-                jobs.append(Job(table.number, setting, row, seed, cfg))
+                jobs.append(Job(f"table{table.number}", setting, row, seed, cfg))
     if errors:
         raise ConfigError(errors)
     return jobs
@@ -214,11 +217,13 @@ def check_finished(jobs: list[Job], out: Path) -> None:
 
 
 def run_job(job: Job, folder: Path, uri: str, experiment_id: str) -> None:
+    """Train `job` into `folder` (resumed from its checkpoint, or reused when finished) and log
+    it as one MLflow run tagged with its key."""
     from bilaw.runs import read_metrics, save_run
     from bilaw.trainer import scalar_final, train
     from tune.tracking import TrialRun
 
-    tags = {"reproduce_table": str(job.table), "workload": job.setting.workload, "method": job.cfg.method,
+    tags = {"reproduce_table": job.group.removeprefix("table"), "workload": job.setting.workload, "method": job.cfg.method,
             "row": job.row.label, "seed": str(job.seed), "run_dir": str(folder.resolve())}
     run = TrialRun(uri, experiment_id, None, job.key, f"{job.row.label} {job.setting.workload} seed {job.seed}",
                    job.cfg.to_dict(), tags=tags, key_tag=KEY_TAG)

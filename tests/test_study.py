@@ -1,0 +1,131 @@
+"""tune/study.py, "does BiLAW beat AT?", on the smoke schedule: it trains the four arms, reuses
+them when run again (nothing retrained, no stored file touched), extends AutoAttack to the same
+points for every arm, and its table equals an independent computation from the stored
+per-point files."""
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pytest
+from scipy.stats import binomtest, t as student_t
+
+from tune import study
+
+SEEDS = (0, 1)
+AA_POINTS = 30
+
+
+def _argv(tmp_path):
+    return ["--dataset", "smoke", "--seeds", ",".join(map(str, SEEDS)), "--aa-points", str(AA_POINTS),
+            "--out", str(tmp_path / "out"), "--tracking-uri", f"sqlite:///{tmp_path / 'mlruns.db'}"]
+
+
+def _points(tmp_path, arm, seed, key):
+    folder = tmp_path / "out" / "study" / "smoke" / arm / f"seed{seed}"
+    if key == "aa":
+        with np.load(folder / study.AA_NAME) as npz:
+            return npz["correct"]
+    with np.load(folder / "per_point.npz") as npz:
+        return npz[key]
+
+
+def _row(text, section, control_label, metric):
+    """The cells of the paired row (control, metric) in the section ('Best state' / 'Last')."""
+    part = text.split(f"## {section}")[1].split("## ")[0]
+    for line in part.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) > 2 and cells[0] == control_label and cells[1] == metric:
+            return cells[2:]
+    raise AssertionError(f"no row {control_label} / {metric} in {section}")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("study")
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert study.main(_argv(tmp_path)) == 0
+    return tmp_path, out.getvalue()
+
+
+def test_the_study_trains_every_arm_then_reuses_them(trained, capsys):
+    tmp_path, first = trained
+    assert first.count("  training ") == 4 * len(SEEDS)
+    stored = {p: p.stat().st_mtime_ns for p in (tmp_path / "out" / "study").rglob("*") if p.is_file()}
+    assert study.main(_argv(tmp_path)) == 0
+    second = capsys.readouterr().out
+    assert "\n  training " not in second and second.count("\n  reusing ") == 4 * len(SEEDS)
+    assert "AutoAttack (" not in second  # the extended AutoAttack points are reused too
+    assert {p: p.stat().st_mtime_ns for p in stored} == stored
+    table = (tmp_path / "out" / "study_smoke.md").read_text().strip()
+    assert table.startswith("# Does BiLAW beat AT?") and table in second
+
+
+def test_every_arm_gets_autoattack_on_the_same_points(trained):
+    tmp_path, _ = trained
+    for arm in study.ARMS:
+        for seed in SEEDS:
+            aa = _points(tmp_path, arm, seed, "aa")
+            assert len(aa) == AA_POINTS
+            np.testing.assert_array_equal(aa[:16], _points(tmp_path, arm, seed, "test_aa"))  # the training's own 16
+
+
+def test_the_paired_numbers_equal_an_independent_computation(trained):
+    tmp_path, text = trained
+    for control in ("at", "at_58k", "bilaw_frozen"):
+        label = study.ARMS[control].label
+        for section, metric, key in (("Best state", "PGD-20", "test_pgd"), ("Best state", "AA", "aa"),
+                                     ("Last epoch's state", "PGD-20", "test_last_pgd")):
+            cells = _row(text, section, label, metric)
+            diffs = []
+            for i, seed in enumerate(SEEDS):
+                a, b = _points(tmp_path, "bilaw", seed, key), _points(tmp_path, control, seed, key)
+                only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+                diff = (only_a - only_b) / len(a)
+                diffs.append(diff)
+                assert cells[i].startswith(f"{100 * diff:+.2f} ["), (control, metric, cells[i])
+                p = 1.0 if only_a + only_b == 0 else binomtest(only_a, only_a + only_b, 0.5).pvalue
+                assert re.search(r"p=([0-9.e+-]+)", cells[i]).group(1) == f"{p:.2g}"
+            mean = sum(diffs) / len(diffs)
+            over = cells[len(SEEDS)]
+            assert over.startswith(f"{100 * mean:+.2f} [")
+            low, high = (float(x) for x in re.search(r"\[([+-][0-9.]+), ([+-][0-9.]+)\]", over).groups())
+            sem = np.std(diffs, ddof=1) / math.sqrt(len(diffs))
+            half = student_t.ppf(0.975, len(diffs) - 1) * sem
+            # the over-seeds interval is the wider of this t-interval and the paired bootstrap
+            assert low <= round(100 * (mean - half), 2) + 0.005 and high >= round(100 * (mean + half), 2) - 0.005
+
+
+def test_each_arms_mean_is_the_mean_of_its_stored_runs(trained):
+    tmp_path, text = trained
+    best = text.split("## Best state")[1].split("## ")[0]
+    for arm, row in study.ARMS.items():
+        line = next(l for l in best.splitlines() if l.startswith(f"| {row.label} |"))
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        for cell, key in zip(cells[1:4], ("test_clean", "test_pgd", "aa")):
+            mean = np.mean([_points(tmp_path, arm, s, key).mean() for s in SEEDS])
+            assert cell.startswith(f"{100 * mean:.2f} ["), (arm, key, cell)
+        status = cells[-1]
+        if arm == "bilaw_frozen":
+            assert status == "untrained, untrained"
+        elif arm.startswith("at"):
+            assert status == "-, -"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--arms", "bilw"], "did you mean 'bilaw'"),
+    (["--dataset", "cifar"], "dataset"),
+    (["--aa-points", "-1"], "--aa-points -1: must be >= 0"),
+    (["--set", "seed=3"], "the seeds are --seeds"),
+    (["--set", "lr=-1"], "lr"),
+])
+def test_bad_arguments_are_refused_before_training(tmp_path, capsys, args, message):
+    assert study.main([*_argv(tmp_path), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and message in err
+    assert not (tmp_path / "out").exists()
