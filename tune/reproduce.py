@@ -248,13 +248,13 @@ def run_job(job: Job, folder: Path, uri: str, experiment_id: str) -> None:
 
 def tracked_finals(uri: str, experiment_id: str, keys: list[str]) -> dict[str, dict[str, float]]:
     """key -> final metrics of the FINISHED MLflow run with that reproduce_key."""
-    from tune.tracking import _client
+    from tune.tracking import _client, find_runs
 
     client = _client(uri)
     out = {}
     for key in keys:
-        runs = client.search_runs([experiment_id], filter_string=f"tags.{KEY_TAG} = '{key}' and "
-                                                                 f"attributes.status = 'FINISHED'", max_results=1)
+        runs = find_runs(client, [experiment_id], {f"tags.{KEY_TAG}": key, "attributes.status": "FINISHED"},
+                         max_results=1)
         if runs:
             out[key] = dict(runs[0].data.metrics)
     return out
