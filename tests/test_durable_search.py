@@ -410,8 +410,9 @@ def test_a_sigkilled_race_run_is_closed_and_run_again(tmp_path):
     out = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, out[-3000:]
     assert "closed 1 run(s) left RUNNING" in out and "Traceback" not in out
-    _, _, parents, children = _runs(tmp_path)
+    client, exp, parents, children = _runs(tmp_path)
     assert not [r for r in [*parents, *children] if r.info.status == "RUNNING"]
+    assert _logged_models(client, exp) == 1  # the search's report ran again; the winner's model was not logged again
     search = [r for r in children if r.data.tags.get("race") != "true"]
     assert sorted(r.data.params["weight_net"] for r in search) == PLANNED
     assert {r.info.status for r in search} == {"FINISHED"}
@@ -463,3 +464,33 @@ def test_report_closes_the_runs_of_a_gone_driver_and_leaves_a_live_ones(tmp_path
         assert run.info.status == "KILLED" and "driver was gone" in run.data.tags[KILLED_TAG]
     rows = [ln for ln in captured.out.splitlines() if ln.startswith("| ") and ln.split("|")[1].strip() in ("64", "128")]
     assert [ln.split("|")[1].strip() for ln in rows] == ["64"]  # the closed run is no result
+
+
+def test_a_stop_during_the_report_waits_for_its_end_and_a_second_cuts_it_short():
+    """In-process: SIGTERM while a search's report is written is taken at its end (KeyboardInterrupt
+    then, reason SIGTERM); a second one during the report interrupts at once."""
+    from tune.stopping import StopRequest
+
+    stop = StopRequest()
+    stop.install()
+    try:
+        written = []
+        with pytest.raises(KeyboardInterrupt):
+            with stop.deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.1)  # the handler runs here, in the main thread
+                written.append("the whole report")
+        assert written == ["the whole report"] and stop.reason == "SIGTERM"
+        stop.uninstall()
+        stop.install()
+        with pytest.raises(KeyboardInterrupt):
+            with stop.deferred():
+                os.kill(os.getpid(), signal.SIGHUP)
+                time.sleep(0.1)
+                os.kill(os.getpid(), signal.SIGHUP)
+                time.sleep(0.1)
+                written.append("never")
+        assert written == ["the whole report"] and stop.reason == "SIGHUP"
+    finally:
+        stop.uninstall()
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL

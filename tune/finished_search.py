@@ -15,6 +15,13 @@ from typing import Any, Iterator
 from tune.tracking import PARENT_TAG, SearchTracking, find_runs
 
 SUMMARY_FILE = "summary.txt"
+RACE_ARTIFACT = "race.txt"       # a race's rounds and outcome (tune/race.py)
+RACE_ASKED_TAG = "race_asked"    # "K=2 seeds=5" on the parent of a search whose race finished
+
+
+def race_asked(k: int, seeds: int) -> str:
+    """What a race was asked (--race K --race-seeds N), as its parent's RACE_ASKED_TAG."""
+    return f"K={k} seeds={seeds}"
 
 
 def stored_parent(tracking: SearchTracking, experiment_path: str) -> Any:
@@ -78,16 +85,12 @@ def print_summary(tracking: SearchTracking, parent: Any, folder: Path) -> None:
 def nothing_new(plan: Any, parent: Any) -> bool:
     """A resume of the finished search of `parent` asks for no new work: no --race, or the same
     --race (K and --race-seeds) as a race that finished."""
-    from tune.race import RACE_ASKED_TAG, race_asked
-
     k = getattr(plan.args, "race", None)
     return k is None or parent.data.tags.get(RACE_ASKED_TAG) == race_asked(k, plan.args.race_seeds)
 
 
 def show_again(plan: Any, tracking: SearchTracking, parent: Any, folder: Path) -> int:
     """--resume of a finished search (see the module docstring)."""
-    from tune.race import RACE_ARTIFACT
-
     tracking.parent_run_id = parent.info.run_id
     print_summary(tracking, parent, folder)
     race = Path(folder) / RACE_ARTIFACT
@@ -100,9 +103,23 @@ def show_again(plan: Any, tracking: SearchTracking, parent: Any, folder: Path) -
 
 def _logged_model(tracking: SearchTracking, run_id: str) -> Any:
     models = tracking.client.search_logged_models(experiment_ids=[tracking.experiment_id],
-                                                  filter_string=f"source_run_id = '{run_id}'")
+                                                  filter_string=f"source_run_id = '{run_id}'")  # a hex id
     ready = [m for m in models if m.name == "model"]
     return ready[0] if ready else None
+
+
+def logged_model_uri(tracking: SearchTracking, run_id: str) -> str | None:
+    """The URI of the best model already logged with run `run_id` (tune/model_store.py), or None."""
+    model = _logged_model(tracking, run_id)
+    return None if model is None else model.model_uri
+
+
+def registered_version(tracking: SearchTracking, run_id: str, name: str) -> str | None:
+    """The version of `name` in the Model Registry made from run `run_id`, or None."""
+    for version in tracking.client.search_model_versions(f"run_id = '{run_id}'"):
+        if version.name == name:
+            return version.version
+    return None
 
 
 def register_logged(plan: Any, tracking: SearchTracking, parent: Any) -> int:
@@ -114,10 +131,10 @@ def register_logged(plan: Any, tracking: SearchTracking, parent: Any) -> int:
     if not run_id:
         print("error: --register: this finished search has no winner run (no trial finished)", file=sys.stderr)
         return 1
-    for version in tracking.client.search_model_versions(f"run_id = '{run_id}'"):
-        if version.name == plan.experiment:
-            print(f"already registered: models:/{plan.experiment}/{version.version} (run {run_id})")
-            return 0
+    version = registered_version(tracking, run_id, plan.experiment)
+    if version is not None:
+        print(f"already registered: models:/{plan.experiment}/{version} (run {run_id})")
+        return 0
     model = _logged_model(tracking, run_id)
     if model is None:
         print(f"error: --register: the winner's run {run_id} has no logged model (the search ran with "

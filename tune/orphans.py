@@ -34,16 +34,20 @@ def _running_children(client: Any, experiment_id: str, parent_run_id: str) -> li
 
 
 def close_running_runs(client: Any, experiment_id: str, parent_run_id: str, why: str, parent: bool = False) -> int:
-    """End every RUNNING child run of `parent_run_id` (and the parent itself with `parent`) as
-    KILLED, tagged KILLED_TAG = `why`; returns how many child runs it closed."""
+    """End every RUNNING child run of `parent_run_id` as KILLED, tagged KILLED_TAG = `why`; with
+    `parent`, the parent too when it is RUNNING (or was just ended KILLED without saying why).
+    Returns how many child runs it closed."""
     closed = 0
     for run in _running_children(client, experiment_id, parent_run_id):
         client.set_tag(run.info.run_id, KILLED_TAG, why)
         client.set_terminated(run.info.run_id, "KILLED")
         closed += 1
-    if parent and client.get_run(parent_run_id).info.status == "RUNNING":
-        client.set_tag(parent_run_id, KILLED_TAG, why)
-        client.set_terminated(parent_run_id, "KILLED")
+    if parent:
+        run = client.get_run(parent_run_id)
+        if run.info.status in ("RUNNING", "KILLED") and KILLED_TAG not in run.data.tags:
+            client.set_tag(parent_run_id, KILLED_TAG, why)
+        if run.info.status == "RUNNING":
+            client.set_terminated(parent_run_id, "KILLED")
     return closed
 
 

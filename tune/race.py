@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from tune.finished_search import RACE_ARTIFACT, RACE_ASKED_TAG, race_asked
 from tune.paired import MIN_SEEDS_TO_DROP, Paired, against_leader, format_comparisons, mean_accuracy, verdict
 from tune.paired_runs import PerPointStore, shared_points, what
 from tune.search_paired import config_key, finished_config_points
@@ -29,12 +30,6 @@ from tune.trainable import META_KEY, VARIANT_KEY, trial_config, trial_values
 RACE_TAG = "race"                # "true" on every race run
 ROUND_TAG = "race_round"         # 1, 2, ...
 CONFIG_TAG = "race_config"       # the config's label, e.g. "weight_net=64"
-RACE_ARTIFACT = "race.txt"
-RACE_ASKED_TAG = "race_asked"    # "K=2 seeds=5" on the parent of a search whose race finished
-
-
-def race_asked(k: int, seeds: int) -> str:
-    return f"K={k} seeds={seeds}"
 
 
 @dataclass

@@ -202,7 +202,7 @@ def run_search(plan, argv: list[str]) -> int:
             finished_search.print_summary(tracking, done, folder)
             code = 0
         else:
-            with finished_search.kept_summary(tracking, folder):
+            with STOP.deferred(), finished_search.kept_summary(tracking, folder):  # the summary is kept first
                 code = report(plan, results, tracking, folder, store)
         if code == 0 and getattr(plan.args, "race", None):
             from tune.race import run_race
@@ -225,8 +225,9 @@ def _close_after_stop(plan, tracking: SearchTracking, folder: Path) -> None:
         if tracking.parent_run_id is not None:
             n = orphans.close_running_runs(tracking.client, tracking.experiment_id, tracking.parent_run_id, why,
                                            parent=True)
-            tracking.client.set_tag(tracking.parent_run_id, orphans.KILLED_TAG, why)
-            print(f"MLflow: the search's parent run and {n} running trial run(s) ended KILLED ({why})", flush=True)
+            status = tracking.client.get_run(tracking.parent_run_id).info.status
+            print(f"MLflow: {n} running trial run(s) ended KILLED ({why}); the search's parent run is {status}",
+                  flush=True)
     except Exception as exc:  # noqa: BLE001
         print(f"warning: MLflow: could not end the running runs: {exc}", file=sys.stderr)
     try:

@@ -53,14 +53,20 @@ def _log_winner_model(plan, tracking: SearchTracking, run_id: str, result, metri
     from tune.model_store import log_model, register
     from tune.trainable import SAVED_RUN
 
+    from tune.finished_search import logged_model_uri, registered_version
+
     try:
-        if plan.args.log_models == "winner":
+        model_uri = logged_model_uri(tracking, run_id)  # a resumed search's winner may have it already
+        if model_uri is None and plan.args.log_models == "winner":
             with result.checkpoint.as_directory() as folder:
                 model_uri = log_model(tracking.uri, run_id, Path(folder) / SAVED_RUN)
-        else:  # "finished": logged with its run when the trial ended
+        elif model_uri is None:  # "finished": logged with its run when the trial ended
             model_uri = f"runs:/{run_id}/model"
         print(f"winner's model: {model_uri} (mlflow.pytorch.load_model; run {run_id})")
-        if plan.args.register:
+        version = registered_version(tracking, run_id, plan.experiment) if plan.args.register else None
+        if version is not None:
+            print(f"registered: models:/{plan.experiment}/{version} (before)")
+        elif plan.args.register:
             cfg = trial_config(result.config)
             version = register(tracking.uri, model_uri, plan.experiment, {
                 "run_id": run_id, "space": plan.space.name, "workload": plan.workload.name,

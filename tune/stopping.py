@@ -91,7 +91,8 @@ class StopRequest:
         self._timer: threading.Timer | None = None
         self.budget_s: float | None = None
         self._budget_call = False
-        self._asked_ray = False  # Ray Tune was asked to stop its fit gracefully
+        self._stopping = False  # a graceful stop is under way (a second stop cuts it short)
+        self.deferring = False  # a report is being written: a stop waits for its end
 
     # -- signals -------------------------------------------------------------------------------
     def install(self) -> None:
@@ -113,7 +114,7 @@ class StopRequest:
             signal.signal(getattr(signal, name), signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
-        self.reason, self._asked_ray = None, False
+        self.reason, self._stopping = None, False
 
     def _on_signal(self, signum: int, frame) -> None:
         if self._budget_call:  # _budget_spent's own call, not a signal from outside
@@ -123,15 +124,18 @@ class StopRequest:
         self._stop(frame)
 
     def _stop(self, frame) -> None:
-        """During a fit, Ray Tune's stop handler (which Ray Tune installs for SIGUSR1, and for
+        """During a report (`deferred`), the first stop waits for its end. During a fit, Ray Tune's stop handler (which Ray Tune installs for SIGUSR1, and for
         SIGINT unless TUNE_DISABLE_SIGINT_HANDLER, set here so that every stop passes through this
         class) ends it gracefully; a second stop, or one anywhere else, unwinds as KeyboardInterrupt.
         A spent time budget waits for the next fit (a report is never cut short)."""
         if self.reason == TIME_BUDGET and not self.in_fit:
             return
+        if self.deferring and not self._stopping:
+            self._stopping = True
+            return
         handler = signal.getsignal(signal.SIGUSR1)
-        if self.in_fit and not self._asked_ray and callable(handler) and handler is not self._on_signal:
-            self._asked_ray = True
+        if self.in_fit and not self._stopping and callable(handler) and handler is not self._on_signal:
+            self._stopping = True
             handler(signal.SIGINT, frame)
             return
         raise KeyboardInterrupt
@@ -152,6 +156,19 @@ class StopRequest:
         if self.in_fit:
             self._budget_call = True
             _thread.interrupt_main(signal.SIGTERM)  # runs _on_signal in the main thread
+
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Around a search's report: a stop that comes meanwhile takes effect when it is written
+        (KeyboardInterrupt at the end), so a finished search is never left half-reported; a
+        second stop cuts it short."""
+        self.deferring = True
+        try:
+            yield
+        finally:
+            self.deferring = False
+        if self.reason is not None and self.reason != TIME_BUDGET:
+            raise KeyboardInterrupt
 
     @contextmanager
     def during_fit(self) -> Iterator[None]:
