@@ -219,18 +219,23 @@ def small_disk(tmp_path):
             subprocess.run(["umount", "-l", str(folder)], check=True)  # busy: detach it now, freed when let go
 
 
-def _finished_runs(db) -> int:
-    """Child runs ended FINISHED, read from the MLflow database read-only (0 before it exists)."""
+def _reached(db, moment: str) -> bool:
+    """Whether the search logging to `db` has reached `moment`: "after_a_trial", a child run ended
+    FINISHED; "during_a_trial", that and an epoch of the next trial logged (so the next write may
+    be its worker's checkpoint). Read from the MLflow database read-only (False before it exists)."""
     import sqlite3
 
     if not db.exists():
-        return 0
+        return False
     try:
         with sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=5) as con:
-            return con.execute("select count(*) from runs r join tags t on r.run_uuid = t.run_uuid "
-                               "where t.key = 'mlflow.parentRunId' and r.status = 'FINISHED'").fetchone()[0]
+            finished = con.execute("select count(*) from runs r join tags t on r.run_uuid = t.run_uuid "
+                                   "where t.key = 'mlflow.parentRunId' and r.status = 'FINISHED'").fetchone()[0]
+            running = con.execute("select count(*) from metrics m join runs r on m.run_uuid = r.run_uuid "
+                                  "where m.key = 'val_pgd_acc' and r.status = 'RUNNING'").fetchone()[0]
     except sqlite3.Error:
-        return 0
+        return False
+    return finished >= 1 and (moment == "after_a_trial" or running >= 1)
 
 
 def _fill(folder) -> None:
@@ -245,11 +250,14 @@ def _fill(folder) -> None:
 
 
 @pytest.mark.slow
-def test_a_full_disk_stops_the_search_with_one_error_and_resume_finishes_it(small_disk, tmp_path):
+@pytest.mark.parametrize("moment", ["after_a_trial", "during_a_trial"])
+def test_a_full_disk_stops_the_search_with_one_error_and_resume_finishes_it(small_disk, tmp_path, moment):
     """Every file of the search (trials, Optuna study, MLflow database) on a small file system
-    that fills up once the first trial has finished: the driver stops with one error naming the
-    file system, what was kept and the command that resumes, exit 74, no traceback; with the
-    space freed, that command finishes the search with exactly the planned trials."""
+    that fills up once the first trial has finished (and, `during_a_trial`, while the next one
+    trains: its worker's checkpoint copy, Ray's experiment files or the driver's stores may be
+    the write that fails): the driver stops with one error naming the file system, what was kept
+    and the command that resumes, exit 74, no traceback; with the space freed, that command
+    finishes the search with exactly the planned trials, in MLflow and in the study."""
     import os
     import signal
     import subprocess
@@ -269,7 +277,7 @@ def test_a_full_disk_stops_the_search_with_one_error_and_resume_finishes_it(smal
                                   start_new_session=True)
     try:
         deadline = time.monotonic() + 300
-        while driver.poll() is None and _finished_runs(db) < 1 and time.monotonic() < deadline:
+        while driver.poll() is None and not _reached(db, moment) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert driver.poll() is None, log.read_text()[-3000:]
         _fill(small_disk)
@@ -355,3 +363,42 @@ def test_resume_ends_a_run_whose_trial_ended_but_whose_status_write_was_lost(tmp
     status = {name: again.client.get_run(run_id).info.status for name, run_id in runs.items()}
     assert status == {"done": "FINISHED", "pruned": "KILLED", "failed": "FAILED", "live": "RUNNING"}
     assert again.client.get_run(parent).info.status == "RUNNING"
+
+
+@pytest.mark.slow
+def test_ray_files_cut_short_are_put_back_from_the_drivers_copy(finished_search, capfd):
+    """Ray Tune's newest experiment state and searcher state in the storage cut short (as a full
+    disk leaves them; Ray would start the search over from nothing): --resume puts them back from
+    the driver's own copies in its Ray session folder and says so; without those copies it stops
+    with one error naming the file and what is intact."""
+    from tune.state_files import read_driver_record
+
+    root, argv = finished_search
+    folder = root / "rr" / "ablation_capacity"
+    state = sorted(folder.glob("experiment_state-*.json"))[-1]
+    stamp = state.name[len("experiment_state-"):-len(".json")]
+    searcher = folder / f"searcher-state-{stamp}.pkl"
+    whole = {path: path.read_bytes() for path in (state, searcher)}
+    for path, data in whole.items():
+        path.write_bytes(data[: len(data) // 2])
+    capfd.readouterr()
+    assert main([*argv, "--resume"]) == 0
+    out = capfd.readouterr()
+    assert "Traceback" not in out.out + out.err
+    note = next(line for line in out.out.splitlines() if line.startswith("note: Ray Tune's experiment files"))
+    assert state.name in note and searcher.name in note and "cut short" in note
+    assert {path: path.read_bytes() for path in whole} == whole
+
+    session = Path(read_driver_record(root / "state")["session_dir"])
+    copies = list(session.glob(f"artifacts/*/ablation_capacity/driver_artifacts/{state.name}"))
+    assert copies
+    state.write_bytes(whole[state][:100])
+    for copy in copies:
+        copy.unlink()  # this test's own search's session folder
+    try:
+        assert main([*argv, "--resume"]) == 2
+        line, _ = _one_error(capfd)
+        assert line.startswith(f"error: {state}: Ray Tune's experiment file is cut short") and str(session) in line
+        assert "the 4 trial folders" in line and "--experiment NEW_NAME" in line
+    finally:
+        state.write_bytes(whole[state])

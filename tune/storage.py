@@ -11,7 +11,9 @@ machine), else `./ray_results/<experiment>`.
 from __future__ import annotations
 
 import errno
+import json
 import os
+import pickletools
 import shlex
 import sqlite3
 import uuid
@@ -233,8 +235,9 @@ def check_search_stores(plan) -> None:
     stops the search with a DamagedFileError naming the file, what is wrong, what is intact (the
     trial folders and the other store) and how to go on, instead of SQLite's traceback from deep
     inside MLflow or Optuna. A --resume whose state folder holds no study is a SearchError naming
-    --state-dir and the folder the search used, where MLflow recorded it. A tracking server, or a
-    tracking database not created yet, is not checked here."""
+    --state-dir and the folder the search used, where MLflow recorded it; Ray Tune's experiment
+    files cut short by a full disk are put back whole (`restore_cut_ray_files`, the one write
+    here). A tracking server, or a tracking database not created yet, is not checked here."""
     from tune.state_files import OPTUNA_DB
     from tune.tracking import sqlite_path
 
@@ -255,6 +258,10 @@ def check_search_stores(plan) -> None:
                    if resume else ")"))
     if resume and not study_db.exists():
         raise _no_study_here(plan, study_db)
+    if resume:
+        note = restore_cut_ray_files(plan)
+        if note:
+            print(f"note: {note}", flush=True)
     if resume:
         problem = sqlite_problem(study_db, OPTUNA_TABLES)
         if problem:
@@ -387,11 +394,17 @@ def disk_full_message(plan, cause: str, resume_command: str) -> str:
             free, size = float("nan"), float("nan")
         disk = disks.setdefault(mount or str(path), {"kind": kind or "unknown", "free": free, "size": size, "holds": []})
         disk["holds"].append(f"{' and '.join(what)} ({path})")
-    # full: under 1% or 1 MiB free; if no place is that full any more, the one with the least room
-    full = [m for m, d in disks.items() if d["free"] < max(1 << 20, 0.01 * d["size"])] or \
-        [min(disks, key=lambda m: disks[m]["free"] / disks[m]["size"] if disks[m]["size"] else 0.0)]
-    where = "; ".join(f"{m} ({disks[m]['kind']}, {_size(disks[m]['free'])} free of {_size(disks[m]['size'])}) holds "
-                      f"{' and '.join(disks[m]['holds'])}" for m in full)
+    def described(mount: str) -> str:
+        d = disks[mount]
+        return f"{mount} ({d['kind']}, {_size(d['free'])} free of {_size(d['size'])}) holds {' and '.join(d['holds'])}"
+
+    full = [m for m, d in disks.items() if d["free"] < max(1 << 20, 0.01 * d["size"])]  # under 1% or 1 MiB free
+    if full:
+        where = "; ".join(described(m) for m in full)
+    else:  # freed since, or the write that failed was on another machine (a trial's node)
+        where = (f"no file system of the search on this machine is full now ({'; '.join(map(described, disks))}): "
+                 f"space was freed since, or the write that failed was on another node of the cluster")
+        full = ["the file system that filled up"]
     done = _count_rows(Path(plan.state_dir) / OPTUNA_DB,
                        "select count(*) from trials t join studies s on t.study_id = s.study_id "
                        "where s.study_name = ? and t.state = 'COMPLETE'", (plan.experiment,))
@@ -403,17 +416,29 @@ def disk_full_message(plan, cause: str, resume_command: str) -> str:
 
 
 class _DiskFullTracebacks:
-    """Cuts a Ray log record that carries a traceback ending in a full disk down to its first
-    line and the error's own line: Ray's syncer logs each failed copy of the experiment's state
-    to the storage as a warning with the whole traceback, several times before the driver stops;
-    the driver's one `error:` line (`disk_full_message`) says the rest."""
+    """Cuts a Ray log record whose traceback ends in a full disk down to one line, and drops the
+    repeats of that line: Ray's syncer logs each failed copy of the experiment's state to the
+    storage (several a second until the driver stops) and Ray Tune each trial that failed on it,
+    every one with its whole traceback; the driver's one `error:` line (`disk_full_message`)
+    says what happened and what to do. Other records pass unchanged."""
+
+    def __init__(self) -> None:
+        self.shown: set[tuple[str, str]] = set()
 
     def filter(self, record) -> bool:
         text = record.getMessage()
-        if "Traceback" in text and any(phrase in text for phrase in DISK_FULL_TEXT):
-            lines = [line.strip() for line in text.splitlines() if line.strip()]
-            record.msg, record.args = f"{lines[0]} {lines[-1]}", ()
-            record.exc_info = record.exc_text = None
+        error = record.exc_info[1] if record.exc_info else None
+        cause = disk_full_cause(error) if error is not None else None
+        if cause is None and "Traceback" in text:
+            cause = next((phrase for phrase in DISK_FULL_TEXT if phrase in text), None)
+        if cause is None:
+            return True
+        first = text.splitlines()[0].rstrip(": ") if text.strip() else record.name
+        if (record.name, first) in self.shown:
+            return False
+        self.shown.add((record.name, first))
+        record.msg, record.args = f"{first}: {cause} (repeats of this line are not shown)", ()
+        record.exc_info = record.exc_text = None
         return True
 
 
@@ -432,3 +457,66 @@ def keep_disk_full_tracebacks_out() -> None:
         log = logging.getLogger(name)
         if _CUT not in log.filters:
             log.addFilter(_CUT)
+
+
+# Ray Tune's own files of an experiment, rewritten after every result; the newest set is read at --resume.
+RAY_EXPERIMENT_FILES = ("experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl")
+
+
+def _whole(data: bytes) -> bool:
+    """Whether one of Ray Tune's experiment files is whole: a pickle (these start with its
+    protocol byte, 0x80) read to its STOP opcode without loading anything, else JSON that parses."""
+    try:
+        if data[:1] == b"\x80":
+            for _ in pickletools.genops(data):
+                pass
+        else:
+            json.loads(data)
+    except Exception:  # noqa: BLE001 - any decoder error means: not whole
+        return False
+    return bool(data)
+
+
+def restore_cut_ray_files(plan) -> str | None:
+    """On --resume, before Ray starts: Ray Tune's experiment files in the storage, whole. Ray writes
+    each in the driver's session folder, then copies it to the storage; a full disk cuts that
+    copy short, and Ray, finding its newest experiment state unreadable at --resume, logs an error
+    and starts the search over from nothing (measured: a 4-trial search resumed as 1 new trial).
+    A cut storage copy is replaced (atomically) with the driver's own copy, named by driver.json's
+    Ray session, when that one is whole; returns a note naming them, or None when all are whole.
+    Without a whole copy, a DamagedFileError says what is intact and how to go on. Storage that is
+    a URI is Ray's to check."""
+    from tune.state_files import read_driver_record
+
+    if plan.storage is None:
+        return None
+    folder = plan.storage / plan.experiment
+    states = sorted(folder.glob("experiment_state-*.json"))
+    if not states:
+        return None
+    stamp = states[-1].name[len("experiment_state-"):-len(".json")]  # Ray reads the newest set
+    cut = [path for pattern in RAY_EXPERIMENT_FILES
+           for path in folder.glob(pattern.replace("*", stamp)) if not _whole(path.read_bytes())]
+    if not cut:
+        return None
+    record = read_driver_record(plan.state_dir) or {}
+    session = Path(record.get("session_dir") or "/nonexistent")
+    restored = []
+    for path in cut:
+        copies = [c for c in session.glob(f"artifacts/*/{plan.experiment}/driver_artifacts/{path.name}")
+                  if _whole(c.read_bytes())]
+        if not copies:
+            raise DamagedFileError(
+                path, f"Ray Tune's experiment file is cut short or damaged (a full disk or a kill stopped its last "
+                      f"copy to the storage), and the driver's own copy is not in its Ray session folder "
+                      f"({session}); Ray would start the search over from nothing. Intact: "
+                      f"{_trial_folders(plan)}, the Optuna study and the MLflow runs",
+                f"put back a copy of {path} from a backup and run the same command again, or start a new search "
+                f"with --experiment NEW_NAME (the finished trials stay in MLflow: python tune/report.py "
+                f"--experiment {plan.experiment} --trials lists them)")
+        tmp = path.with_name(f".{path.name}.restoring")
+        tmp.write_bytes(copies[0].read_bytes())
+        os.replace(tmp, path)
+        restored.append(f"{path.name} (from {copies[0]})")
+    return (f"Ray Tune's experiment files in {folder} were cut short (a full disk or a kill stopped the driver's "
+            f"last copy to the storage); put back whole from the driver's own copies: {', '.join(restored)}")
