@@ -333,13 +333,15 @@ def load_digits(data_dir: str | os.PathLike[str] | None = None) -> RawDataset:
     )
 
 
-def run_data_args(cfg: Any, holds_out_validation: bool) -> dict[str, Any]:
-    """`load_data`'s arguments (all but the dataset and device) for a run of `cfg`;
-    `holds_out_validation`: its weighting learns from the validation sets (or is the control of
-    one that does), so they never join the training set."""
+def run_data_args(cfg: Any) -> dict[str, Any]:
+    """`load_data`'s arguments (all but the dataset and device) for a run of `cfg`: a weighting
+    that learns from the validation sets (or is the control of one that does) never has them in
+    its training set (`weighting.holds_out_validation`)."""
+    from .weighting import holds_out_validation
+
     return dict(data_dir=cfg.data_dir, meta_val_size=cfg.meta_val_size, holdout_val_size=cfg.holdout_val_size,
                 seed=cfg.seed, label_noise=cfg.label_noise,
-                include_val_in_train=cfg.baselines_full_train and not holds_out_validation)
+                include_val_in_train=cfg.baselines_full_train and not holds_out_validation(cfg.weighting))
 
 
 def load_data(

@@ -29,10 +29,10 @@ from .models import build_model, model_kwargs
 from .objectives import OBJECTIVES, AttackSetting, Objective, combine
 from .per_point import holdout_correct, holdout_points, masking_check
 from .progress import batch_progress, format_epoch
-from .weight_health import collapse_message, collapsed_epoch, fade_message, weight_health
+from .weight_health import collapse_message, collapsed_epoch, health_warning
 from .weight_learning import map_snapshot, snapshot_epochs
 from .learned import RunContext
-from .weighting import StepInputs, WeightNet, Weighting, as_mean_one, build_weighting, holds_out_validation
+from .weighting import StepInputs, WeightNet, Weighting, as_mean_one, build_weighting, is_learned
 
 CHECKPOINT_NAME = "checkpoint.pt"
 EpochCallback = Callable[[dict[str, Any], "Path | None"], None]
@@ -84,7 +84,7 @@ class RunState:
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         torch.manual_seed(cfg.seed)
-        self.data = data or load_data(cfg.dataset, device=self.device, **run_data_args(cfg, holds_out_validation(cfg.weighting)))
+        self.data = data or load_data(cfg.dataset, device=self.device, **run_data_args(cfg))
         self.model = build_model(cfg.model, self.data.input_shape, self.data.num_classes,
                                  **model_kwargs(cfg)).to(self.device)
         if cfg.channels_last:
@@ -371,13 +371,13 @@ def _finish_run(run: RunState, say: Callable[[str], None] = _print_stderr) -> Tr
         auroc = weight_auroc(analysis["weights"], analysis["misclassified_adv"])
         if auroc == auroc:
             final["weight_pgd_auroc"] = auroc
-    if run.weight_maps:
-        final.update(weight_map_auroc=run.weight_maps[-1]["auroc"], weight_map_auroc_init=run.weight_maps[-1]["auroc_init"])
+    if run.weight_maps:  # the last snapshot's AUROCs: the current and the initial net's
+        final.update({f"weight_map_{k}": run.weight_maps[-1][k] for k in ("auroc", "auroc_init")})
     if run.weight_net is not None:
-        health = weight_health(run.history, cfg.burn_in_epochs)
+        health, warning = health_warning(run.history, cfg.burn_in_epochs, is_learned(cfg.weighting))
         final.update(health)
-        if health.get("weights_faded"):
-            say(fade_message(health))
+        if warning:
+            say(warning)
     final["test_eval_time_s"] = time.perf_counter() - start
     run.model.eval()
     return TrainResult(cfg, run.history, final, run.model, run.weight_net,

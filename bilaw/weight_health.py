@@ -119,3 +119,21 @@ def collapse_message(epoch: int, std: float) -> str:
 def fade_message(health: dict[str, Any]) -> str:
     return (f"warning: the learned weights faded: last-epoch weight_std {health['weight_std_last']:.4f} is under "
             f"{FADE_FRACTION:.0%} of its peak {health['weight_std_peak']:.4f}")
+
+
+def untrained_message(health: dict[str, Any]) -> str:
+    return (f"warning: the weight net did not learn its map: in the last epoch its weights rank the samples as its "
+            f"initial net's do (rank correlation {health['weight_rank_corr_init_last']:.4f}) and spread them alike "
+            f"(weight_std {health['weight_std_last']:.4f} against {health['weight_std_init_last']:.4f}); the run "
+            f"reweighted by margin as an untrained net would (see the bilaw_frozen control)")
+
+
+def health_warning(history: Sequence[dict[str, Any]], burn_in: int, learned: bool) -> tuple[dict[str, Any], str | None]:
+    """The run's `weight_health` and the warning its end prints, if any: a learned weighting whose
+    net never moved (the frozen control is untrained by design), or weights that faded."""
+    health = weight_health(history, burn_in)
+    if health.get("weight_status") == "untrained" and learned:
+        return health, untrained_message(health)
+    if health.get("weights_faded"):
+        return health, fade_message(health)
+    return health, None

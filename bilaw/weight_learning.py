@@ -110,10 +110,11 @@ def snapshot_epochs(cfg) -> list[int]:
 
 def map_snapshot(run) -> dict[str, Any]:
     """The weight net's map at the run's current state on a fixed sample of training points
-    (CPU tensors, so the snapshot goes into a weights-only checkpoint): `margin_input` (n, d), `y`, `margin` (true-class margin p_y - max_j p_j of the
-    probabilities the net reads), `weight` and `weight_init` (mean 1 over the sample),
-    `misclassified_adv` (the PGD-`pgd_steps` example of the point is misclassified), and the
-    AUROC of each weight as a score for that error."""
+    (CPU tensors, so the snapshot goes into a weights-only checkpoint): `margin_input` (n, d),
+    `y`, `margin` (true-class margin p_y - max_j p_j of the probabilities the net reads), `weight`
+    and `weight_init` (mean 1 over the sample), `misclassified_adv` (the point's
+    PGD-`pgd_steps` example is misclassified), and the AUROC of each weight as a score for that
+    error."""
     from .analysis import _logits, fixed_subset, weight_auroc
     from .attacks import pgd
 

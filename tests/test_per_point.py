@@ -50,9 +50,8 @@ def test_a_run_keeps_its_per_point_results_beside_its_metrics(tmp_path):
     # kept from the best epoch, they are what the best state scores when asked again
     from bilaw.data import load_data, run_data_args
     from bilaw.per_point import holdout_correct
-    from bilaw.weighting import holds_out_validation
 
-    data = load_data(result.config.dataset, **run_data_args(result.config, holds_out_validation(result.config.weighting)))
+    data = load_data(result.config.dataset, **run_data_args(result.config))
     again = holdout_correct(result.model, result.config, data)
     assert (again["pgd"].numpy() == points["holdout_pgd"]).all()
     assert (again["clean"].numpy() == points["holdout_clean"]).all()

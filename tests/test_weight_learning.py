@@ -202,3 +202,18 @@ def test_default_bilaw_is_reported_learned_on_a_cpu_sized_schedule(seed):
     maps = result.weight_maps
     assert [m["epoch"] for m in maps] == [0, 4, 7, 11]
     assert not np.array_equal(maps[-1]["weight"], maps[-1]["weight_init"])
+
+
+def test_a_bilaw_run_whose_net_never_moved_says_so():
+    messages: list[str] = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = train(TrainConfig.from_dict({**DIGITS, "method": "bilaw", "epochs": 2, "meta_lr": 1e-9,
+                                              "meta_val_size": 100, "holdout_val_size": 100}),
+                       progress=False, log=messages.append)
+    finally:
+        torch.set_num_threads(threads)
+    assert result.final["weight_status"] == "untrained"
+    said = [m for m in messages if "did not learn its map" in m]
+    assert len(said) == 1 and "rank correlation 1.0000" in said[0]

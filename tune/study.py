@@ -172,10 +172,9 @@ def _autoattack_points(folder: Path, start: int, stop: int, log) -> tuple[np.nda
     from bilaw.autoattack import run_autoattack
     from bilaw.data import load_data, run_data_args
     from bilaw.runs import load_best
-    from bilaw.weighting import holds_out_validation
 
     model, cfg, _ = load_best(folder)
-    data = load_data(cfg.dataset, **run_data_args(cfg, holds_out_validation(cfg.weighting)))
+    data = load_data(cfg.dataset, **run_data_args(cfg))
     x, y = data.x_test[start:stop], data.y_test[start:stop]
     version = "custom" if cfg.aa_attacks else cfg.aa_version  # as the trainer calls it
     log(f"  AutoAttack ({version}) on test points {start}-{start + len(y) - 1} of {folder}")

@@ -23,7 +23,6 @@ from ray.tune.result import AUTO_RESULT_KEYS
 
 from bilaw.data import run_data_args
 from bilaw.runs import read_metrics
-from bilaw.weighting import holds_out_validation
 from bilaw.trainer import scalar_final
 from bilaw.weight_health import health_label
 
@@ -81,7 +80,7 @@ class TrialTracking(tune.Callback):
         try:
             if run.client.get_run(run.run_id).inputs.dataset_inputs:
                 return
-            args = run_data_args(cfg, holds_out_validation(cfg.weighting))
+            args = run_data_args(cfg)
             key = (cfg.dataset, *sorted(args.items()))
             if key not in self.datasets:
                 self.datasets[key] = dataset_record(cfg.dataset, **args)
