@@ -60,6 +60,8 @@ def test_a_forced_collapse_is_detected_said_once_and_recorded(collapsed_run, cap
     final = json.loads((out / "metrics.json").read_text())["final"]
     history = json.loads((out / "metrics.json").read_text())["history"]
     assert history[1]["weight_std"] < 1e-3 and final["weights_collapsed_epoch"] == 1
+    assert final["weight_status"] == "collapsed"  # the strongest status, with the learning statistics present
+    assert "weight_rank_corr_init" in history[1]
     assert final["weight_std_peak"] == max(h["weight_std"] for h in history)
     assert all(h["meta_grad_norm"] > 0 for h in history)
 
