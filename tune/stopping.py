@@ -101,6 +101,7 @@ class StopRequest:
         if threading.current_thread() is not threading.main_thread():
             return
         os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # SIGINT comes here too (see _stop)
+        quiet_ray_stop_notes()
         for name in (*STOP_SIGNALS, "SIGINT"):
             signal.signal(getattr(signal, name), self._on_signal)
 
@@ -185,6 +186,26 @@ class StopRequest:
             self.in_fit = False
             for signum, handler in before.items():
                 signal.signal(signum, handler)
+
+
+class _RayStopNotes:
+    """Drops Ray Tune's own notes on a graceful stop ("Stop signal received ...", "Experiment has
+    been interrupted ... Resume experiment with: Tuner.restore(...)"): the driver's one line says
+    what stopped it and gives the command that resumes, which is not Ray's."""
+
+    def filter(self, record) -> bool:
+        return not str(record.msg).startswith(("Stop signal received", "Experiment has been interrupted"))
+
+
+_QUIET = _RayStopNotes()
+
+
+def quiet_ray_stop_notes() -> None:
+    import logging
+
+    log = logging.getLogger("ray.tune.tune")
+    if _QUIET not in log.filters:
+        log.addFilter(_QUIET)
 
 
 STOP = StopRequest()  # the driver's one instance (a process has one set of signal handlers)
