@@ -136,7 +136,7 @@ def _run_round(plan: Any, race: Race, round_no: int, todo: list[tuple[str, int, 
                            name=f"{plan.experiment}-race{round_no}-{time.strftime('%Y%m%d-%H%M%S')}",
                            storage_path=plan.storage_location, searched=list(plan.space.params),
                            space=plan.space.name, max_concurrent=plan.args.max_concurrent)
-    if unfinished_trials(results) or STOP.reason is not None:  # Ray Tune took a stop and returned:
+    if unfinished_trials(results) or STOP.stopping:  # Ray Tune took a stop and returned:
         raise KeyboardInterrupt                                    # the race stops as interrupted
     by_trial = {r.data.tags.get(TRIAL_ID_TAG): r for r in tracking.child_runs()}
     failed = 0

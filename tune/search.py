@@ -194,7 +194,7 @@ def run_search(plan, argv: list[str]) -> int:
     STOP.install()  # after ray.init, which installed Ray's own SIGTERM handler
     try:
         results, gpus = _fit(plan, argv, tracking, folder, available)
-        if STOP.reason is not None:  # Ray Tune took the stop and returned from fit
+        if STOP.stopping:  # Ray Tune took the stop and returned from fit
             raise KeyboardInterrupt
         orphans.clear_closed_tag(tracking.client, tracking.experiment_id, tracking.parent_run_id)
         store = PerPointStore(tracking.client)  # the report's per-point downloads serve the race too

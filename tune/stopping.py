@@ -125,10 +125,11 @@ class StopRequest:
         self._stop(frame)
 
     def _stop(self, frame) -> None:
-        """During a report (`deferred`), the first stop waits for its end. During a fit, Ray Tune's stop handler (which Ray Tune installs for SIGUSR1, and for
-        SIGINT unless TUNE_DISABLE_SIGINT_HANDLER, set here so that every stop passes through this
-        class) ends it gracefully; a second stop, or one anywhere else, unwinds as KeyboardInterrupt.
-        A spent time budget waits for the next fit (a report is never cut short)."""
+        """During a report (`deferred`), the first stop waits for its end. During a fit, Ray
+        Tune's stop handler (which Ray Tune installs for SIGUSR1, and for SIGINT unless
+        TUNE_DISABLE_SIGINT_HANDLER, set here so that every stop passes through this class) ends
+        it gracefully; a second stop, or one anywhere else, unwinds as KeyboardInterrupt. A spent
+        time budget waits for the next fit (a report is never cut short)."""
         if self.reason == TIME_BUDGET and not self.in_fit:
             return
         if self.deferring and not self._stopping:
@@ -140,6 +141,11 @@ class StopRequest:
             handler(signal.SIGINT, frame)
             return
         raise KeyboardInterrupt
+
+    @property
+    def stopping(self) -> bool:
+        """A graceful stop is under way: after a fit, it returned because it was asked to."""
+        return self._stopping
 
     # -- the time budget -----------------------------------------------------------------------
     def start_budget(self, seconds: float | None) -> None:
