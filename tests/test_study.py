@@ -129,3 +129,24 @@ def test_bad_arguments_are_refused_before_training(tmp_path, capsys, args, messa
     err = capsys.readouterr().err
     assert err.startswith("error:") and message in err
     assert not (tmp_path / "out").exists()
+
+
+def test_kept_runs_hold_what_the_table_reads_and_are_reused(trained, tmp_path, capsys):
+    """--keep copies the small files of each finished run; a fresh --out holding only those copies
+    prints the same table without training or attacking anything."""
+    source, _ = trained
+    kept = tmp_path / "kept"
+    assert study.main([*_argv(source), "--keep", str(kept)]) == 0
+    first = capsys.readouterr().out
+    for arm in study.ARMS:
+        folder = kept / "study" / "smoke" / arm / "seed0"
+        assert sorted(p.name for p in folder.iterdir()) == sorted(n for n in study.KEPT_FILES
+                                                                  if (source / "out" / "study" / "smoke" / arm / "seed0" / n).exists())
+        assert not list(folder.glob("*.pt"))  # no checkpoint or model
+    fresh = ["--dataset", "smoke", "--seeds", "0,1", "--aa-points", str(AA_POINTS), "--out", str(kept),
+             "--tracking-uri", f"sqlite:///{tmp_path / 'fresh.db'}"]
+    assert study.main(fresh) == 0
+    second = capsys.readouterr().out
+    assert "\n  training " not in second and "AutoAttack (" not in second
+    table = lambda text: text[text.index("# Does BiLAW"):text.index("wrote ")]  # noqa: E731
+    assert table(second) == table(first)

@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlruns.db in this folder)")
     p.add_argument("--experiment", default="bilaw_vs_at", help="MLflow experiment (default bilaw_vs_at)")
     p.add_argument("--no-train", action="store_true", help="train nothing: the table of the stored runs")
+    p.add_argument("--keep", metavar="DIR",
+                   help="copy each finished run's small files (config, metrics, per-point results, AutoAttack "
+                        "points, weight maps) to DIR/<run key>, e.g. docs/results/runs, to commit them")
     p.add_argument("--dry-run", action="store_true", help="list the runs and exit")
     return p
 
@@ -216,6 +219,28 @@ def weight_status(history: list[dict[str, Any]], burn_in: int) -> str:
     if not any("weight_net_drift" in h for h in history):
         return "-"
     return weight_health(history, burn_in).get("weight_status") or "-"
+
+
+KEPT_FILES = ("config.yaml", "metrics.json", "per_point.npz", AA_NAME, "weight_map.npz")
+
+
+def keep_finished(jobs: list[Job], out: Path, keep: Path) -> list[Path]:
+    """Copy the small files of every finished run (the ones the table reads, without checkpoints)
+    to keep/<run key>; returns the folders written. A copy there is reused like the run itself."""
+    import shutil
+
+    written = []
+    for job in jobs:
+        folder = out / job.key
+        if not (folder / "metrics.json").exists():
+            continue
+        target = keep / job.key
+        target.mkdir(parents=True, exist_ok=True)
+        for name in KEPT_FILES:
+            if (folder / name).exists():
+                shutil.copyfile(folder / name, target / name)
+        written.append(target)
+    return written
 
 
 def _pct(x: float) -> str:
@@ -349,6 +374,9 @@ def main(argv: list[str] | None = None) -> int:
     path.write_text(text + "\n")
     print(text)
     print(f"wrote {path}")
+    if args.keep:
+        for folder in keep_finished(jobs, out, Path(args.keep)):
+            print(f"kept {folder}")
     return 0
 
 
