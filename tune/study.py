@@ -148,7 +148,8 @@ def plan_jobs(args) -> list[Job]:
 def study_autoattack(folder: Path, n_points: int, log=print) -> np.ndarray | None:
     """Which of the first `n_points` test points the run's best state keeps correct under
     AutoAttack (its config's version and attacks): the training's own AutoAttack points, extended
-    by running it on the rest, kept in `study_aa.npz`. None for a run without per-point results."""
+    by running it on the rest, kept in `study_aa.npz`. None for a run without per-point results,
+    or a kept copy (no best.pt) without enough stored points."""
     from bilaw.per_point import PER_POINT_NAME
 
     per_point = folder / PER_POINT_NAME
@@ -163,6 +164,8 @@ def study_autoattack(folder: Path, n_points: int, log=print) -> np.ndarray | Non
         with np.load(stored) as npz:
             if len(npz["correct"]) >= n_points:
                 return npz["correct"][:n_points]
+    if not (folder / "best.pt").exists():  # a kept copy without the model: its AutoAttack stays as stored
+        return None
     correct, seconds = _autoattack_points(folder, len(trained), n_points, log)
     full = np.concatenate([trained, correct])
     np.savez_compressed(stored, correct=full, trained_points=len(trained), seconds=seconds)
