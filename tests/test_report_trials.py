@@ -37,6 +37,21 @@ def test_trials_are_listed_best_first_with_their_values_and_weight_state():
     assert rows[2][-2:] == ["0.36", "collapsed"]    # collapse wins over the ratio
 
 
+def test_the_weights_column_shows_the_status_the_run_was_tagged_with():
+    """A run tracked with the learning statistics carries its status as the `weights` tag
+    (untrained or learned, which its final metrics alone cannot rebuild); runs from before keep
+    the rule on their metrics."""
+    tagged = [_run("u", {"meta_optimizer": "sgd", "meta_lr": "1e-09", "seed": "0"},
+                   {"best_val_pgd_acc": 0.73, "test_clean_acc": 0.8, "test_pgd_acc": 0.6,
+                    "weight_std_peak": 0.036, "weight_std_last": 0.035}, {"weights": "untrained"}),
+              _run("l", {"meta_optimizer": "sgd", "meta_lr": "0.025", "seed": "0"},
+                   {"best_val_pgd_acc": 0.71, "test_clean_acc": 0.8, "test_pgd_acc": 0.6,
+                    "weight_std_peak": 0.2, "weight_std_last": 0.18}, {"weights": "learned"})]
+    _, rows = trial_table([*RUNS, *tagged])
+    assert {r[0]: r[-1] for r in rows} == {"u": "untrained", "b": "alive", "l": "learned", "a": "faded",
+                                            "c": "collapsed"}
+
+
 def test_a_parameter_only_some_trials_have_shows_a_dash():
     runs = [*RUNS, _run("d", {"meta_optimizer": "adam", "meta_lr": "0.001", "trades_beta": "6.0", "seed": "0"},
                         {"best_val_pgd_acc": 0.5, "test_clean_acc": 0.7, "test_pgd_acc": 0.4})]
