@@ -11,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tune.run_search import main
-from tune.tracking import UnquotableFilterValue, find_runs, quote_filter_value
+from tune.run_queries import UnquotableFilterValue, find_runs, quote_filter_value
 
 # Each is a value a user's path, experiment name or run key may hold.
 HOSTILE = ["d'été runs", 'a"b', "back\\slash", "ends in a backslash\\", "ünïcødé ✓ 実験", "a'b\"c",
@@ -164,7 +164,8 @@ def test_resume_with_the_wrong_state_dir_names_the_one_the_search_used(finished_
     wrong = root / "elsewhere"
     assert main([*_with(argv, "--state-dir", str(wrong)), "--resume"]) == 2
     line, _ = _one_error(capfd)
-    assert f"--state-dir {wrong}" in line and f"{wrong / 'optuna.db'} does not exist" in line
+    assert line.startswith(f"error: {wrong / 'optuna.db'}: the file does not exist: --resume finds no Optuna study "
+                           f"in --state-dir {wrong}")
     assert f"kept its state in {root / 'state'}" in line and f"run the same command with --state-dir {root / 'state'}" \
         in line
     assert "--experiment NEW_NAME" not in line and not wrong.exists()
@@ -320,7 +321,7 @@ def test_a_full_disk_is_found_behind_every_wrapper():
     import optuna
     from ray.tune.error import TuneError
 
-    from tune.storage import disk_full_cause
+    from tune.disk_full import disk_full_cause
 
     def raised(outer, inner):
         try:

@@ -20,6 +20,9 @@ from pathlib import Path
 from typing import Any, Iterable
 from urllib.parse import urlsplit, urlunsplit
 
+# Runs are found by value one way (tune/run_queries.py); tune/ imports it from here.
+from tune.run_queries import UnquotableFilterValue, find_runs, quote_filter_value  # noqa: F401
+
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
 TRIAL_ID_TAG = "ray_trial_id"
 PARENT_TAG = "mlflow.parentRunId"
@@ -87,7 +90,7 @@ def _refuse_damaged(uri: str) -> None:
     db = sqlite_path(uri)
     if db is None or not db.is_file() or db.stat().st_size == 0:
         return
-    from tune.storage import MLFLOW_TABLES, sqlite_problem
+    from tune.sqlite_files import MLFLOW_TABLES, sqlite_problem
 
     problem = sqlite_problem(db, MLFLOW_TABLES)
     if problem:
@@ -163,100 +166,6 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
-class UnquotableFilterValue(TrackingError):
-    """A value MLflow's search filter cannot hold exactly (see `quote_filter_value`)."""
-
-
-# A probe clause after the value: a literal that runs on past its closing quote (a value ending in
-# a backslash reads as escaping it) swallows this clause, and the parse shows it.
-_PROBE_TAIL = " and tags.`probe_a` = 'x' and tags.`probe_b` = \"y\""
-
-
-def _reads_back(literal: str, value: str) -> bool:
-    """Whether MLflow's own filter parser reads `literal` as exactly `value`, also when more
-    clauses follow it."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.utils.search_utils import SearchUtils
-
-    try:
-        parsed = SearchUtils.parse_search_filter(f"tags.`probe` = {literal}{_PROBE_TAIL}")
-    except MlflowException:
-        return False
-    return len(parsed) == 3 and parsed[0]["value"] == value and [c["value"] for c in parsed[1:]] == ["x", "y"]
-
-
-def quote_filter_value(value: str) -> str:
-    """`value` as a quoted string for an MLflow `filter_string` (`tags.KEY = VALUE`), such that
-    MLflow searches for exactly `value`.
-
-    MLflow's parser takes the text between the quotes as it stands: it undoes no escape (`'it''s'`
-    searches for `it''s`), so an apostrophe cannot be escaped, only quoted with the other quote
-    (`"d'été runs"`). The first of 'VALUE' and "VALUE" that MLflow's own parser reads back as
-    exactly `value` is returned; a value it cannot read back either way (one holding both kinds
-    of quote, or ending in a backslash that reads as escaping the closing quote) raises
-    UnquotableFilterValue: `find_runs` searches for such a value another way."""
-    value = str(value)
-    for quote in ("'", '"'):
-        literal = f"{quote}{value}{quote}"
-        if _reads_back(literal, value):
-            return literal
-    raise UnquotableFilterValue(f"the value {value!r} cannot be written exactly in an MLflow search filter "
-                                f"(MLflow's parser reads it back as another value whichever quote encloses it)")
-
-
-def _filter_key(field: str) -> str:
-    """`tags.KEY`, `params.KEY` or `attributes.KEY` with the key in backticks (a key may hold dots)."""
-    kind, _, key = field.partition(".")
-    if kind not in ("tags", "params", "attributes") or not key or "`" in key:
-        raise ValueError(f"filter field {field!r}: expected tags.KEY, params.KEY or attributes.KEY "
-                         f"(no backtick in KEY)")
-    return f"{kind}.`{key}`"
-
-
-def find_runs(client, experiment_ids: list[str], equal: dict[str, str], max_results: int = 50000,
-              order_by: list[str] | None = None) -> list:
-    """The runs of `experiment_ids` whose fields equal the given values exactly, e.g.
-    `{"tags.ray_experiment_path": path, "attributes.status": "FINISHED"}`: the one way tune/
-    searches MLflow by value, so that a user's path, experiment name or key with quotes,
-    backslashes or any unicode finds its runs.
-
-    Every value is quoted by `quote_filter_value`. A value no quoting can hold exactly is looked
-    for with LIKE, its quotes and backslashes as one-character wildcards, and the runs found are
-    kept only where the value is equal (LIKE is also case-blind on SQLite); then every page is
-    read, so that `max_results` counts exact matches only."""
-    clauses, inexact = [], {}
-    for field, value in equal.items():
-        key = _filter_key(field)
-        try:
-            clauses.append(f"{key} = {quote_filter_value(value)}")
-        except UnquotableFilterValue:
-            pattern = re.sub(r"['\"\\]", "_", str(value))
-            clauses.append(f"{key} LIKE '{pattern}'")
-            inexact[field] = str(value)
-    filter_string = " and ".join(clauses)
-    if not inexact:
-        return list(client.search_runs(experiment_ids, filter_string=filter_string, max_results=max_results,
-                                       order_by=order_by))
-    found, token = [], None
-    while True:
-        page = client.search_runs(experiment_ids, filter_string=filter_string, max_results=min(max_results, 1000),
-                                  order_by=order_by, page_token=token)
-        found += [run for run in page if all(_run_field(run, f) == v for f, v in inexact.items())]
-        token = page.token
-        if not token or len(found) >= max_results:
-            return found[:max_results]
-
-
-def _run_field(run, field: str) -> str | None:
-    """The value of `tags.KEY`, `params.KEY` or `attributes.KEY` in a found run."""
-    kind, _, key = field.partition(".")
-    if kind == "tags":
-        return run.data.tags.get(key)
-    if kind == "params":
-        return run.data.params.get(key)
-    return str(getattr(run.info, key, None))
-
-
 def flatten_params(config: dict[str, Any]) -> dict[str, str]:
     """TrainConfig dict -> MLflow params (strings); private keys and secret-looking keys dropped."""
     out = {}
@@ -293,34 +202,6 @@ def run_name(values: dict[str, Any], fallback: str, limit: int = 80) -> str:
 def runs_table_url(experiment_id: str, ui: str = "http://127.0.0.1:5000") -> str:
     """The MLflow UI's runs table (MLflow 3's default landing page is the GenAI view)."""
     return f"{ui}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
-
-
-def recorded_search_places(uri: str, experiment: str) -> list[dict[str, str]]:
-    """Where the searches of `experiment` in the tracking store kept their files, newest first:
-    each parent run's `ray_experiment_path` (the trials' results) and `state_dir` (the Optuna
-    study and the driver's files), as `search.parent_tags` recorded them. For advice only: [] when
-    the store is a SQLite file that does not exist (it is not created here), holds no such
-    experiment or cannot be read."""
-    db = sqlite_path(uri)
-    if db is not None and not db.is_file():
-        return []
-    try:
-        client = _client(uri)
-        exp = client.get_experiment_by_name(experiment)
-        if exp is None:
-            return []
-        runs = client.search_runs([exp.experiment_id], filter_string="tags.`state_dir` LIKE '%'", max_results=1000,
-                                  order_by=["attributes.start_time DESC"])
-    except Exception:  # noqa: BLE001 - the advice is left out, never the reason to fail
-        return []
-    places = []
-    for run in runs:
-        place = {"ray_experiment_path": run.data.tags.get("ray_experiment_path", ""),
-                 "state_dir": run.data.tags["state_dir"], "run_id": run.info.run_id}
-        seen = {(p["ray_experiment_path"], p["state_dir"]) for p in places}
-        if PARENT_TAG not in run.data.tags and (place["ray_experiment_path"], place["state_dir"]) not in seen:
-            places.append(place)
-    return places
 
 
 class SearchTracking:
