@@ -208,7 +208,7 @@ def test_bad_time_budget_is_one_error_before_ray(text, tmp_path, capsys, monkeyp
 def test_time_budget_stops_the_search_resumably(tmp_path):
     import optuna
 
-    argv = _argv(tmp_path, "--set", "epochs=6", "--max-concurrent", "1")
+    argv = _argv(tmp_path, "--set", "epochs=10", "--max-concurrent", "1")
     budget = subprocess.run([sys.executable, str(REPO / "tune" / "run_search.py"), *argv, "--time-budget", "30s"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
     log = budget.stdout + budget.stderr
@@ -217,7 +217,8 @@ def test_time_budget_stops_the_search_resumably(tmp_path):
     line = [ln for ln in log.splitlines() if ln.startswith("stopped")]
     assert len(line) == 1 and "--time-budget was spent" in line[0] and "--time-budget 30s --resume" in line[0]
     _, _, parents, children = _runs(tmp_path)
-    assert [p.info.status for p in parents] == ["KILLED"] and len(children) < 4
+    assert [p.info.status for p in parents] == ["KILLED"]
+    assert len([r for r in children if r.info.status == "FINISHED"]) < 4  # stopped before the end
     assert not [r for r in children if r.info.status == "RUNNING"]
     assert optuna.trial.TrialState.RUNNING not in {t.state for t in _study(tmp_path)}
 

@@ -194,12 +194,18 @@ def check_fresh(plan: Plan) -> None:
                               f"NEW_NAME for a new search or remove that folder")
 
 
-def check_resumable(plan: Plan) -> None:
-    folder = plan.state_dir
+def check_experiment_stored(plan: Plan) -> None:
+    """--resume: the storage holds the Ray Tune experiment (checked first: with nothing there, that
+    is the whole answer, whatever else is missing)."""
     if plan.storage is not None and not any((plan.storage / plan.experiment).glob("experiment_state-*.json")):
         raise SearchError(f"--resume: nothing to resume for experiment {plan.experiment!r}: "
                           f"{plan.storage / plan.experiment} holds no Ray Tune experiment state (check "
                           f"--storage-path and --experiment)")
+
+
+def check_resumable(plan: Plan) -> None:
+    folder = plan.state_dir
+    check_experiment_stored(plan)
     check_study(folder / OPTUNA_DB, plan.experiment,
                 "a search cannot resume without its Optuna study: start a new search with --experiment NEW_NAME "
                 "(the finished trials stay in MLflow)")

@@ -16,8 +16,8 @@ from bilaw.config import ConfigError  # noqa: E402
 from bilaw.data import MissingDatasetError  # noqa: E402
 from bilaw.file_errors import DamagedFileError  # noqa: E402
 from tune import spaces as sp  # noqa: E402
-from tune.plan import (DEFAULT_CHECKPOINT_EVERY_S, Plan, SearchError, check_address, check_data, check_fresh,  # noqa: E402
-                       check_resumable, check_storage)
+from tune.plan import (DEFAULT_CHECKPOINT_EVERY_S, Plan, SearchError, check_address, check_data,  # noqa: E402
+                       check_experiment_stored, check_fresh, check_resumable, check_storage)
 from tune.model_store import LOG_MODELS  # noqa: E402
 from tune import resume_check  # noqa: E402
 from tune.search_lock import LockError, SearchLock  # noqa: E402
@@ -132,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             print(plan.describe())
             return 0
+        if args.resume:
+            check_experiment_stored(plan)
         check_search_stores(plan)  # a damaged MLflow or Optuna store: one error before anything is written
         check_data(plan.cfg)
         check_tracking_uri(plan.tracking_uri)
