@@ -152,9 +152,24 @@ def test_a_signal_stops_the_search_as_ctrl_c_does(tmp_path, name, code):
     if name != "SIGTERM":
         return
 
-    resumed = subprocess.run(_resume_command(log), cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert "Traceback" not in resumed.stdout + resumed.stderr
+    # the printed command, twice within a second (the two --resume): one resumes, one refuses
+    command = _resume_command(log)
+    drivers = []
+    for name in ("resume1.log", "resume2.log"):
+        with open(tmp_path / name, "w") as out:
+            drivers.append(subprocess.Popen(command, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
+                                            start_new_session=True))
+        time.sleep(0.5)
+    try:
+        codes = [d.wait(timeout=600) for d in drivers]
+    finally:
+        for d in drivers:
+            stop_group(d)
+    logs = [(tmp_path / name).read_text() for name in ("resume1.log", "resume2.log")]
+    assert sorted(codes) == [0, 2], logs
+    refused = logs[codes.index(2)]
+    assert f"error: this search is already running: driver pid {drivers[codes.index(0)].pid}" in refused
+    assert "Traceback" not in logs[0] + logs[1]
     _assert_finished_exactly_planned(tmp_path)
 
 
