@@ -11,7 +11,7 @@ allows and returns the files written:
 - adv_rank_histogram.png    rank of the adversarial class among the clean logits (Fig. 1b)
 - weights_noisy_vs_clean.png  mean weight of corrupted and clean samples per epoch (label noise)
 `plot_weight_maps` draws weight_vs_margin.png: a weight net's weight against the true-class
-margin at each map snapshot, the current net beside its initial state (bilaw/weight_learning.py).
+margin at each map snapshot, the current net beside its initial state (bilaw/weight_maps.py).
 Weight plots need a weighting; an unweighted run gets the confusion matrix, the rank histogram
 and the PCA coloured by whether the PGD example is misclassified.
 """

@@ -64,7 +64,7 @@ def save_run(result, out_dir: str | Path) -> Path:
 
         save_per_point(out / PER_POINT_NAME, result.per_point["test"], result.per_point.get("holdout"))
     if getattr(result, "weight_maps", None):
-        from .weight_learning import WEIGHT_MAP_NAME, save_weight_maps
+        from .weight_maps import WEIGHT_MAP_NAME, save_weight_maps
 
         save_weight_maps(out / WEIGHT_MAP_NAME, result.weight_maps)
         if result.config.plots:

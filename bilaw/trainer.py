@@ -30,7 +30,7 @@ from .objectives import OBJECTIVES, AttackSetting, Objective, combine
 from .per_point import holdout_correct, holdout_points, masking_check
 from .progress import batch_progress, format_epoch
 from .weight_health import collapse_message, collapsed_epoch, health_warning
-from .weight_learning import map_snapshot, snapshot_epochs
+from .weight_maps import map_snapshot, snapshot_epochs
 from .learned import RunContext
 from .weighting import StepInputs, WeightNet, Weighting, as_mean_one, build_weighting, is_learned
 
@@ -57,7 +57,7 @@ class TrainResult:
     sample_weights: torch.Tensor | None = None    # (epochs, n_train) recorded training weights
     trace: list[dict[str, list[float]]] = field(default_factory=list)  # Fig. 5, per epoch
     per_point: dict[str, Any] | None = None       # bilaw/per_point.py: {"test": ..., "holdout": ...}
-    weight_maps: list[dict[str, Any]] = field(default_factory=list)  # bilaw/weight_learning.py snapshots
+    weight_maps: list[dict[str, Any]] = field(default_factory=list)  # bilaw/weight_maps.py snapshots
 
 
 def resolve_device(name: str) -> torch.device:
@@ -110,7 +110,7 @@ class RunState:
             self.noisy_mask[self.data.noisy_idx] = True
         self.trace_idx = fixed_subset(n_train, TRACE_SIZE, cfg.seed).to(self.device)
         self.trace: list[dict[str, list[float]]] = []                 # Fig. 5, one entry per epoch
-        self.weight_maps: list[dict[str, Any]] = []                   # map snapshots (weight_learning.py)
+        self.weight_maps: list[dict[str, Any]] = []                   # map snapshots (weight_maps.py)
         self.map_epochs = set(snapshot_epochs(cfg)) if self.weight_net is not None else set()
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"val_pgd_acc": -1.0, "epoch": -1, "model": None, "weight_net": None}

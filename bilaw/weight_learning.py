@@ -8,27 +8,14 @@ epoch records, on the very samples it weighted:
 - `weight_std_init`: the spread the initial net gives the same samples (the same statistic as
   `weight_std`: population std of the mean-1 batch weights);
 - `weight_rank_corr_init`: Spearman's rank correlation of the current and the initial weights.
-
-At its first epoch, at the first epoch after each lr drop and at the last epoch, a run also
-takes a *map snapshot* (`map_snapshot`): on a fixed sample of training points, the margin input,
-the true class and true-class margin, the weight of the current and of the initial net, and
-whether the PGD example is misclassified, with the AUROC of each net's weight as a score for
-that error. `weight_map.npz` and `plots/weight_vs_margin.png` keep them.
+The map itself, at a few epochs, is `bilaw/weight_maps.py`'s.
 """
 from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
-
-from .margins import binary_margin
-
-MAP_SIZE = 1000          # training points in each map snapshot
-MAP_SEED_OFFSET = 5151   # their selection and attack starts draw from their own streams
-WEIGHT_MAP_NAME = "weight_map.npz"
 
 
 def parameter_drift(net: nn.Module, initial: nn.Module) -> torch.Tensor:
@@ -97,65 +84,3 @@ class MapStatistics:
         cur, init = torch.cat(self.current), torch.cat(self.initial)
         return {"weight_net_drift": parameter_drift(net, initial), "weight_std_init": mean_one_std(init),
                 "weight_rank_corr_init": spearman(cur, init)}
-
-
-def snapshot_epochs(cfg) -> list[int]:
-    """0-based epochs after which a map snapshot is taken: the first, the first at each new lr,
-    and the last."""
-    from .trainer import lr_at
-
-    epochs = [0] + [e for e in range(1, cfg.epochs) if lr_at(cfg, e) != lr_at(cfg, e - 1)] + [cfg.epochs - 1]
-    return sorted(set(epochs))
-
-
-def map_snapshot(run) -> dict[str, Any]:
-    """The weight net's map at the run's current state on a fixed sample of training points
-    (CPU tensors, so the snapshot goes into a weights-only checkpoint): `margin_input` (n, d),
-    `y`, `margin` (true-class margin p_y - max_j p_j of the probabilities the net reads), `weight`
-    and `weight_init` (mean 1 over the sample), `misclassified_adv` (the point's
-    PGD-`pgd_steps` example is misclassified), and the AUROC of each weight as a score for that
-    error."""
-    from .analysis import _logits, fixed_subset, weight_auroc
-    from .attacks import pgd
-
-    cfg, d, weighting = run.cfg, run.data, run.weighting
-    idx = fixed_subset(len(d.y_train), MAP_SIZE, cfg.seed + MAP_SEED_OFFSET).to(d.x_train.device)
-    x, y = d.x_train[idx], d.y_train[idx]
-    g = torch.Generator(device=x.device).manual_seed(cfg.seed + MAP_SEED_OFFSET + run.epoch)
-    x_adv = pgd(run.model, x, y, norm=cfg.norm, eps=cfg.eps, steps=cfg.pgd_steps, step_size=cfg.pgd_step_size,
-                generator=g)
-    clean, adv = _logits(run.model, x), _logits(run.model, x_adv)
-    with torch.no_grad():
-        feats = weighting.map_inputs(y, clean, adv)
-        w = weighting.map_weights(feats, initial=False)
-        w0 = weighting.map_weights(feats, initial=True)
-    read = clean if cfg.margin_on == "clean" else adv
-    wrong = adv.argmax(1) != y
-    return {"epoch": run.epoch, "index": idx.cpu(), "margin_input": feats.cpu(), "y": y.cpu(),
-            "margin": binary_margin(F.softmax(read, 1), y).cpu(), "weight": w.cpu(), "weight_init": w0.cpu(),
-            "misclassified_adv": wrong.cpu(), "auroc": weight_auroc(w, wrong), "auroc_init": weight_auroc(w0, wrong)}
-
-
-def save_weight_maps(path, maps: list[dict[str, Any]]) -> None:
-    """`weight_map.npz`: `epochs` (k,), and per snapshot i the arrays `<name>_<i>` and the
-    AUROCs `auroc` / `auroc_init` (k,)."""
-    arrays: dict[str, np.ndarray] = {"epochs": np.array([m["epoch"] for m in maps]),
-                                     "auroc": np.array([m["auroc"] for m in maps], dtype=float),
-                                     "auroc_init": np.array([m["auroc_init"] for m in maps], dtype=float)}
-    for i, m in enumerate(maps):
-        for name in ("index", "margin_input", "y", "margin", "weight", "weight_init", "misclassified_adv"):
-            value = m[name]
-            arrays[f"{name}_{i}"] = value.numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
-    np.savez_compressed(path, **arrays)
-
-
-def load_weight_maps(path) -> list[dict[str, Any]]:
-    """The snapshots `save_weight_maps` wrote, in epoch order."""
-    with np.load(path) as npz:
-        out = []
-        for i, epoch in enumerate(npz["epochs"]):
-            m = {name: npz[f"{name}_{i}"] for name in ("index", "margin_input", "y", "margin", "weight",
-                                                       "weight_init", "misclassified_adv")}
-            m.update(epoch=int(epoch), auroc=float(npz["auroc"][i]), auroc_init=float(npz["auroc_init"][i]))
-            out.append(m)
-        return out

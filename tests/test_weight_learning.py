@@ -17,8 +17,8 @@ from bilaw import learned as learned_module
 from bilaw.runs import save_run
 from bilaw.trainer import train
 from bilaw.weight_health import health_label, weight_health
-from bilaw.weight_learning import (MapStatistics, load_weight_maps, mean_one_std, parameter_drift, snapshot_epochs,
-                                   spearman)
+from bilaw.weight_learning import MapStatistics, mean_one_std, parameter_drift, spearman
+from bilaw.weight_maps import load_weight_maps, snapshot_epochs
 from bilaw.weighting import WeightNet, normalize_sum_one
 
 DIGITS = dict(dataset="digits", model="fc1", batch_size=32, aa_samples=0, analysis_samples=0, plots=False,
