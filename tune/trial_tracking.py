@@ -35,7 +35,12 @@ RAY_RESULT_KEYS = frozenset(AUTO_RESULT_KEYS) | {"done", "trial_id", "experiment
 
 
 def _warn(what: str, exc: Exception) -> None:
-    print(f"warning: MLflow: {what}: {exc}", file=sys.stderr)
+    """One line: a full disk as its cause, anything else without MLflow's multi-line SQL text."""
+    from bilaw.file_errors import one_line
+
+    from .disk_full import disk_full_cause
+
+    print(f"warning: MLflow: {what}: {disk_full_cause(exc) or one_line(exc)}", file=sys.stderr)
 
 
 class TrialTracking(tune.Callback):
