@@ -23,7 +23,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from helpers import stop_group
-from tune.orphans import INTERRUPTED_ATTR, KILLED_TAG, study_states
+from tune.orphans import INTERRUPTED_ATTR, KILLED_TAG
 from tune.run_search import main
 from tune.search_lock import LOCK_FILE, LockError, SearchLock
 from tune.stopping import DurationError, parse_duration

@@ -13,7 +13,6 @@
 """
 from __future__ import annotations
 
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -105,8 +104,6 @@ def _storage(db: Path):
 
 
 def _study_trials(db: Path, study_name: str):
-    import optuna
-
     storage = _storage(db)
     study_id = storage.get_study_id_from_name(study_name)
     return storage, storage.get_all_trials(study_id, deepcopy=False)
@@ -142,9 +139,3 @@ def take_trials_back(db: Path, study_name: str) -> int:
             storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.RUNNING)
             back += 1
     return back
-
-
-def study_states(db: Path) -> dict[str, int]:
-    """Trial state -> count, read straight from the SQLite file (for messages and tests)."""
-    with sqlite3.connect(f"{Path(db).resolve().as_uri()}?mode=ro", uri=True) as con:
-        return dict(con.execute("select state, count(*) from trials group by state").fetchall())
