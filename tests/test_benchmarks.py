@@ -67,3 +67,29 @@ def test_search_overhead_refuses_gpu_packing_without_cuda(tmp_path, capsys):
         bench.main(["--gpu-packing", "1,2,4", "--out", str(tmp_path / "x.json")])
     assert "--gpu-packing 1,2,4: no CUDA device here" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+
+
+def test_weight_learning_writes_each_runs_statistics(tmp_path, capsys):
+    """The measurement behind the untrained thresholds: the frozen control is exactly 0 / 1 / 1
+    and untrained, the default's rows carry the same fields."""
+    bench = _load("weight_learning")
+    out = tmp_path / "weight_learning.json"
+    assert bench.main(["--variants", "frozen,default", "--seeds", "1", "--threads", "1", "--epochs", "2",
+                       "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["variant"], r["threads"], r["seed"]) for r in rows] == [("frozen", 1, 0), ("default", 1, 0)]
+    frozen, default = rows
+    assert (frozen["drift"], frozen["rank_corr"], frozen["status"]) == (0.0, 1.0, "untrained")
+    assert frozen["std_ratio"] == pytest.approx(1.0, rel=1e-5) and frozen["auroc"] == frozen["auroc_init"]
+    assert default["drift"] > 0 and {"rank_corr", "std_ratio", "auroc", "auroc_init", "status"} <= set(default)
+    assert "untrained" in capsys.readouterr().out
+
+
+def test_weight_fading_writes_each_runs_ratio_and_status(tmp_path):
+    bench = _load("weight_fading")
+    out = tmp_path / "weight_fading.json"
+    assert bench.main(["--variants", "frozen", "--seeds", "1", "--threads", "1", "--epochs", "2",
+                       "--out", str(out)]) == 0
+    (run,) = json.loads(out.read_text())["runs"]
+    assert run["status"] == "untrained" and run["threads"] == 1 and len(run["weight_std"]) == 2
+    assert run["ratio"] == pytest.approx(run["weight_std"][-1] / max(run["weight_std"]))
