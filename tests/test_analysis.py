@@ -19,7 +19,8 @@ from bilaw.runs import load_analysis
 from bilaw.train import main as train_main
 
 PLOTS = {"weights_per_class.png", "adv_confusion.png", "weight_extremes.png", "weight_vs_heuristics.png",
-         "weights_over_epochs.png", "likelihood_pca.png", "adv_rank_histogram.png", "weights_noisy_vs_clean.png"}
+         "weights_over_epochs.png", "likelihood_pca.png", "adv_rank_histogram.png", "weights_noisy_vs_clean.png",
+         "weight_vs_margin.png"}  # a weight net's map snapshots (bilaw/weight_maps.py)
 TINY = dict(dataset="digits", model="fc1", batch_size=32, meta_val_size=100, holdout_val_size=100, aa_samples=0,
             device="cpu", pgd_steps=5, eval_pgd_steps=5, epochs=3, analysis_samples=400)
 
