@@ -13,8 +13,8 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted(p.stem for p in (REPO / "tune").glob("*.py") if 'if __name__ == "__main__":' in p.read_text())
 
 
-def test_the_scripts_are_the_six_entry_points():
-    assert SCRIPTS == ["fetch_model", "report", "reproduce", "rerun_best", "run_search", "tracking_server"]
+def test_the_scripts_are_the_seven_entry_points():
+    assert SCRIPTS == ["fetch_model", "report", "reproduce", "rerun_best", "run_search", "study", "tracking_server"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
