@@ -237,10 +237,20 @@ def test_time_budget_stops_the_search_resumably(tmp_path):
     assert not [r for r in children if r.info.status == "RUNNING"]
     assert optuna.trial.TrialState.RUNNING not in {t.state for t in _study(tmp_path)}
 
-    resumed = subprocess.run([sys.executable, str(REPO / "tune" / "run_search.py"), *argv, "--resume"],
+    # resumed two at a time (--max-concurrent may change on resume): the runs it starts overlap one that runs
+    more = [a if a != "1" or argv[i - 1] != "--max-concurrent" else "2" for i, a in enumerate(argv)]
+    resumed_at = time.time()
+    resumed = subprocess.run([sys.executable, str(REPO / "tune" / "run_search.py"), *more, "--resume"],
                              cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     _assert_finished_exactly_planned(tmp_path)
+    spans = []  # each trial's epochs reported after the resume: (first, last) time
+    for results in (tmp_path / "rr" / "ablation_capacity").glob("trial_*/result.json"):
+        times = [json.loads(line)["timestamp"] for line in results.read_text().splitlines() if line.strip()]
+        times = [t for t in times if t >= resumed_at]
+        if times:
+            spans.append((min(times), max(times)))
+    assert any(min(a[1], b[1]) - max(a[0], b[0]) >= 2 for i, a in enumerate(spans) for b in spans[i + 1:]), spans
 
 
 # -- one driver per search -----------------------------------------------------------------------
@@ -348,7 +358,7 @@ def test_help_lists_what_a_resume_may_change(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     text = "".join(capsys.readouterr().out.split())  # argparse wraps lines, also at hyphens
-    assert "optionsaresumemaychange:--race,--race-seeds,--register,--log-models,--time-budget,--address" in text
+    assert "optionsaresumemaychange:--max-concurrent,--race,--race-seeds,--register,--log-models,--time-budget" in text
 
 
 def _logged_models(client, exp) -> int:

@@ -19,9 +19,8 @@ from bilaw.file_errors import load_json, require_mapping
 
 IDENTITY_FILE = "search.json"
 # argparse dests that may differ on --resume, with what they change (for --help and messages)
-# (--max-concurrent is not among them: Ray Tune restores a resumed search's concurrency limit
-# from its own snapshot, so a new value would be silently ignored)
 MAY_CHANGE = {
+    "max_concurrent": "--max-concurrent",
     "race": "--race",
     "race_seeds": "--race-seeds",
     "register": "--register",
@@ -39,7 +38,7 @@ class ResumeMismatch(ValueError):
 
 
 # argparse dests whose value a resume that leaves them out takes from the stored search
-STORED_ARGS = ("workload", "set", "num_samples", "seeds", "epochs", "gpus_per_trial", "cpus_per_trial", "max_concurrent",
+STORED_ARGS = ("workload", "set", "num_samples", "seeds", "epochs", "gpus_per_trial", "cpus_per_trial",
                "checkpoint_every", "system_metrics_interval", "no_system_metrics", "allow_suspect", "sampler_seed")
 
 
@@ -71,7 +70,6 @@ def identity(plan: Any) -> dict[str, Any]:
         "--sampler-seed": plan.sampler_seed,
         "objectives": [f"{m} ({d})" for m, d in zip(plan.space.metric, plan.space.mode)],
         "--checkpoint-every": plan.checkpoint_every,
-        "--max-concurrent": a.max_concurrent,
         "--gpus-per-trial": a.gpus_per_trial,
         "--cpus-per-trial": plan.cpus,
         "--system-metrics-interval": a.system_metrics_interval,

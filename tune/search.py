@@ -14,7 +14,7 @@ from typing import Any
 import optuna
 import ray
 from ray import tune
-from ray.tune.search import Repeater
+from ray.tune.search import ConcurrencyLimiter, Repeater
 from ray.tune.search.optuna import OptunaSearch
 
 from tune import spaces as sp
@@ -75,6 +75,33 @@ class PrunedAwareOptunaSearch(ResumableOptunaSearch):
         super().on_trial_complete(trial_id, result=result, error=error)
 
 
+UNLIMITED = 1 << 30  # a concurrency limit that never binds: Ray Tune's resources decide
+
+
+class AdjustableConcurrencyLimiter(ConcurrencyLimiter):
+    """At most `--max-concurrent` trials at once, a limit a resume may change. (With Ray Tune's
+    own `max_concurrent_trials`, a resumed search gets the first run's limit back from its
+    snapshot.) `wanted` is set on the restored searcher before the fit; restoring the snapshot's
+    state keeps it."""
+
+    def __init__(self, searcher, max_concurrent: int | None) -> None:
+        super().__init__(searcher, max_concurrent=max_concurrent or UNLIMITED)
+        self.wanted = self.max_concurrent
+
+    def set_state(self, state: dict) -> None:
+        wanted = self.wanted
+        super().set_state(state)
+        self.wanted = self.max_concurrent = wanted
+
+
+def use_max_concurrent(tuner: tune.Tuner, max_concurrent: int | None) -> None:
+    """Give a restored search the --max-concurrent of this resume."""
+    config = getattr(getattr(tuner, "_local_tuner", None), "_tune_config", None)
+    limiter = getattr(config, "search_alg", None)
+    if isinstance(limiter, AdjustableConcurrencyLimiter):
+        limiter.wanted = limiter.max_concurrent = max_concurrent or UNLIMITED
+
+
 def make_sampler(space: sp.SearchSpace, n: int, seed: int = 0) -> optuna.samplers.BaseSampler:
     """The space's Optuna sampler, seeded (--sampler-seed): the same seed draws the same trials.
     TPE is multivariate with constant liar; with conditional params it also groups them (each
@@ -104,7 +131,7 @@ def make_searcher(plan, folder: Path):
         searcher = ResumableOptunaSearch(**kwargs)
     if len(plan.seeds) > 1:  # each sampled config once per seed; Optuna sees the mean
         searcher = Repeater(searcher, repeat=len(plan.seeds), set_index=True)
-    return searcher
+    return AdjustableConcurrencyLimiter(searcher, plan.args.max_concurrent)
 
 
 def make_scheduler(plan):
@@ -258,6 +285,7 @@ def _fit(plan, argv: list[str], tracking: SearchTracking, folder: Path, availabl
             tuner = tune.Tuner.restore(plan.experiment_path, trainable=tune.with_resources(train_trial, _resources(plan, gpus)),
                                        resume_unfinished=True, resume_errored=True)
             _use_log_models(tuner, plan)
+            use_max_concurrent(tuner, plan.args.max_concurrent)
         else:
             if plan.args.resume:
                 raise SearchError(f"--resume: no MLflow parent run of {plan.experiment_path} in "
@@ -315,7 +343,7 @@ def build_tuner(plan, tracking: SearchTracking, folder: Path, gpus: float) -> tu
         tune_config=tune.TuneConfig(
             metric=None if multi else space.metric[0], mode=None if multi else space.mode[0],
             search_alg=make_searcher(plan, folder), scheduler=make_scheduler(plan),
-            num_samples=plan.num_samples, max_concurrent_trials=plan.args.max_concurrent,
+            num_samples=plan.num_samples,  # --max-concurrent: the searcher's AdjustableConcurrencyLimiter
             reuse_actors=True,  # later trials skip the worker start-up and imports (benchmarks/search_overhead.py)
             trial_name_creator=trial_name, trial_dirname_creator=trial_name),
         run_config=tune.RunConfig(
