@@ -38,7 +38,7 @@ MASKING_TAG = "suspect_gradient_masking"
 # What AutoAttack's own sanity checks said of the run's model (randomised or dynamic defence,
 # probabilities for logits, zero gradients, Square beating the gradient attacks), one per line.
 AA_WARNINGS_TAG = "autoattack_warnings"
-WEIGHTS_TAG = "weights"  # "collapsed" or "faded": a trial whose learned weights died (bilaw/weight_health.py)
+WEIGHTS_TAG = "weights"  # a weight net's status: collapsed, untrained, faded or learned (bilaw/weight_health.py)
 # MLflow's own HTTP retries block for minutes on a dead server (measured: 247 s); keep them short.
 FAST_FAIL_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
                  "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
