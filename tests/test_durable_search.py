@@ -223,7 +223,9 @@ def test_bad_time_budget_is_one_error_before_ray(text, tmp_path, capsys, monkeyp
 def test_time_budget_stops_the_search_resumably(tmp_path):
     import optuna
 
-    argv = _argv(tmp_path, "--set", "epochs=10", "--max-concurrent", "1")
+    # 120 epochs: even on an idle machine a trial outlasts the 30 s budget (10 epochs once finished
+    # all four trials within it)
+    argv = _argv(tmp_path, "--set", "epochs=120", "--max-concurrent", "1")
     budget = subprocess.run([sys.executable, str(REPO / "tune" / "run_search.py"), *argv, "--time-budget", "30s"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
     log = budget.stdout + budget.stderr

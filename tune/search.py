@@ -51,9 +51,8 @@ class ResumableOptunaSearch(OptunaSearch):
             pass
 
     def restore(self, checkpoint_path: str) -> None:
-        """Ray's OptunaSearch counts a trial done even when telling the study failed (it logs the
-        error: a full disk, a locked database) and then ignores the trial's re-run; a trial the
-        study still holds unfinished is not done, so its re-run at --resume is told to the study."""
+        """A trial whose tell failed (a full disk) is not done, so its re-run at --resume reaches
+        the study (Ray's OptunaSearch counts it done and ignores the re-run)."""
         super().restore(checkpoint_path)
         states = {t.number: t.state for t in self._ot_study.get_trials(deepcopy=False)}
         for trial_id in list(self._completed_trials):
@@ -105,15 +104,10 @@ class AdjustableConcurrencyLimiter(ConcurrencyLimiter):
         self.wanted = self.max_concurrent = wanted
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        """Also passes on the end of a trial it no longer counts as live. A trial that errored left
-        the live set, and Ray's limiter drops the end of a trial outside it; a --resume runs errored
-        trials again, and the end of that run must reach the searcher, or the study keeps the trial
-        RUNNING (seen after a full disk during a trial). Not through a Repeater (several seeds),
-        which has already counted the errored run's end in its group."""
-        if self._limit_concurrency and trial_id not in self.live_trials and not isinstance(self.searcher, Repeater):
-            self.searcher.on_trial_complete(trial_id, result=result, error=error)
-            return
-        super().on_trial_complete(trial_id, result=result, error=error)
+        """Also passes on an errored trial's re-run end at --resume, which Ray's limiter drops (the
+        trial left its live set); not through a Repeater, which counted the errored run already."""
+        gone = self._limit_concurrency and trial_id not in self.live_trials and not isinstance(self.searcher, Repeater)
+        (self.searcher if gone else super()).on_trial_complete(trial_id, result=result, error=error)
 
 
 def use_max_concurrent(tuner: tune.Tuner, max_concurrent: int | None) -> None:
