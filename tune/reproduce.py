@@ -97,7 +97,7 @@ class Job:
     setting: Setting
     row: Row
     seed: int
-    cfg: TrainConfig
+    cfg: TrainConfig | None   # set by add_job once validated
 
     @property
     def slug(self) -> str:
@@ -182,17 +182,23 @@ def plan_jobs(args, table: Table, settings: list[Setting], rows: list[Row], seed
             for seed in seeds:
                 data = {**base, "method": row.method, **row.overrides,
                         "baselines_full_train": True, **overrides, "seed": seed}
-                if args.epochs is not None:
-                    data["epochs"] = args.epochs
-                try:
-                    cfg = TrainConfig.from_dict(data).resolved()
-                except ConfigError as exc:
-                    errors += [e for e in exc.errors if e not in errors]
-                    continue
-                jobs.append(Job(f"table{table.number}", setting, row, seed, cfg))
+                add_job(jobs, errors, Job(f"table{table.number}", setting, row, seed, None), data, args.epochs)
     if errors:
         raise ConfigError(errors)
     return jobs
+
+
+def add_job(jobs: list[Job], errors: list[str], job: Job, data: dict, epochs: int | None) -> None:
+    """Append `job` with the config `data` (its epochs replaced by `epochs` if given), validated;
+    a config's errors are collected in `errors` instead, each once, so that all are said at once."""
+    if epochs is not None:
+        data = {**data, "epochs": epochs}
+    try:
+        job.cfg = TrainConfig.from_dict(data).resolved()
+    except ConfigError as exc:
+        errors += [e for e in exc.errors if e not in errors]
+        return
+    jobs.append(job)
 
 
 def config_difference(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:

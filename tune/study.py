@@ -34,12 +34,13 @@ if __package__ in (None, ""):  # run as `python tune/study.py`
 
 import numpy as np  # noqa: E402
 
-from bilaw.config import ConfigError, TrainConfig, parse_overrides  # noqa: E402
+from bilaw.config import ConfigError, parse_overrides  # noqa: E402
 from bilaw.data import MissingDatasetError  # noqa: E402
 from bilaw.file_errors import DamagedFileError  # noqa: E402
 from bilaw.registry import unknown_name_message  # noqa: E402
 from tune import spaces as sp  # noqa: E402
-from tune.reproduce import Job, ReproduceError, Row, Setting, check_finished, parse_seeds, run_job  # noqa: E402
+from tune.reproduce import (Job, ReproduceError, Row, Setting, add_job, check_finished, parse_seeds,  # noqa: E402
+                            run_job)
 from tune.tracking import TrackingError, absolute_tracking_uri, check_tracking_uri, redact_uri  # noqa: E402
 
 GROUP = "study"
@@ -134,14 +135,7 @@ def plan_jobs(args) -> list[Job]:
         row = ARMS[arm]
         for seed in seeds:
             data = {**base, **overrides, "method": row.method, **row.overrides, "seed": seed}
-            if args.epochs is not None:
-                data["epochs"] = args.epochs
-            try:
-                cfg = TrainConfig.from_dict(data).resolved()
-            except ConfigError as exc:
-                errors += [e for e in exc.errors if e not in errors]
-                continue
-            jobs.append(Job(GROUP, setting, row, seed, cfg))
+            add_job(jobs, errors, Job(GROUP, setting, row, seed, None), data, args.epochs)
     if errors:
         raise ConfigError(errors)
     return jobs
