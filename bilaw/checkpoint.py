@@ -110,11 +110,11 @@ def _load_problem(path: Path, exc: Exception) -> str:
             zipped = f.read(2) == b"PK"  # torch.save writes a zip archive
     except OSError:
         zipped = False
+    unsupported = [line.strip() for line in str(exc).splitlines() if "Unsupported global" in line]
+    if unsupported:  # a complete file, written by code that stored other objects
+        return f"holds objects other than tensors and plain data, which are never loaded ({unsupported[0][:150]})"
     if zipped:
         return f"is cut short or damaged: not a complete PyTorch file ({one_line(exc).split('. ')[0]})"
-    unsupported = [line.strip() for line in str(exc).splitlines() if "Unsupported global" in line]
-    if unsupported:
-        return f"holds objects other than tensors and plain data, which are never loaded ({unsupported[0][:150]})"
     return "is not a PyTorch file (garbage bytes, or a file of another kind)"
 
 

@@ -345,6 +345,15 @@ def test_saving_keeps_the_previous_checkpoint_whole(tmp_path):
     assert not previous_path(tmp_path / "best.pt").exists()       # only where asked for
 
 
+def test_a_complete_checkpoint_holding_other_objects_is_not_called_cut_short(tmp_path):
+    path = tmp_path / CHECKPOINT_NAME
+    torch.save({"epoch": 3, "maps": [np.arange(4)]}, path)   # complete, but numpy is refused
+    with pytest.raises(DamagedFileError) as info:
+        load_checkpoint(path)
+    assert "holds objects other than tensors and plain data" in str(info.value)
+    assert "numpy" in str(info.value) and "cut short" not in str(info.value)
+
+
 # ----- the command-line tools --------------------------------------------------------------------------
 def _clean_error(capsys, *fragments: str) -> str:
     err = capsys.readouterr().err
