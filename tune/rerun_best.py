@@ -112,6 +112,7 @@ def _run(args, uri: str, best, config: dict) -> int:
     from tune.search import LOCAL_RAY, use_tune_env
     from tune.tracking import SearchTracking, use_fast_fail_http
     from tune.variant_runs import run_variants
+    from tune.worker_exit import worker_runtime_env
 
     use_tune_env()
     use_fast_fail_http()
@@ -120,7 +121,8 @@ def _run(args, uri: str, best, config: dict) -> int:
     gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (1.0 if torch.cuda.is_available() else 0.0)
     if gpus == 0 and config.get("device", "auto") == "auto":
         config["device"] = "cpu"
-    ray.init(address=LOCAL_RAY, include_dashboard=False, object_store_memory=256 * 1024 ** 2, logging_level="WARNING")
+    ray.init(address=LOCAL_RAY, include_dashboard=False, object_store_memory=256 * 1024 ** 2, logging_level="WARNING",
+             runtime_env=worker_runtime_env({}))
     name = f"{args.experiment}-rerun-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
         results = run_variants([{**config, "seed": seed} for seed in range(args.seeds)],

@@ -28,9 +28,10 @@ from tune.trainable import META_KEY, train_trial
 from tune.tracking import SearchTracking, redact_uri, use_fast_fail_http
 from tune.search_report import report
 from tune.stopping import STOP
-from tune import orphans, finished_search
+from tune import finished_search, orphans
 from tune.trial_tracking import TrialTracking
 from tune.variant_runs import PROGRESS_COLUMNS, trial_name
+from tune.worker_exit import worker_runtime_env
 
 
 class ResumableOptunaSearch(OptunaSearch):
@@ -173,7 +174,7 @@ def start_ray(plan) -> float:
     """Start Ray, or join the --address cluster, with the trials' environment; return the GPUs
     the cluster has."""
     env = {"RAY_AIR_NEW_OUTPUT": "0"}  # trials get no tracking URI: the driver writes MLflow
-    kwargs: dict[str, Any] = dict(include_dashboard=False, runtime_env={"env_vars": env},
+    kwargs: dict[str, Any] = dict(include_dashboard=False, runtime_env=worker_runtime_env(env),
                                   log_to_driver=True, configure_logging=True, logging_level="WARNING")
     address = ray_address(plan)
     if address == LOCAL_RAY:  # a joined cluster keeps its own object store (Ray refuses the option)
@@ -193,12 +194,8 @@ def parent_tags(plan, argv: list[str]) -> dict[str, str]:
 def _redacted_command(argv: list[str]) -> str:
     out, hide = [], False
     for a in argv:
-        if hide:
-            out.append(redact_uri(a))
-            hide = False
-            continue
-        if a.startswith("--tracking-uri="):
-            a = "--tracking-uri=" + redact_uri(a.split("=", 1)[1])
+        if hide or a.startswith("--tracking-uri="):  # the URI alone, or after "--tracking-uri="
+            a = redact_uri(a) if hide else "--tracking-uri=" + redact_uri(a.split("=", 1)[1])
         hide = a == "--tracking-uri"
         out.append(a)
     return "python tune/run_search.py " + shlex.join(out)
