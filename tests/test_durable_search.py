@@ -239,20 +239,29 @@ def test_time_budget_stops_the_search_resumably(tmp_path):
     assert not [r for r in children if r.info.status == "RUNNING"]
     assert optuna.trial.TrialState.RUNNING not in {t.state for t in _study(tmp_path)}
 
-    # resumed two at a time (--max-concurrent may change on resume): the runs it starts overlap one that runs
+    # resumed two at a time and without system metrics (both may change on resume): the runs it
+    # starts overlap one that runs, and no epoch trained after the resume samples the machine
     more = [a if a != "1" or argv[i - 1] != "--max-concurrent" else "2" for i, a in enumerate(argv)]
+    more.append("--no-system-metrics")
     resumed_at = time.time()
     resumed = subprocess.run([sys.executable, str(REPO / "tune" / "run_search.py"), *more, "--resume"],
                              cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     _assert_finished_exactly_planned(tmp_path)
     spans = []  # each trial's epochs reported after the resume: (first, last) time
+    keys: dict[bool, set[str]] = {False: set(), True: set()}  # metric names reported before / after it
     for results in (tmp_path / "rr" / "ablation_capacity").glob("trial_*/result.json"):
-        times = [json.loads(line)["timestamp"] for line in results.read_text().splitlines() if line.strip()]
-        times = [t for t in times if t >= resumed_at]
+        reports = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+        for r in reports:
+            keys[r["timestamp"] >= resumed_at].update(r)
+        times = [r["timestamp"] for r in reports if r["timestamp"] >= resumed_at]
         if times:
             spans.append((min(times), max(times)))
     assert any(min(a[1], b[1]) - max(a[0], b[0]) >= 2 for i, a in enumerate(spans) for b in spans[i + 1:]), spans
+    assert "system/cpu_utilization_percentage" in keys[False] and "val_pgd_acc" in keys[True]
+    assert not [k for k in keys[True] if k.startswith("system/")], sorted(keys[True])
+    stored = json.loads((tmp_path / "rr" / "ablation_capacity" / "search.json").read_text())
+    assert stored["args"]["no_system_metrics"] is True  # a later resume that leaves it out keeps it
 
 
 # -- one driver per search -----------------------------------------------------------------------
@@ -360,7 +369,8 @@ def test_help_lists_what_a_resume_may_change(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     text = "".join(capsys.readouterr().out.split())  # argparse wraps lines, also at hyphens
-    assert "optionsaresumemaychange:--max-concurrent,--race,--race-seeds,--register,--log-models,--time-budget" in text
+    assert ("optionsaresumemaychange:--max-concurrent,--race,--race-seeds,--register,--log-models,--time-budget,"
+            "--address,--break-lock,--system-metrics-interval,--no-system-metrics;") in text
 
 
 def _logged_models(client, exp) -> int:

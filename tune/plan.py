@@ -15,6 +15,7 @@ from tune.seeds import SeedsError
 from tune.seeds import parse_seeds as seeds_rule
 from tune.state_files import OPTUNA_DB, check_study, read_driver_record
 from tune.storage import StorageError, is_uri, join, state_folder, storage_location
+from tune.system_metrics import DEFAULT_INTERVAL_S
 from tune.tracking import absolute_tracking_uri, redact_uri
 
 DEFAULT_CHECKPOINT_EVERY_S = 30.0  # seconds between the checkpoints a trial hands Ray
@@ -57,10 +58,11 @@ class Plan:
         self.seeds = parse_seeds(args.seeds, self.space.seeds)
         if getattr(args, "register", False) and getattr(args, "log_models", "winner") == "none":
             raise SearchError("--register with --log-models none: there would be no model to register")
-        interval = getattr(args, "system_metrics_interval", 2.0)
+        interval = getattr(args, "system_metrics_interval", DEFAULT_INTERVAL_S)
         if not interval > 0:
             raise SearchError(f"--system-metrics-interval {interval:g}: must be > 0 seconds (--no-system-metrics "
                               f"turns them off)")
+        self.system_metrics_interval_s = 0.0 if getattr(args, "no_system_metrics", False) else float(interval)
         self.sampler_seed = getattr(args, "sampler_seed", 0)
         if self.sampler_seed < 0:
             raise SearchError(f"--sampler-seed {self.sampler_seed}: must be >= 0")

@@ -28,6 +28,8 @@ MAY_CHANGE = {
     "time_budget": "--time-budget",
     "address": "--address",
     "break_lock": "--break-lock",
+    "system_metrics_interval": "--system-metrics-interval",
+    "no_system_metrics": "--no-system-metrics",
 }
 RESUME_HELP = ("options a resume may change: " + ", ".join(MAY_CHANGE.values())
                + "; every other option must be as the search started (a left-out one keeps its stored value)")
@@ -72,8 +74,6 @@ def identity(plan: Any) -> dict[str, Any]:
         "--checkpoint-every": plan.checkpoint_every,
         "--gpus-per-trial": a.gpus_per_trial,
         "--cpus-per-trial": plan.cpus,
-        "--system-metrics-interval": a.system_metrics_interval,
-        "--no-system-metrics": bool(a.no_system_metrics),
         "--allow-suspect": bool(a.allow_suspect),
         "--experiment": plan.experiment,
         "--storage-path": plan.storage_location,

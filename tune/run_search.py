@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(note, flush=True)
         else:
             check_fresh(plan)
-            resume_check.store(plan)
+        resume_check.store(plan)  # on a resume, the options it may change are stored for the next one
     except (sp.SpaceError, ConfigError, SearchError, TrackingError, MissingDatasetError, DamagedFileError,
             LockError, resume_check.ResumeMismatch, DurationError) as exc:
         if lock is not None:

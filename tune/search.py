@@ -23,6 +23,7 @@ from tune.paired_runs import PerPointStore
 from tune.plan import SearchError, git_commit
 from tune.space_schema import NOT_SEARCHED
 from tune.storage import StorageError, check_shared_storage
+from tune.system_metrics import INTERVAL_ENV
 from tune.state_files import OPTUNA_DB
 from tune.trainable import META_KEY, train_trial
 from tune.tracking import SearchTracking, redact_uri, use_fast_fail_http
@@ -173,7 +174,8 @@ def ray_address(plan) -> str:
 def start_ray(plan) -> float:
     """Start Ray, or join the --address cluster, with the trials' environment; return the GPUs
     the cluster has."""
-    env = {"RAY_AIR_NEW_OUTPUT": "0"}  # trials get no tracking URI: the driver writes MLflow
+    # trials get no tracking URI: the driver writes MLflow
+    env = {"RAY_AIR_NEW_OUTPUT": "0", INTERVAL_ENV: str(plan.system_metrics_interval_s)}
     kwargs: dict[str, Any] = dict(include_dashboard=False, runtime_env=worker_runtime_env(env),
                                   log_to_driver=True, configure_logging=True, logging_level="WARNING")
     address = ray_address(plan)
@@ -342,8 +344,7 @@ def _close_orphans(tracking: SearchTracking, folder: Path, plan) -> None:
 def build_tuner(plan, tracking: SearchTracking, folder: Path, gpus: float) -> tune.Tuner:
     space = plan.space
     meta = {"seeds": plan.seeds, "threads": max(1, int(plan.cpus)), "space": space.name,
-            "checkpoint_every_s": plan.checkpoint_every, "searched": list(space.params), "gpu_share": gpus,
-            "system_metrics_interval_s": 0.0 if plan.args.no_system_metrics else plan.args.system_metrics_interval}
+            "checkpoint_every_s": plan.checkpoint_every, "searched": list(space.params), "gpu_share": gpus}
     constants = {k: v for k, v in plan.base.items() if k not in space.params}
     if gpus == 0 and constants.get("device", "auto") == "auto":
         constants["device"] = "cpu"  # a 0-GPU trial on a GPU box still sees every GPU (ray#54868)

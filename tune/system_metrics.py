@@ -10,10 +10,19 @@ same numbers.
 """
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
 DEFAULT_INTERVAL_S = 2.0
+# The sampling interval reaches the trials through their workers' environment, not their config,
+# so a resumed search may change it (trials restored by Ray keep the config they started with).
+INTERVAL_ENV = "BILAW_SYSTEM_METRICS_INTERVAL_S"
+
+
+def trial_interval_s() -> float:
+    """The interval a trial samples at (0: none), as its search's driver set it."""
+    return float(os.environ.get(INTERVAL_ENV, "0") or 0)
 
 
 def _gpu_handles() -> list[Any]:

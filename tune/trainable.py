@@ -26,7 +26,7 @@ from bilaw.gpu_memory import cap_gpu_memory, gpu_oom_message
 from bilaw.runs import save_run
 from bilaw.trainer import CHECKPOINT_NAME, scalar_final, train
 
-from .system_metrics import SystemSampler
+from .system_metrics import SystemSampler, trial_interval_s
 
 META_KEY = "_bilaw"
 SAVED_RUN = "run"  # the saved run's folder inside a trial's last checkpoint
@@ -103,7 +103,7 @@ def train_trial(config: dict[str, Any]) -> None:
     cfg = trial_config(config)
     share, fraction = apply_gpu_share(meta, cfg)
     work = Path(tempfile.mkdtemp(prefix="bilaw-trial-"))
-    interval = float(meta.get("system_metrics_interval_s", 0.0))
+    interval = trial_interval_s()
     sampler = SystemSampler(interval) if interval > 0 else None
     try:
         _restore_checkpoint(work)
