@@ -181,7 +181,8 @@ def start_ray(plan) -> float:
     address = ray_address(plan)
     if address == LOCAL_RAY:  # a joined cluster keeps its own object store (Ray refuses the option)
         kwargs["object_store_memory"] = 256 * 1024 ** 2
-    ray.init(address=address, **kwargs)
+    with STOP.ray_starting(local=address == LOCAL_RAY):
+        ray.init(address=address, **kwargs)
     return float(ray.cluster_resources().get("GPU", 0.0))
 
 
@@ -233,7 +234,6 @@ def run_search(plan, argv: list[str]) -> int:
     if done is not None and done.info.status == "FINISHED" and finished_search.nothing_new(plan, done):
         return finished_search.show_again(plan, tracking, done, folder)  # nothing stored changes
     available = start_ray(plan)
-    STOP.install()  # after ray.init, which installed Ray's own SIGTERM handler
     try:
         results, gpus = _fit(plan, argv, tracking, folder, available)
         if STOP.stopping:  # Ray Tune took the stop and returned from fit

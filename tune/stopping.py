@@ -178,6 +178,25 @@ class StopRequest:
             raise KeyboardInterrupt
 
     @contextmanager
+    def ray_starting(self, local: bool) -> Iterator[None]:
+        """Around ray.init: a local Ray's processes (its head, its agents and, through them, the
+        trials' workers) start with SIGTERM and SIGHUP blocked, as Ray starts them with SIGINT
+        blocked. A signal sent to the whole job (a batch scheduler signals every process of it:
+        SLURM's scancel and time limit; `kill -- -PGID`, `timeout`) then reaches only the driver,
+        which stops them in order; otherwise Ray's head dies at once and the driver cannot stop
+        its trials or end its runs. Ray's shutdown then stops them with SIGKILL after one second
+        each. The driver's handlers are installed again inside (ray.init installs Ray's own), and
+        a signal that came meanwhile is handled when the block ends."""
+        held = {getattr(signal, name) for name in STOP_SIGNALS}
+        before = signal.pthread_sigmask(signal.SIG_BLOCK, held) if local else None
+        try:
+            yield
+            self.install()
+        finally:
+            if before is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+    @contextmanager
     def during_fit(self) -> Iterator[None]:
         """Around a Tuner.fit: a stop that came before it stops it at once; Ray Tune's SIGINT
         handler, left installed by a fit that was not interrupted, is taken out afterwards."""
