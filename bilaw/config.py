@@ -141,6 +141,7 @@ class TrainConfig:
     amp: bool = False                    # bf16 autocast of the attack loops (CUDA only)
     channels_last: bool = False          # channels_last memory format for conv models
     compile: bool = False                # torch.compile the forward of the attacks and real step
+    threads: int | None = None           # torch CPU threads; None: torch's default (a run records the count it used)
 
     # ----- construction -------------------------------------------------------------------
     @classmethod
@@ -342,7 +343,7 @@ _CHECKS = [
     _range("meta_lr", 0, lo_open=True), _range("meta_weight_decay", 0), _range("meta_interval", 1),
     _range("burn_in_epochs", 0), _range("wmmr_alpha", 0), _range("mail_gamma", 0),
     _range("meta_val_size", 0), _range("holdout_val_size", 1), _range("label_noise", 0, 1, hi_open=True),
-    _range("aa_samples", 0), _range("aa_n_iter", 1), _range("masking_gap", 0), _range("analysis_samples", 0), _range("plot_every", 0), _range("wrn_depth", 8), _range("wrn_width", 1), _range("seed", 0),
+    _range("aa_samples", 0), _range("aa_n_iter", 1), _range("masking_gap", 0), _range("analysis_samples", 0), _range("plot_every", 0), _range("wrn_depth", 8), _range("wrn_width", 1), _range("seed", 0), _range("threads", 1),
     _check_weight_net, _check_milestones, _check_gairat, _check_meta_val,
 ]
 
@@ -357,21 +358,27 @@ KEY_ROLES: dict[str, str] = {
     "plots": "output", "plot_every": "output",
     "aa_samples": "evaluation", "aa_version": "evaluation", "aa_attacks": "evaluation", "aa_n_iter": "evaluation", "masking_gap": "evaluation",
     "hypergrad": "implementation", "compile": "implementation", "channels_last": "implementation",
+    "threads": "implementation",
 }
+# Keys a run fills in when it starts (bilaw/reproducibility.py): a stored None (or a config stored
+# before the key existed) did not record what that run used, so it matches any current value.
+RECORDED_AT_START = ("threads",)
 RESUME_FREE_KEYS = tuple(k for k, role in KEY_ROLES.items() if role in ("output", "evaluation"))
 REUSE_FREE_KEYS = tuple(k for k, role in KEY_ROLES.items() if role in ("output", "implementation"))
 
 
 def config_differences(saved: Mapping[str, Any], cfg: "TrainConfig", free: tuple[str, ...]) -> list[tuple[str, Any, Any]]:
     """(key, stored value, current value) for each key outside `free` where a stored config
-    differs from `cfg`; keys the stored config predates count as `stored_config_dict` fills them.
+    differs from `cfg`; keys the stored config predates count as `stored_config_dict` fills them,
+    and a stored None of a `RECORDED_AT_START` key matches any value (that run did not record it).
     Keys that only another weighting reads are free too (an AT run is the same run whatever its
     meta_lr); where the weightings differ, `weighting` itself is the difference."""
     now, saved = cfg.to_dict(), stored_config_dict(saved)
     weighting = cfg.weighting or METHODS.get(cfg.method, (None, None))[1]
     unread = unread_keys(weighting) if weighting in WEIGHTINGS else frozenset()
     return [(k, saved[k], now[k]) for k in now
-            if k not in free and k not in unread and saved[k] != now[k] and not _both_nan(saved[k], now[k])]
+            if k not in free and k not in unread and saved[k] != now[k] and not _both_nan(saved[k], now[k])
+            and not (k in RECORDED_AT_START and saved[k] is None)]
 
 
 def _both_nan(a: Any, b: Any) -> bool:

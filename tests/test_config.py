@@ -381,7 +381,23 @@ def test_key_roles_give_the_resume_and_reuse_exemptions():
     assert set(RESUME_FREE_KEYS) == {"device", "data_dir", "aa_samples", "aa_version", "aa_attacks", "aa_n_iter",
                                      "masking_gap", "eval_batch_size", "analysis_samples", "plots", "plot_every"}
     assert set(REUSE_FREE_KEYS) == {"device", "data_dir", "eval_batch_size", "hypergrad", "compile", "channels_last",
-                                    "analysis_samples", "plots", "plot_every"}
+                                    "analysis_samples", "plots", "plot_every", "threads"}
+
+
+def test_threads_is_validated_and_a_stored_run_without_a_count_matches_any():
+    """A run records its torch thread count (bilaw/reproducibility.py); a checkpoint or run stored
+    before it did (no `threads`, or null) resumes and is reused under any count, while two
+    recorded counts that differ are a different run on resume (float sums differ)."""
+    from bilaw.config import RESUME_FREE_KEYS, config_differences
+
+    with pytest.raises(ConfigError) as info:
+        TrainConfig.from_dict({"threads": 0})
+    assert info.value.errors == ["threads: 0 is out of range (allowed: >= 1)"]
+    cfg = TrainConfig(threads=2)
+    old = {k: v for k, v in cfg.to_dict().items() if k != "threads"}
+    assert config_differences(old, cfg, RESUME_FREE_KEYS) == []
+    assert config_differences({**old, "threads": None}, cfg, RESUME_FREE_KEYS) == []
+    assert config_differences({**old, "threads": 1}, cfg, RESUME_FREE_KEYS) == [("threads", 1, 2)]
 
 
 def test_config_differences_fill_keys_a_stored_config_predates():

@@ -1,8 +1,9 @@
 """`python tune/rerun_best.py --experiment NAME [--metric M] [--seeds 3] [--epochs N]`: re-train the
-best finished trial's exact config once per seed with the full evaluation (PGD-20 and
-AutoAttack on the paper's 1,000 test samples), each re-run an MLflow run tagged with the run it
-re-runs, and print mean and standard deviation. The seeds run as Ray trials, so a GPU machine or
-cluster runs them in parallel.
+best finished trial's exact config once per seed with the paper's evaluation (`FULL_EVAL` of
+bilaw/reproducibility.py: PGD-20 and standard AutoAttack on 1,000 test points), each re-run an
+MLflow run tagged with the run it re-runs, and print mean and standard deviation. Each re-run
+uses the torch thread count the trial recorded (`--threads` overrides it, with a note). The
+seeds run as Ray trials, so a GPU machine or cluster runs them in parallel.
 """
 from __future__ import annotations
 
@@ -18,13 +19,12 @@ if __package__ in (None, ""):  # run as `python tune/rerun_best.py`
 
 from bilaw.config import ConfigError, TrainConfig, parse_overrides  # noqa: E402
 from bilaw.file_errors import DamagedFileError  # noqa: E402
+from bilaw.reproducibility import FULL_EVAL, evaluation_label, pgd_label, threads_note  # noqa: E402
 from tune.model_store import ModelStoreError, source_run  # noqa: E402
 from tune.report import POINTS, ReportError, finished_runs  # noqa: E402
 from tune.tracking import TrackingError, absolute_tracking_uri, check_store_exists, check_tracking_uri  # noqa: E402
 
-FULL_EVAL = {"aa_samples": 1000, "aa_attacks": None, "aa_n_iter": None, "aa_version": "standard",
-             "eval_pgd_steps": 20}
-SUMMARY = [("clean", "test_clean_acc"), ("PGD-20", "test_pgd_acc"), ("AutoAttack", "test_aa_acc")]
+SUMMARY = [("clean", "test_clean_acc"), ("PGD", "test_pgd_acc"), ("AutoAttack", "test_aa_acc")]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,12 +37,15 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "models:/NAME/VERSION or models:/NAME@ALIAS")
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1), default 3")
     p.add_argument("--epochs", type=int, help="override the epochs of the re-runs")
-    p.add_argument("--aa-samples", type=int, default=1000, help="AutoAttack test samples (default 1000, the paper's)")
+    p.add_argument("--aa-samples", type=int, default=FULL_EVAL["aa_samples"],
+                   help=f"AutoAttack test samples (default {FULL_EVAL['aa_samples']}, the paper's)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="torch CPU threads per re-run (default: the count the trial recorded)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlruns.db in this folder)")
     p.add_argument("--storage-path", default="ray_results", help="folder for the re-runs' Ray results")
     p.add_argument("--gpus-per-trial", type=float, help="GPU share per seed (default: 1 if a GPU exists, else 0)")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument("--cpus-per-trial", type=float, help="CPUs per seed (default: its thread count, else 1)")
     return p
 
 
@@ -90,17 +93,24 @@ def main(argv: list[str] | None = None) -> int:
             raise ReportError("--model and --run-id both name a run: pass one")
         run_id = source_run(uri, args.model) if args.model else args.run_id
         best = pick_run(uri, args.experiment, args.metric, run_id)
-        config = {**run_config(uri, best), **FULL_EVAL, "aa_samples": args.aa_samples,
-                  **parse_overrides(args.set)}
+        recorded = run_config(uri, best)
+        config = {**recorded, **FULL_EVAL, "aa_samples": args.aa_samples, **parse_overrides(args.set)}
         if args.epochs is not None:
             config["epochs"] = args.epochs
+        if args.threads is not None:
+            config["threads"] = args.threads
         config.pop("seed", None)
-        TrainConfig.from_dict(config)  # validate before Ray starts
+        cfg = TrainConfig.from_dict(config)  # validate before Ray starts
     except (ReportError, TrackingError, ConfigError, DamagedFileError, ModelStoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"re-running run {best.info.run_id} ({best.info.run_name}, {args.metric} "
-          f"{best.data.metrics.get(args.metric, float('nan')):.4f}) with seeds 0..{args.seeds - 1}", flush=True)
+          f"{best.data.metrics.get(args.metric, float('nan')):.4f}) with seeds 0..{args.seeds - 1}; "
+          f"evaluation: {evaluation_label(cfg.to_dict())}", flush=True)
+    if cfg.threads is not None:
+        note = threads_note(recorded.get("threads"), cfg.threads, f"run {best.info.run_id}'s config.yaml")
+        print(note or f"{cfg.threads} torch thread{'s' if cfg.threads != 1 else ''} per re-run, as the trial ran",
+              flush=True)
     return _run(args, uri, best, config)
 
 
@@ -121,13 +131,14 @@ def _run(args, uri: str, best, config: dict) -> int:
     gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (1.0 if torch.cuda.is_available() else 0.0)
     if gpus == 0 and config.get("device", "auto") == "auto":
         config["device"] = "cpu"
+    threads = TrainConfig.from_dict(config).threads or 1  # a trial stored before threads were recorded ran 1
+    cpus = args.cpus_per_trial if args.cpus_per_trial is not None else float(threads)
     ray.init(address=LOCAL_RAY, include_dashboard=False, object_store_memory=256 * 1024 ** 2, logging_level="WARNING",
              runtime_env=worker_runtime_env({}))
     name = f"{args.experiment}-rerun-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
         results = run_variants([{**config, "seed": seed} for seed in range(args.seeds)],
-                               meta={"threads": max(1, int(args.cpus_per_trial))},
-                               resources={"cpu": args.cpus_per_trial, "gpu": gpus}, tracking=tracking,
+                               meta={"threads": threads}, resources={"cpu": cpus, "gpu": gpus}, tracking=tracking,
                                tags={"rerun_of": best.info.run_id, "rerun": "true"}, name=name,
                                storage_path=str(Path(args.storage_path).resolve()))
     finally:
@@ -137,18 +148,20 @@ def _run(args, uri: str, best, config: dict) -> int:
         print(f"error: no re-run finished ({sum(r.error is not None for r in results)} errored)", file=sys.stderr)
         return 1
     print(f"\n{len(finals)} re-runs of {best.info.run_id}:")
-    for line in summary_lines(finals):
+    for line in summary_lines(finals, pgd_label(config["eval_pgd_steps"])):
         print(line)
     return 0
 
 
-def summary_lines(finals: list[dict]) -> list[str]:
+def summary_lines(finals: list[dict], pgd: str = "PGD-20") -> list[str]:
     """Mean of each test accuracy over the re-runs with its 95% interval: over seeds (std and t)
-    for several, the Wilson interval over its test points for one."""
+    for several, the Wilson interval over its test points for one; `pgd` labels the PGD line
+    with the steps the re-runs used."""
     from tune.uncertainty import accuracy_interval
 
     lines = []
     for label, key in SUMMARY:
+        label = pgd if key == "test_pgd_acc" else label
         values = [m[key] for m in finals if key in m]
         if not values:
             continue

@@ -23,6 +23,7 @@ from ray import tune
 from bilaw.checkpoint import previous_path
 from bilaw.config import TrainConfig
 from bilaw.gpu_memory import cap_gpu_memory, gpu_oom_message
+from bilaw.reproducibility import use_threads
 from bilaw.runs import save_run
 from bilaw.trainer import CHECKPOINT_NAME, scalar_final, train
 
@@ -56,8 +57,13 @@ def variant_tags(config: dict[str, Any]) -> dict[str, str]:
 
 
 def trial_config(config: dict[str, Any]) -> TrainConfig:
-    """The TrainConfig of a trial (`trial_values`), resolved."""
-    return TrainConfig.from_dict(trial_values(config)).resolved()
+    """The TrainConfig of a trial (`trial_values`), resolved, with the torch thread count it runs
+    with: its config's `threads`, else the search's (one per CPU of the trial), so that the run's
+    config.yaml and the search's best_config.yaml record it (bilaw/reproducibility.py)."""
+    values = trial_values(config)
+    if values.get("threads") is None:
+        values["threads"] = max(1, int(config.get(META_KEY, {}).get("threads", 1)))
+    return TrainConfig.from_dict(values).resolved()
 
 
 def _restore_checkpoint(work: Path) -> None:
@@ -99,8 +105,7 @@ def train_trial(config: dict[str, Any]) -> None:
     """Ray Tune entry point: one trial = one `bilaw.train` run."""
     meta = config.get(META_KEY, {})
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # one line per epoch otherwise
-    torch.set_num_threads(max(1, int(meta.get("threads", 1))))
-    cfg = trial_config(config)
+    cfg = use_threads(trial_config(config))
     share, fraction = apply_gpu_share(meta, cfg)
     work = Path(tempfile.mkdtemp(prefix="bilaw-trial-"))
     interval = trial_interval_s()
