@@ -4,17 +4,47 @@ printed and written (`best_config.yaml`, the parent run's metrics and artifacts)
 from __future__ import annotations
 
 import math
+import shlex
 import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
 from bilaw.config import TrainConfig
+from bilaw.reproducibility import FULL_EVAL, evaluation_label
 from tune.search_paired import config_key, paired_summary
 from tune.trainable import trial_config
 from tune.tracking import TRIAL_ID_TAG, SearchTracking, redact_uri, runs_table_url
 
 BEST_CONFIG = "best_config.yaml"
+
+
+def python_command() -> str:
+    """The interpreter running this search as a shell word: relative to the working folder where
+    it lies inside it (`.venv/bin/python`), else its absolute path. Printed commands start with it,
+    since `python` and `mlflow` need not be on PATH (scripts/setup.sh makes .venv, unactivated)."""
+    exe = Path(sys.executable)
+    try:
+        shown = str(exe.relative_to(Path.cwd()))
+    except ValueError:
+        shown = str(exe)
+    return shlex.quote(shown)
+
+
+def rerun_lines(path: Path) -> list[str]:
+    """The commands that re-run the best config: as the trial ran (its recorded thread count and
+    evaluation: the same numbers on this machine) and with the paper's evaluation."""
+    python, config = python_command(), shlex.quote(str(path))
+    return [f"  re-run it: {python} -m bilaw.train --config {config} --out runs/best",
+            f"  with the paper's evaluation ({evaluation_label(FULL_EVAL, mark_full=False)}): "
+            f"{python} -m bilaw.train --config {config} --full-eval --out runs/best_full_eval"]
+
+
+def saved_config(plan, cfg: TrainConfig) -> TrainConfig:
+    """The best config as best_config.yaml keeps it: the trial's config, with the device the user
+    gave (a 0-GPU trial runs with device cpu, tune/search.py; the config stays `auto` where the
+    base config says so)."""
+    return cfg if "device" in plan.space.params else cfg.replace(device=plan.cfg.device)
 
 
 def in_trial_order(results) -> list:
@@ -174,21 +204,22 @@ def report(plan, results, tracking: SearchTracking, folder: Path, store: Any = N
               f"see {folder}", file=sys.stderr)
         return 1
     path = folder / BEST_CONFIG
-    cfg.to_yaml(path)
+    saved_config(plan, cfg).to_yaml(path)
     mean = statistics.fmean(values)
     spread = f" +- {statistics.stdev(values):.4f} over {len(values)} seeds" if len(values) > 1 else ""
     print(f"\nbest {space.metric[0]}: {mean:.4f}{spread}  ({len(results)} trials, {errors} errored)"
           + _interval_note(space.metric[0], values, cfg))
     for name in space.params:
         print(f"  {name} = {plan.space.params[name].shown_for(cfg)!r}")
-    print(f"best config: {path}\n  re-run it: python -m bilaw.train --config {path} --out runs/best")
+    print(f"best config: {path}\n" + "\n".join(rerun_lines(path)))
     winner, run_id, result = _winner(plan, results, tracking, cfg, child_runs)
     if run_id is not None and plan.args.log_models != "none":
         _log_winner_model(plan, tracking, run_id, result, winner)
     paired, paired_files = paired_summary(plan, results, tracking, cfg, folder, child_runs, store)
     tracking.finish_parent("FINISHED", {f"best_{space.metric[0]}": mean, "trials": len(results), "errors": errors,
                                         **winner}, artifacts=[path, space.path, *front_files, *paired_files])
-    print(f"MLflow: mlflow ui --backend-store-uri {redact_uri(plan.tracking_uri)} --host 127.0.0.1 --port 5000\n"
+    print(f"MLflow: {python_command()} -m mlflow ui --backend-store-uri {shlex.quote(redact_uri(plan.tracking_uri))} "
+          f"--host 127.0.0.1 --port 5000\n"
           f"  runs table: {runs_table_url(tracking.experiment_id)}")
     if paired:  # last, so the search's last lines say whether its winner stands out
         print("\n" + "\n".join(paired))
