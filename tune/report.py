@@ -3,8 +3,9 @@ the tracked results of a search as a table in the layout of the seed paper's tab
 
 One row per value of the searched parameter (or per method), columns Clean, PGD, AA where
 present, and the PGD - Clean gap of Table 6, each the mean and standard deviation over the
-finished trials with that value (seeds, re-runs). It reads MLflow only; `--importance` adds
-Optuna's parameter importances from the search's stored study. `--trials` lists every finished
+finished trials with that value (seeds, re-runs); the PGD and AA headings name the evaluation
+the runs had (tune/report_eval.py: `PGD-10`, or flagged as mixed). It reads MLflow only;
+`--importance` adds Optuna's parameter importances from the search's stored study. `--trials` lists every finished
 trial instead (its searched values, the held-out ranking metric, test metrics and whether its
 learned weights stayed alive), best first: the view for searches over several parameters.
 """
@@ -24,10 +25,11 @@ if __package__ in (None, ""):  # run as `python tune/report.py`
 
 from bilaw.file_errors import DamagedFileError  # noqa: E402
 from tune.paired_runs import PER_POINT_KEYS  # noqa: E402
+from tune.report_eval import EVAL_COLUMNS, column_evaluations, heading, mixed_note  # noqa: E402
 from tune.space_schema import NOT_SEARCHED  # noqa: E402
 from tune.uncertainty import accuracy_interval  # noqa: E402
 from tune.tracking import (MASKING_TAG, NOT_SEARCHED_TAG, PARENT_TAG, STATUS_TAG, TrackingError, absolute_tracking_uri,  # noqa: E402
-                           check_store_exists, check_tracking_uri)
+                           best_epoch, check_store_exists, check_tracking_uri)
 
 COLUMNS = [("Clean", "test_clean_acc"), ("PGD", "test_pgd_acc"), ("AA", "test_aa_acc")]
 # --trials: per-run columns after the searched values (header, metric, percent?)
@@ -50,6 +52,7 @@ class Row:
     gap: tuple[float, float] | None
     intervals: dict[str, tuple[float, float, str] | None] = field(default_factory=dict)  # 95%: t or Wilson
     points: dict[str, int | None] = field(default_factory=dict)  # column -> test points each run has
+    evaluations: dict[str, list[str]] = field(default_factory=dict)  # PGD, AA -> the evaluations its runs had
 
 
 def _mean_std(values: list[float]) -> tuple[float, float] | None:
@@ -116,7 +119,8 @@ def build_rows(runs: list, by: str) -> list[Row]:
                      for name, key in COLUMNS}
         gaps = [m.data.metrics["test_pgd_acc"] - m.data.metrics["test_clean_acc"] for m in members]
         points = {name: _points(members, POINTS[key]) for name, key in COLUMNS if values[name]}
-        rows.append(Row(value, len(members), cells, _mean_std(gaps), intervals, points))
+        evaluations = {name: column_evaluations(members, name, key) for name, key in COLUMNS if name in EVAL_COLUMNS}
+        rows.append(Row(value, len(members), cells, _mean_std(gaps), intervals, points, evaluations))
     return sorted(rows, key=lambda row: _sort_key(row.value))
 
 
@@ -150,14 +154,16 @@ def _with_interval(row: Row, col: str) -> str:
 
 def format_markdown(rows: list[Row], by: str) -> str:
     cols = [name for name, _ in COLUMNS if any(row.cells[name] for row in rows)]
-    head = [by, *cols, "PGD - Clean", "n"]
+    head = [by, *(heading(c, sorted({e for row in rows for e in row.evaluations.get(c, [])})) for c in cols),
+            "PGD - Clean", "n"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         gap = "-" if row.gap is None else f"{100 * row.gap[0]:.2f}" if row.n == 1 else _pct(row.gap)
         lines.append("| " + " | ".join([row.value, *(_with_interval(row, c) for c in cols), gap, str(row.n)]) + " |")
     return "\n".join(lines) + ("\n\naccuracies in %; a row of one run: its accuracy and, in brackets, the 95% Wilson "
                                "interval over its test points; of n runs: mean ± std and the 95% t-interval of the "
-                               "mean (df = n - 1)") + _points_note(rows, cols)
+                               "mean (df = n - 1)") + _points_note(rows, cols) + \
+        "".join(f"\n{n}" for n in [mixed_note({row.value: row.evaluations for row in rows})] if n)
 
 
 def _points_note(rows: list[Row], cols: list[str]) -> str:
@@ -211,7 +217,7 @@ def trial_table(runs: list) -> tuple[list[str], list[list[str]]]:
         m = r.data.metrics
         cells = [param_value(r, p, "-") for p in params]
         for _, key, pct in cols:
-            cells.append("-" if key not in m else f"{m[key] + 1:.0f}" if pct is None  # best_epoch is 0-based
+            cells.append("-" if key not in m else f"{best_epoch(r):.0f}" if pct is None  # best_epoch, from 1
                          else f"{100 * m[key]:.2f}" if pct else f"{m[key]:.4f}")
         if any(key == "weight_std_peak" for _, key, _ in cols):
             peak, last = m.get("weight_std_peak"), m.get("weight_std_last")
@@ -220,7 +226,8 @@ def trial_table(runs: list) -> tuple[list[str], list[list[str]]]:
         if masking_column:
             cells.append(_masking_cell(r))
         rows.append([r.info.run_name, *cells])
-    header = ["run", *params, *(c[0] for c in cols)]
+    header = ["run", *params, *(heading(c[0], column_evaluations(runs, c[0], c[1])) if c[0] in EVAL_COLUMNS
+                                else c[0] for c in cols)]
     if any(key == "weight_std_peak" for _, key, _ in cols):
         header += ["last/peak", "weights"]
     if masking_column:
@@ -274,11 +281,13 @@ def format_csv(rows: list[Row], by: str) -> str:
     writer = csv.writer(buf)
     names = [name for name, _ in COLUMNS]
     writer.writerow([by, *[f"{n.lower()}_{s}" for n in names for s in ("mean", "std")], "gap_mean", "gap_std",
-                     *[f"{n.lower()}_{s}" for n in names for s in ("lo", "hi")], "n"])
+                     *[f"{n.lower()}_{s}" for n in names for s in ("lo", "hi")],
+                     *[f"{n.lower()}_eval" for n in EVAL_COLUMNS], "n"])
     for row in rows:
         cells = [v for n in names for v in (row.cells[n] or ("", ""))]
         bounds = [v for n in names for v in ((row.intervals.get(n) or ("", ""))[:2])]
-        writer.writerow([row.value, *cells, *(row.gap or ("", "")), *bounds, row.n])
+        evals = [" / ".join(row.evaluations.get(n, [])) for n in EVAL_COLUMNS]
+        writer.writerow([row.value, *cells, *(row.gap or ("", "")), *bounds, *evals, row.n])
     return buf.getvalue()
 
 
