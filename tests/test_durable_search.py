@@ -23,6 +23,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from helpers import group_members, stop_group
+from tune.finished_search import NOTE_LIMIT, NOTE_TAG, SUMMARY_FILE, describe_parent
 from tune.orphans import INTERRUPTED_ATTR, KILLED_TAG
 from tune.run_search import main
 from tune.search_lock import LOCK_FILE, LockError, SearchLock
@@ -383,6 +384,35 @@ def test_help_lists_what_a_resume_may_change(capsys):
     text = "".join(capsys.readouterr().out.split())  # argparse wraps lines, also at hyphens
     assert ("optionsaresumemaychange:--max-concurrent,--race,--race-seeds,--register,--log-models,--time-budget,"
             "--address,--break-lock,--system-metrics-interval,--no-system-metrics;") in text
+
+
+def test_the_parent_run_tells_the_search_story(finished):
+    """The parent's description (MLflow's note, on its page) links the winner's run and model and
+    holds the summary the search printed, as Markdown."""
+    root, _ = finished
+    client, exp, parents, children = _runs(root, "cap")
+    note = parents[0].data.tags[NOTE_TAG]
+    winner = parents[0].data.tags["winner_run_id"]
+    model = client.get_run(winner).outputs.model_outputs[0].model_id
+    assert note.startswith(f"## {parents[0].info.run_name}\n")
+    assert f"- winner: [{parents[0].data.tags['winner_run_name']}](#/experiments/{exp.experiment_id}/runs/{winner})" in note
+    assert f"[{model}](#/experiments/{exp.experiment_id}/models/{model}) (`models:/{model}`)" in note
+    summary = (root / "rr" / "cap" / SUMMARY_FILE).read_text().rstrip("\n")
+    assert f"### Summary\n\n```\n{summary}\n```" in note
+    assert "best best_val_pgd_acc:" in summary and "paired:" in summary
+
+
+def test_a_long_story_is_cut_to_what_mlflow_stores(tmp_path):
+    from types import SimpleNamespace
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")
+    exp = client.create_experiment("long")
+    parent = client.create_run(exp, tags={"space": "s", "workload": "w", "seeds": "0", "command": "c"}).info.run_id
+    (tmp_path / SUMMARY_FILE).write_text("".join(f"config {i}: +1.00 points [-2.00, +3.00]\n" for i in range(400)))
+    describe_parent(SimpleNamespace(client=client, parent_run_id=parent), tmp_path)
+    note = client.get_run(parent).data.tags[NOTE_TAG]
+    assert len(note) <= NOTE_LIMIT and note.count("```") == 2 and note.endswith("```")
+    assert "config 0: +1.00" in note and "config 399" not in note and f"cut here: the whole text is the run's artifacts {SUMMARY_FILE}" in note
 
 
 def _logged_models(client, exp) -> int:

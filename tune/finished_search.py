@@ -17,6 +17,8 @@ from tune.tracking import PARENT_TAG, SearchTracking, find_runs
 SUMMARY_FILE = "summary.txt"
 RACE_ARTIFACT = "race.txt"       # a race's rounds and outcome (tune/race.py)
 RACE_ASKED_TAG = "race_asked"    # "K=2 seeds=5" on the parent of a search whose race finished
+NOTE_TAG = "mlflow.note.content"  # a run's description: MLflow's UI shows it, as Markdown, on the run's page
+NOTE_LIMIT = 8000                 # the longest tag value MLflow stores
 
 
 def race_asked(k: int, seeds: int) -> str:
@@ -58,8 +60,39 @@ def kept_summary(tracking: SearchTracking, folder: Path) -> Iterator[None]:
         path.write_text(text + "\n")
         if tracking.parent_run_id is not None:
             tracking.client.log_artifact(tracking.parent_run_id, str(path))
+            describe_parent(tracking, folder)
     except Exception as exc:  # noqa: BLE001 - the summary was printed; keeping it is a convenience
         print(f"warning: could not keep the search's summary: {exc}", file=sys.stderr)
+
+
+def describe_parent(tracking: SearchTracking, folder: Path) -> None:
+    """Set the parent run's description (shown on its page in MLflow's UI) to the search's story
+    in Markdown: links to the winner's run and logged model, the summary the search printed
+    (ranked configs with their intervals, the paired verdict, the winner) and the race's outcome."""
+    client, parent_id = tracking.client, tracking.parent_run_id
+    parent = client.get_run(parent_id)
+    tags, exp = parent.data.tags, parent.info.experiment_id
+    lines = [f"## {parent.info.run_name}", "",
+             f"Space `{tags.get('space', '?')}` on workload `{tags.get('workload', '?')}`, seeds {tags.get('seeds', '?')}; "
+             f"command: `{tags.get('command', '?')}`", ""]
+    winner = tags.get("winner_run_id")
+    if winner:
+        lines.append(f"- winner: [{tags.get('winner_run_name', winner)}](#/experiments/{exp}/runs/{winner})")
+        for out in client.get_run(winner).outputs.model_outputs or []:
+            lines.append(f"- winner's logged model: [{out.model_id}](#/experiments/{exp}/models/{out.model_id}) "
+                         f"(`models:/{out.model_id}`)")
+    if tags.get("race_winner"):
+        lines.append(f"- race winner: {tags['race_winner']} (separated: {tags.get('race_separated', '?')})")
+    for title, name in (("Summary", SUMMARY_FILE), ("Race", RACE_ARTIFACT)):
+        path = Path(folder) / name
+        if path.exists():
+            lines += ["", f"### {title}", "", "```", path.read_text().rstrip("\n"), "```"]
+    text = "\n".join(lines)
+    if len(text) > NOTE_LIMIT:  # MLflow refuses a longer tag value
+        cut = f"\n... (cut here: the whole text is the run's artifacts {SUMMARY_FILE} and {RACE_ARTIFACT})"
+        kept = text[:NOTE_LIMIT - len(cut) - 4]
+        text = kept + cut + ("\n```" if kept.count("```") % 2 else "")
+    client.set_tag(parent_id, NOTE_TAG, text)
 
 
 def print_summary(tracking: SearchTracking, parent: Any, folder: Path) -> None:
@@ -140,10 +173,7 @@ def register_logged(plan: Any, tracking: SearchTracking, parent: Any) -> int:
         print(f"error: --register: the winner's run {run_id} has no logged model (the search ran with "
               f"--log-models none); nothing was registered", file=sys.stderr)
         return 1
-    run = tracking.client.get_run(run_id)
-    tags = {"run_id": run_id, "space": plan.space.name, "workload": plan.workload.name,
-            **{f"config.{k}": v for k, v in run.data.params.items()},
-            **{k: v for k, v in parent.data.metrics.items() if k.startswith("winner_")}}
+    tags = {"run_id": run_id, "space": plan.space.name, "workload": plan.workload.name}  # register adds the rest
     version = register(tracking.uri, model.model_uri, plan.experiment, tags)
     print(f"registered: models:/{plan.experiment}/{version.version} (the model logged with run {run_id})")
     return 0

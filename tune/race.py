@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from tune.finished_search import RACE_ARTIFACT, RACE_ASKED_TAG, race_asked
+from tune.finished_search import RACE_ARTIFACT, RACE_ASKED_TAG, describe_parent, race_asked
 from tune.paired import MIN_SEEDS_TO_DROP, Paired, against_leader, format_comparisons, mean_accuracy, verdict
 from tune.paired_runs import PerPointStore, shared_points, what
 from tune.search_paired import config_key, finished_config_points
@@ -206,6 +206,7 @@ def _finish(race: Race, rounds: int, tracking: SearchTracking, folder: Path, mos
         if status == "FINISHED" and asked:  # what a finished race was asked: the same --race again changes nothing
             tracking.client.set_tag(tracking.parent_run_id, RACE_ASKED_TAG, asked)
         tracking.client.log_artifact(tracking.parent_run_id, str(path))
+        describe_parent(tracking, folder)
     except Exception as exc:  # noqa: BLE001 - what the rounds found is in their runs either way
         print(f"warning: could not record the race's outcome: {type(exc).__name__}: {exc}")
         status = "FAILED"
