@@ -12,6 +12,8 @@ allows and returns the files written:
 - weights_noisy_vs_clean.png  mean weight of corrupted and clean samples per epoch (label noise)
 `plot_weight_maps` draws weight_vs_margin.png: a weight net's weight against the true-class
 margin at each map snapshot, the current net beside its initial state (bilaw/weight_maps.py).
+`plot_curves` draws learning_curves.png (any run): the training loss and the held-out clean and
+PGD accuracy per epoch, with the best epoch marked. Epoch axes count from 1 (bilaw/epochs.py).
 Weight plots need a weighting; an unweighted run gets the confusion matrix, the rank histogram
 and the PCA coloured by whether the PGD example is misclassified.
 """
@@ -112,7 +114,7 @@ def write_plots(folder: str | Path, *, analysis: dict[str, Any], history: list[d
 
     if trace:
         fig, axes = plt.subplots(1, 2, figsize=(8, 3.4), sharey=True)
-        epochs = range(len(trace))
+        epochs = range(1, len(trace) + 1)  # one entry per epoch trained, counted from 1
         for ax, key in zip(axes, ("clean", "adv")):
             values = torch.tensor([t[key] for t in trace])  # (epochs, subset)
             ax.plot(epochs, values.numpy(), lw=0.6, alpha=0.6)
@@ -164,9 +166,50 @@ def plot_weight_maps(folder: str | Path, maps: list[dict[str, Any]]) -> Path:
         ax.scatter(m["margin"], m["weight_init"], s=4, alpha=0.4, color="grey",
                    label=f"initial net (AUROC {m['auroc_init']:.2f})")
         ax.scatter(m["margin"], m["weight"], s=4, alpha=0.5, color="C0", label=f"current (AUROC {m['auroc']:.2f})")
-        ax.set(xlabel="true-class margin p_y - max p_j", title=f"after epoch {m['epoch'] + 1}")
+        ax.set(xlabel="true-class margin p_y - max p_j", title=f"after epoch {m['epoch']}")
         ax.legend(fontsize=7, markerscale=3)
     axes[0][0].set_ylabel("weight (mean 1 over the points)")
     path = folder / "weight_vs_margin.png"
     _save(fig, path, [])
+    return path
+
+
+CURVES_NAME = "learning_curves.png"
+
+
+def best_epoch_of(history: list[dict[str, Any]]) -> int | None:
+    """The epoch whose held-out PGD accuracy is highest, the first of equals (the trainer keeps the
+    state of the first best); None for an empty history."""
+    if not history:
+        return None
+    top = max(h["val_pgd_acc"] for h in history)
+    return next(int(h["epoch"]) for h in history if h["val_pgd_acc"] == top)
+
+
+def plot_curves(folder: str | Path, history: list[dict[str, Any]]) -> Path | None:
+    """learning_curves.png: the training loss and the held-out clean and PGD accuracy per epoch
+    (x from 1), the best epoch (`best_epoch_of`) marked, named in the title and stored in the
+    PNG's text as `best_epoch`, so the figure can be checked against metrics.json; None without
+    a history."""
+    best = best_epoch_of(history)
+    if best is None:
+        return None
+    plt = _pyplot()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    epochs = [int(h["epoch"]) for h in history]
+    fig, (loss, acc) = plt.subplots(1, 2, figsize=(8, 3.2))
+    loss.plot(epochs, [h["train_loss"] for h in history], marker="o", color="black")
+    loss.set(xlabel="epoch", ylabel="training loss (weighted)")
+    acc.plot(epochs, [h["val_clean_acc"] for h in history], marker="o", label="held-out clean")
+    acc.plot(epochs, [h["val_pgd_acc"] for h in history], marker="o", label="held-out PGD")
+    acc.set(xlabel="epoch", ylabel="accuracy", title=f"best epoch {best} (highest held-out PGD)")
+    for ax in (loss, acc):
+        ax.axvline(best, color="grey", ls="--", lw=1)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    acc.legend(fontsize=7)
+    fig.tight_layout()
+    path = folder / CURVES_NAME
+    fig.savefig(path, dpi=110, metadata={"best_epoch": str(best)})
+    plt.close(fig)
     return path

@@ -23,6 +23,6 @@ def batch_progress(enabled: bool, run: Any) -> Callable[[Iterable], Iterable]:
 def format_epoch(m: dict[str, Any], epochs: int) -> str:
     """One epoch's log line."""
     meta = f"  meta |g| {m['meta_grad_norm']:.3g}" if "meta_grad_norm" in m else ""
-    return (f"epoch {m['epoch'] + 1:>3}/{epochs}  loss {m['train_loss']:.4f}  val clean {m['val_clean_acc']:.4f}  "
+    return (f"epoch {m['epoch']:>3}/{epochs}  loss {m['train_loss']:.4f}  val clean {m['val_clean_acc']:.4f}  "
             f"val pgd {m['val_pgd_acc']:.4f}  best {m['best_val_pgd_acc']:.4f}  lr {m['lr']:.4g}  "
             f"w std {m['weight_std']:.3f}{meta}  {m['epoch_time_s']:.1f}s")

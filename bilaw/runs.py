@@ -1,7 +1,8 @@
 """A finished run on disk: writing it (`save_run`), loading it back (`load_run`), and
 re-evaluating it (`python -m bilaw.evaluate DIR`).
 
-Layout: DIR/config.yaml (resolved config), DIR/metrics.json ({"history": [...], "final": {...}}),
+Layout: DIR/config.yaml (resolved config), DIR/metrics.json ({"history": [...], "final": {...},
+"epochs_from": 1}: epochs counted from 1, bilaw/epochs.py),
 DIR/best.pt (the best state's model and weight net, loadable with weights_only=True),
 DIR/analysis.pt (the per-sample training weights of every epoch, the weight trace and the
 end-of-training analysis of `bilaw/analysis.py`; weights_only) and DIR/plots/*.png.
@@ -27,6 +28,7 @@ from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from .config import KEYS, ConfigError, TrainConfig, stored_config_dict, yaml_load
 from .config_yaml import yaml_problem
 from .data import MissingDatasetError, load_data
+from .epochs import EPOCHS_FROM, renumbered_final, renumbered_history
 from .file_errors import DamagedFileError, MissingFileError, load_json, one_line, read_text, require_mapping
 from .models import build_model, model_kwargs
 
@@ -52,13 +54,13 @@ def save_run(result, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / CONFIG_NAME, result.config.to_yaml())
-    metrics = {"history": result.history, "final": result.final}
+    metrics = {"history": result.history, "final": result.final, EPOCHS_FROM: 1}
     atomic_write_text(out / METRICS_NAME, json.dumps(_jsonable(metrics), indent=1))
     save_checkpoint({"model": result.best_state["model"] or result.model.state_dict(),
                      "weight_net": result.best_state.get("weight_net"),
-                     "epoch": result.best_state.get("epoch", -1),
+                     "epoch": result.best_state.get("epoch", 0),
                      "input_shape": result.best_state["input_shape"], "num_classes": result.best_state["num_classes"],
-                     "config": result.config.to_dict()}, out / BEST_NAME)
+                     "config": result.config.to_dict(), EPOCHS_FROM: 1}, out / BEST_NAME)
     if getattr(result, "per_point", None):
         from .per_point import PER_POINT_NAME, save_per_point
 
@@ -74,6 +76,10 @@ def save_run(result, out_dir: str | Path) -> Path:
     if result.analysis is not None or result.sample_weights is not None:
         save_checkpoint({"analysis": result.analysis, "sample_weights": result.sample_weights,
                          "trace": result.trace}, out / ANALYSIS_NAME)
+    if result.config.plots and result.history:
+        from .plots import plot_curves
+
+        plot_curves(out / "plots", result.history)
     if result.analysis is not None and result.config.plots:
         from .plots import write_plots
 
@@ -157,7 +163,8 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
 
 
 def read_metrics(run_dir: str | Path) -> dict[str, Any]:
-    """DIR/metrics.json: {"history": [one dict per epoch, with "epoch"], "final": {test metrics}}."""
+    """DIR/metrics.json: {"history": [one dict per epoch, with "epoch"], "final": {test metrics}}, its
+    epochs counted from 1 (a file written before `epochs_from` is renumbered as it is read)."""
     run_dir = _run_folder(run_dir)
     path, fix = run_dir / METRICS_NAME, f"delete the run folder {run_dir} to train the run again"
     metrics = require_mapping(path, load_json(path, fix), ("history", "final"), "a run's metrics", fix)
@@ -167,6 +174,9 @@ def read_metrics(run_dir: str | Path) -> dict[str, Any]:
     missing = [k for k in ("test_clean_acc", "test_pgd_acc") if not isinstance(final, dict) or k not in final]
     if missing:
         raise DamagedFileError(path, f"its final metrics lack {', '.join(map(repr, missing))}", fix)
+    if metrics.get(EPOCHS_FROM) != 1:  # written when epochs were counted from 0
+        return {**metrics, "history": renumbered_history(history, final), "final": renumbered_final(final),
+                EPOCHS_FROM: 1}
     return dict(metrics)
 
 

@@ -23,6 +23,7 @@ from .analysis import TRACE_SIZE, collect, fixed_subset, noise_weight_means, tra
 from .checkpoint import resume_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import RESUME_FREE_KEYS, ConfigError, TrainConfig, config_differences
 from .data import DataBundle, augment_crop_flip, batch_indices, load_data, run_data_args
+from .epochs import EPOCHS_FROM, renumbered_checkpoint
 from .epoch_stats import accumulate, finish_epoch
 from .evaluate import evaluate_model
 from .models import build_model, model_kwargs
@@ -69,8 +70,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def lr_at(cfg: TrainConfig, epoch: int) -> float:
-    """Piecewise-constant schedule: lr * gamma^(milestones passed); milestones are fractions of
-    training (paper: /10 at 30% and 60%)."""
+    """Piecewise constant: lr * gamma^(milestones passed), milestones fractions of training (paper: /10 at 30%, 60%)."""
     passed = sum(epoch >= round(m * cfg.epochs) for m in cfg.lr_milestones)
     return cfg.lr * cfg.lr_gamma ** passed
 
@@ -113,7 +113,7 @@ class RunState:
         self.weight_maps: list[dict[str, Any]] = []                   # map snapshots (weight_maps.py)
         self.map_epochs = set(snapshot_epochs(cfg)) if self.weight_net is not None else set()
         self.history: list[dict[str, Any]] = []
-        self.best: dict[str, Any] = {"val_pgd_acc": -1.0, "epoch": -1, "model": None, "weight_net": None}
+        self.best: dict[str, Any] = {"val_pgd_acc": -1.0, "epoch": 0, "model": None, "weight_net": None}
 
     @property
     def amp(self) -> bool:
@@ -211,7 +211,7 @@ class RunState:
     def update_best(self, metrics: dict[str, Any], holdout: dict[str, torch.Tensor]) -> None:
         """Keep the state (and its per-point held-out results) of the best held-out PGD accuracy."""
         if metrics["val_pgd_acc"] > self.best["val_pgd_acc"]:
-            self.best = {"val_pgd_acc": metrics["val_pgd_acc"], "epoch": self.epoch,
+            self.best = {"val_pgd_acc": metrics["val_pgd_acc"], "epoch": metrics["epoch"],
                          "model": _cpu_state(self.model),
                          "weight_net": None if self.weight_net is None else _cpu_state(self.weight_net),
                          "holdout": holdout}
@@ -225,10 +225,11 @@ class RunState:
             "weight_net": None, "meta_optimizer": None, "meta_batches": None, **self.weighting.state_dict(),
             "rng": rng_state(self.gens), "best": self.best, "history": self.history,
             "sample_weights": torch.stack(self.sample_weights) if self.sample_weights else None,
-            "trace": self.trace, "weight_maps": self.weight_maps,
+            "trace": self.trace, "weight_maps": self.weight_maps, EPOCHS_FROM: 1,  # bilaw/epochs.py
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        state = renumbered_checkpoint(state)  # one written before epochs were counted from 1
         _check_same_config(state["config"], self.cfg)
         self.epoch, self.step = state["epoch"], state["step"]
         self.model.load_state_dict(state["model"])
@@ -285,7 +286,7 @@ def train(
     last = cfg.epochs if stop_after is None else min(stop_after, cfg.epochs)
     finish = functools.cache(lambda: _finish_run(run, say))  # the one place a run is finished
     while run.epoch < last and not _early_stopped(run):
-        metrics = {"epoch": run.epoch, **run.train_epoch(wrap)}
+        metrics = {"epoch": run.epoch + 1, **run.train_epoch(wrap)}  # counted from 1 (bilaw/epochs.py)
         start = time.perf_counter()
         scores, holdout = run.validate()
         metrics.update(scores)
@@ -300,25 +301,24 @@ def train(
         metrics["eval_time_s"] = time.perf_counter() - start  # validation and the Fig. 5 trace
         run.update_best(metrics, holdout)
         run.history.append(metrics)
-        if run.weight_net is not None and collapsed_epoch(run.history, cfg.burn_in_epochs) == run.epoch:
-            say(collapse_message(run.epoch, metrics["weight_std"]))
+        if run.weight_net is not None and collapsed_epoch(run.history, cfg.burn_in_epochs) == metrics["epoch"]:
+            say(collapse_message(metrics["epoch"], metrics["weight_std"]))
         run.epoch += 1
         if ckpt is not None:
             save_checkpoint(run.state_dict(), ckpt, keep_previous=True)
         if log:
             log(format_epoch(metrics, cfg.epochs))
         finished = run.epoch >= cfg.epochs or _early_stopped(run)
-        if cfg.plot_every and run.epoch % cfg.plot_every == 0 and not finished and ckpt is not None:
+        if cfg.plot_every and cfg.plots and run.epoch % cfg.plot_every == 0 and not finished and ckpt is not None:
             _draw_interim_plots(run, ckpt.parent / "plots")
-        if finished:  # the last epoch's report carries the test metrics (a scheduler may stop after it)
-            metrics.update(scalar_final(finish().final))
+        # the last epoch's report (not its history entry) carries the test metrics: a scheduler may stop after it
+        report = {**metrics, **(scalar_final(finish().final) if finished else {})}
         if callback is not None:
-            callback(dict(metrics), ckpt.parent if ckpt is not None else None)
+            callback(report, ckpt.parent if ckpt is not None else None)
     return finish()
 
 
-def _print_stderr(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+_print_stderr = functools.partial(print, file=sys.stderr, flush=True)
 
 
 def scalar_final(final: dict[str, Any]) -> dict[str, float]:
@@ -328,7 +328,7 @@ def scalar_final(final: dict[str, Any]) -> dict[str, float]:
 
 def _early_stopped(run: RunState) -> bool:
     p = run.cfg.early_stop_patience
-    return p > 0 and run.best["epoch"] >= 0 and run.epoch - 1 - run.best["epoch"] >= p
+    return p > 0 and run.best["epoch"] > 0 and run.epoch - run.best["epoch"] >= p
 
 
 def _finish_run(run: RunState, say: Callable[[str], None] = _print_stderr) -> TrainResult:
@@ -389,12 +389,12 @@ def _finish_run(run: RunState, say: Callable[[str], None] = _print_stderr) -> Tr
                        trace=list(run.trace), per_point=points, weight_maps=list(run.weight_maps))
 
 
-
 def _draw_interim_plots(run: RunState, folder: Path) -> None:
     """`plot_every`: the plots at the current state, overwritten each time (the trainer's own
     RNG streams and BN statistics are untouched)."""
-    from .plots import write_plots
+    from .plots import plot_curves, write_plots
 
+    plot_curves(folder, run.history)
     analysis = collect(run, run.sample_weights, run.cfg.analysis_samples) if run.cfg.analysis_samples else None
-    if analysis is not None and run.cfg.plots:
+    if analysis is not None:
         write_plots(folder, analysis=analysis, history=run.history, trace=run.trace, final=None)

@@ -7,7 +7,7 @@ the mean-1 scale of their batches (0 = uniform), so both conditions are read fro
 
 - **collapsed**: an epoch after burn-in whose `weight_std` is below `COLLAPSE_STD` (every weight
   within about 0.1% of its batch mean) after an epoch at or above it: `weights_collapsed_epoch` is
-  the first such epoch (0-based). A freshly initialised weight net gives nearly uniform weights,
+  the first such epoch (counted from 1, bilaw/epochs.py). A freshly initialised weight net gives nearly uniform weights,
   so a run whose first few meta steps have not yet moved it is not called collapsed.
 - **faded**: the last epoch's `weight_std` is below `FADE_FRACTION` of its peak over the epochs
   after burn-in: `weights_faded`, with `weight_std_peak`.
@@ -44,7 +44,8 @@ STATUSES = ("collapsed", "untrained", "faded", "learned")
 
 
 def _active(history: Sequence[dict[str, Any]], burn_in: int) -> list[dict[str, Any]]:
-    return [m for m in history if m["epoch"] >= burn_in and "weight_std" in m]
+    """The weighted epochs: those after the `burn_in` first ones (epochs count from 1)."""
+    return [m for m in history if m["epoch"] > burn_in and "weight_std" in m]
 
 
 def collapsed_epoch(history: Sequence[dict[str, Any]], burn_in: int) -> int | None:
@@ -112,7 +113,7 @@ def health_label(final: dict[str, Any]) -> str | None:
 
 
 def collapse_message(epoch: int, std: float) -> str:
-    return (f"warning: the learned weights collapsed in epoch {epoch + 1}: weight_std {std:.2e} < {COLLAPSE_STD:g} "
+    return (f"warning: the learned weights collapsed in epoch {epoch}: weight_std {std:.2e} < {COLLAPSE_STD:g} "
             f"(every weight equals its batch mean; from here the run trains like unweighted AT)")
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from .epochs import EPOCHS_FROM
 from .margins import binary_margin
 
 MAP_SIZE = 1000          # training points in each map snapshot
@@ -21,8 +22,9 @@ WEIGHT_MAP_NAME = "weight_map.npz"
 
 
 def snapshot_epochs(cfg) -> list[int]:
-    """0-based epochs after which a map snapshot is taken: the first, the first at each new lr,
-    and the last."""
+    """The trainer's 0-based epoch indices (`RunState.epoch` while it trains one) after which a map
+    snapshot is taken: the first, the first at each new lr, and the last. A snapshot records the
+    epoch's number, counted from 1 (bilaw/epochs.py)."""
     drops = {round(m * cfg.epochs) for m in cfg.lr_milestones}  # the trainer's lr_at changes lr there
     return sorted({0, cfg.epochs - 1} | {e for e in drops if 0 < e < cfg.epochs})
 
@@ -50,15 +52,15 @@ def map_snapshot(run) -> dict[str, Any]:
         w0 = weighting.map_weights(feats, initial=True)
     read = clean if cfg.margin_on == "clean" else adv
     wrong = adv.argmax(1) != y
-    return {"epoch": run.epoch, "index": idx.cpu(), "margin_input": feats.cpu(), "y": y.cpu(),
+    return {"epoch": run.epoch + 1, "index": idx.cpu(), "margin_input": feats.cpu(), "y": y.cpu(),
             "margin": binary_margin(F.softmax(read, 1), y).cpu(), "weight": w.cpu(), "weight_init": w0.cpu(),
             "misclassified_adv": wrong.cpu(), "auroc": weight_auroc(w, wrong), "auroc_init": weight_auroc(w0, wrong)}
 
 
 def save_weight_maps(path, maps: list[dict[str, Any]]) -> None:
-    """`weight_map.npz`: `epochs` (k,), and per snapshot i the arrays `<name>_<i>` and the
-    AUROCs `auroc` / `auroc_init` (k,)."""
-    arrays: dict[str, np.ndarray] = {"epochs": np.array([m["epoch"] for m in maps]),
+    """`weight_map.npz`: `epochs` (k,, counted from 1: `epochs_from`), and per snapshot i the
+    arrays `<name>_<i>` and the AUROCs `auroc` / `auroc_init` (k,)."""
+    arrays: dict[str, np.ndarray] = {"epochs": np.array([m["epoch"] for m in maps]), EPOCHS_FROM: np.array(1),
                                      "auroc": np.array([m["auroc"] for m in maps], dtype=float),
                                      "auroc_init": np.array([m["auroc_init"] for m in maps], dtype=float)}
     for i, m in enumerate(maps):
@@ -69,10 +71,11 @@ def save_weight_maps(path, maps: list[dict[str, Any]]) -> None:
 
 
 def load_weight_maps(path) -> list[dict[str, Any]]:
-    """The snapshots `save_weight_maps` wrote, in epoch order."""
+    """The snapshots `save_weight_maps` wrote, in epoch order (a file from before `epochs_from`
+    counted them from 0: read from 1)."""
     with np.load(path) as npz:
-        out = []
-        for i, epoch in enumerate(npz["epochs"]):
+        out, shift = [], 0 if EPOCHS_FROM in npz.files else 1
+        for i, epoch in enumerate(npz["epochs"] + shift):
             m = {name: npz[f"{name}_{i}"] for name in ("index", "margin_input", "y", "margin", "weight",
                                                        "weight_init", "misclassified_adv")}
             m.update(epoch=int(epoch), auroc=float(npz["auroc"][i]), auroc_init=float(npz["auroc_init"][i]))

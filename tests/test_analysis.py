@@ -20,7 +20,8 @@ from bilaw.train import main as train_main
 
 PLOTS = {"weights_per_class.png", "adv_confusion.png", "weight_extremes.png", "weight_vs_heuristics.png",
          "weights_over_epochs.png", "likelihood_pca.png", "adv_rank_histogram.png", "weights_noisy_vs_clean.png",
-         "weight_vs_margin.png"}  # a weight net's map snapshots (bilaw/weight_maps.py)
+         "weight_vs_margin.png",  # a weight net's map snapshots (bilaw/weight_maps.py)
+         "learning_curves.png"}   # every run's: loss and held-out accuracy per epoch, the best epoch marked
 TINY = dict(dataset="digits", model="fc1", batch_size=32, meta_val_size=100, holdout_val_size=100, aa_samples=0,
             device="cpu", pgd_steps=5, eval_pgd_steps=5, epochs=3, analysis_samples=400)
 
@@ -118,7 +119,8 @@ def test_unweighted_run_records_uniform_weights_and_no_weight_plots(tmp_path):
     history = json.loads((tmp_path / "metrics.json").read_text())["history"]
     assert history[0]["weight_mean_noisy"] == history[0]["weight_mean_clean"] == 1.0
     assert {p.name for p in (tmp_path / "plots").glob("*.png")} == {
-        "adv_confusion.png", "likelihood_pca.png", "adv_rank_histogram.png", "weights_noisy_vs_clean.png"}
+        "adv_confusion.png", "likelihood_pca.png", "adv_rank_histogram.png", "weights_noisy_vs_clean.png",
+        "learning_curves.png"}
     assert "weight_pgd_auroc" not in json.loads((tmp_path / "metrics.json").read_text())["final"]
 
 
@@ -143,5 +145,5 @@ def test_plot_every_draws_the_plots_during_training(tmp_path):
     cfg = TrainConfig.from_dict({**TINY, "method": "mail", "burn_in_epochs": 0, "plot_every": 1, "epochs": 3})
     train(cfg, checkpoint_dir=tmp_path, stop_after=1, progress=False)  # one epoch of three: not finished
     drawn = {p.name for p in (tmp_path / "plots").glob("*.png")}
-    assert {"weights_per_class.png", "weights_over_epochs.png", "likelihood_pca.png"} <= drawn
+    assert {"weights_per_class.png", "weights_over_epochs.png", "likelihood_pca.png", "learning_curves.png"} <= drawn
     assert not (tmp_path / "metrics.json").exists()

@@ -312,7 +312,7 @@ def test_a_truncated_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
                     log=said.append)
     warning = next(s for s in said if s.startswith("warning"))
     assert str(latest) in warning and str(prev) in warning and "cut short" in warning
-    assert reported == [1, 2]                                   # epoch 1 is trained again, from epoch 1's end
+    assert reported == [2, 3]                                   # epoch 2 is trained again, from epoch 1's end
     assert _history(resumed) == _history(straight)              # nothing already logged is lost
     assert (folder / "checkpoint.damaged.pt").is_file()         # kept, and not rotated into prev
     assert (load_checkpoint(latest)["epoch"], load_checkpoint(prev)["epoch"]) == (3, 2)

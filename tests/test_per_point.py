@@ -44,7 +44,7 @@ def test_a_run_keeps_its_per_point_results_beside_its_metrics(tmp_path):
     assert (points["test_index"] == np.arange(final["test_points"])).all()
     assert len(points["holdout_clean"]) == len(points["holdout_index"]) == result.config.resolved().holdout_val_size
     # the held-out points are scored as the epochs' validation scored them: their mean is the ranking metric
-    best = result.history[final["best_epoch"]]
+    best = result.history[final["best_epoch"] - 1]  # epochs count from 1
     assert points["holdout_pgd"].mean() == pytest.approx(best["best_val_pgd_acc"], abs=1e-12)
     assert points["holdout_clean"].mean() == pytest.approx(best["val_clean_acc"], abs=1e-12)
     # kept from the best epoch, they are what the best state scores when asked again

@@ -71,14 +71,16 @@ def test_every_method_writes_its_metrics(all_methods):
             "weight_min", "weight_max", "weight_raw_mean", "epoch_time_s", "eval_time_s"}
     for method, d in all_methods.items():
         metrics = json.loads((d / "metrics.json").read_text())
-        assert [h["epoch"] for h in metrics["history"]] == [0, 1], method
+        assert [h["epoch"] for h in metrics["history"]] == [1, 2] and metrics["epochs_from"] == 1, method
+        assert "test_clean_acc" not in metrics["history"][-1], method  # the final metrics are in "final" only
         assert keys <= set(metrics["history"][0]), method
         final = metrics["final"]
         for k in ("test_clean_acc", "test_pgd_acc", "last_test_clean_acc", "last_test_pgd_acc"):
             assert 0.0 <= final[k] <= 1.0, (method, k)
         best = max(h["val_pgd_acc"] for h in metrics["history"])
         assert metrics["history"][-1]["best_val_pgd_acc"] == best
-        assert metrics["history"][final["best_epoch"]]["val_pgd_acc"] == best
+        assert metrics["history"][final["best_epoch"] - 1]["val_pgd_acc"] == best  # the first best, from 1
+        assert all(h["val_pgd_acc"] < best for h in metrics["history"][:final["best_epoch"] - 1])
         assert final["robust_overfit_gap"] == best - metrics["history"][-1]["val_pgd_acc"]  # >= 0, 0 if last is best
         assert yaml.safe_load((d / "config.yaml").read_text())["method"] == method
 
@@ -144,7 +146,7 @@ def test_a_checkpoint_older_than_meta_grad_scale_resumes_as_raw(tmp_path):
     with pytest.raises(ValueError, match=r"meta_grad_scale: checkpoint 'raw' vs now 'per_lr'"):
         train(_cfg(method="bilaw", epochs=2, meta_grad_scale="per_lr"), checkpoint_dir=tmp_path, progress=False)
     resumed = train(_cfg(method="bilaw", epochs=2, meta_grad_scale="raw"), checkpoint_dir=tmp_path, progress=False)
-    assert [h["epoch"] for h in resumed.history] == [0, 1]
+    assert [h["epoch"] for h in resumed.history] == [1, 2]
 
 
 @pytest.mark.parametrize("key, value, allowed", [

@@ -16,7 +16,7 @@ TINY = dict(dataset="digits", model="fc1", batch_size=32, meta_val_size=100, hol
 
 
 def _history(stds):
-    return [{"epoch": i, "weight_std": s} for i, s in enumerate(stds)]
+    return [{"epoch": i, "weight_std": s} for i, s in enumerate(stds, start=1)]  # epochs count from 1
 
 
 def test_fading_is_the_last_epoch_under_a_quarter_of_the_peak():
@@ -30,14 +30,14 @@ def test_fading_is_the_last_epoch_under_a_quarter_of_the_peak():
 
 def test_collapse_is_the_first_whole_epoch_under_1e_3_after_burn_in():
     hist = _history([0.0, 0.0, 0.3, 0.0009, 0.0, 0.2])
-    assert collapsed_epoch(hist, burn_in=2) == 3  # epochs 0-1 are burn-in (uniform on purpose)
+    assert collapsed_epoch(hist, burn_in=2) == 4  # epochs 1-2 are burn-in (uniform on purpose)
     health = weight_health(hist, burn_in=2)
-    assert health["weights_collapsed_epoch"] == 3 and health["weight_std_peak"] == 0.3
+    assert health["weights_collapsed_epoch"] == 4 and health["weight_std_peak"] == 0.3
     assert health_label(health) == "collapsed"  # the stronger condition wins over fading
     assert collapsed_epoch(_history([0.3, 0.001, 0.2]), burn_in=0) is None  # 1e-3 itself is not under it
     # a net still near its (almost uniform) initialisation has not collapsed; one that spread and fell back has
     assert collapsed_epoch(_history([0.0009, 0.0008]), burn_in=0) is None
-    assert collapsed_epoch(_history([0.0009, 0.2, 0.0005]), burn_in=0) == 2
+    assert collapsed_epoch(_history([0.0009, 0.2, 0.0005]), burn_in=0) == 3
     assert weight_health(_history([0.0, 0.0]), burn_in=2) == {}  # no weighted epoch yet
 
 
@@ -59,7 +59,7 @@ def test_a_forced_collapse_is_detected_said_once_and_recorded(collapsed_run, cap
     assert printed.count("the learned weights collapsed in epoch 2") == 1
     final = json.loads((out / "metrics.json").read_text())["final"]
     history = json.loads((out / "metrics.json").read_text())["history"]
-    assert history[1]["weight_std"] < 1e-3 and final["weights_collapsed_epoch"] == 1
+    assert history[1]["weight_std"] < 1e-3 and final["weights_collapsed_epoch"] == history[1]["epoch"] == 2
     assert final["weight_status"] == "collapsed"  # the strongest status, with the learning statistics present
     assert "weight_rank_corr_init" in history[1]
     assert final["weight_std_peak"] == max(h["weight_std"] for h in history)

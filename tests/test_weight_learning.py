@@ -87,7 +87,7 @@ def test_snapshot_epochs_are_the_first_each_new_lr_and_the_last():
 
 # ----- the status --------------------------------------------------------------------------------
 def _hist(rows):
-    return [{"epoch": i, **r} for i, r in enumerate(rows)]
+    return [{"epoch": i, **r} for i, r in enumerate(rows, start=1)]  # epochs count from 1
 
 
 def test_status_from_the_learning_statistics():
@@ -103,7 +103,7 @@ def test_status_from_the_learning_statistics():
     assert weight_health(_hist([steeper]), 0)["weight_status"] == "learned"
     # collapse is still detected, and wins
     collapsed = weight_health(_hist([moved, {**moved, "weight_std": 0.0005, "weight_rank_corr_init": float("nan")}]), 0)
-    assert collapsed["weights_collapsed_epoch"] == 1 and collapsed["weight_status"] == "collapsed"
+    assert collapsed["weights_collapsed_epoch"] == 2 and collapsed["weight_status"] == "collapsed"
     assert health_label(collapsed) == "collapsed"
     # a run from before the statistics: the old labels, and no claim that it learned
     assert health_label({"weights_faded": False}) is None and health_label({"weights_faded": True}) == "faded"
@@ -173,7 +173,7 @@ def test_the_frozen_control_trains_on_bilaws_images_and_is_reported_untrained(tm
     # the map snapshots: stored, drawn, and their initial-net weights recomputed from a fresh net
     save_run(frozen, tmp_path)
     maps = load_weight_maps(tmp_path / "weight_map.npz")
-    assert [m["epoch"] for m in maps] == [0, 1, 2, 3]  # 4 epochs: drops at 1 and 2, and the last
+    assert [m["epoch"] for m in maps] == [1, 2, 3, 4]  # after each of 4 epochs: drops at 1 and 2, and the last
     assert (tmp_path / "plots" / "weight_vs_margin.png").stat().st_size > 10_000
     for m in maps:
         with torch.no_grad():
@@ -200,7 +200,7 @@ def test_default_bilaw_is_reported_learned_on_a_cpu_sized_schedule(seed):
     assert last["weight_net_drift"] > 1e-3
     assert last["weight_rank_corr_init"] < 0.99 or abs(last["weight_std"] / last["weight_std_init"] - 1) > 0.1
     maps = result.weight_maps
-    assert [m["epoch"] for m in maps] == [0, 4, 7, 11]
+    assert [m["epoch"] for m in maps] == [1, 5, 8, 12]  # after these epochs, counted from 1
     assert not np.array_equal(maps[-1]["weight"], maps[-1]["weight_init"])
 
 
