@@ -248,7 +248,7 @@ def run_job(job: Job, folder: Path, uri: str, experiment_id: str) -> None:
         save_run(result, folder)
         history, final = result.history, result.final
     run.log_history(history)
-    run.log_final(scalar_final(final), history[-1]["epoch"] if history else 0, folder)
+    run.log_final(scalar_final(final), folder, history)
     run.finish()
 
 

@@ -39,6 +39,10 @@ MASKING_TAG = "suspect_gradient_masking"
 # probabilities for logits, zero gradients, Square beating the gradient attacks), one per line.
 AA_WARNINGS_TAG = "autoattack_warnings"
 WEIGHTS_TAG = "weights"  # a weight net's status: collapsed, untrained, faded or learned (bilaw/weight_health.py)
+# "1" on a run whose epochs (steps, best_epoch) count from 1 (bilaw/epochs.py); a run logged before has none.
+EPOCHS_FROM_TAG = "epochs_from"
+# The searched parameters of a trial's run, comma-separated (a registered version's tags name their values).
+SEARCHED_TAG = "searched"
 # MLflow's own HTTP retries block for minutes on a dead server (measured: 247 s); keep them short.
 FAST_FAIL_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
                  "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
@@ -191,6 +195,12 @@ def numeric_metrics(metrics: dict[str, Any]) -> dict[str, float]:
             and not PER_CLASS_METRIC.match(k)}
 
 
+def best_epoch(run) -> float | None:
+    """An MLflow run's best epoch, counted from 1: a run logged before the EPOCHS_FROM_TAG counted from 0."""
+    value = run.data.metrics.get("best_epoch")
+    return None if value is None else value + (0 if run.data.tags.get(EPOCHS_FROM_TAG) == "1" else 1)
+
+
 def run_name(values: dict[str, Any], fallback: str, limit: int = 80) -> str:
     """A run's name from what was searched, e.g. "weight_net=64-64 seed=0" (floats to 4
     significant digits; cut with "..." beyond `limit` characters); `fallback` when nothing was."""
@@ -302,11 +312,12 @@ class TrialRun:
     def log_epoch(self, metrics: dict[str, Any]) -> None:
         """Per-epoch metrics with step = epoch; an epoch already logged (retry) is skipped. The
         write happens on MLflow's logging thread (a store round trip per epoch is tens of ms,
-        which short epochs feel); `flush` confirms it."""
+        which short epochs feel); `flush` confirms it. The trainer's last report, which also carries
+        the final metrics (`test_clean_acc`), is left to `log_history` and `log_final`."""
         from mlflow.entities import Metric
 
         step = int(metrics["epoch"])
-        if step in self.logged_steps:
+        if step in self.logged_steps or "test_clean_acc" in metrics:
             return
         ts = int(time.time() * 1000)
         batch = [Metric(k, v, ts, step) for k, v in numeric_metrics(metrics).items() if k != "epoch"]
@@ -344,14 +355,20 @@ class TrialRun:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
-    def log_final(self, final: dict[str, Any], step: int, run_dir: Path) -> None:
-        """The final metrics (at the last epoch's step) and a saved run's files: config.yaml,
-        metrics.json and plots/*.png."""
+    def log_final(self, final: dict[str, Any], run_dir: Path, history: Iterable[dict[str, Any]] = ()) -> None:
+        """The final metrics at step 0 and a saved run's files: config.yaml, metrics.json and
+        plots/*.png. Epochs are steps 1..E, so step 0 holds only final values: MLflow's UI draws a
+        metric whose latest step is 0 as a value (a bar) and one with a later step as a curve. A
+        final metric that is also a per-epoch series of `history` (the last map snapshot's AUROC)
+        stays a curve, not logged again."""
         from mlflow.entities import Metric
 
         self._flush_or_warn()
         ts = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, v, ts, step) for k, v in numeric_metrics(final).items()])
+        series = {k for h in history for k in h}
+        self.client.log_batch(self.run_id, metrics=[Metric(k, v, ts, 0) for k, v in numeric_metrics(final).items()
+                                                    if k not in series])
+        self.client.set_tag(self.run_id, EPOCHS_FROM_TAG, "1")
         from bilaw.per_point import PER_POINT_NAME
         from bilaw.runs import CONFIG_NAME, METRICS_NAME
 

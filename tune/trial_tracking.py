@@ -4,11 +4,14 @@ tracking store (a trial on another machine cannot reach the driver's SQLite file
 credentials never leave the driver).
 
 - start: the child run (found again by the Ray trial id, so a retried, restored or resumed
-  trial keeps one run), with the trial's full config as params and its tags;
-- each result: the per-epoch metrics, step = epoch (an epoch already logged is skipped);
+  trial keeps one run), with the trial's full config as params and its tags (`searched`: the
+  space's parameters);
+- each result: the per-epoch metrics, step = epoch, counted from 1 (an epoch already logged is
+  skipped). The last epoch's report also carries the test metrics: it waits for the trial's end;
 - the end: the saved run the trial's last checkpoint carries (`run/`: config.yaml,
-  metrics.json, plots), every epoch of its history the run still lacks, the final metrics, the
-  weight-health tag, and the run's status (completed, pruned by the scheduler, or error).
+  metrics.json, plots), the last epoch's report less its final metrics, every epoch of its
+  history the run still lacks, the final metrics at step 0 (values, not curves, in MLflow's UI),
+  the weight-health tag, and the run's status (completed, pruned by the scheduler, or error).
 """
 from __future__ import annotations
 
@@ -26,8 +29,8 @@ from bilaw.runs import read_metrics
 from bilaw.trainer import scalar_final
 from bilaw.weight_health import health_label
 
-from .tracking import (AA_WARNINGS_TAG, MASKING_TAG, NOT_SEARCHED_TAG, PER_CLASS_ARTIFACT, STATUS_TAG, WEIGHTS_TAG,
-                       SearchTracking, TrialRun, run_name)
+from .tracking import (AA_WARNINGS_TAG, MASKING_TAG, NOT_SEARCHED_TAG, PER_CLASS_ARTIFACT, SEARCHED_TAG, STATUS_TAG,
+                       WEIGHTS_TAG, SearchTracking, TrialRun, run_name)
 from .trainable import CHECKPOINT_NAME, SAVED_RUN, not_searched, trial_config, trial_values, variant_tags
 
 # What Ray adds to every result besides the trial's own metrics.
@@ -54,11 +57,14 @@ class TrialTracking(tune.Callback):
         self.log_models = log_models  # each finished trial's best and last model (--log-models finished)
         self.runs: dict[str, TrialRun] = {}
         self.datasets: dict[tuple, dict[str, Any]] = {}
+        self.last_reports: dict[str, dict[str, Any]] = {}  # trial id -> its last epoch's report, with test metrics
 
     def _run(self, trial) -> TrialRun | None:
         if trial.trial_id in self.runs:
             return self.runs[trial.trial_id]
         tags = {"space": self.space, **self.tags, **variant_tags(trial.config)}
+        if self.searched:
+            tags[SEARCHED_TAG] = ",".join(self.searched)
         if not_searched(trial.config):
             tags[NOT_SEARCHED_TAG] = ",".join(not_searched(trial.config))
         try:
@@ -103,7 +109,9 @@ class TrialTracking(tune.Callback):
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict[str, Any], **info) -> None:
         run = self._run(trial)
         metrics = {k: v for k, v in result.items() if k not in RAY_RESULT_KEYS}
-        if run is not None and "epoch" in metrics:
+        if "test_clean_acc" in metrics:  # the last epoch's, with the final metrics: logged at the trial's end
+            self.last_reports[trial.trial_id] = metrics
+        elif run is not None and "epoch" in metrics:
             try:
                 run.log_epoch(metrics)
             except Exception as exc:
@@ -131,16 +139,18 @@ class TrialTracking(tune.Callback):
     def _log_saved_run(self, run: TrialRun, trial) -> None:
         """The files of the trial's saved run, from its last checkpoint (which Ray stores where the
         driver can read it), and whatever of its history and final metrics the run lacks."""
-        checkpoint = trial.checkpoint
+        checkpoint, last = trial.checkpoint, self.last_reports.pop(trial.trial_id, None)
         if checkpoint is None:
             return
         try:
             with checkpoint.as_directory() as folder:
                 saved = Path(folder) / SAVED_RUN
                 metrics = read_metrics(saved)
-                run.log_history(metrics["history"])
-                step = metrics["history"][-1]["epoch"] if metrics["history"] else 0
-                run.log_final(scalar_final(metrics["final"]), step, saved)
+                final, history = scalar_final(metrics["final"]), metrics["history"]
+                if last is not None and history:  # its system metrics are in the report only
+                    run.log_epoch({k: v for k, v in last.items() if k not in final or k in history[-1]})
+                run.log_history(history)
+                run.log_final(final, saved, history)
                 label = health_label(metrics["final"])
                 if label is not None:
                     run.set_tags({WEIGHTS_TAG: label})
