@@ -67,7 +67,7 @@ def test_smoke_search_tracks_parent_and_children(smoke_search):
         assert run.data.params["method"] == "bilaw" and run.data.params["dataset"] == "digits"
         assert run.data.params["epochs"] == "2"
         history = client.get_metric_history(run.info.run_id, "val_pgd_acc")
-        assert sorted(m.step for m in history) == [0, 1]
+        assert sorted(m.step for m in history) == [1, 2]  # epochs count from 1
         best = client.get_metric_history(run.info.run_id, "best_val_pgd_acc")
         assert max(m.value for m in best) == max(m.value for m in history)
         for key in ("test_clean_acc", "test_pgd_acc", "test_aa_acc", "last_test_pgd_acc"):
@@ -79,7 +79,7 @@ def test_smoke_search_tracks_parent_and_children(smoke_search):
                 "plots/weights_over_epochs.png"} <= plots
         assert 0.0 <= run.data.metrics["weight_pgd_auroc"] <= 1.0
         cpu = client.get_metric_history(run.info.run_id, "system/cpu_utilization_percentage")  # machine-wide
-        assert sorted(m.step for m in cpu) == [0, 1] and all(0.0 <= m.value <= 100.0 for m in cpu)
+        assert sorted(m.step for m in cpu) == [1, 2] and all(0.0 <= m.value <= 100.0 for m in cpu)
         assert not [k for k in run.data.metrics if k.startswith("test_pgd_acc_class_")]  # an artifact instead:
         per_class = json.loads((Path(client.download_artifacts(run.info.run_id, "per_class_pgd_acc.json"))).read_text())
         saved = json.loads(Path(client.download_artifacts(run.info.run_id, "metrics.json")).read_text())["final"]
@@ -146,7 +146,7 @@ def test_the_winners_model_is_logged_registered_and_fetched(smoke_search, tmp_pa
     torch.nn.functional.cross_entropy(model(x), data.y_test[:4]).backward()
     assert x.grad is not None and x.grad.abs().sum() > 0  # an attack can run on it
     (version,) = client.search_model_versions("name='ablation_capacity'")
-    assert version.run_id == winner_id and version.tags["config.weight_net"] == winner.data.params["weight_net"]
+    assert version.run_id == winner_id and version.tags["weight_net"] == winner.data.params["weight_net"]  # searched
     assert fetch_main([f"models:/ablation_capacity/{version.version}", "--out", str(tmp_path / "fetched"),
                        "--tracking-uri", uri]) == 0
     fetched, _ = load_run(tmp_path / "fetched")

@@ -1,8 +1,8 @@
 """`python tune/fetch_model.py URI --out DIR [--tracking-uri URI]`: a model a search logged to
-MLflow (`runs:/RUN_ID/model`, `models:/NAME/VERSION` or `models:/NAME@ALIAS`) as a run folder
-that `bilaw` reads (config.yaml, metrics.json, best.pt): evaluate it with
-`python -m bilaw.evaluate DIR`, or re-train its config with `python -m bilaw.train --config
-DIR/config.yaml`."""
+MLflow, named by any URI a search prints (`models:/m-MODEL_ID`, `models:/NAME/VERSION`), by
+`runs:/RUN_ID/model` or by `models:/NAME@ALIAS`, as a run folder that `bilaw` reads (config.yaml,
+metrics.json, best.pt): evaluate it with `python -m bilaw.evaluate DIR`, or re-train its config
+with `python -m bilaw.train --config DIR/config.yaml`."""
 from __future__ import annotations
 
 import argparse
@@ -13,14 +13,14 @@ if __package__ in (None, ""):  # run as `python tune/fetch_model.py`
     import _script_path  # noqa: F401  (puts this repository first on sys.path)
 
 from bilaw.file_errors import DamagedFileError  # noqa: E402
-from tune.model_store import ModelStoreError, fetch_run_folder  # noqa: E402
+from tune.model_store import URI_FORMS, ModelStoreError, fetch_run_folder  # noqa: E402
 from tune.tracking import (DEFAULT_TRACKING_URI, TrackingError, absolute_tracking_uri, check_store_exists,  # noqa: E402
                            check_tracking_uri)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("model_uri", help="runs:/RUN_ID/model, models:/NAME/VERSION or models:/NAME@ALIAS")
+    p.add_argument("model_uri", help=URI_FORMS)
     p.add_argument("--out", required=True, help="folder to write the run into")
     p.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI, help="the MLflow store the search used")
     args = p.parse_args(argv)

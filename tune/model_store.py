@@ -8,6 +8,19 @@ modes and gradients (an attack can run on it). A TorchScript or `torch.export` p
 need the code, but the first is deprecated in torch and the second has no train/eval switch nor
 plain autograd through it. Next to the MLflow model, the run keeps `best.pt` (bilaw's own file)
 so that `fetch_model` can rebuild a run folder with `config.yaml` and `metrics.json`.
+
+What a logged model carries (its page in MLflow's UI): the best model is logged at its best
+epoch's step, where MLflow links it to that epoch's metrics (held-out accuracy, loss, ...), and
+it is linked to its run's final metrics, which tune/tracking.py logs at step 0 (the best state's
+test metrics, best_epoch, ...); the last model (`--log-models finished`) likewise to the last
+epoch and to the last state's test metrics (`last_*`). Both hold the run's config.yaml.
+
+A registered version (`register`) is tagged with its run and search, the values of the searched
+parameters and the run's test metrics, and described by which search, space, seeds and metric
+chose it; the full config is the model's config.yaml, not 60 tags.
+
+Model URIs (`resolve_model`, used by fetch_model.py and rerun_best.py --model): every form a
+search prints or registers, URI_FORMS.
 """
 from __future__ import annotations
 
@@ -18,7 +31,11 @@ from typing import Any
 
 LOG_MODELS = ("winner", "finished", "none")
 MODEL_NAME = "model"
+LAST_MODEL_NAME = "last_model"
 BILAW_DIR = Path(__file__).resolve().parents[1] / "bilaw"
+URI_FORMS = ("runs:/RUN_ID/model, models:/m-MODEL_ID (a logged model, as a search prints it), models:/NAME/VERSION "
+             "or models:/NAME@ALIAS")
+LAST_STATE_PREFIX = "last_"  # final metrics of the last epoch's state: the last model's, not the best's
 
 
 class ModelStoreError(ValueError):
@@ -33,21 +50,21 @@ def pip_requirements() -> list[str]:
     return [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={numpy.__version__}", "pyyaml"]
 
 
-LAST_MODEL_NAME = "last_model"
-
-
 def log_model(uri: str, run_id: str, run_dir: Path, last_checkpoint: Path | None = None) -> str:
     """Log the best model of the saved run `run_dir` (its best.pt) to MLflow run `run_id` as
     `model`, with best.pt beside it, and with `last_checkpoint` (the trainer's checkpoint.pt)
-    the last epoch's model as `last_model`; returns the best model's URI (`models:/m-...`,
-    which `mlflow.pytorch.load_model` and the registry take; `runs:/RUN_ID/model` works too)."""
+    the last epoch's model as `last_model`, each at its epoch's step, linked to its final metrics
+    and holding config.yaml (see the module docstring); returns the best model's URI
+    (`models:/m-...`, which `mlflow.pytorch.load_model` and the registry take; `runs:/RUN_ID/model`
+    works too). The run's final metrics must be logged first (tune/tracking.py `log_final`)."""
     import copy
 
     import mlflow
     import torch
+    from mlflow.tracking import MlflowClient
 
     from bilaw.checkpoint import load_checkpoint
-    from bilaw.runs import BEST_NAME, load_best
+    from bilaw.runs import BEST_NAME, CONFIG_NAME, load_best, read_metrics
 
     model, _, best = load_best(run_dir)
     shape = tuple(best["input_shape"])
@@ -57,60 +74,108 @@ def log_model(uri: str, run_id: str, run_dir: Path, last_checkpoint: Path | None
         last = copy.deepcopy(model)
         last.load_state_dict(load_checkpoint(last_checkpoint)["model"])
         models[LAST_MODEL_NAME] = last.eval()
+    metrics = read_metrics(run_dir)  # epochs counted from 1: an epoch's step
+    last_epoch = int(metrics["history"][-1]["epoch"]) if metrics["history"] else 0
+    steps = {MODEL_NAME: int(metrics["final"].get("best_epoch") or last_epoch), LAST_MODEL_NAME: last_epoch}
     mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
     uris = {}
     with mlflow.start_run(run_id=run_id):
         for name, module in models.items():
-            info = mlflow.pytorch.log_model(module, name=name, input_example=example,
+            info = mlflow.pytorch.log_model(module, name=name, input_example=example, step=steps[name],
                                             pip_requirements=pip_requirements(), code_paths=[str(BILAW_DIR)],
                                             serialization_format="pickle")  # see the module docstring
+            link_final_metrics(client, run_id, info.model_id, last=name == LAST_MODEL_NAME)
+            client.log_model_artifact(info.model_id, str(Path(run_dir) / CONFIG_NAME))
             uris[name] = info.model_uri
         mlflow.log_artifact(str(Path(run_dir) / BEST_NAME))
     return uris[MODEL_NAME]
 
 
-def register(uri: str, model_uri: str, name: str, tags: dict[str, str]) -> Any:
-    """Register the logged model `model_uri` under `name`; the version gets `tags`."""
-    import mlflow
+def link_final_metrics(client: Any, run_id: str, model_id: str, last: bool = False) -> list[str]:
+    """Link run `run_id`'s final metrics (its step-0 records) to logged model `model_id` as the
+    same records: the last state's (`last_*`) with `last`, the others without; returns their keys."""
+    from mlflow.entities import Metric
+
+    linked = [Metric(m.key, m.value, m.timestamp, m.step, model_id=model_id, run_id=run_id)
+              for key in client.get_run(run_id).data.metrics if key.startswith(LAST_STATE_PREFIX) == last
+              for m in client.get_metric_history(run_id, key) if m.step == 0]
+    for i in range(0, len(linked), 1000):  # MLflow's batch limit
+        client.log_batch(run_id, metrics=linked[i:i + 1000])
+    return sorted(m.key for m in linked)
+
+
+def _parse(model_uri: str) -> tuple[str, str, str]:
+    """(form, first, second) of a model URI: ("run", RUN_ID, NAME), ("logged", MODEL_ID, ""),
+    ("version", NAME, VERSION) or ("alias", NAME, ALIAS)."""
+    if model_uri.startswith("runs:/"):
+        run_id, _, path = model_uri[len("runs:/"):].partition("/")
+        if run_id:
+            return "run", run_id, path.strip("/") or MODEL_NAME
+    elif model_uri.startswith("models:/"):
+        rest = model_uri[len("models:/"):]
+        name, alias = rest.split("@", 1) if "@" in rest else (rest, None)
+        if alias is not None:
+            if name and alias and "/" not in alias:
+                return "alias", name, alias
+        elif "/" in rest:
+            name, version = rest.split("/", 1)
+            if name and version.isdigit():
+                return "version", name, version
+        elif rest.startswith("m-") and len(rest) > 2:
+            return "logged", rest, ""
+    raise ModelStoreError(f"{model_uri!r} is not a model URI; pass {URI_FORMS}")
+
+
+def resolve_model(uri: str, model_uri: str) -> tuple[str, str, str | None]:
+    """(run id, model name, logged model id or None) behind `model_uri` (URI_FORMS); one of
+    another form, or naming nothing in the store `uri`, is a ModelStoreError saying so."""
     from mlflow.tracking import MlflowClient
 
-    mlflow.set_tracking_uri(uri)
-    version = mlflow.register_model(model_uri, name, await_registration_for=60)
+    form, first, second = _parse(model_uri)
     client = MlflowClient(uri)
-    for k, v in tags.items():
-        client.set_model_version_tag(name, version.version, k, str(v)[:5000])
-    return version
+    try:
+        if form == "run":
+            return client.get_run(first).info.run_id, second, None
+        if form == "logged":
+            model = client.get_logged_model(first)
+            if not model.source_run_id:
+                raise ModelStoreError(f"{model_uri}: logged model {first} comes from no run (not one a search logged)")
+            return model.source_run_id, model.name, model.model_id
+        version = (client.get_model_version_by_alias(first, second) if form == "alias"
+                   else client.get_model_version(first, second))
+        model_id = version_model_id(version)
+        return version.run_id, client.get_logged_model(model_id).name if model_id else MODEL_NAME, model_id
+    except ModelStoreError:
+        raise
+    except Exception as exc:  # MLflow's "not found" for a run, model or version
+        raise ModelStoreError(f"{model_uri}: {str(exc).splitlines()[0]}") from None
+
+
+def version_model_id(version: Any) -> str | None:
+    """The logged model a registered version was made from (its source `models:/m-ID`), or None."""
+    source = str(getattr(version, "source", "") or "")
+    found = getattr(version, "model_id", None) or (source[len("models:/"):] if source.startswith("models:/m-") else "")
+    return found or None
 
 
 def source_run(uri: str, model_uri: str) -> str:
-    """The MLflow run id a `runs:/ID/...` or `models:/NAME/VERSION` (or `models:/NAME@ALIAS`) URI comes from."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(uri)
-    try:
-        if model_uri.startswith("runs:/"):
-            return client.get_run(model_uri[len("runs:/"):].split("/", 1)[0]).info.run_id
-        if model_uri.startswith("models:/"):
-            rest = model_uri[len("models:/"):]
-            if "@" in rest:
-                name, alias = rest.split("@", 1)
-                return client.get_model_version_by_alias(name, alias).run_id
-            name, _, version = rest.partition("/")
-            if version.isdigit():
-                return client.get_model_version(name, version).run_id
-    except Exception as exc:  # MLflow's "not found" for a run, model or version
-        raise ModelStoreError(f"{model_uri}: {str(exc).splitlines()[0]}") from None
-    raise ModelStoreError(f"{model_uri!r}: expected runs:/RUN_ID/model, models:/NAME/VERSION or models:/NAME@ALIAS")
+    """The MLflow run id a model URI (URI_FORMS) comes from."""
+    return resolve_model(uri, model_uri)[0]
 
 
 def fetch_run_folder(uri: str, model_uri: str, out: Path) -> Path:
     """Download config.yaml, metrics.json and best.pt of the run behind `model_uri` into `out`,
-    a folder `bilaw.runs.load_run` and `python -m bilaw.evaluate` read."""
+    a folder `bilaw.runs.load_run` and `python -m bilaw.evaluate` read. The folder holds the run's
+    best model: a URI of its last model is refused (load that one with mlflow.pytorch.load_model)."""
     from mlflow.tracking import MlflowClient
 
     from bilaw.runs import BEST_NAME, CONFIG_NAME, METRICS_NAME
 
-    run_id = source_run(uri, model_uri)
+    run_id, name, _ = resolve_model(uri, model_uri)
+    if name != MODEL_NAME:
+        raise ModelStoreError(f"{model_uri} is run {run_id}'s {name!r}, not its best model: the folder holds the best "
+                              f"model (best.pt); pass runs:/{run_id}/{MODEL_NAME} or that model's models:/m-... URI")
     client = MlflowClient(uri)
     names = {a.path for a in client.list_artifacts(run_id)}
     missing = [n for n in (CONFIG_NAME, METRICS_NAME, BEST_NAME) if n not in names]
@@ -122,3 +187,37 @@ def fetch_run_folder(uri: str, model_uri: str, out: Path) -> Path:
         for name in (CONFIG_NAME, METRICS_NAME, BEST_NAME):
             shutil.copy2(client.download_artifacts(run_id, name, tmp), out / name)
     return out
+
+
+def register(uri: str, model_uri: str, name: str, tags: dict[str, Any]) -> Any:
+    """Register the logged model `model_uri` under `name`; returns the version. It is tagged with
+    `tags` (the caller's: run_id, space, workload), its search run, the searched parameters'
+    values and its run's test metrics (`version_tags`), and described by which search, space,
+    seeds and metric chose it (tune/model_registry.py); the model's files get the run's
+    config.yaml where they lack it. `config.*` and `winner_*` entries of `tags` are not set: the
+    config is that file, and the winner's metrics are its run's own, tagged under their names."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from .model_registry import describe, version_tags
+
+    run_id, _, model_id = resolve_model(uri, model_uri)
+    client = MlflowClient(uri)
+    found = version_tags(client, run_id)
+    given = {k: str(v)[:5000] for k, v in tags.items() if not k.startswith(("config.", "winner_"))}
+    mlflow.set_tracking_uri(uri)
+    version = mlflow.register_model(model_uri, name, await_registration_for=60, tags={**given, **found.tags})
+    model_id = version_model_id(version) or model_id
+    if model_id:
+        _add_config_file(client, run_id, model_id)
+    return client.update_model_version(name, version.version, description=describe(found))
+
+
+def _add_config_file(client: Any, run_id: str, model_id: str) -> None:
+    """The run's config.yaml among the logged model's files (a model logged before they held it)."""
+    from bilaw.runs import CONFIG_NAME
+
+    if CONFIG_NAME in {a.path for a in client.list_logged_model_artifacts(model_id)}:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        client.log_model_artifact(model_id, client.download_artifacts(run_id, CONFIG_NAME, tmp))
