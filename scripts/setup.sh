@@ -1,10 +1,19 @@
 #!/usr/bin/env bash
 # Install bilaw-tune into ./.venv with its dev and server extras, and (where apt exists) real
 # Fashion-MNIST and PostgreSQL (for tune/tracking_server.py).
-# Idempotent: re-running only installs what is missing. Usage: bash scripts/setup.sh
+# Idempotent: re-running only installs what is missing. Usage: bash scripts/setup.sh [--with-browser]
+# --with-browser also installs Debian's Chromium, for the tests that load MLflow's UI and
+# optuna-dashboard in a headless browser (tests/test_browser.py; skipped without it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+WITH_BROWSER=0
+for arg in "$@"; do
+    case "$arg" in
+        --with-browser) WITH_BROWSER=1 ;;
+        *) echo "scripts/setup.sh: unknown option $arg (allowed: --with-browser)" >&2; exit 2 ;;
+    esac
+done
 VENV=${VENV:-.venv}
 
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' || {
@@ -23,10 +32,14 @@ if command -v apt-get >/dev/null 2>&1; then
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
     NEED_FMNIST=1; [ -d /usr/share/datasets/fashion-mnist ] && NEED_FMNIST=0
     NEED_PG=1; ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && NEED_PG=0
-    if [ "$NEED_FMNIST$NEED_PG" != 00 ]; then
+    NEED_BROWSER=0; [ "$WITH_BROWSER" = 1 ] && ! command -v chromium >/dev/null 2>&1 && NEED_BROWSER=1
+    if [ "$NEED_FMNIST$NEED_PG$NEED_BROWSER" != 000 ]; then
         $SUDO apt-get update -qq || echo "warning: apt-get update failed; installing from the lists at hand" >&2
         [ "$NEED_FMNIST" = 0 ] || apt_install dataset-fashion-mnist "fashion_mnist will need --data-dir"
         [ "$NEED_PG" = 0 ] || apt_install postgresql "tune/tracking_server.py will not start"
+        [ "$NEED_BROWSER" = 0 ] || apt_install chromium "tests/test_browser.py will be skipped"
     fi
+elif [ "$WITH_BROWSER" = 1 ]; then
+    echo "warning: no apt-get here; install Chromium yourself for tests/test_browser.py" >&2
 fi
 "$VENV/bin/python" -c "import bilaw, torch; print('bilaw-tune installed; torch', torch.__version__)"

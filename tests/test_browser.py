@@ -1,0 +1,140 @@
+"""What a user sees of a finished search in a real browser: MLflow's UI and optuna-dashboard, each
+started on loopback as the README says, their pages loaded in headless Chromium with `--dump-dom`
+(the DOM after the page's scripts ran). Chromium is opt-in (`bash scripts/setup.sh --with-browser`);
+without it these tests are skipped, saying so."""
+from __future__ import annotations
+
+import html
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from helpers import stop_group
+from test_search import _free_port
+from tune.finished_search import NOTE_TAG
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "chromium-headless-shell")) if p), None)
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed: `bash scripts/setup.sh "
+                                                          "--with-browser` installs it (Debian's chromium)")]
+
+
+def _serve(cmd: list[str], url: str, log: Path) -> subprocess.Popen:
+    """Start a server in a process group of its own; return once `url` answers 200."""
+    proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                if answer.status == 200:
+                    return proc
+        except OSError:
+            time.sleep(0.5)
+        if proc.poll() is not None:
+            break
+    stop_group(proc)
+    raise AssertionError(f"{cmd[:4]} did not answer at {url}: " + log.read_text()[-2000:])
+
+
+def page_text(url: str, wait_ms: int = 20000) -> str:
+    """The visible text of `url` once its scripts ran (headless Chromium's DOM, tags stripped)."""
+    out = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                          f"--virtual-time-budget={wait_ms}", "--dump-dom", url],
+                         capture_output=True, text=True, timeout=180)
+    dom = re.sub(r"<script.*?</script>|<style.*?</style>", " ", out.stdout, flags=re.S)
+    return html.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom)))
+
+
+@pytest.fixture(scope="module")
+def shown(tmp_path_factory):
+    """A finished smoke search, MLflow's UI over its store and optuna-dashboard over its study."""
+    root = tmp_path_factory.mktemp("browser")
+    db = root / "mlruns.db"
+    search = subprocess.run([sys.executable, str(REPO / "tune" / "run_search.py"), "--space", "ablation_capacity",
+                             "--workload", "smoke", "--storage-path", str(root / "rr"),
+                             "--tracking-uri", f"sqlite:///{db}"], cwd=root, capture_output=True, text=True,
+                            timeout=900)
+    assert search.returncode == 0, search.stdout[-3000:] + search.stderr[-3000:]
+    ui_port, dash_port = _free_port(), _free_port()
+    ui = _serve([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{db}",
+                 "--host", "127.0.0.1", "--port", str(ui_port)], f"http://127.0.0.1:{ui_port}/", root / "ui.log")
+    try:
+        dash = _serve([str(Path(sys.executable).with_name("optuna-dashboard")),
+                       f"sqlite:///{root / 'rr' / 'ablation_capacity' / 'optuna.db'}",
+                       "--host", "127.0.0.1", "--port", str(dash_port)],
+                      f"http://127.0.0.1:{dash_port}/dashboard/", root / "dashboard.log")
+    except BaseException:
+        stop_group(ui)
+        raise
+    try:
+        yield root, f"http://127.0.0.1:{ui_port}", f"http://127.0.0.1:{dash_port}", MlflowClient(f"sqlite:///{db}")
+    finally:
+        stop_group(ui)
+        stop_group(dash)
+
+
+def _search(client):
+    exp = client.get_experiment_by_name("ablation_capacity")
+    runs = client.search_runs([exp.experiment_id])
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return exp.experiment_id, parent, children
+
+
+def test_the_runs_page_lists_the_search(shown):
+    _, ui, _, client = shown
+    exp, parent, children = _search(client)
+    text = page_text(f"{ui}/#/experiments/{exp}/runs")
+    assert parent.info.run_name in text and "ablation_capacity" in text
+    assert f"{len(children) + 1} matching runs" in text, text[:3000]
+
+
+def test_the_parent_page_shows_the_search_story(shown):
+    _, ui, _, client = shown
+    exp, parent, _ = _search(client)
+    text = page_text(f"{ui}/#/experiments/{exp}/runs/{parent.info.run_id}")
+    note = parent.data.tags[NOTE_TAG]
+    assert parent.info.run_name in text
+    assert "winner: " + parent.data.tags["winner_run_name"] in text, text[:3000]
+    best = next(line for line in note.splitlines() if line.startswith("best best_val_pgd_acc:"))
+    assert " ".join(best.split()) in text  # the summary's first line, as the page shows it
+
+
+def test_a_childs_page_shows_its_name_and_metric(shown):
+    _, ui, _, client = shown
+    exp, _, children = _search(client)
+    child = children[0]
+    text = page_text(f"{ui}/#/experiments/{exp}/runs/{child.info.run_id}")
+    assert child.info.run_name in text
+    assert f"best_val_pgd_acc {child.data.metrics['best_val_pgd_acc']!r}" in text, text[:3000]
+
+
+def test_the_logged_models_page_shows_its_test_metrics(shown):
+    _, ui, _, client = shown
+    exp, parent, _ = _search(client)
+    winner = client.get_run(parent.data.tags["winner_run_id"])
+    model = winner.outputs.model_outputs[0].model_id
+    text = page_text(f"{ui}/#/experiments/{exp}/models/{model}")
+    for key in ("test_clean_acc", "test_pgd_acc"):
+        assert f"{key} - {winner.info.run_name} {winner.data.metrics[key]!r}" in text, text[:3000]
+
+
+def test_the_dashboard_shows_the_studys_trials(shown):
+    root, _, dash, _ = shown
+    import optuna
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{root / 'rr' / 'ablation_capacity' / 'optuna.db'}")
+    study_id = storage.get_study_id_from_name("ablation_capacity")
+    trials = storage.get_all_trials(study_id)
+    text = page_text(f"{dash}/dashboard/studies/{study_id}/trials")
+    assert "ablation_capacity" in text and f"{len(trials)} Trials" in text, text[:3000]
+    for t in trials:
+        assert f"Trial {t.number} Complete" in text
