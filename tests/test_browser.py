@@ -138,3 +138,6 @@ def test_the_dashboard_shows_the_studys_trials(shown):
     assert "ablation_capacity" in text and f"{len(trials)} Trials" in text, text[:3000]
     for t in trials:
         assert f"Trial {t.number} Complete" in text
+    # the trial shown first (trial 0) with its MLflow run, as its user attributes
+    run_id = trials[0].user_attrs["mlflow_run_ids"][0]
+    assert "User Attributes" in text and run_id in text, text[:3000]

@@ -402,6 +402,13 @@ def test_the_parent_run_tells_the_search_story(finished):
     assert "best best_val_pgd_acc:" in summary and "paired:" in summary
 
 
+def test_each_study_trial_names_its_mlflow_run(finished):
+    from test_study_records import check_study_names_its_runs
+
+    root, _ = finished
+    check_study_names_its_runs(root / "rr" / "cap", f"sqlite:///{root / 'mlruns.db'}", "cap", [0])
+
+
 def test_a_long_story_is_cut_to_what_mlflow_stores(tmp_path):
     from types import SimpleNamespace
 

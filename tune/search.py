@@ -29,7 +29,7 @@ from tune.trainable import META_KEY, train_trial
 from tune.tracking import SearchTracking, redact_uri, use_fast_fail_http
 from tune.search_report import report
 from tune.stopping import STOP
-from tune import finished_search, orphans
+from tune import finished_search, orphans, study_records
 from tune.trial_tracking import TrialTracking
 from tune.variant_runs import PROGRESS_COLUMNS, trial_name
 from tune.worker_exit import worker_runtime_env
@@ -47,6 +47,8 @@ class ResumableOptunaSearch(OptunaSearch):
             pass
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if not error and trial_id in self._ot_trials and trial_id not in self._completed_trials:
+            study_records.record(self._ot_trials[trial_id], trial_id, result)  # its runs, before it is told
         try:
             super().on_trial_complete(trial_id, result=result, error=error)
         except optuna.exceptions.UpdateFinishedTrialError:
@@ -77,6 +79,7 @@ class PrunedAwareOptunaSearch(ResumableOptunaSearch):
         if (not error and early and trial_id in self._ot_trials and self._metric in result
                 and trial_id not in getattr(self, "_completed_trials", set())):
             trial = self._ot_trials[trial_id]
+            study_records.record(trial, trial_id, result)
             try:
                 trial.report(result[self._metric], result["training_iteration"])
                 self._ot_study.tell(trial, state=optuna.trial.TrialState.PRUNED)
@@ -91,10 +94,8 @@ UNLIMITED = 1 << 30  # a concurrency limit that never binds: Ray Tune's resource
 
 
 class AdjustableConcurrencyLimiter(ConcurrencyLimiter):
-    """At most `--max-concurrent` trials at once, a limit a resume may change. (With Ray Tune's
-    own `max_concurrent_trials`, a resumed search gets the first run's limit back from its
-    snapshot.) `wanted` is set on the restored searcher before the fit; restoring the snapshot's
-    state keeps it."""
+    """At most `--max-concurrent` trials at once, a limit a resume may change (Ray Tune's own
+    `max_concurrent_trials` comes back from the snapshot); `wanted` survives restoring the state."""
 
     def __init__(self, searcher, max_concurrent: int | None) -> None:
         super().__init__(searcher, max_concurrent=max_concurrent or UNLIMITED)
@@ -148,7 +149,7 @@ def make_searcher(plan, folder: Path):
     else:
         searcher = ResumableOptunaSearch(**kwargs)
     if len(plan.seeds) > 1:  # each sampled config once per seed; Optuna sees the mean
-        searcher = Repeater(searcher, repeat=len(plan.seeds), set_index=True)
+        searcher = study_records.SeedRecordingRepeater(searcher, repeat=len(plan.seeds), set_index=True)
     return AdjustableConcurrencyLimiter(searcher, plan.args.max_concurrent)
 
 
@@ -283,6 +284,7 @@ def _fit(plan, argv: list[str], tracking: SearchTracking, folder: Path, availabl
     the GPU share per trial. A failure or Ctrl-C ends the parent run as FAILED or KILLED."""
     try:
         record_driver(folder, joined_cluster=bool(plan.args.address))
+        study_records.RUNS.use(tracking)
         try:
             nodes = check_shared_storage(plan.storage_location)
         except StorageError as exc:

@@ -1,0 +1,80 @@
+"""The Optuna study names what MLflow holds: before a study trial is told its value, it gets user
+attributes with its MLflow run ids, its seeds and its test metrics (the mean over its seeds), so
+optuna-dashboard shows, beside a trial's value, where its runs are and how it tested.
+
+A trial of several seeds (Ray Tune's Repeater) is told once, with the mean of its seeds' values;
+`SeedRecordingRepeater` keeps each seed's last result for that moment. Study user attributes
+cannot change once a trial is finished, so they are written then, never after.
+"""
+from __future__ import annotations
+
+import statistics
+import sys
+from typing import Any
+
+from ray.tune.search import Repeater
+
+
+TEST_METRICS = ("test_clean_acc", "test_pgd_acc", "test_aa_acc")
+RUN_IDS_ATTR = "mlflow_run_ids"
+
+
+class _Runs:
+    """Where the search's MLflow child runs are (set by the driver; never pickled with a searcher)."""
+
+    def __init__(self) -> None:
+        self.tracking: Any = None
+        self.seed_results: dict[str, dict[str, dict]] = {}  # a study trial's Ray id -> its seeds' results
+
+    def use(self, tracking: Any) -> None:
+        self.tracking = tracking
+        self.seed_results.clear()
+
+    def runs(self, ray_trial_ids: list[str]) -> list:
+        """The MLflow child runs of these Ray trials."""
+        if self.tracking is None or self.tracking.parent_run_id is None:
+            return []
+        from tune.run_queries import find_runs
+        from tune.tracking import PARENT_TAG
+
+        found = []
+        for trial_id in ray_trial_ids:
+            runs = find_runs(self.tracking.client, [self.tracking.experiment_id],
+                             {f"tags.{PARENT_TAG}": self.tracking.parent_run_id, "tags.ray_trial_id": trial_id})
+            found += runs
+        return found
+
+
+RUNS = _Runs()
+
+
+class SeedRecordingRepeater(Repeater):
+    """Ray Tune's Repeater, keeping each seed's last result until its group is told to the study."""
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, **kwargs) -> None:
+        group = self._trial_id_to_group.get(trial_id)
+        if group is not None and result:
+            RUNS.seed_results.setdefault(group.primary_trial_id, {})[trial_id] = result
+        super().on_trial_complete(trial_id, result=result, **kwargs)
+
+
+def trial_attrs(trial_id: str, result: dict | None) -> dict[str, Any]:
+    """The user attributes of the study trial Ray knows as `trial_id`, told with `result`."""
+    seeds = RUNS.seed_results.pop(trial_id, None) or ({trial_id: result} if result else {})
+    runs = sorted(RUNS.runs(sorted(seeds)), key=lambda r: int(r.data.params.get("seed", -1)))
+    attrs: dict[str, Any] = {RUN_IDS_ATTR: [r.info.run_id for r in runs],
+                             "seeds": [int(r.data.params["seed"]) for r in runs if "seed" in r.data.params]}
+    for key in TEST_METRICS:
+        values = [float(r[key]) for r in seeds.values() if isinstance(r.get(key), (int, float))]
+        if values:
+            attrs[key] = statistics.fmean(values)
+    return attrs
+
+
+def record(trial: Any, trial_id: str, result: dict | None) -> None:
+    """Set `trial_attrs` on the Optuna trial (before it is told); a failure only warns."""
+    try:
+        for key, value in trial_attrs(trial_id, result).items():
+            trial.set_user_attr(key, value)
+    except Exception as exc:  # noqa: BLE001 - the study's value matters more than its notes
+        print(f"warning: could not note trial {trial_id}'s runs in the Optuna study: {exc}", file=sys.stderr)
