@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from helpers import tracebacks
 from tune.paired import Paired, compare, mean_accuracy
+from tune.finished_search import NOTE_TAG
 from tune.tracking import PARENT_TAG
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,12 +88,31 @@ def test_a_race_runs_its_rounds_under_the_parent_and_stops_by_its_rule(tmp_path)
     assert parent.info.status == "FINISHED"
     stored = Path(client.download_artifacts(parent.info.run_id, "race.txt")).read_text()
     assert ending in stored and lines[-1] in stored
+    assert f"### Race\n\n```\n{stored.rstrip()}" in parent.data.tags[NOTE_TAG]  # the parent's story has it
+    _assert_race_study(tmp_path, race)
 
     # again on the stored search: the race runs are reused, none run again, and it ends the same way
     again = _search(tmp_path, "--resume")
     assert len(client.search_runs([exp])) == len(runs)
     assert again.strip().splitlines()[-1] == lines[-1] and ending in again
     assert client.get_run(parent.info.run_id).info.end_time == parent.info.end_time  # nothing stored changed
+    _assert_race_study(tmp_path, race)  # each race run once
+
+
+def _assert_race_study(tmp_path: Path, race: list) -> None:
+    """The study `<search>-race` holds each race run once: its params, seed and value as in MLflow."""
+    import optuna
+
+    study = optuna.load_study(study_name="ablation_capacity-race",
+                              storage=f"sqlite:///{tmp_path / 'rr' / 'ablation_capacity' / 'optuna.db'}")
+    assert study.metric_names == ["best_val_pgd_acc"]
+    by_run = {t.user_attrs["mlflow_run_ids"][0]: t for t in study.trials}
+    assert len(by_run) == len(study.trials) == len(race)
+    for r in race:
+        t = by_run[r.info.run_id]
+        assert t.params == {"weight_net": r.data.params["weight_net"]} and t.user_attrs["seeds"] == [int(r.data.params["seed"])]
+        assert t.value == r.data.metrics["best_val_pgd_acc"] and t.user_attrs["race_round"] == r.data.tags["race_round"]
+        assert t.user_attrs["test_pgd_acc"] == r.data.metrics["test_pgd_acc"]
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -24,6 +24,8 @@ from tune.finished_search import RACE_ARTIFACT, RACE_ASKED_TAG, describe_parent,
 from tune.paired import MIN_SEEDS_TO_DROP, Paired, against_leader, format_comparisons, mean_accuracy, verdict
 from tune.paired_runs import PerPointStore, shared_points, what
 from tune.search_paired import config_key, finished_config_points
+from tune.state_files import OPTUNA_DB
+from tune.study_records import RACE_SUFFIX, record_race
 from tune.tracking import SearchTracking, TRIAL_ID_TAG
 from tune.trainable import META_KEY, VARIANT_KEY, trial_config, trial_values
 
@@ -183,12 +185,26 @@ def run_race(plan: Any, results: Any, tracking: SearchTracking, folder: Path, gp
             _judge(race, round_no)
             print(race.lines[-1], flush=True)
     except KeyboardInterrupt:
+        _note_in_study(plan, tracking, folder)
         _finish(race, round_no, tracking, folder, most, "stopped: interrupted", "KILLED")
         raise
     except Exception as exc:  # noqa: BLE001 - the rounds that finished are still worth recording
         stopped = f"stopped by an error: {type(exc).__name__}: {exc}"
+    _note_in_study(plan, tracking, folder)
     return _finish(race, round_no, tracking, folder, most, stopped, "FINISHED" if stopped is None else "FAILED",
                    race_asked(k, most))
+
+
+def _note_in_study(plan: Any, tracking: SearchTracking, folder: Path) -> None:
+    """The race's finished runs, each once, as trials of the Optuna study `<search>-race`."""
+    try:
+        runs = [r for r in tracking.child_runs() if r.data.tags.get(RACE_TAG) == "true"]
+        added = record_race(f"sqlite:///{Path(folder) / OPTUNA_DB}", plan.experiment, runs, plan.space.metric[0],
+                            "maximize" if plan.space.mode[0] == "max" else "minimize")
+        if added:
+            print(f"race: {added} run(s) added to the Optuna study {plan.experiment}{RACE_SUFFIX}", flush=True)
+    except Exception as exc:  # noqa: BLE001 - the race's runs are in MLflow either way
+        print(f"warning: could not add the race's runs to the Optuna study: {type(exc).__name__}: {exc}")
 
 
 def _finish(race: Race, rounds: int, tracking: SearchTracking, folder: Path, most: int, stopped: str | None,

@@ -284,7 +284,7 @@ def _fit(plan, argv: list[str], tracking: SearchTracking, folder: Path, availabl
     the GPU share per trial. A failure or Ctrl-C ends the parent run as FAILED or KILLED."""
     try:
         record_driver(folder, joined_cluster=bool(plan.args.address))
-        study_records.RUNS.use(tracking)
+        study_records.RUNS.use(tracking, plan.space.metric)
         try:
             nodes = check_shared_storage(plan.storage_location)
         except StorageError as exc:

@@ -4,7 +4,11 @@ optuna-dashboard shows, beside a trial's value, where its runs are and how it te
 
 A trial of several seeds (Ray Tune's Repeater) is told once, with the mean of its seeds' values;
 `SeedRecordingRepeater` keeps each seed's last result for that moment. Study user attributes
-cannot change once a trial is finished, so they are written then, never after.
+cannot change once a trial is finished, so they are written then, never after. The study also
+names its objectives (optuna-dashboard's axis labels).
+
+A race (`--race`) runs configs again on more seeds outside the searcher; `record_race` adds each
+of its finished runs, once, as a trial of a study of its own, `<search>-race`, in the same file.
 """
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import statistics
 import sys
 from typing import Any
 
+import optuna
 from ray.tune.search import Repeater
 
 
@@ -24,10 +29,11 @@ class _Runs:
 
     def __init__(self) -> None:
         self.tracking: Any = None
+        self.metrics: list[str] = []
         self.seed_results: dict[str, dict[str, dict]] = {}  # a study trial's Ray id -> its seeds' results
 
-    def use(self, tracking: Any) -> None:
-        self.tracking = tracking
+    def use(self, tracking: Any, metrics: list[str]) -> None:
+        self.tracking, self.metrics = tracking, list(metrics)
         self.seed_results.clear()
 
     def runs(self, ray_trial_ids: list[str]) -> list:
@@ -74,7 +80,51 @@ def trial_attrs(trial_id: str, result: dict | None) -> dict[str, Any]:
 def record(trial: Any, trial_id: str, result: dict | None) -> None:
     """Set `trial_attrs` on the Optuna trial (before it is told); a failure only warns."""
     try:
+        if RUNS.metrics and trial.study.metric_names is None:
+            trial.study.set_metric_names(RUNS.metrics)
         for key, value in trial_attrs(trial_id, result).items():
             trial.set_user_attr(key, value)
     except Exception as exc:  # noqa: BLE001 - the study's value matters more than its notes
         print(f"warning: could not note trial {trial_id}'s runs in the Optuna study: {exc}", file=sys.stderr)
+
+
+RACE_SUFFIX = "-race"
+
+
+def _param_value(text: str, dist: Any) -> Any:
+    """An MLflow param (a string) as the value `dist` holds, or None where it holds none such."""
+    if isinstance(dist, optuna.distributions.CategoricalDistribution):
+        return next((c for c in dist.choices if str(c) == text), None)
+    try:
+        value = int(text) if isinstance(dist, optuna.distributions.IntDistribution) else float(text)
+    except ValueError:
+        return None
+    return value if dist.low <= value <= dist.high else None
+
+
+def record_race(storage_url: str, study_name: str, runs: list, metric: str, direction: str) -> int:
+    """Add each finished race run not yet recorded as a trial of the study `<study_name>-race`:
+    its searched params (the search study's distributions), its `metric` as value, and user
+    attributes like a search trial's plus its round. Return how many were added."""
+    storage = optuna.storages.RDBStorage(storage_url)
+    dists: dict[str, Any] = {}
+    for t in optuna.load_study(study_name=study_name, storage=storage).get_trials(deepcopy=False):
+        dists.update(t.distributions)
+    race = optuna.create_study(study_name=study_name + RACE_SUFFIX, storage=storage, direction=direction,
+                               load_if_exists=True)
+    if race.metric_names is None:
+        race.set_metric_names([metric])
+    known = {run_id for t in race.get_trials(deepcopy=False) for run_id in t.user_attrs.get(RUN_IDS_ATTR, [])}
+    added = 0
+    for run in sorted(runs, key=lambda r: r.info.start_time or 0):
+        if run.info.status != "FINISHED" or run.info.run_id in known or metric not in run.data.metrics:
+            continue
+        params = {k: v for k, v in ((k, _param_value(run.data.params[k], d)) for k, d in dists.items()
+                                    if k in run.data.params) if v is not None}
+        attrs = {RUN_IDS_ATTR: [run.info.run_id], "seeds": [int(run.data.params.get("seed", -1))],
+                 "race_round": run.data.tags.get("race_round", "?"),
+                 **{k: run.data.metrics[k] for k in TEST_METRICS if k in run.data.metrics}}
+        race.add_trial(optuna.trial.create_trial(params=params, distributions={k: dists[k] for k in params},
+                                                 value=run.data.metrics[metric], user_attrs=attrs))
+        added += 1
+    return added
