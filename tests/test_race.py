@@ -89,6 +89,12 @@ def test_a_race_runs_its_rounds_under_the_parent_and_stops_by_its_rule(tmp_path)
     stored = Path(client.download_artifacts(parent.info.run_id, "race.txt")).read_text()
     assert ending in stored and lines[-1] in stored
     assert f"### Race\n\n```\n{stored.rstrip()}" in parent.data.tags[NOTE_TAG]  # the parent's story has it
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "search")}
+    assert {"search/race_by_config.png", "search/val_pgd_acc_by_trial.png"} <= logged
+    # the epoch figure was drawn again with every run (the search's trials and the race's)
+    shown = Path(client.download_artifacts(parent.info.run_id, "search/val_pgd_acc_by_trial.png")).read_bytes()
+    assert shown == _epoch_figure(client, children, tmp_path / "all.png")
+    assert shown != _epoch_figure(client, trials, tmp_path / "search_only.png")
     _assert_race_study(tmp_path, race)
 
     # again on the stored search: the race runs are reused, none run again, and it ends the same way
@@ -97,6 +103,13 @@ def test_a_race_runs_its_rounds_under_the_parent_and_stops_by_its_rule(tmp_path)
     assert again.strip().splitlines()[-1] == lines[-1] and ending in again
     assert client.get_run(parent.info.run_id).info.end_time == parent.info.end_time  # nothing stored changed
     _assert_race_study(tmp_path, race)  # each race run once
+
+
+def _epoch_figure(client: MlflowClient, runs: list, path: Path) -> bytes:
+    """The epoch figure drawn afresh from these runs' histories (the PNG's bytes)."""
+    from tune.search_figures import _plot_epochs, _save, trial_histories
+
+    return _save(_plot_epochs(trial_histories(client, runs)), path).read_bytes()
 
 
 def _assert_race_study(tmp_path: Path, race: list) -> None:

@@ -196,15 +196,46 @@ def run_race(plan: Any, results: Any, tracking: SearchTracking, folder: Path, gp
 
 
 def _note_in_study(plan: Any, tracking: SearchTracking, folder: Path) -> None:
-    """The race's finished runs, each once, as trials of the Optuna study `<search>-race`."""
+    """The race's finished runs, each once, as trials of the Optuna study `<search>-race`, and the
+    parent's figures drawn again with them (the epochs of every run; the race's configs over seeds)."""
+    from tune.search_report import search_figures
+
+    children = tracking.child_runs()
+    search_figures(plan, tracking, folder, children)
+    _race_figure(plan, tracking, folder, children)
     try:
-        runs = [r for r in tracking.child_runs() if r.data.tags.get(RACE_TAG) == "true"]
+        runs = [r for r in children if r.data.tags.get(RACE_TAG) == "true"]
         added = record_race(f"sqlite:///{Path(folder) / OPTUNA_DB}", plan.experiment, runs, plan.space.metric[0],
                             "maximize" if plan.space.mode[0] == "max" else "minimize")
         if added:
             print(f"race: {added} run(s) added to the Optuna study {plan.experiment}{RACE_SUFFIX}", flush=True)
     except Exception as exc:  # noqa: BLE001 - the race's runs are in MLflow either way
         print(f"warning: could not add the race's runs to the Optuna study: {type(exc).__name__}: {exc}")
+
+
+def _race_figure(plan: Any, tracking: SearchTracking, folder: Path, children: list) -> None:
+    """search/race_by_config.png on the parent: each raced config's ranking metric per seed (its
+    search trial's and its race runs'), the mean and its interval."""
+    from tune.search_figures import RACE_PNG, draw_race_figure
+
+    metric, searched = plan.space.metric[0], list(plan.space.params)
+
+    def params(run: Any) -> tuple:
+        return tuple(run.data.params.get(p) for p in searched)
+
+    raced = {params(r): r.data.tags.get(CONFIG_TAG) for r in children if r.data.tags.get(RACE_TAG) == "true"}
+    by_config: dict[str, dict[int, float]] = {}
+    for run in children:  # a raced config's search trial (seed 0) and its race runs
+        label = raced.get(params(run))
+        if label is not None and metric in run.data.metrics and run.info.status == "FINISHED":
+            by_config.setdefault(label, {})[int(run.data.params.get("seed", -1))] = run.data.metrics[metric]
+    if not by_config:
+        return
+    try:
+        png = draw_race_figure(by_config, metric, Path(folder) / "search" / RACE_PNG)
+        tracking.client.log_artifact(tracking.parent_run_id, str(png), "search")
+    except Exception as exc:  # noqa: BLE001 - figures never stop the search
+        print(f"warning: race figure: {type(exc).__name__}: {exc}")
 
 
 def _finish(race: Race, rounds: int, tracking: SearchTracking, folder: Path, most: int, stopped: str | None,

@@ -22,6 +22,7 @@ PARALLEL_PNG = "parallel_coordinate.png"
 IMPORTANCES_PNG = "param_importances.png"
 SLICE_PNG = "slice.png"
 EPOCHS_PNG = "val_pgd_acc_by_trial.png"
+RACE_PNG = "race_by_config.png"
 MIN_IMPORTANCE_TRIALS = 3
 MAX_LEGEND_ENTRIES = 15
 
@@ -180,3 +181,33 @@ def trial_histories(client: Any, child_runs: Iterable[Any], metric: str = HISTOR
             label = f"{label} ({info.run_id[:8]})"
         out[label] = [by_step[s] for s in sorted(by_step)]
     return out
+
+
+def draw_race_figure(by_config: dict[str, dict[int, float]], metric: str, path: Path) -> Path:
+    """The race's configs side by side: each seed's `metric` as a dot, the mean over seeds as a bar
+    with its 95% t-interval (none for a config of one seed); `by_config`: label -> seed -> value."""
+    from tune.uncertainty import t_interval
+
+    plt = _pyplot()
+    labels = list(by_config)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.4 * len(labels)), 4.5))
+    for x, label in enumerate(labels):
+        values = [by_config[label][s] for s in sorted(by_config[label])]
+        mean = sum(values) / len(values)
+        ax.scatter([x] * len(values), values, s=14, color="0.45", zorder=3)
+        if len(values) >= 2:
+            lo, hi = t_interval(values)
+            ax.errorbar([x], [mean], yerr=[[mean - lo], [hi - mean]], fmt="o", color="C0", capsize=6, zorder=4)
+        else:
+            ax.plot([x], [mean], "o", color="C0", zorder=4)
+        ax.annotate(f"{len(values)} seed{'s' if len(values) != 1 else ''}", (x, mean), textcoords="offset points",
+                    xytext=(8, 0), fontsize="x-small")
+    ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right", fontsize="small")
+    ax.set(ylabel=metric, title=f"race: {metric} by config over seeds (mean, 95% t-interval)")
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
