@@ -186,17 +186,12 @@ def best_epoch_of(history: list[dict[str, Any]]) -> int | None:
     return next(int(h["epoch"]) for h in history if h["val_pgd_acc"] == top)
 
 
-def plot_curves(folder: str | Path, history: list[dict[str, Any]]) -> Path | None:
-    """learning_curves.png: the training loss and the held-out clean and PGD accuracy per epoch
-    (x from 1), the best epoch (`best_epoch_of`) marked, named in the title and stored in the
-    PNG's text as `best_epoch`, so the figure can be checked against metrics.json; None without
-    a history."""
+def curves_figure(history: list[dict[str, Any]]):
+    """(figure, best epoch) of `plot_curves`; (None, None) for an empty history."""
     best = best_epoch_of(history)
     if best is None:
-        return None
+        return None, None
     plt = _pyplot()
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     epochs = [int(h["epoch"]) for h in history]
     fig, (loss, acc) = plt.subplots(1, 2, figsize=(8, 3.2))
     loss.plot(epochs, [h["train_loss"] for h in history], marker="o", color="black")
@@ -209,7 +204,20 @@ def plot_curves(folder: str | Path, history: list[dict[str, Any]]) -> Path | Non
         ax.xaxis.get_major_locator().set_params(integer=True)
     acc.legend(fontsize=7)
     fig.tight_layout()
+    return fig, best
+
+
+def plot_curves(folder: str | Path, history: list[dict[str, Any]]) -> Path | None:
+    """learning_curves.png: the training loss and the held-out clean and PGD accuracy per epoch
+    (x from 1), the best epoch (`best_epoch_of`) marked, named in the title and stored in the
+    PNG's text as `best_epoch`, so the figure can be checked against metrics.json; None without
+    a history."""
+    fig, best = curves_figure(history)
+    if fig is None:
+        return None
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / CURVES_NAME
     fig.savefig(path, dpi=110, metadata={"best_epoch": str(best)})
-    plt.close(fig)
+    _pyplot().close(fig)
     return path

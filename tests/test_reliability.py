@@ -156,18 +156,18 @@ def test_killed_trial_worker_resumes_from_its_checkpoint(tmp_path):
     for r in children:
         assert r.info.status == "FINISHED"
         steps = sorted(m.step for m in client.get_metric_history(r.info.run_id, "val_pgd_acc"))
-        assert steps == [0, 1, 2, 3, 4]  # one continuous history
+        assert steps == [1, 2, 3, 4, 5]  # one continuous history (epochs count from 1)
     folder = tmp_path / "rr" / "ablation_capacity"
     failed = [p.parent for p in folder.glob("trial_*/error.txt")]
     assert len(failed) == 1  # the killed worker's trial failed once and was retried
-    # it continued from its checkpoint (a restart would repeat 0 and 1): with a checkpoint every epoch,
+    # it continued from its checkpoint (a restart would repeat 1 and 2): with a checkpoint every epoch,
     # at most the epoch it was killed in is done again (a kill between the epoch's report reaching the
-    # driver and Ray recording its checkpoint was seen once in many runs: then epoch 2 is reported twice)
+    # driver and Ray recording its checkpoint was seen once in many runs: then epoch 3 is reported twice)
     for progress in folder.glob("trial_*/progress.csv"):
         epochs = [int(float(row["epoch"])) for row in csv.DictReader(open(progress))]
-        assert sorted(set(epochs)) == [0, 1, 2, 3, 4] and epochs[:2] == [0, 1], (progress, epochs)
+        assert sorted(set(epochs)) == [1, 2, 3, 4, 5] and epochs[:2] == [1, 2], (progress, epochs)
         assert epochs == sorted(epochs) and len(epochs) - len(set(epochs)) <= 1, (progress, epochs)
-        assert epochs.count(0) == epochs.count(1) == 1, (progress, epochs)
+        assert epochs.count(1) == epochs.count(2) == 1, (progress, epochs)
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):

@@ -62,7 +62,7 @@ def test_resume_after_the_driver_is_killed(tmp_path):
     for r in children:
         assert r.info.status == "FINISHED"
         steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_pgd_acc")]
-        assert sorted(steps) == [0, 1, 2, 3], (r.data.params["weight_net"], steps)  # one continuous history
+        assert sorted(steps) == [1, 2, 3, 4], (r.data.params["weight_net"], steps)  # one continuous history, from 1
     study = optuna.load_study(study_name="ablation_capacity",
                               storage=f"sqlite:///{tmp_path / 'rr' / 'ablation_capacity' / 'optuna.db'}")
     assert sorted(t.params["weight_net"] for t in study.trials) == sorted(["128", "64", "64-64", "256"])

@@ -210,3 +210,25 @@ def test_finished_mode_logs_each_trials_best_and_last_model(tmp_path):
     assert torch.equal(best(x), result.model.eval()(x))
     saved = load_checkpoint(tmp_path / "checkpoint" / "checkpoint.pt")["model"]
     assert all(torch.equal(v, saved[k]) for k, v in last.state_dict().items())
+    # each model carries its own state's metrics: the best its best epoch's and the final ones but the
+    # last state's, the last model the last epoch's and the last state's test metrics (last_*)
+    client = MlflowClient(uri)
+    models = {m.name: m for m in client.search_logged_models([tracking.experiment_id])}
+    best_epoch, last_epoch = result.final["best_epoch"], result.history[-1]["epoch"]
+    for name, epoch in (("model", best_epoch), ("last_model", last_epoch)):
+        linked = {(m.key, m.step): m.value for m in models[name].metrics}
+        finals = {k for k, s in linked if s == 0}
+        series = {k for h in result.history for k in h}  # per-epoch (the map's AUROCs too): not final values
+        assert finals == ({"last_test_clean_acc", "last_test_pgd_acc"} if name == "last_model" else
+                          {k for k in client.get_run(run.info.run_id).data.metrics if k in result.final}
+                          - series - {"last_test_clean_acc", "last_test_pgd_acc"}), name
+        assert linked[("val_pgd_acc", epoch)] == result.history[epoch - 1]["val_pgd_acc"], name
+        assert {s for _, s in linked} == {0, epoch}, name
+    assert linked[("last_test_pgd_acc", 0)] == result.final["last_test_pgd_acc"]
+    # fetch_model writes a run folder with the best model: the last model's URI is refused
+    from tune.fetch_model import main as fetch_main
+
+    for uri_of_last in (f"runs:/{run.info.run_id}/last_model", models["last_model"].model_uri):
+        assert fetch_main([uri_of_last, "--out", str(tmp_path / "last"), "--tracking-uri", uri]) == 2
+    assert fetch_main([models["model"].model_uri, "--out", str(tmp_path / "best"), "--tracking-uri", uri]) == 0
+    assert not (tmp_path / "last").exists() and (tmp_path / "best" / "best.pt").is_file()

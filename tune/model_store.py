@@ -124,7 +124,7 @@ def _parse(model_uri: str) -> tuple[str, str, str]:
                 return "version", name, version
         elif rest.startswith("m-") and len(rest) > 2:
             return "logged", rest, ""
-    raise ModelStoreError(f"{model_uri!r} is not a model URI; pass {URI_FORMS}")
+    raise ModelStoreError(f"{model_uri!r} is not a model URI this project takes; pass {URI_FORMS}")
 
 
 def resolve_model(uri: str, model_uri: str) -> tuple[str, str, str | None]:
