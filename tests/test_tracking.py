@@ -232,3 +232,25 @@ def test_finished_mode_logs_each_trials_best_and_last_model(tmp_path):
         assert fetch_main([uri_of_last, "--out", str(tmp_path / "last"), "--tracking-uri", uri]) == 2
     assert fetch_main([models["model"].model_uri, "--out", str(tmp_path / "best"), "--tracking-uri", uri]) == 0
     assert not (tmp_path / "last").exists() and (tmp_path / "best" / "best.pt").is_file()
+
+
+def test_a_model_logged_to_a_run_from_before_goes_to_its_epochs_0_based_step(tmp_path):
+    """A run logged before epochs counted from 1 (no epochs_from tag: epochs at steps 0..E-1):
+    its best model is recorded at its best epoch's old step and linked to that epoch's metrics."""
+    from mlflow.entities import Metric
+
+    from tune.model_store import log_model
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    client = MlflowClient(uri)
+    result, _ = _finished_trial(tmp_path)
+    run_id = client.create_run(client.create_experiment("old")).info.run_id
+    client.log_batch(run_id, metrics=[Metric(k, v, 1, h["epoch"] - 1) for h in result.history
+                                      for k, v in h.items() if k in ("val_pgd_acc", "train_loss")])
+    log_model(uri, run_id, tmp_path / "checkpoint" / "run")
+    best = result.final["best_epoch"]
+    (output,) = client.get_run(run_id).outputs.model_outputs
+    model = client.get_logged_model(output.model_id)
+    assert output.step == best - 1
+    assert {(m.key, m.step): m.value for m in model.metrics} == {
+        (k, best - 1): result.history[best - 1][k] for k in ("val_pgd_acc", "train_loss")}

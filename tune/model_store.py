@@ -66,6 +66,8 @@ def log_model(uri: str, run_id: str, run_dir: Path, last_checkpoint: Path | None
     from bilaw.checkpoint import load_checkpoint
     from bilaw.runs import BEST_NAME, CONFIG_NAME, load_best, read_metrics
 
+    from .tracking import EPOCHS_FROM_TAG
+
     model, _, best = load_best(run_dir)
     shape = tuple(best["input_shape"])
     example = torch.rand(1, *shape, generator=torch.Generator().manual_seed(0)).numpy()
@@ -76,16 +78,21 @@ def log_model(uri: str, run_id: str, run_dir: Path, last_checkpoint: Path | None
         models[LAST_MODEL_NAME] = last.eval()
     metrics = read_metrics(run_dir)  # epochs counted from 1: an epoch's step
     last_epoch = int(metrics["history"][-1]["epoch"]) if metrics["history"] else 0
-    steps = {MODEL_NAME: int(metrics["final"].get("best_epoch") or last_epoch), LAST_MODEL_NAME: last_epoch}
-    mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
+    # a run logged before epochs counted from 1 (no epochs_from tag) has its epochs at steps 0..E-1
+    # and its final metrics at the last one: the models go to their epochs' steps, no final is linked
+    legacy = client.get_run(run_id).data.tags.get(EPOCHS_FROM_TAG) != "1"
+    steps = {MODEL_NAME: max(int(metrics["final"].get("best_epoch") or last_epoch) - legacy, 0),
+             LAST_MODEL_NAME: max(last_epoch - legacy, 0)}
+    mlflow.set_tracking_uri(uri)
     uris = {}
     with mlflow.start_run(run_id=run_id):
         for name, module in models.items():
             info = mlflow.pytorch.log_model(module, name=name, input_example=example, step=steps[name],
                                             pip_requirements=pip_requirements(), code_paths=[str(BILAW_DIR)],
                                             serialization_format="pickle")  # see the module docstring
-            link_final_metrics(client, run_id, info.model_id, last=name == LAST_MODEL_NAME)
+            if not legacy:
+                link_final_metrics(client, run_id, info.model_id, last=name == LAST_MODEL_NAME)
             client.log_model_artifact(info.model_id, str(Path(run_dir) / CONFIG_NAME))
             uris[name] = info.model_uri
         mlflow.log_artifact(str(Path(run_dir) / BEST_NAME))
