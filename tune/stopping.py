@@ -222,15 +222,30 @@ class _RayStopNotes:
         return not str(record.msg).startswith(("Stop signal received", "Experiment has been interrupted"))
 
 
+class _VanishedTempFile:
+    """Drops Ray Tune's error (with its traceback) when a snapshot's copy to the storage path met
+    a temporary file that Ray itself had renamed meanwhile (its state files are written through
+    a `.<uuid>-tmp-...` file): the next snapshot, after the next result and at the end, copies
+    the finished file. Any other failed copy is still shown."""
+
+    def filter(self, record) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (str(record.msg).startswith("Saving experiment state to storage")
+                    and isinstance(exc, FileNotFoundError) and "-tmp-" in str(exc))
+
+
 _QUIET = _RayStopNotes()
+_VANISHED = _VanishedTempFile()
 
 
 def quiet_ray_stop_notes() -> None:
+    """Ray Tune's notes the driver says better (a stop) or that need nothing (a vanished temp file)."""
     import logging
 
-    log = logging.getLogger("ray.tune.tune")
-    if _QUIET not in log.filters:
-        log.addFilter(_QUIET)
+    for name, quiet in (("ray.tune.tune", _QUIET), ("ray.tune.execution.experiment_state", _VANISHED)):
+        log = logging.getLogger(name)
+        if quiet not in log.filters:
+            log.addFilter(quiet)
 
 
 STOP = StopRequest()  # the driver's one instance (a process has one set of signal handlers)
