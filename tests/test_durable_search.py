@@ -229,7 +229,7 @@ def test_only_a_snapshot_copy_that_met_a_vanished_temp_file_is_kept_quiet():
     try:
         for exc in (FileNotFoundError("[Errno 2] Failed to open local file '/s/driver_artifacts/.88-tmp-basic-variant'"),
                     FileNotFoundError("[Errno 2] Failed to open local file '/s/driver_artifacts/searcher-state.pkl'"),
-                    OSError("[Errno 28] No space left on device")):
+                    PermissionError("[Errno 13] Permission denied: '/s/driver_artifacts'")):
             try:
                 raise exc
             except OSError:
@@ -237,7 +237,7 @@ def test_only_a_snapshot_copy_that_met_a_vanished_temp_file_is_kept_quiet():
     finally:
         log.removeHandler(handler)
     assert [str(r.exc_info[1]) for r in shown] == ["[Errno 2] Failed to open local file '/s/driver_artifacts/"
-                                                   "searcher-state.pkl'", "[Errno 28] No space left on device"]
+                                                   "searcher-state.pkl'", "[Errno 13] Permission denied: '/s/driver_artifacts'"]
 
 
 # -- the time budget -----------------------------------------------------------------------------
