@@ -13,6 +13,23 @@ import torch.nn.functional as F
 from torch import nn
 
 
+# A two-trial BiLAW grid on the smoke workload: the smallest real search (a space file's text)
+TWO_CAPACITIES_SPACE = """\
+description: two weight-net capacities (a test's own space)
+workload: smoke
+paper_workload: smoke
+base:
+  method: bilaw
+search:
+  weight_net: {choice: ["64", "128"]}
+sampler: grid
+metric: best_val_pgd_acc
+mode: max
+seeds: [0]
+scheduler: none
+"""
+
+
 def digits_mlp(steps: int = 150) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """A 64-64-10 MLP trained full-batch on sklearn's digits (inputs scaled to [0, 1])."""
     from sklearn.datasets import load_digits

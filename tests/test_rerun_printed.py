@@ -16,21 +16,9 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from helpers import TWO_CAPACITIES_SPACE
+
 REPO = Path(__file__).resolve().parents[1]
-SPACE = """\
-description: two weight-net capacities (tests/test_rerun_printed.py)
-workload: smoke
-paper_workload: smoke
-base:
-  method: bilaw
-search:
-  weight_net: {choice: ["64", "128"]}
-sampler: grid
-metric: best_val_pgd_acc
-mode: max
-seeds: [0]
-scheduler: none
-"""
 QUIET = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}  # a 2-thread run on a busy machine stalls otherwise
 
 
@@ -38,7 +26,7 @@ QUIET = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}  # a 2-thread run on a busy
 def searched(tmp_path_factory):
     """A finished smoke search, started the way the README starts one, in a folder of its own."""
     root = tmp_path_factory.mktemp("printed")
-    (root / "two.yaml").write_text(SPACE)
+    (root / "two.yaml").write_text(TWO_CAPACITIES_SPACE)
     out = subprocess.run([sys.executable, str(REPO / "tune" / "run_search.py"), "--space", "two.yaml",
                           "--workload", "smoke", "--tracking-uri", f"sqlite:///{root / 'mlruns.db'}",
                           "--storage-path", str(root / "ray_results")],

@@ -16,20 +16,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from helpers import TWO_CAPACITIES_SPACE
+
 REPO = Path(__file__).resolve().parents[1]
-SPACE = """\
-description: two weight-net sizes, for the model tests
-workload: smoke
-base:
-  method: bilaw
-search:
-  weight_net: {choice: ["64", "128"]}
-sampler: grid
-metric: best_val_pgd_acc
-mode: max
-seeds: [0]
-scheduler: none
-"""
 NAME = "two_capacities"
 
 
@@ -37,7 +26,7 @@ NAME = "two_capacities"
 def search(tmp_path_factory):
     """The search's printed output, its tracking URI, the MLflow client and its winner's run."""
     root = tmp_path_factory.mktemp("models")
-    (root / f"{NAME}.yaml").write_text(SPACE)
+    (root / f"{NAME}.yaml").write_text(TWO_CAPACITIES_SPACE)
     uri = f"sqlite:///{root / 'mlruns.db'}"
     cmd = [sys.executable, str(REPO / "tune" / "run_search.py"), "--space", str(root / f"{NAME}.yaml"), "--workload",
            "smoke", "--storage-path", str(root / "ray_results"), "--tracking-uri", uri, "--set", "plots=true",
