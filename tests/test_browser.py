@@ -47,6 +47,7 @@ def _serve(cmd: list[str], url: str, log: Path) -> subprocess.Popen:
 def page_text(url: str, wait_ms: int = 20000) -> str:
     """The visible text of `url` once its scripts ran (headless Chromium's DOM, tags stripped)."""
     out = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                          "--window-size=2400,1400",  # the runs table draws only the columns in view
                           f"--virtual-time-budget={wait_ms}", "--dump-dom", url],
                          capture_output=True, text=True, timeout=180)
     dom = re.sub(r"<script.*?</script>|<style.*?</style>", " ", out.stdout, flags=re.S)
@@ -63,6 +64,7 @@ def shown(tmp_path_factory):
                              "--tracking-uri", f"sqlite:///{db}"], cwd=root, capture_output=True, text=True,
                             timeout=900)
     assert search.returncode == 0, search.stdout[-3000:] + search.stderr[-3000:]
+    (root / "search.txt").write_text(search.stdout)
     ui_port, dash_port = _free_port(), _free_port()
     ui = _serve([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{db}",
                  "--host", "127.0.0.1", "--port", str(ui_port)], f"http://127.0.0.1:{ui_port}/", root / "ui.log")
@@ -95,6 +97,28 @@ def test_the_runs_page_lists_the_search(shown):
     text = page_text(f"{ui}/#/experiments/{exp}/runs")
     assert parent.info.run_name in text and "ablation_capacity" in text
     assert f"{len(children) + 1} matching runs" in text, text[:3000]
+
+
+def test_the_printed_runs_table_link_opens_on_the_trials_ranked_with_their_columns(shown):
+    root, ui, _, client = shown
+    exp, parent, children = _search(client)
+    link = re.search(r"runs table: (\S+)", (root / "search.txt").read_text()).group(1)
+    assert link.startswith("http://127.0.0.1:5000/") and "viewStateShareKey=" in link
+    text = page_text(ui + link[len("http://127.0.0.1:5000"):])
+    assert f"{len(children)} matching runs" in text, text[:3000]  # the trials, not the parent
+    assert parent.info.run_name not in text
+    columns = ["weight_net", "seed", "best_val_pgd_acc", "test_clean_acc", "test_pgd_acc", "best_epoch"]
+    at = [text.find(" " + name + " ") for name in columns]
+    assert all(i >= 0 for i in at), dict(zip(columns, at))
+    assert "Sort: best_val_pgd_acc" in text
+    # the rows, best first (the names come in the rows' order)
+    rows = sorted(children, key=lambda r: text.find(r.info.run_name))
+    assert all(text.find(r.info.run_name) >= 0 for r in rows), text[:4000]
+    ranked = [r.data.metrics["best_val_pgd_acc"] for r in rows]
+    assert ranked == sorted(ranked, reverse=True), ranked
+    # the default table (no view) shows neither the searched parameter nor a test metric
+    plain = page_text(f"{ui}/#/experiments/{exp}/runs")
+    assert " weight_net " not in plain and " test_pgd_acc " not in plain
 
 
 def test_the_parent_page_shows_the_search_story(shown):

@@ -426,6 +426,26 @@ def test_the_parent_run_tells_the_search_story(finished):
     summary = (root / "rr" / "cap" / SUMMARY_FILE).read_text().rstrip("\n")
     assert f"### Summary\n\n```\n{summary}\n```" in note
     assert "best best_val_pgd_acc:" in summary and "paired:" in summary
+    key = parents[0].info.run_id
+    assert f"[runs table](#/experiments/{exp.experiment_id}/runs?viewStateShareKey={key})" in note
+
+
+def test_the_printed_runs_table_link_names_a_saved_view_of_the_trials(finished, capsys):
+    """The view MLflow's UI restores from the printed link (tests/test_browser.py loads it)."""
+    root, argv = finished
+    client, exp, parents, children = _runs(root, "cap")
+    key = parents[0].info.run_id
+    summary = (root / "rr" / "cap" / SUMMARY_FILE).read_text()
+    assert f"/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={key}" in summary
+    view = json.loads(client.get_experiment(exp.experiment_id).tags["mlflow.sharedViewState." + key])
+    assert view["searchFilter"] == f"tags.mlflow.parentRunId = '{key}'"
+    assert len(client.search_runs([exp.experiment_id], view["searchFilter"])) == len(children)
+    assert view["orderByKey"] == "metrics.`best_val_pgd_acc`" and view["orderByAsc"] is False
+    assert view["selectedColumns"][:2] == ["params.`weight_net`", "params.`seed`"]
+    logged = set(children[0].data.metrics)
+    shown = [c[len("metrics.`"):-1] for c in view["selectedColumns"][2:]]
+    assert shown[0] == "best_val_pgd_acc" and {"test_clean_acc", "test_pgd_acc", "best_epoch"} <= set(shown) <= logged
+    assert view["runsHiddenMode"] == "SHOW_ALL"
 
 
 def test_each_study_trial_names_its_mlflow_run(finished):

@@ -11,7 +11,7 @@ from tune.fetch_model import main
 from tune.model_store import ModelStoreError, source_run
 
 FORMS = ("runs:/RUN_ID/model, models:/m-MODEL_ID (a logged model, as a search prints it), models:/NAME/VERSION "
-         "or models:/NAME@ALIAS")
+         "(or models:/NAME/latest) or models:/NAME@ALIAS")
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def store(tmp_path_factory):
     return uri, run.info.run_id
 
 
-@pytest.mark.parametrize("uri", ["models:/ablation_capacity", "runs:/", "s3://bucket/model", "models:/x/latest",
+@pytest.mark.parametrize("uri", ["models:/ablation_capacity", "runs:/", "s3://bucket/model", "models:/x/newest",
                                  "models:/m-", "m-0123abcd", "models:/x@"])
 def test_a_uri_of_another_form_is_one_error_naming_the_forms_taken(store, uri, tmp_path, capsys):
     tracking, _ = store
@@ -36,6 +36,7 @@ def test_a_uri_of_another_form_is_one_error_naming_the_forms_taken(store, uri, t
 @pytest.mark.parametrize("uri, says", [
     ("models:/m-0123abcd", "Logged model with ID 'm-0123abcd' not found"),
     ("models:/nosuch/1", "Model Version (name=nosuch, version=1) not found"),
+    ("models:/nosuch/latest", "Registered Model with name=nosuch not found"),
     ("models:/nosuch@champion", "Registered Model with name=nosuch not found"),
     ("runs:/0123456789abcdef/model", "Run with id=0123456789abcdef not found")])
 def test_a_uri_naming_nothing_is_one_error_with_mlflows_reason(store, uri, says, tmp_path, capsys):

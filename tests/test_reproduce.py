@@ -53,6 +53,9 @@ def test_table_cells_equal_the_tracked_runs_mean_and_std(tmp_path, capsys):
     # every run's folder holds the run, with the paper's protocol for the baselines
     cfg = yaml.safe_load((out / "table1/digits/at/seed1/config.yaml").read_text())
     assert cfg["baselines_full_train"] is True and cfg["seed"] == 1 and cfg["epochs"] == 2
+    import torch  # and the thread count it trained with, so that its config.yaml re-runs it exactly
+
+    assert cfg["threads"] == torch.get_num_threads() and runs[0].data.params["threads"] == str(cfg["threads"])
 
     # a second call reuses the finished runs (no training) and writes the same table
     capsys.readouterr()

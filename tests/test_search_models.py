@@ -68,6 +68,7 @@ def test_fetch_model_takes_every_model_uri_the_search_prints(search, tmp_path):
     assert re.fullmatch(r"models:/m-[0-9a-f]{32}", printed["model"]) and printed["run"] == winner.info.run_id
     assert printed["registered"] == f"models:/{NAME}/1"
     saved = load_checkpoint(_artifact(client, winner.info.run_id, "best.pt", tmp_path / "a"))
+    assert source_run(uri, f"models:/{NAME}/latest") == winner.info.run_id  # the only version is the latest
     for key in ("model", "registered"):
         assert source_run(uri, printed[key]) == winner.info.run_id, key
         folder = tmp_path / key

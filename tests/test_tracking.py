@@ -254,3 +254,14 @@ def test_a_model_logged_to_a_run_from_before_goes_to_its_epochs_0_based_step(tmp
     assert output.step == best - 1
     assert {(m.key, m.step): m.value for m in model.metrics} == {
         (k, best - 1): result.history[best - 1][k] for k in ("val_pgd_acc", "train_loss")}
+
+
+def test_a_long_run_name_is_cut_in_the_middle_keeping_the_seed():
+    from tune.tracking import run_name
+
+    values = {"weight_net": "64-64", "meta_lr": 0.000123456, "seed": 2}
+    assert run_name(values, "t") == "weight_net=64-64 meta_lr=0.0001235 seed=2"
+    long = {f"param_{i}": "x" * 10 for i in range(8)} | {"seed": 11}
+    name = run_name(long, "t", limit=60)
+    assert len(name) == 60 and name.endswith("... seed=11") and name.startswith("param_0=xxxxxxxxxx param_1=")
+    assert run_name({}, "trial_3") == "trial_3"

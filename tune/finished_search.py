@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
+from tune.runs_view import SHARED_VIEW_TAG
 from tune.tracking import PARENT_TAG, SearchTracking, find_runs
 
 SUMMARY_FILE = "summary.txt"
@@ -75,6 +76,8 @@ def describe_parent(tracking: SearchTracking, folder: Path) -> None:
     lines = [f"## {parent.info.run_name}", "",
              f"Space `{tags.get('space', '?')}` on workload `{tags.get('workload', '?')}`, seeds {tags.get('seeds', '?')}; "
              f"command: `{tags.get('command', '?')}`", ""]
+    if SHARED_VIEW_TAG + parent_id in client.get_experiment(exp).tags:
+        lines.append(f"- the trials, ranked: [runs table](#/experiments/{exp}/runs?viewStateShareKey={parent_id})")
     winner = tags.get("winner_run_id")
     if winner:
         lines.append(f"- winner: [{tags.get('winner_run_name', winner)}](#/experiments/{exp}/runs/{winner})")

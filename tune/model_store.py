@@ -34,7 +34,7 @@ MODEL_NAME = "model"
 LAST_MODEL_NAME = "last_model"
 BILAW_DIR = Path(__file__).resolve().parents[1] / "bilaw"
 URI_FORMS = ("runs:/RUN_ID/model, models:/m-MODEL_ID (a logged model, as a search prints it), models:/NAME/VERSION "
-             "or models:/NAME@ALIAS")
+             "(or models:/NAME/latest) or models:/NAME@ALIAS")
 LAST_STATE_PREFIX = "last_"  # final metrics of the last epoch's state: the last model's, not the best's
 
 
@@ -127,7 +127,7 @@ def _parse(model_uri: str) -> tuple[str, str, str]:
                 return "alias", name, alias
         elif "/" in rest:
             name, version = rest.split("/", 1)
-            if name and version.isdigit():
+            if name and (version.isdigit() or version == "latest"):
                 return "version", name, version
         elif rest.startswith("m-") and len(rest) > 2:
             return "logged", rest, ""
@@ -149,6 +149,8 @@ def resolve_model(uri: str, model_uri: str) -> tuple[str, str, str | None]:
             if not model.source_run_id:
                 raise ModelStoreError(f"{model_uri}: logged model {first} comes from no run (not one a search logged)")
             return model.source_run_id, model.name, model.model_id
+        if form == "version" and second == "latest":
+            second = _latest_version(client, first)
         version = (client.get_model_version_by_alias(first, second) if form == "alias"
                    else client.get_model_version(first, second))
         model_id = version_model_id(version)
@@ -157,6 +159,17 @@ def resolve_model(uri: str, model_uri: str) -> tuple[str, str, str | None]:
         raise
     except Exception as exc:  # MLflow's "not found" for a run, model or version
         raise ModelStoreError(f"{model_uri}: {str(exc).splitlines()[0]}") from None
+
+
+def _latest_version(client: Any, name: str) -> str:
+    """The highest version number registered under `name`."""
+    from .run_queries import quote_filter_value
+
+    client.get_registered_model(name)  # MLflow's "not found" for a name never registered
+    versions = [int(v.version) for v in client.search_model_versions(f"name = {quote_filter_value(name)}")]
+    if not versions:
+        raise ModelStoreError(f"models:/{name}/latest: the registered model {name!r} has no version")
+    return str(max(versions))
 
 
 def version_model_id(version: Any) -> str | None:

@@ -225,10 +225,12 @@ def check_finished(jobs: list[Job], out: Path) -> None:
 def run_job(job: Job, folder: Path, uri: str, experiment_id: str) -> None:
     """Train `job` into `folder` (resumed from its checkpoint, or reused when finished) and log
     it as one MLflow run tagged with its key."""
+    from bilaw.reproducibility import use_threads
     from bilaw.runs import read_metrics, save_run
     from bilaw.trainer import scalar_final, train
     from tune.tracking import TrialRun
 
+    job.cfg = use_threads(job.cfg)  # the run's config records the thread count it trains with
     tags = {"reproduce_table": job.group.removeprefix("table"), "workload": job.setting.workload, "method": job.cfg.method,
             "row": job.row.label, "seed": str(job.seed), "run_dir": str(folder.resolve())}
     run = TrialRun(uri, experiment_id, None, job.key, f"{job.row.label} {job.setting.workload} seed {job.seed}",

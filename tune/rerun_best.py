@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", default="best_val_pgd_acc", help="rank finished trials by this metric (max)")
     p.add_argument("--run-id", help="re-run this MLflow run instead of the best one")
     p.add_argument("--model", metavar="URI", help="re-run the run a logged model comes from: runs:/RUN_ID/model, "
-                                                   "models:/NAME/VERSION or models:/NAME@ALIAS")
+                                                   "models:/m-MODEL_ID, models:/NAME/VERSION, models:/NAME/latest "
+                                                   "or models:/NAME@ALIAS")
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1), default 3")
     p.add_argument("--epochs", type=int, help="override the epochs of the re-runs")
     p.add_argument("--aa-samples", type=int, default=FULL_EVAL["aa_samples"],

@@ -14,6 +14,7 @@ from bilaw.config import TrainConfig
 from bilaw.reproducibility import FULL_EVAL, evaluation_label
 from tune.search_paired import config_key, paired_summary
 from tune.trainable import trial_config
+from tune.runs_view import search_view, share_view
 from tune.tracking import TRIAL_ID_TAG, SearchTracking, redact_uri, runs_table_url
 
 BEST_CONFIG = "best_config.yaml"
@@ -77,9 +78,10 @@ def _winner(plan, results, tracking: SearchTracking, cfg: TrainConfig,
             run_id, best)
 
 
-def _log_winner_model(plan, tracking: SearchTracking, run_id: str, result, metrics: dict[str, float]) -> None:
+def _log_winner_model(plan, tracking: SearchTracking, run_id: str, result) -> None:
     """Log the winner's best model with its run (from the trial's last checkpoint) and, with
-    --register, register it under the experiment's name, tagged with its config and metrics."""
+    --register, register it under the experiment's name (tune/model_store.py's `register` tags it
+    with the searched parameters and test metrics and attaches the config)."""
     from tune.model_store import log_model, register
     from tune.trainable import SAVED_RUN
 
@@ -97,10 +99,8 @@ def _log_winner_model(plan, tracking: SearchTracking, run_id: str, result, metri
         if version is not None:
             print(f"registered: models:/{plan.experiment}/{version} (before)")
         elif plan.args.register:
-            cfg = trial_config(result.config)
-            version = register(tracking.uri, model_uri, plan.experiment, {
-                "run_id": run_id, "space": plan.space.name, "workload": plan.workload.name,
-                **{f"config.{k}": v for k, v in cfg.to_dict().items()}, **metrics})
+            version = register(tracking.uri, model_uri, plan.experiment,  # register adds the run's params and metrics
+                               {"run_id": run_id, "space": plan.space.name, "workload": plan.workload.name})
             print(f"registered: models:/{plan.experiment}/{version.version}")
     except Exception as exc:  # the search's results stand without the logged model
         print(f"warning: MLflow: could not log the winner's model: {exc}", file=sys.stderr)
@@ -185,6 +185,20 @@ def pareto_report(plan, results, tracking: SearchTracking, folder: Path) -> list
     return [csv_path, png_path]
 
 
+def _share_runs_view(plan, tracking: SearchTracking, child_runs: list) -> str | None:
+    """Save the view of this search's trials the printed runs-table link opens (its key: the parent
+    run's id); None, with a warning, where MLflow refused it."""
+    if tracking.parent_run_id is None:
+        return None
+    logged = {name for run in child_runs for name in run.data.metrics}
+    view = search_view(tracking.parent_run_id, list(plan.space.params), plan.space.metric, plan.space.mode, logged)
+    try:
+        return share_view(tracking.client, tracking.experiment_id, tracking.parent_run_id, view)
+    except Exception as exc:  # tracking never stops the report
+        print(f"warning: MLflow: could not save the runs table's view: {exc}", file=sys.stderr)
+        return None
+
+
 def report(plan, results, tracking: SearchTracking, folder: Path, store: Any = None) -> int:
     """Print and record the search's outcome (see the module docstring); `store`: a
     tune/paired_runs.py PerPointStore to share its downloads with a race that follows."""
@@ -214,13 +228,14 @@ def report(plan, results, tracking: SearchTracking, folder: Path, store: Any = N
     print(f"best config: {path}\n" + "\n".join(rerun_lines(path)))
     winner, run_id, result = _winner(plan, results, tracking, cfg, child_runs)
     if run_id is not None and plan.args.log_models != "none":
-        _log_winner_model(plan, tracking, run_id, result, winner)
+        _log_winner_model(plan, tracking, run_id, result)
     paired, paired_files = paired_summary(plan, results, tracking, cfg, folder, child_runs, store)
     tracking.finish_parent("FINISHED", {f"best_{space.metric[0]}": mean, "trials": len(results), "errors": errors,
                                         **winner}, artifacts=[path, space.path, *front_files, *paired_files])
+    view = _share_runs_view(plan, tracking, child_runs)
     print(f"MLflow: {python_command()} -m mlflow ui --backend-store-uri {shlex.quote(redact_uri(plan.tracking_uri))} "
           f"--host 127.0.0.1 --port 5000\n"
-          f"  runs table: {runs_table_url(tracking.experiment_id)}")
+          f"  runs table: {runs_table_url(tracking.experiment_id, view=view)}")
     if paired:  # last, so the search's last lines say whether its winner stands out
         print("\n" + "\n".join(paired))
     return 0

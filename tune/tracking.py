@@ -203,15 +203,21 @@ def best_epoch(run) -> float | None:
 
 def run_name(values: dict[str, Any], fallback: str, limit: int = 80) -> str:
     """A run's name from what was searched, e.g. "weight_net=64-64 seed=0" (floats to 4
-    significant digits; cut with "..." beyond `limit` characters); `fallback` when nothing was."""
+    significant digits); `fallback` when nothing was. Beyond `limit` characters the middle is cut
+    with "...", keeping the last part (the seed, where the caller puts it last) whole."""
     parts = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()]
     name = " ".join(parts) or fallback
-    return name if len(name) <= limit else name[:limit - 3] + "..."
+    if len(name) <= limit:
+        return name
+    last = " " + parts[-1] if len(parts) > 1 and len(parts[-1]) < limit // 2 else ""
+    return name[:limit - 3 - len(last)] + "..." + last
 
 
-def runs_table_url(experiment_id: str, ui: str = "http://127.0.0.1:5000") -> str:
-    """The MLflow UI's runs table (MLflow 3's default landing page is the GenAI view)."""
-    return f"{ui}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+def runs_table_url(experiment_id: str, ui: str = "http://127.0.0.1:5000", view: str | None = None) -> str:
+    """The MLflow UI's runs table (MLflow 3's default landing page is the GenAI view), opened on
+    the saved `view` (tune/runs_view.py) when one is given."""
+    shared = f"&viewStateShareKey={view}" if view else ""
+    return f"{ui}/#/experiments/{experiment_id}/runs?workflowType=machine_learning{shared}"
 
 
 class SearchTracking:
