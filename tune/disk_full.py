@@ -8,6 +8,7 @@ import errno
 import os
 from pathlib import Path
 
+from tune.library_adapters import RAY_STORAGE_LOGGERS  # Ray's loggers that write a traceback when a write to the storage fails
 from tune.mounts import mount_of
 from tune.sqlite_files import count_rows
 from tune.state_files import OPTUNA_DB
@@ -121,9 +122,6 @@ class _DiskFullTracebacks:
         return True
 
 
-# Ray's loggers that write a traceback when a write to the storage fails.
-RAY_STORAGE_LOGGERS = ("ray.train._internal.syncer", "ray.train._internal.storage", "ray.tune.execution.tune_controller",
-                       "ray.tune.execution.experiment_state")
 _CUT = _DiskFullTracebacks()
 
 

@@ -66,10 +66,8 @@ def clean_up_killed_driver(folder: Path) -> None:
         print(f"stopped {len(victims)} processes left behind by the killed search", flush=True)
 
 
-def record_driver(folder: Path, joined_cluster: bool) -> None:
-    """Write `driver.json` for this driver (after Ray is up), atomically: a kill leaves the whole file."""
-    import ray
-
-    session = ray._private.worker._global_node.get_session_dir_path() if ray.is_initialized() else ""
+def record_driver(folder: Path, joined_cluster: bool, session_dir: str) -> None:
+    """Write `driver.json` for this driver (after Ray is up), atomically: a kill leaves the whole file.
+    `session_dir` is the Ray session's folder (`ray.init(...).address_info["session_dir"]`)."""
     atomic_write_text(folder / DRIVER_FILE, json.dumps({"pid": os.getpid(), "pgid": os.getpgrp(),
-                                                        "session_dir": session, "joined_cluster": joined_cluster}))
+                                                        "session_dir": session_dir, "joined_cluster": joined_cluster}))

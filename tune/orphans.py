@@ -104,9 +104,10 @@ def _storage(db: Path):
 
 
 def _study_trials(db: Path, study_name: str):
+    """The study's storage, its id there, and its trials."""
     storage = _storage(db)
     study_id = storage.get_study_id_from_name(study_name)
-    return storage, storage.get_all_trials(study_id, deepcopy=False)
+    return storage, study_id, storage.get_all_trials(study_id, deepcopy=False)
 
 
 def set_running_trials_aside(db: Path, study_name: str, why: str) -> int:
@@ -115,12 +116,13 @@ def set_running_trials_aside(db: Path, study_name: str, why: str) -> int:
 
     if not Path(db).exists():
         return 0
-    storage, trials = _study_trials(db, study_name)
+    storage, study_id, trials = _study_trials(db, study_name)
     moved = 0
     for t in trials:
         if t.state == optuna.trial.TrialState.RUNNING:
-            storage.set_trial_user_attr(t._trial_id, INTERRUPTED_ATTR, why)
-            storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.WAITING)
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+            storage.set_trial_user_attr(trial_id, INTERRUPTED_ATTR, why)
+            storage.set_trial_state_values(trial_id, optuna.trial.TrialState.WAITING)
             moved += 1
     return moved
 
@@ -132,10 +134,11 @@ def take_trials_back(db: Path, study_name: str) -> int:
 
     if not Path(db).exists():
         return 0
-    storage, trials = _study_trials(db, study_name)
+    storage, study_id, trials = _study_trials(db, study_name)
     back = 0
     for t in trials:
         if t.state == optuna.trial.TrialState.WAITING and INTERRUPTED_ATTR in t.user_attrs:
-            storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.RUNNING)
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+            storage.set_trial_state_values(trial_id, optuna.trial.TrialState.RUNNING)
             back += 1
     return back

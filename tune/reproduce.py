@@ -256,9 +256,9 @@ def run_job(job: Job, folder: Path, uri: str, experiment_id: str) -> None:
 
 def tracked_finals(uri: str, experiment_id: str, keys: list[str]) -> dict[str, dict[str, float]]:
     """key -> final metrics of the FINISHED MLflow run with that reproduce_key."""
-    from tune.tracking import _client, find_runs
+    from tune.tracking import client_for, find_runs
 
-    client = _client(uri)
+    client = client_for(uri)
     out = {}
     for key in keys:
         runs = find_runs(client, [experiment_id], {f"tags.{KEY_TAG}": key, "attributes.status": "FINISHED"},

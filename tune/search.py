@@ -30,6 +30,7 @@ from tune.tracking import SearchTracking, redact_uri, use_fast_fail_http
 from tune.search_report import report
 from tune.stopping import STOP
 from tune import finished_search, orphans, study_records
+from tune import library_adapters as adapters
 from tune.trial_tracking import TrialTracking
 from tune.variant_runs import PROGRESS_COLUMNS, trial_name
 from tune.worker_exit import worker_runtime_env
@@ -47,8 +48,9 @@ class ResumableOptunaSearch(OptunaSearch):
             pass
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if not error and trial_id in self._ot_trials and trial_id not in self._completed_trials:
-            study_records.record(self._ot_trials[trial_id], trial_id, result)  # its runs, before it is told
+        trials = adapters.optuna_search_trials(self)
+        if not error and trial_id in trials and trial_id not in adapters.optuna_search_told(self):
+            study_records.record(trials[trial_id], trial_id, result)  # its runs, before it is told
         try:
             super().on_trial_complete(trial_id, result=result, error=error)
         except optuna.exceptions.UpdateFinishedTrialError:
@@ -58,11 +60,12 @@ class ResumableOptunaSearch(OptunaSearch):
         """A trial whose tell failed (a full disk) is not done, so its re-run at --resume reaches
         the study (Ray's OptunaSearch counts it done and ignores the re-run)."""
         super().restore(checkpoint_path)
-        states = {t.number: t.state for t in self._ot_study.get_trials(deepcopy=False)}
-        for trial_id in list(self._completed_trials):
-            trial = self._ot_trials.get(trial_id)
+        states = {t.number: t.state for t in adapters.optuna_search_study(self).get_trials(deepcopy=False)}
+        told, trials = adapters.optuna_search_told(self), adapters.optuna_search_trials(self)
+        for trial_id in list(told):
+            trial = trials.get(trial_id)
             if trial is not None and not states.get(trial.number, optuna.trial.TrialState.COMPLETE).is_finished():
-                self._completed_trials.discard(trial_id)
+                told.discard(trial_id)
 
 
 class PrunedAwareOptunaSearch(ResumableOptunaSearch):
@@ -76,16 +79,16 @@ class PrunedAwareOptunaSearch(ResumableOptunaSearch):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         early = result and result.get("training_iteration", self._max_t) < self._max_t
-        if (not error and early and trial_id in self._ot_trials and self._metric in result
-                and trial_id not in getattr(self, "_completed_trials", set())):
-            trial = self._ot_trials[trial_id]
+        trials, told = adapters.optuna_search_trials(self), adapters.optuna_search_told(self)
+        if not error and early and trial_id in trials and self.metric in result and trial_id not in told:
+            trial = trials[trial_id]
             study_records.record(trial, trial_id, result)
             try:
-                trial.report(result[self._metric], result["training_iteration"])
-                self._ot_study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                trial.report(result[self.metric], result["training_iteration"])
+                adapters.optuna_search_study(self).tell(trial, state=optuna.trial.TrialState.PRUNED)
             except optuna.exceptions.UpdateFinishedTrialError:
                 pass  # finished in the study before a resume (see ResumableOptunaSearch)
-            getattr(self, "_completed_trials", set()).add(trial_id)
+            told.add(trial_id)
             return
         super().on_trial_complete(trial_id, result=result, error=error)
 
@@ -109,14 +112,14 @@ class AdjustableConcurrencyLimiter(ConcurrencyLimiter):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         """Also passes on an errored trial's re-run end at --resume, which Ray's limiter drops (the
         trial left its live set); not through a Repeater, which counted the errored run already."""
-        gone = self._limit_concurrency and trial_id not in self.live_trials and not isinstance(self.searcher, Repeater)
+        limiting = adapters.limiter_is_limiting(self)
+        gone = limiting and trial_id not in self.live_trials and not isinstance(self.searcher, Repeater)
         (self.searcher if gone else super()).on_trial_complete(trial_id, result=result, error=error)
 
 
 def use_max_concurrent(tuner: tune.Tuner, max_concurrent: int | None) -> None:
     """Give a restored search the --max-concurrent of this resume."""
-    config = getattr(getattr(tuner, "_local_tuner", None), "_tune_config", None)
-    limiter = getattr(config, "search_alg", None)
+    limiter = adapters.tuner_search_alg(tuner)
     if isinstance(limiter, AdjustableConcurrencyLimiter):
         limiter.wanted = limiter.max_concurrent = max_concurrent or UNLIMITED
 
@@ -172,9 +175,9 @@ def ray_address(plan) -> str:
     return plan.args.address or LOCAL_RAY
 
 
-def start_ray(plan) -> float:
+def start_ray(plan) -> tuple[float, str]:
     """Start Ray, or join the --address cluster, with the trials' environment; return the GPUs
-    the cluster has."""
+    the cluster has and the Ray session's folder (the driver's record names it)."""
     # trials get no tracking URI: the driver writes MLflow
     env = {"RAY_AIR_NEW_OUTPUT": "0", INTERVAL_ENV: str(plan.system_metrics_interval_s)}
     kwargs: dict[str, Any] = dict(include_dashboard=False, runtime_env=worker_runtime_env(env),
@@ -183,8 +186,8 @@ def start_ray(plan) -> float:
     if address == LOCAL_RAY:  # a joined cluster keeps its own object store (Ray refuses the option)
         kwargs["object_store_memory"] = 256 * 1024 ** 2
     with STOP.ray_starting(local=address == LOCAL_RAY):
-        ray.init(address=address, **kwargs)
-    return float(ray.cluster_resources().get("GPU", 0.0))
+        context = ray.init(address=address, **kwargs)
+    return float(ray.cluster_resources().get("GPU", 0.0)), context.address_info["session_dir"]
 
 
 def parent_tags(plan, argv: list[str]) -> dict[str, str]:
@@ -234,8 +237,9 @@ def run_search(plan, argv: list[str]) -> int:
     done = finished_search.stored_parent(tracking, plan.experiment_path) if plan.args.resume else None
     if done is not None and done.info.status == "FINISHED" and finished_search.nothing_new(plan, done):
         return finished_search.show_again(plan, tracking, done, folder)  # nothing stored changes
-    available = start_ray(plan)
+    available, session_dir = start_ray(plan)
     try:
+        record_driver(folder, joined_cluster=bool(plan.args.address), session_dir=session_dir)
         results, gpus = _fit(plan, argv, tracking, folder, available)
         if STOP.stopping:  # Ray Tune took the stop and returned from fit
             raise KeyboardInterrupt
@@ -283,7 +287,6 @@ def _fit(plan, argv: list[str], tracking: SearchTracking, folder: Path, availabl
     """Run (or resume) the search's trials under its MLflow parent run; return Ray's results and
     the GPU share per trial. A failure or Ctrl-C ends the parent run as FAILED or KILLED."""
     try:
-        record_driver(folder, joined_cluster=bool(plan.args.address))
         study_records.RUNS.use(tracking, plan.space.metric)
         try:
             nodes = check_shared_storage(plan.storage_location)
@@ -324,8 +327,8 @@ def _fit(plan, argv: list[str], tracking: SearchTracking, folder: Path, availabl
 def _use_log_models(tuner: tune.Tuner, plan) -> None:
     """A resumed search's --log-models (it may change on resume): the trial-tracking callback Ray
     Tune restores from its snapshot keeps the first run's choice, so it is given the new one."""
-    callbacks = getattr(getattr(tuner, "_local_tuner", None), "get_run_config", lambda: None)()
-    for callback in getattr(callbacks, "callbacks", None) or []:
+    run_config = adapters.tuner_run_config(tuner)
+    for callback in (run_config.callbacks or []) if run_config is not None else []:
         if isinstance(callback, TrialTracking):
             callback.log_models = plan.args.log_models == "finished"
 
@@ -384,17 +387,13 @@ class BestTrialView:
     last_result: dict
 
 
-class ConditionalParamsReporter(tune.CLIReporter):
+class ConditionalParamsReporter(adapters.best_trial_reporter()):
     """The progress table and current-best-trial line for a space with conditional parameters.
 
     Ray looks up each parameter column in the best trial's config without a default, so a leading
     trial without a conditional parameter (bilaw_tpe's trades_beta for a plain BiLAW trial) stops
     the search with a KeyError; here it reads NOT_SEARCHED. The table already shows such a cell blank."""
 
-    def _current_best_trial(self, trials):
-        trial, metric = super()._current_best_trial(trials)
-        if trial is None:
-            return None, metric
-        config = trial.last_result.get("config", {})
-        filled = {**{name: NOT_SEARCHED for name in self._parameter_columns}, **config}
+    def best_trial_view(self, trial, metric: str) -> tuple[BestTrialView, str]:
+        filled = {**{name: NOT_SEARCHED for name in self.parameter_columns}, **trial.last_result.get("config", {})}
         return BestTrialView(trial.trial_id, {**trial.last_result, "config": filled}), metric

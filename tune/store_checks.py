@@ -14,7 +14,7 @@ from pathlib import Path
 from bilaw.file_errors import DamagedFileError, MissingFileError
 from tune.sqlite_files import MLFLOW_TABLES, OPTUNA_TABLES, count_rows, sqlite_problem
 from tune.state_files import OPTUNA_DB, read_driver_record
-from tune.tracking import PARENT_TAG, _client, redact_uri, sqlite_path
+from tune.tracking import PARENT_TAG, client_for, redact_uri, sqlite_path
 
 
 def _trial_folders(plan) -> str:
@@ -126,7 +126,7 @@ def recorded_search_places(uri: str, experiment: str) -> list[dict[str, str]]:
     if db is not None and not db.is_file():
         return []
     try:
-        client = _client(uri)
+        client = client_for(uri)
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
             return []

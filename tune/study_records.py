@@ -19,6 +19,7 @@ from typing import Any
 import optuna
 from ray.tune.search import Repeater
 
+from tune import library_adapters
 
 TEST_METRICS = ("test_clean_acc", "test_pgd_acc", "test_aa_acc")
 RUN_IDS_ATTR = "mlflow_run_ids"
@@ -58,9 +59,9 @@ class SeedRecordingRepeater(Repeater):
     """Ray Tune's Repeater, keeping each seed's last result until its group is told to the study."""
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, **kwargs) -> None:
-        group = self._trial_id_to_group.get(trial_id)
+        group = library_adapters.repeater_group(self, trial_id)
         if group is not None and result:
-            RUNS.seed_results.setdefault(group.primary_trial_id, {})[trial_id] = result
+            RUNS.seed_results.setdefault(group, {})[trial_id] = result
         super().on_trial_complete(trial_id, result=result, **kwargs)
 
 

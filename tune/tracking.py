@@ -157,16 +157,15 @@ class _RaisedStoreErrors:
 _QUIET = _RaisedStoreErrors()
 
 
-def _client(uri: str):
-    use_fast_fail_http()
+def client_for(uri: str) -> Any:
+    """An mlflow.tracking.MlflowClient of `uri`: HTTP calls fail fast, a raised store error is not also logged."""
     import logging
-
     from mlflow.tracking import MlflowClient
 
+    use_fast_fail_http()
     store_log = logging.getLogger("mlflow.store.db.utils")
     if _QUIET not in store_log.filters:
         store_log.addFilter(_QUIET)
-
     return MlflowClient(tracking_uri=uri)
 
 
@@ -225,7 +224,7 @@ class SearchTracking:
 
     def __init__(self, uri: str, experiment: str) -> None:
         self.uri, self.experiment = uri, experiment
-        self.client = _client(uri)
+        self.client = client_for(uri)
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
             location = None
@@ -297,7 +296,7 @@ class TrialRun:
                  config: dict[str, Any], tags: dict[str, str] | None = None, key_tag: str = TRIAL_ID_TAG) -> None:
         from mlflow.entities import Param
 
-        self.client = _client(uri)
+        self.client = client_for(uri)
         found = find_runs(self.client, [experiment_id], {f"tags.{key_tag}": trial_id}, max_results=1)
         if found:
             self.run_id = found[0].info.run_id

@@ -28,6 +28,7 @@ from bilaw.runs import save_run
 from bilaw.trainer import CHECKPOINT_NAME, scalar_final, train
 
 from .system_metrics import SystemSampler, trial_interval_s
+from .library_adapters import RAY_TRIAL_STORAGE_LOGGER
 
 META_KEY = "_bilaw"
 SAVED_RUN = "run"  # the saved run's folder inside a trial's last checkpoint
@@ -104,7 +105,7 @@ def apply_gpu_share(meta: dict[str, Any], cfg: TrainConfig) -> tuple[float, floa
 def train_trial(config: dict[str, Any]) -> None:
     """Ray Tune entry point: one trial = one `bilaw.train` run."""
     meta = config.get(META_KEY, {})
-    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # one line per epoch otherwise
+    logging.getLogger(RAY_TRIAL_STORAGE_LOGGER).setLevel(logging.WARNING)  # one line per epoch otherwise
     cfg = use_threads(trial_config(config))
     share, fraction = apply_gpu_share(meta, cfg)
     work = Path(tempfile.mkdtemp(prefix="bilaw-trial-"))
