@@ -42,6 +42,7 @@ def _png_pixels(path):
     return image.imread(path)
 
 
+@pytest.mark.slow
 def test_every_plot_is_a_valid_non_blank_png(noisy_bilaw):
     files = {p.name for p in (noisy_bilaw / "plots").glob("*.png")}
     assert files == PLOTS
@@ -55,6 +56,7 @@ def test_every_plot_is_a_valid_non_blank_png(noisy_bilaw):
         assert (pixels.reshape(-1, 3) < 0.5).all(1).mean() > 0.002, name  # dark ink: axes, text, marks
 
 
+@pytest.mark.slow
 def test_auroc_equals_the_pairwise_ranking_probability(noisy_bilaw):
     saved = load_analysis(noisy_bilaw)
     a = saved["analysis"]
@@ -74,6 +76,7 @@ def test_auroc_is_nan_without_a_ranking():
     assert math.isnan(weight_auroc(torch.rand(4), torch.zeros(4, dtype=torch.bool)))         # one group only
 
 
+@pytest.mark.slow
 def test_per_class_robust_accuracy_equals_a_recomputation(noisy_bilaw):
     model, cfg = load_run(noisy_bilaw)
     data = load_data(cfg.dataset, meta_val_size=cfg.meta_val_size, holdout_val_size=cfg.holdout_val_size,
@@ -88,6 +91,7 @@ def test_per_class_robust_accuracy_equals_a_recomputation(noisy_bilaw):
         assert final[f"test_pgd_acc_class_{c}"] == pytest.approx(expected, abs=1e-12), c
 
 
+@pytest.mark.slow
 def test_label_noise_sets_and_weight_means_match_the_recorded_weights(noisy_bilaw):
     cfg = load_run(noisy_bilaw)[1]
     data = load_data(cfg.dataset, meta_val_size=cfg.meta_val_size, holdout_val_size=cfg.holdout_val_size,
@@ -139,6 +143,7 @@ def test_correlations_by_hand():
     assert r == pytest.approx(13 / (5 * 50) ** 0.5)  # centred: (-1.5,-.5,.5,1.5).(-3,-1,-2,6) = 13
 
 
+@pytest.mark.slow
 def test_plot_every_draws_the_plots_during_training(tmp_path):
     from bilaw.trainer import train
 

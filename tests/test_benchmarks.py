@@ -18,6 +18,7 @@ def _load(name: str):
     return module
 
 
+@pytest.mark.slow
 def test_step_cost_tiny_mode_writes_its_table(tmp_path, capsys):
     bench = _load("step_cost")
     out = tmp_path / "step_cost.json"
@@ -35,6 +36,7 @@ def test_step_cost_tiny_mode_writes_its_table(tmp_path, capsys):
     assert "bilaw_k5" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_search_overhead_tiny_mode_writes_its_table(tmp_path, capsys):
     bench = _load("search_overhead")
     out = tmp_path / "search_overhead.json"
@@ -69,6 +71,7 @@ def test_search_overhead_refuses_gpu_packing_without_cuda(tmp_path, capsys):
     assert not (tmp_path / "x.json").exists()
 
 
+@pytest.mark.slow
 def test_weight_learning_writes_each_runs_statistics(tmp_path, capsys):
     """The measurement behind the untrained thresholds: the frozen control is exactly 0 / 1 / 1
     and untrained, the default's rows carry the same fields."""

@@ -424,6 +424,7 @@ def _fake_run(run_id: str, artifacts: Path, value: str) -> SimpleNamespace:
                                                          "best_val_pgd_acc": 0.3}))
 
 
+@pytest.mark.slow
 def test_cli_report_importance_with_a_damaged_study(tmp_path, capsys, monkeypatch):
     from tune import report
 

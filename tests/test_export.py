@@ -160,6 +160,7 @@ def test_a_digits_run_is_refused(runs, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_the_module_command_refuses_a_digits_run_without_a_traceback(runs, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "bilaw.export", str(runs.digits), "--format", "robustbench",
                            "--out", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True, timeout=120)

@@ -50,6 +50,7 @@ def _paired_lines(uri: str, capsys) -> list[str]:
     return out[out.index("paired:"):].strip().splitlines()
 
 
+@pytest.mark.slow
 def test_a_difference_far_below_the_noise_is_not_distinguishable(tmp_path, capsys):
     rng = np.random.default_rng(0)
     base = [rng.random(N) < 0.5, rng.random(N) < 0.5]
@@ -87,6 +88,7 @@ def test_one_seed_is_mcnemars_exact_test(tmp_path, capsys):
                                 "95% (a difference on one seed tells those two runs apart, not the configs")
 
 
+@pytest.mark.slow
 def test_runs_without_per_point_results_are_left_out_and_said(tmp_path, capsys):
     rng = np.random.default_rng(3)
     uri = _store(tmp_path, {"a": [rng.random(N) < 0.5], "b": [rng.random(N) < 0.5]})
@@ -104,6 +106,7 @@ def test_runs_without_per_point_results_are_left_out_and_said(tmp_path, capsys):
     assert not any(line.lstrip().startswith("weight_net=c") for line in lines)
 
 
+@pytest.mark.slow
 def test_rows_that_pool_several_configs_are_not_paired(tmp_path, capsys):
     rng = np.random.default_rng(5)
     uri = _store(tmp_path, {"a": [rng.random(N) < 0.5], "b": [rng.random(N) < 0.5]})
@@ -116,6 +119,7 @@ def test_rows_that_pool_several_configs_are_not_paired(tmp_path, capsys):
     assert "paired comparison on test_pgd_acc: not made, the rows pool several configs (lr vary within them)" in out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("metric", ["best_val_pgd_acc", "test_aa_acc"])
 def test_a_metric_the_runs_have_no_points_for_is_said(tmp_path, capsys, metric):
     rng = np.random.default_rng(4)

@@ -25,6 +25,7 @@ def _rows(text: str, title: str) -> dict[str, list[str]]:
         "__header__": header}
 
 
+@pytest.mark.slow
 def test_table_cells_equal_the_tracked_runs_mean_and_std(tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 
@@ -65,6 +66,7 @@ def test_table_cells_equal_the_tracked_runs_mean_and_std(tmp_path, capsys):
     assert (out / "table1_digits.md").read_text() == text
 
 
+@pytest.mark.slow
 def test_a_finished_run_of_another_config_is_refused_before_training(tmp_path, capsys):
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     out = tmp_path / "results"

@@ -188,6 +188,7 @@ def test_existing_experiment_is_not_overwritten(smoke_search, capsys):
     assert "already has results" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_importing_the_search_leaves_the_environment_alone(monkeypatch):
     """Ray Tune's settings are set when a search runs, not when tune.search is imported, and a
     value the user set wins."""
@@ -206,6 +207,7 @@ def test_importing_the_search_leaves_the_environment_alone(monkeypatch):
     assert os.environ["TUNE_GLOBAL_CHECKPOINT_S"] == "30" and os.environ["RAY_AIR_NEW_OUTPUT"] == "0"
 
 
+@pytest.mark.slow
 def test_dry_run_starts_no_ray(tmp_path):
     code = ("import sys; from tune.run_search import main; "
             "rc = main(['--space', 'bilaw_tpe', '--dry-run', '--set', 'epochs=3']); "
@@ -511,6 +513,7 @@ def test_rerun_best_makes_one_tagged_run_per_seed(smoke_search, capsys):
     assert len(lines) == 2 and lines[1].startswith(best.data.params["weight_net"] + ",") and lines[1].endswith(",2")
 
 
+@pytest.mark.slow
 def test_rerun_best_without_finished_runs(tmp_path, capsys):
     from tune.rerun_best import main as rerun_main
 

@@ -60,6 +60,7 @@ def test_every_figure_of_a_one_objective_search_is_a_valid_png(tmp_path):
         assert width > 200 and height > 150, path.name
 
 
+@pytest.mark.slow
 def test_a_two_objective_search_plots_its_first_objective(tmp_path):
     study = _study(6, directions=("maximize", "minimize"))
     written = _draw(study, tmp_path, metrics=("best_val_pgd_acc", "val_clean_acc"))
@@ -96,6 +97,7 @@ def test_one_complete_trial_draws_its_history_but_no_slice(tmp_path):
     assert {p.name for p in _draw(_study(1), tmp_path)} == {sf.HISTORY_PNG, sf.EPOCHS_PNG}
 
 
+@pytest.mark.slow
 def test_slices_include_a_conditional_param_the_common_plots_leave_out(tmp_path):
     study = optuna.create_study(direction="maximize")
     for i in range(6):
@@ -128,6 +130,7 @@ def test_no_complete_trial_draws_only_the_per_epoch_plot(tmp_path):
     assert _draw(optuna.create_study(), tmp_path / "empty", histories={}) == []
 
 
+@pytest.mark.slow
 def test_the_per_epoch_plot_draws_one_line_per_trial_from_the_histories(tmp_path, monkeypatch):
     drawn = {}
     original = sf._plot_epochs
@@ -175,6 +178,7 @@ def test_figures_leave_no_open_figure_nor_optuna_style_behind(tmp_path):
     assert not [w for w in caught if issubclass(w.category, optuna.exceptions.ExperimentalWarning)]
 
 
+@pytest.mark.slow
 def test_trial_histories_reads_val_pgd_acc_from_mlflow_sorted_by_step(tmp_path):
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient

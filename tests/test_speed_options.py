@@ -65,6 +65,7 @@ def test_meta_interval_5_updates_the_weight_net_on_every_fifth_step(monkeypatch)
     assert result.history[0]["weight_std"] > 0 and result.final["test_clean_acc"] > 0.5
 
 
+@pytest.mark.slow
 def test_jvp_hypergradient_trains_like_double_backward():
     """The same run with the two exact hypergradients: equal up to float rounding, which one epoch
     of 39 steps does not amplify past these bounds."""

@@ -175,6 +175,7 @@ def test_resume_with_the_wrong_state_dir_names_the_one_the_search_used(finished_
     assert str(root / "rr" / "ablation_capacity" / "optuna.db") in line
 
 
+@pytest.mark.slow
 def test_a_damaged_or_foreign_tracking_database_is_refused_by_every_reader(tmp_path):
     """check_tracking_uri (every command that logs) and check_store_exists (report.py,
     rerun_best.py, fetch_model.py) refuse a damaged SQLite file and a database that is not
@@ -345,6 +346,7 @@ def test_a_full_disk_is_found_behind_every_wrapper():
     assert disk_full_cause(raised(ValueError("bad value"), OSError(errno.EACCES, "Permission denied"))) is None
 
 
+@pytest.mark.slow
 def test_resume_ends_a_run_whose_trial_ended_but_whose_status_write_was_lost(tmp_path):
     """A child run still RUNNING with its trial's end recorded (trial_status written, the status
     write lost to a full disk) is ended as that end says when the search resumes; a run whose

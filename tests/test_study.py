@@ -53,6 +53,7 @@ def trained(tmp_path_factory):
     return tmp_path, out.getvalue()
 
 
+@pytest.mark.slow
 def test_the_study_trains_every_arm_then_reuses_them(trained, capsys):
     tmp_path, first = trained
     assert first.count("  training ") == 4 * len(SEEDS)
@@ -66,6 +67,7 @@ def test_the_study_trains_every_arm_then_reuses_them(trained, capsys):
     assert table.startswith("# Does BiLAW beat AT?") and table in second
 
 
+@pytest.mark.slow
 def test_every_arm_gets_autoattack_on_the_same_points(trained):
     tmp_path, _ = trained
     for arm in study.ARMS:
@@ -75,6 +77,7 @@ def test_every_arm_gets_autoattack_on_the_same_points(trained):
             np.testing.assert_array_equal(aa[:16], _points(tmp_path, arm, seed, "test_aa"))  # the training's own 16
 
 
+@pytest.mark.slow
 def test_the_paired_numbers_equal_an_independent_computation(trained):
     tmp_path, text = trained
     for control in ("at", "at_58k", "bilaw_frozen"):
@@ -101,6 +104,7 @@ def test_the_paired_numbers_equal_an_independent_computation(trained):
             assert low <= round(100 * (mean - half), 2) + 0.005 and high >= round(100 * (mean + half), 2) - 0.005
 
 
+@pytest.mark.slow
 def test_each_arms_mean_is_the_mean_of_its_stored_runs(trained):
     tmp_path, text = trained
     best = text.split("## Best state")[1].split("## ")[0]
@@ -133,6 +137,7 @@ def test_bad_arguments_are_refused_before_training(tmp_path, capsys, args, messa
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_kept_runs_hold_what_the_table_reads_and_are_reused(trained, tmp_path, capsys):
     """--keep copies the small files of each finished run; a fresh --out holding only those copies
     prints the same table without training or attacking anything."""

@@ -16,6 +16,7 @@ def _epoch(e: int) -> dict:
     return {"epoch": e, "train_loss": 1.0 / (e + 1), "val_pgd_acc": 0.1 * e, "lr": 0.1, "note": "not a number"}
 
 
+@pytest.mark.slow
 def test_epochs_logged_in_the_background_arrive_and_a_retry_skips_them(tmp_path):
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     client = MlflowClient(uri)
@@ -111,10 +112,12 @@ def _finished_trial(tmp_path, final_extra=None, checkpoint_dir=None):
 
 
 @pytest.mark.parametrize("final, tag", [
-    ({"weights_collapsed_epoch": 3, "weights_faded": True}, "collapsed"),
-    ({"weights_faded": True, "weights_untrained": True}, "untrained"),
-    ({"weights_faded": True}, "faded"), ({"weights_faded": False}, "learned"),
-    ({"weights_faded": False, "weight_rank_corr_init_last": None}, None),  # a run from before the statistics
+    pytest.param({"weights_collapsed_epoch": 3, "weights_faded": True}, "collapsed", marks=pytest.mark.slow),
+    pytest.param({"weights_faded": True, "weights_untrained": True}, "untrained", marks=pytest.mark.slow),
+    pytest.param({"weights_faded": True}, "faded", marks=pytest.mark.slow),
+    ({"weights_faded": False}, "learned"),
+    # a run from before the statistics:
+    pytest.param({"weights_faded": False, "weight_rank_corr_init_last": None}, None, marks=pytest.mark.slow),
 ])
 def test_a_trial_whose_weights_died_is_tagged(tmp_path, final, tag):
     """The driver tags the trial's run `weights: collapsed | untrained | faded | learned` from its
@@ -176,6 +179,7 @@ def test_the_driver_writes_a_trial_run_from_results_and_the_saved_run(tmp_path):
                                                   holdout_val_size=cfg.holdout_val_size, seed=cfg.seed)["digest"]
 
 
+@pytest.mark.slow
 def test_a_trial_process_never_imports_mlflow():
     """Trials may run on machines that cannot reach the store: the trainable (and what it
     imports) has no MLflow in it; the driver writes every run."""
@@ -188,6 +192,7 @@ def test_a_trial_process_never_imports_mlflow():
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_finished_mode_logs_each_trials_best_and_last_model(tmp_path):
     """--log-models finished: the best state as `model` and the last epoch's as `last_model`,
     both loadable modules; the last one equals the trainer's checkpoint.pt."""
@@ -234,6 +239,7 @@ def test_finished_mode_logs_each_trials_best_and_last_model(tmp_path):
     assert not (tmp_path / "last").exists() and (tmp_path / "best" / "best.pt").is_file()
 
 
+@pytest.mark.slow
 def test_a_model_logged_to_a_run_from_before_goes_to_its_epochs_0_based_step(tmp_path):
     """A run logged before epochs counted from 1 (no epochs_from tag: epochs at steps 0..E-1):
     its best model is recorded at its best epoch's old step and linked to that epoch's metrics."""

@@ -29,9 +29,11 @@ def _strip_times(history):
 
 
 @pytest.mark.parametrize("method, extra", [
-    ("bilaw", {}), ("bilaw", {"meta_optimizer": "adamw", "meta_grad_scale": "per_lr"}),
-    ("bilaw", {"meta_optimizer": "sgd", "meta_grad_scale": "per_lr", "meta_lr": 0.1}),
-    ("gairat", {}), ("trades", {})])
+    ("bilaw", {}),
+    pytest.param("bilaw", {"meta_optimizer": "adamw", "meta_grad_scale": "per_lr"}, marks=pytest.mark.slow),
+    pytest.param("bilaw", {"meta_optimizer": "sgd", "meta_grad_scale": "per_lr", "meta_lr": 0.1},
+                 marks=pytest.mark.slow),
+    pytest.param("gairat", {}, marks=pytest.mark.slow), pytest.param("trades", {}, marks=pytest.mark.slow)])
 def test_resume_is_bit_exact(tmp_path, method, extra):
     cfg = _cfg(method=method, epochs=3, burn_in_epochs=1, meta_val_size=60, holdout_val_size=60, **extra)
     full = train(cfg, checkpoint_dir=tmp_path / "full", progress=False)
@@ -66,6 +68,7 @@ def all_methods(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_every_method_writes_its_metrics(all_methods):
     keys = {"epoch", "train_loss", "val_clean_acc", "val_pgd_acc", "best_val_pgd_acc", "lr", "weight_std",
             "weight_min", "weight_max", "weight_raw_mean", "epoch_time_s", "eval_time_s"}
@@ -85,6 +88,7 @@ def test_every_method_writes_its_metrics(all_methods):
         assert yaml.safe_load((d / "config.yaml").read_text())["method"] == method
 
 
+@pytest.mark.slow
 def test_adversarial_training_beats_plain_on_pgd(all_methods):
     pgd = {m: json.loads((d / "metrics.json").read_text())["final"]["test_pgd_acc"] for m, d in all_methods.items()}
     for method, acc in pgd.items():
@@ -92,6 +96,7 @@ def test_adversarial_training_beats_plain_on_pgd(all_methods):
             assert acc > pgd["plain"], (method, pgd)
 
 
+@pytest.mark.slow
 def test_load_run_reproduces_recorded_clean_accuracy(all_methods):
     d = all_methods["bilaw"]
     model, cfg = load_run(d)

@@ -138,6 +138,7 @@ def _count_forwards(monkeypatch, **overrides) -> tuple[int, int]:
     return calls["forward"], calls["steps"]
 
 
+@pytest.mark.slow
 def test_the_frozen_control_makes_no_meta_step_and_costs_at_plus_one_forward(monkeypatch):
     bilaw, bilaw_steps = _count_forwards(monkeypatch, method="bilaw")
 
@@ -154,6 +155,7 @@ def test_the_frozen_control_makes_no_meta_step_and_costs_at_plus_one_forward(mon
     assert bilaw - frozen > 10 * steps  # the meta step's look-ahead and its validation attack
 
 
+@pytest.mark.slow
 def test_the_frozen_control_trains_on_bilaws_images_and_is_reported_untrained(tmp_path):
     cfg = {**DIGITS, "epochs": 4, "meta_val_size": 100, "holdout_val_size": 100, "plots": True}
     frozen = _one_thread_train({**cfg, "method": "bilaw_frozen", "baselines_full_train": True})
