@@ -14,12 +14,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from bilaw.bilevel import TrainBatch, ValAttack, bilaw_meta_step
-from bilaw.config import TrainConfig
+from bilaw.config.train_config import TrainConfig
+from bilaw.methods.bilevel import TrainBatch, ValAttack, bilaw_meta_step
+from bilaw.methods.objectives import OBJECTIVES
+from bilaw.methods.weighting import WeightNet
 from bilaw.models import build_model
-from bilaw.objectives import OBJECTIVES
-from bilaw.trainer import train
-from bilaw.weighting import WeightNet
+from bilaw.training.trainer import train
 
 # digits, FC1, l-inf 0.2 (the dataset's default), seed 0: the short runs compared across devices
 RUN = {"dataset": "digits", "model": "fc1", "method": "bilaw", "epochs": 2, "batch_size": 64, "seed": 0,

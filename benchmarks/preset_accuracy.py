@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bilaw.config import TrainConfig, parse_overrides  # noqa: E402
-from bilaw.trainer import train  # noqa: E402
+from bilaw.config.train_config import TrainConfig, parse_overrides  # noqa: E402
+from bilaw.training.trainer import train  # noqa: E402
 from tune.spaces import load_workloads  # noqa: E402
 
 VARIANTS = {"exact": {}, "fast": {"meta_preset": "fast"}, "interval_5": {"meta_interval": 5}}

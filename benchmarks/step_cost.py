@@ -24,9 +24,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bilaw.config import TrainConfig, parse_overrides  # noqa: E402
-from bilaw.data import DataBundle  # noqa: E402
-from bilaw.trainer import RunState  # noqa: E402
+from bilaw.config.train_config import TrainConfig, parse_overrides  # noqa: E402
+from bilaw.data.datasets import DataBundle  # noqa: E402
+from bilaw.training.trainer import RunState  # noqa: E402
 
 SHAPES = {"fc1": (1, 28, 28), "tiny_cnn": (1, 28, 28), "small_cnn": (3, 32, 32)}
 VARIANTS = {  # name -> (config overrides, steps per timed cycle)

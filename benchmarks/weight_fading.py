@@ -27,8 +27,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from bilaw.config import TrainConfig, parse_overrides  # noqa: E402
-from bilaw.trainer import train  # noqa: E402
+from bilaw.config.train_config import TrainConfig, parse_overrides  # noqa: E402
+from bilaw.training.trainer import train  # noqa: E402
 
 BASE = {"dataset": "digits", "model": "fc1", "method": "bilaw", "batch_size": 32, "epochs": 80,
         "aa_samples": 0, "analysis_samples": 0, "plots": False, "device": "cpu"}

@@ -1,5 +1,5 @@
 """Does the weight net learn its map? The measurement behind the `untrained` thresholds in
-bilaw/weight_health.py: the learning statistics of the frozen control, of a net whose meta_lr is
+bilaw/methods/weight_health.py: the learning statistics of the frozen control, of a net whose meta_lr is
 too small to move it, and of the default BiLAW, over seeds and torch thread counts.
 
     python benchmarks/weight_learning.py                     # digits, 12 epochs, seeds 0-2, 1 and 2 threads
@@ -26,8 +26,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from bilaw.config import TrainConfig, parse_overrides  # noqa: E402
-from bilaw.trainer import train  # noqa: E402
+from bilaw.config.train_config import TrainConfig, parse_overrides  # noqa: E402
+from bilaw.training.trainer import train  # noqa: E402
 
 BASE = {"dataset": "digits", "model": "fc1", "batch_size": 32, "epochs": 12, "aa_samples": 0,
         "analysis_samples": 0, "plots": False, "device": "cpu"}

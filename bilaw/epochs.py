@@ -10,7 +10,7 @@ history also held the final metrics, which the trainer's last report carries, no
 since). Everything written since carries the marker
 EPOCHS_FROM = 1 (a key of metrics.json, of checkpoint.pt and of weight_map.npz; a tag of a run's
 MLflow run), and the readers add 1 to the epoch numbers of a file without it
-(`bilaw.runs.read_metrics`, a resumed checkpoint, `bilaw.weight_maps.load_weight_maps`;
+(`bilaw.runs.saved.read_metrics`, a resumed checkpoint, `bilaw.analysis.weight_maps.load_weight_maps`;
 `tune/report.py` for an MLflow run without the tag), so an old run reads as a new one.
 """
 from __future__ import annotations

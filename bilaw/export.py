@@ -29,12 +29,12 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .attacks import NORMS
-from .checkpoint import atomic_write_text, save_checkpoint
-from .config import TrainConfig
-from .file_errors import DamagedFileError
-from .models import Normalize, build_model, model_kwargs
-from .runs import load_run, read_metrics, read_run_config
+from bilaw.config.train_config import TrainConfig
+from bilaw.eval.attacks import NORMS
+from bilaw.file_errors import DamagedFileError
+from bilaw.models import Normalize, build_model, model_kwargs
+from bilaw.runs.saved import load_run, read_metrics, read_run_config
+from bilaw.training.checkpoint import atomic_write_text, save_checkpoint
 
 FORMATS = ("robustbench",)
 CHECKPOINT_NAME, MODEL_INFO_NAME, MODEL_DEF_NAME = "model.pt", "model_info.json", "model_def.py"
@@ -76,7 +76,7 @@ def format_eps(eps: float, threat_model: str) -> str:
 
 
 def eps_footnote(eps: float, dataset: str, threat_model: str) -> str | None:
-    """A footnote when the run's budget is not its leaderboard's: GAIRAT's and the seed paper's
+    """A footnote when the run's budget is not its leaderboard's: GAIRAT's and the BiLAW paper's
     0.031 is 7.9/255, slightly under the 8/255 (0.03137...) of the l-inf leaderboards, which
     RobustBench marks with a footnote; None when the budgets agree."""
     title = ROBUSTBENCH_DATASETS[dataset][0]

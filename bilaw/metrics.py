@@ -4,8 +4,9 @@ or once, after training). Search spaces validate their `metric` against this reg
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from .registry import Registry
+from bilaw.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -43,3 +44,8 @@ for _name, _direction, _when, _meaning in [
 def epoch_metrics() -> list[str]:
     """The registered metrics reported every epoch (what a scheduler such as ASHA can act on)."""
     return [name for name in METRICS.names() if METRICS.facts(name)["when"] == "epoch"]
+
+
+def scalar_final(final: dict[str, Any]) -> dict[str, float]:
+    """The final metrics that are single numbers (what trackers log as metrics)."""
+    return {k: v for k, v in final.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .registry import Registry
+from bilaw.registry import Registry
 
 
 def model_kwargs(cfg) -> dict[str, int]:
@@ -47,14 +47,14 @@ def _flat_size(features: nn.Module, input_shape: Shape) -> int:
 # several of their trials share one GPU.
 @MODELS.register("fc1", gpu_share=0.25)
 def fc1(input_shape: Shape, num_classes: int) -> nn.Module:
-    """FC1 (seed Table 4): flatten -> FC 1024 -> ReLU -> FC k."""
+    """FC1 (the paper's Table 4): flatten -> FC 1024 -> ReLU -> FC k."""
     c, h, w = input_shape
     return nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, 1024), nn.ReLU(), nn.Linear(1024, num_classes))
 
 
 @MODELS.register("tiny_cnn", gpu_share=0.25)
 def tiny_cnn(input_shape: Shape, num_classes: int) -> nn.Module:
-    """Wong & Kolter's MNIST net (seed Table 4): Conv16 4x4/2 -> Conv32 4x4/2 -> FC100 -> FC k.
+    """Wong & Kolter's MNIST net (the paper's Table 4): Conv16 4x4/2 -> Conv32 4x4/2 -> FC100 -> FC k.
 
     Padding 1 as in Wong & Kolter's code (docs/methods.md A13): 28x28 -> 14 -> 7, flatten 32*7*7.
     """
@@ -72,7 +72,7 @@ def _conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
 
 @MODELS.register("small_cnn", gpu_share=0.5)
 def small_cnn(input_shape: Shape, num_classes: int) -> nn.Module:
-    """GAIRAT's SmallCNN (seed Table 5): 3 x [conv-BN-ReLU x2, maxpool 2] with 64/128/196 channels,
+    """GAIRAT's SmallCNN (the paper's Table 5): 3 x [conv-BN-ReLU x2, maxpool 2] with 64/128/196 channels,
     then FC 256 -> FC k. The flatten size follows the input (196*4*4 on 32x32 CIFAR)."""
     layers: list[nn.Module] = []
     c = input_shape[0]
@@ -107,7 +107,7 @@ class _WideBasicBlock(nn.Module):
 class WideResNet(nn.Module):
     """Madry/GAIRAT WideResNet: (depth-2)/6 blocks per stage, widths 16, 16w, 32w, 64w.
 
-    WRN-32-10 (the seed's, docs/methods.md A4) and TRADES' "WRN-34-10" have the same forward: 5 blocks per stage.
+    WRN-32-10 (the BiLAW paper's, docs/methods.md A4) and TRADES' "WRN-34-10" have the same forward: 5 blocks per stage.
     Global average pooling is adaptive so small inputs (digits, MNIST) also work.
     """
 
@@ -151,7 +151,7 @@ def wrn(input_shape: Shape, num_classes: int, depth: int = 32, widen_factor: int
 
 @MODELS.register("wrn32_10", gpu_share=1.0)
 def wrn32_10(input_shape: Shape, num_classes: int) -> nn.Module:
-    """WRN-32-10, the seed's CIFAR model (GAIRAT's Wide_ResNet_Madry)."""
+    """WRN-32-10, the BiLAW paper's CIFAR model (GAIRAT's Wide_ResNet_Madry)."""
     return WideResNet(input_shape, num_classes, 32, 10)
 
 
@@ -177,7 +177,3 @@ def build_model(
     if normalize is not None:
         model = nn.Sequential(Normalize(*normalize), model)
     return model
-
-
-def list_models() -> list[str]:
-    return MODELS.names()

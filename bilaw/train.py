@@ -5,7 +5,7 @@ Writes DIR/config.yaml, DIR/metrics.json and DIR/best.pt; DIR/checkpoint.pt is w
 every epoch, so running the same command again resumes an interrupted run. The run uses the
 torch thread count its config records (a search trial's best_config.yaml does), so a re-run
 reproduces that run on the same machine; `--threads` overrides it, with a note
-(bilaw/reproducibility.py). `--full-eval` applies the paper's evaluation (`FULL_EVAL`).
+(bilaw/config/reproducibility.py). `--full-eval` applies the paper's evaluation (`FULL_EVAL`).
 """
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from .config import ConfigError, TrainConfig, choices, load_yaml_mapping, parse_overrides
-from .data import MissingDatasetError
-from .file_errors import DamagedFileError
-from .reproducibility import FULL_EVAL, evaluation_label, threads_note, use_threads
+from bilaw.config.reproducibility import FULL_EVAL, evaluation_label, threads_note, use_threads
+from bilaw.config.train_config import ConfigError, TrainConfig, choices, load_yaml_mapping, parse_overrides
+from bilaw.data.datasets import MissingDatasetError
+from bilaw.file_errors import DamagedFileError
 
 
 def _keys_help() -> str:
@@ -73,8 +73,8 @@ def recorded_threads(config_path: str | None) -> int | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .runs import save_run
-    from .trainer import NonFiniteLossError, train
+    from bilaw.runs.saved import save_run
+    from bilaw.training.trainer import NonFiniteLossError, train
 
     try:
         cfg = use_threads(load_config(args.config, args.set, full_eval=args.full_eval, threads=args.threads))

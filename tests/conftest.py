@@ -34,7 +34,7 @@ def no_download(monkeypatch, tmp_path):
     import urllib.error
     from pathlib import Path
 
-    from bilaw import data
+    from bilaw.data import datasets as data
 
     calls = []
 

@@ -16,8 +16,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bilaw.config import TrainConfig  # noqa: E402
-from bilaw.trainer import train  # noqa: E402
+from bilaw.config.train_config import TrainConfig  # noqa: E402
+from bilaw.training.trainer import train  # noqa: E402
 
 GOLDEN = Path(__file__).resolve().parent / "data" / "golden_runs.json"
 METHODS = ("at", "trades", "gairat", "mail", "bilaw")

@@ -11,16 +11,16 @@ import pytest
 import torch
 
 from bilaw import TrainConfig, load_run
-from bilaw.analysis import adversarial_ranks, weight_auroc
-from bilaw.data import load_data
-from bilaw.evaluate import pgd_predictions
-from bilaw.plots import correlations
-from bilaw.runs import load_analysis
+from bilaw.analysis.weights import adversarial_ranks, weight_auroc
+from bilaw.data.datasets import load_data
+from bilaw.eval.evaluate import pgd_predictions
+from bilaw.analysis.plots import correlations
+from bilaw.runs.saved import load_analysis
 from bilaw.train import main as train_main
 
 PLOTS = {"weights_per_class.png", "adv_confusion.png", "weight_extremes.png", "weight_vs_heuristics.png",
          "weights_over_epochs.png", "likelihood_pca.png", "adv_rank_histogram.png", "weights_noisy_vs_clean.png",
-         "weight_vs_margin.png",  # a weight net's map snapshots (bilaw/weight_maps.py)
+         "weight_vs_margin.png",  # a weight net's map snapshots (bilaw/analysis/weight_maps.py)
          "learning_curves.png"}   # every run's: loss and held-out accuracy per epoch, the best epoch marked
 TINY = dict(dataset="digits", model="fc1", batch_size=32, meta_val_size=100, holdout_val_size=100, aa_samples=0,
             device="cpu", pgd_steps=5, eval_pgd_steps=5, epochs=3, analysis_samples=400)
@@ -145,7 +145,7 @@ def test_correlations_by_hand():
 
 @pytest.mark.slow
 def test_plot_every_draws_the_plots_during_training(tmp_path):
-    from bilaw.trainer import train
+    from bilaw.training.trainer import train
 
     cfg = TrainConfig.from_dict({**TINY, "method": "mail", "burn_in_epochs": 0, "plot_every": 1, "epochs": 3})
     train(cfg, checkpoint_dir=tmp_path, stop_after=1, progress=False)  # one epoch of three: not finished

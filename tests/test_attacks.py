@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bilaw.attacks import NORMS, eval_mode, pgd, trades_attack
+from bilaw.eval.attacks import NORMS, eval_mode, pgd, trades_attack
 from bilaw.registry import UnknownNameError
 
 from helpers import digits_mlp

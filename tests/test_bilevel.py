@@ -10,10 +10,10 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
-from bilaw.bilevel import (TrainBatch, ValAttack, bilaw_meta_step, bilaw_weights, lookahead_val_loss,
+from bilaw.methods.bilevel import (TrainBatch, ValAttack, bilaw_meta_step, bilaw_weights, lookahead_val_loss,
                            nonparam_weights)
-from bilaw.objectives import OBJECTIVES
-from bilaw.weighting import WeightNet
+from bilaw.methods.objectives import OBJECTIVES
+from bilaw.methods.weighting import WeightNet
 
 B, N_VAL, D, K, LR = 8, 6, 5, 4, 0.3
 

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from bilaw.config import ConfigError, TrainConfig, load_yaml_mapping, parse_overrides
+from bilaw.config.train_config import ConfigError, TrainConfig, load_yaml_mapping, parse_overrides
 
 
 def _errors(data) -> list[str]:
@@ -375,7 +375,7 @@ def test_malformed_list_value_is_a_config_error():
 
 
 def test_key_roles_give_the_resume_and_reuse_exemptions():
-    from bilaw.config import KEY_ROLES, KEYS, RESUME_FREE_KEYS, REUSE_FREE_KEYS
+    from bilaw.config.train_config import KEY_ROLES, KEYS, RESUME_FREE_KEYS, REUSE_FREE_KEYS
 
     assert set(KEY_ROLES) <= set(KEYS)
     assert set(RESUME_FREE_KEYS) == {"device", "data_dir", "aa_samples", "aa_version", "aa_attacks", "aa_n_iter",
@@ -385,10 +385,10 @@ def test_key_roles_give_the_resume_and_reuse_exemptions():
 
 
 def test_threads_is_validated_and_a_stored_run_without_a_count_matches_any():
-    """A run records its torch thread count (bilaw/reproducibility.py); a checkpoint or run stored
+    """A run records its torch thread count (bilaw/config/reproducibility.py); a checkpoint or run stored
     before it did (no `threads`, or null) resumes and is reused under any count, while two
     recorded counts that differ are a different run on resume (float sums differ)."""
-    from bilaw.config import RESUME_FREE_KEYS, config_differences
+    from bilaw.config.train_config import RESUME_FREE_KEYS, config_differences
 
     with pytest.raises(ConfigError) as info:
         TrainConfig.from_dict({"threads": 0})
@@ -401,7 +401,7 @@ def test_threads_is_validated_and_a_stored_run_without_a_count_matches_any():
 
 
 def test_config_differences_fill_keys_a_stored_config_predates():
-    from bilaw.config import config_differences
+    from bilaw.config.train_config import config_differences
 
     cfg = TrainConfig(method="bilaw", gairat_lambda_max=math.nan)
     stored = {k: v for k, v in cfg.to_dict().items() if k != "meta_grad_scale"}
@@ -413,7 +413,7 @@ def test_config_differences_fill_keys_a_stored_config_predates():
 def test_meta_optimiser_keys_predating_or_unread_do_not_make_a_different_run():
     """A stored config without the meta-optimiser keys ran the old Adam setting; a run whose
     weighting has no meta-optimiser is the same run whatever those keys hold."""
-    from bilaw.config import config_differences
+    from bilaw.config.train_config import config_differences
 
     def cfg(**keys):
         return TrainConfig.from_dict(keys)
@@ -438,8 +438,8 @@ def test_meta_optimiser_keys_predating_or_unread_do_not_make_a_different_run():
 
 def test_a_registered_plugin_name_is_valid_with_its_facts(monkeypatch):
     """Adding a weighting or a dataset is one registration: validation and derived values follow."""
-    from bilaw.data import DATASETS
-    from bilaw.weighting import WEIGHTINGS, Weighting
+    from bilaw.data.datasets import DATASETS
+    from bilaw.methods.weighting import WEIGHTINGS, Weighting
 
     monkeypatch.setitem(WEIGHTINGS._entries, "halfway", lambda cfg: Weighting("halfway"))
     monkeypatch.setitem(WEIGHTINGS._facts, "halfway", {"burn_in": lambda epochs: epochs // 2})

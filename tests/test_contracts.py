@@ -37,18 +37,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bilaw import data as data_module
-from bilaw.attacks import NORMS, pgd, trades_attack
-from bilaw.autoattack import run_autoattack
-from bilaw.config import KEYS, REGISTRY_KEYS, ConfigError, TrainConfig, default_burn_in
-from bilaw.data import DATASETS, RawDataset, load_data
-import bilaw.learned  # noqa: F401  (registers the learned weightings bilaw and nonparam)
-from bilaw.margins import MARGIN_INPUTS, MarginSources, compute_margin_input, margin_input_dim
+from bilaw.data import datasets as data_module
+from bilaw.eval.attacks import NORMS, pgd, trades_attack
+from bilaw.eval.autoattack import run_autoattack
+from bilaw.config.train_config import KEYS, REGISTRY_KEYS, ConfigError, TrainConfig, default_burn_in
+from bilaw.data.datasets import DATASETS, RawDataset, load_data
+import bilaw.methods.learned  # noqa: F401  (registers the learned weightings bilaw and nonparam)
+from bilaw.methods.margins import MARGIN_INPUTS, MarginSources, compute_margin_input, margin_input_dim
 from bilaw.models import MODELS, build_model
-from bilaw.objectives import OBJECTIVES, TRAINING_ATTACKS, Terms, combine
+from bilaw.methods.objectives import OBJECTIVES, TRAINING_ATTACKS, Terms, combine
 from bilaw.registry import Registry, UnknownNameError
-from bilaw.trainer import RunState, lr_at, train
-from bilaw.weighting import WEIGHTINGS, StepInputs, WeightNet
+from bilaw.training.trainer import RunState, lr_at, train
+from bilaw.methods.weighting import WEIGHTINGS, StepInputs, WeightNet
 
 # ==================================================================================================
 # every registry: names, facts, lookup, selection from a config
@@ -365,7 +365,7 @@ def test_weighting_step_protocol_and_state(name):
         assert on_subset.shape == (48,) and torch.isfinite(on_subset).all() and (on_subset >= 0).all()
         assert float(on_subset.mean()) == pytest.approx(1.0, abs=1e-5)
 
-    # the state goes through a weights-only checkpoint (as bilaw/checkpoint.py loads it) into a fresh run
+    # the state goes through a weights-only checkpoint (as bilaw/training/checkpoint.py loads it) into a fresh run
     state = weighting.state_dict()
     buffer = io.BytesIO()
     torch.save(state, buffer)

@@ -26,13 +26,13 @@ import pytest
 import torch
 import yaml
 
-from bilaw import data
-from bilaw.checkpoint import load_checkpoint, previous_path, save_checkpoint
-from bilaw.config import ConfigError, TrainConfig
+from bilaw.data import datasets as data
+from bilaw.training.checkpoint import load_checkpoint, previous_path, save_checkpoint
+from bilaw.config.train_config import ConfigError, TrainConfig
 from bilaw.file_errors import DamagedFileError
-from bilaw.runs import load_analysis, load_run, read_metrics, read_run_config, save_run
+from bilaw.runs.saved import load_analysis, load_run, read_metrics, read_run_config, save_run
 from bilaw.train import load_config
-from bilaw.trainer import CHECKPOINT_NAME, train
+from bilaw.training.trainer import CHECKPOINT_NAME, train
 from tune import spaces as sp
 from tune.state_files import DRIVER_FILE, OPTUNA_DB, check_study, read_driver_record
 
@@ -374,7 +374,7 @@ def test_cli_train_with_a_damaged_checkpoint(tmp_path, capsys):
 
 
 def test_cli_evaluate_with_a_truncated_best_pt(good, tmp_path, capsys):
-    from bilaw.runs import evaluate_main
+    from bilaw.evaluate import main as evaluate_main
 
     run = _copy_run(good, tmp_path)
     _truncate(run / "best.pt")

@@ -1,4 +1,4 @@
-"""Tests for bilaw.data: on-disk readers, splits, label noise, batching and augmentation.
+"""Tests for bilaw.data.datasets: on-disk readers, splits, label noise, batching and augmentation.
 
 The loaders are exercised on small files written here in the real formats (IDX, pickled CIFAR
 batches); downloads are replaced by a stub that fails, so nothing touches the network.
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from bilaw import data
+from bilaw.data import datasets as data
 from bilaw.registry import UnknownNameError
 
 EXPECTED_NAMES = ["cifar10", "cifar100", "digits", "fashion_mnist", "mnist"]

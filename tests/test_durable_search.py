@@ -448,6 +448,27 @@ def test_the_printed_runs_table_link_names_a_saved_view_of_the_trials(finished, 
     assert view["runsHiddenMode"] == "SHOW_ALL"
 
 
+def test_each_final_metric_is_logged_once_per_run(finished):
+    """A finished trial's final metrics (those of its saved metrics.json) are one record each, at
+    step 0; its per-epoch metrics one record per epoch."""
+    from bilaw.metrics import METRICS, scalar_final
+
+    root, _ = finished
+    client, _, _, children = _runs(root, "cap")
+    finals = {n for n in METRICS.names() if METRICS.facts(n)["when"] == "final"}
+    for run in children:
+        saved = json.loads(Path(client.download_artifacts(run.info.run_id, "metrics.json", str(root / run.info.run_id)))
+                           .read_text())
+        final, epochs = scalar_final(saved["final"]), len(saved["history"])
+        assert finals & set(run.data.metrics) <= set(final) and "test_clean_acc" in final
+        for key in run.data.metrics:
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            if key in final and not any(key in h for h in saved["history"]):
+                assert steps == [0], (key, steps)
+            else:
+                assert sorted(steps) == list(range(1, epochs + 1)), (key, steps)
+
+
 def test_each_study_trial_names_its_mlflow_run(finished):
     from test_study_records import check_study_names_its_runs
 

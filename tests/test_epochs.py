@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from bilaw import TrainConfig
-from bilaw.checkpoint import load_checkpoint, save_checkpoint
-from bilaw.plots import curves_figure, plot_curves
-from bilaw.runs import read_metrics
-from bilaw.trainer import train
-from bilaw.weight_maps import load_weight_maps, save_weight_maps
+from bilaw.training.checkpoint import load_checkpoint, save_checkpoint
+from bilaw.analysis.plots import curves_figure, plot_curves
+from bilaw.runs.saved import read_metrics
+from bilaw.training.trainer import train
+from bilaw.analysis.weight_maps import load_weight_maps, save_weight_maps
 
 REPO = Path(__file__).resolve().parents[1]
 STORED = sorted((REPO / "docs" / "results" / "runs").rglob("metrics.json"))
@@ -99,7 +99,7 @@ def test_a_runs_curves_mark_its_best_epoch(tmp_path):
     """A trained run's learning_curves.png marks the best epoch its metrics.json records."""
     from PIL import Image
 
-    from bilaw.runs import save_run
+    from bilaw.runs.saved import save_run
 
     result = train(TrainConfig.from_dict({**TINY, "method": "at", "plots": True, "epochs": 2}), progress=False)
     save_run(result, tmp_path)

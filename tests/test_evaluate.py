@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 from torch import nn
 
-from bilaw.autoattack import AutoAttack, _configure, run_autoattack
-from bilaw.evaluate import (accuracy, confusion_matrix, evaluate_model, pgd_accuracy,
+from bilaw.eval.autoattack import AutoAttack, _configure, run_autoattack
+from bilaw.eval.evaluate import (accuracy, confusion_matrix, evaluate_model, pgd_accuracy,
                             pgd_predictions, predict)
 from bilaw.registry import UnknownNameError
 

@@ -19,14 +19,14 @@ import numpy as np
 import pytest
 import torch
 
-from bilaw import data
-from bilaw.config import TrainConfig
-from bilaw.evaluate import accuracy
+from bilaw.data import datasets as data
+from bilaw.config.train_config import TrainConfig
+from bilaw.eval.evaluate import accuracy
 from bilaw.export import (CHECKPOINT_NAME, MODEL_DEF_NAME, MODEL_INFO_NAME, ExportError, eps_footnote,
                           export_robustbench, format_eps, main)
 from bilaw.models import Normalize, build_model
-from bilaw.runs import load_run, read_metrics, save_run
-from bilaw.trainer import train
+from bilaw.runs.saved import load_run, read_metrics, save_run
+from bilaw.training.trainer import train
 
 from test_data import write_cifar_batch
 

@@ -29,7 +29,7 @@ def test_every_shipped_sampled_space_tries_the_papers_setting_first(name, tmp_pa
 
 
 def test_the_bilaw_spaces_start_from_the_default_meta_optimiser():
-    from bilaw.config import TrainConfig
+    from bilaw.config.train_config import TrainConfig
 
     default = TrainConfig()
     assert sp.load_space("bilaw_meta").first_trials[0] == {

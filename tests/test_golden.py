@@ -1,7 +1,10 @@
 """Golden traces: short seeded runs reproduce the per-epoch losses, held-out accuracies and
 per-sample weights recorded in tests/data/golden_runs.json (by tests/golden_runs.py, before the
-trainer was restructured) to 1e-6, so a refactor that changes any drawn value or any computed
-number fails here."""
+trainer was restructured) to 1e-6 (the training loss to 2e-5), so a refactor that changes any
+drawn value or any computed number fails here. The loss's looser bound is the CPU's: TRADES' loss
+read 3.0e-6 (relative) off its recording on an AMD EPYC machine, where torch's vectorised
+softmax/KL kernels round differently; the accuracies and weights read the same there, and a
+changed computation moves the loss by far more (a drawn value changed: above 1e-3)."""
 from __future__ import annotations
 
 import json
@@ -21,7 +24,8 @@ def golden():
 @pytest.mark.parametrize("method", METHODS)
 def test_seeded_run_reproduces_its_golden_trace(golden, method):
     now, then = trace(method), golden[method]
-    for key in ("train_loss", "val_clean_acc", "val_pgd_acc"):
+    assert now["train_loss"] == pytest.approx(then["train_loss"], rel=2e-5), "train_loss"
+    for key in ("val_clean_acc", "val_pgd_acc"):
         assert now[key] == pytest.approx(then[key], rel=1e-6, abs=1e-6), key
     for epoch, (a, b) in enumerate(zip(now["weights"], then["weights"])):
         assert a == pytest.approx(b, rel=1e-6, abs=1e-6), f"weights of epoch {epoch}"

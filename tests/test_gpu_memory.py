@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bilaw.config import TrainConfig
+from bilaw.config.train_config import TrainConfig
 from bilaw.gpu_memory import CUDA_CONTEXT_RESERVE_MB, cap_gpu_memory, gpu_oom_message, memory_fraction
 
 GIB = 2 ** 30

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bilaw.margins import (
+from bilaw.methods.margins import (
     MARGIN_INPUTS, MarginSources, binary_margin, compute_margin_input, margin_input_dim,
     multiclass_margin,
 )

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from bilaw.objectives import OBJECTIVES, Terms, combine, trades_kl
+from bilaw.methods.objectives import OBJECTIVES, Terms, combine, trades_kl
 from bilaw.registry import UnknownNameError
 
 # small hand-made logits (B=3, k=4); the identity "model" makes x the clean logits, x_adv the adversarial
@@ -205,8 +205,8 @@ def test_at_gradient_with_weights():
 def test_each_objective_crafts_with_its_named_attack():
     """`Objective.craft` is the attack its name says, called with the run's budget and RNG: the
     same inputs as calling that attack directly (plain: the clean batch, no kappa)."""
-    from bilaw.attacks import pgd, trades_attack
-    from bilaw.objectives import AttackSetting, Objective
+    from bilaw.eval.attacks import pgd, trades_attack
+    from bilaw.methods.objectives import AttackSetting, Objective
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))

@@ -153,7 +153,7 @@ def test_accuracy_interval_of_seeds_stays_within_zero_and_one():
 def test_configs_whose_short_labels_meet_get_every_digit():
     from types import SimpleNamespace
 
-    from bilaw.config import TrainConfig
+    from bilaw.config.train_config import TrainConfig
     from tune import spaces as sp
     from tune.search_paired import _labels, config_key
 

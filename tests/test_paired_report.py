@@ -7,7 +7,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from scipy import stats
 
-from bilaw.per_point import save_per_point
+from bilaw.eval.per_point import save_per_point
 from tune.report import main as report_main
 from tune.tracking import PARENT_TAG, STATUS_TAG
 

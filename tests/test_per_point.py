@@ -6,9 +6,9 @@ import pytest
 from scipy import stats
 
 from bilaw import TrainConfig
-from bilaw.per_point import MASKING_MIN_POINTS, masking_check, mcnemar_p
-from bilaw.runs import save_run
-from bilaw.trainer import train
+from bilaw.eval.per_point import MASKING_MIN_POINTS, masking_check, mcnemar_p
+from bilaw.runs.saved import save_run
+from bilaw.training.trainer import train
 
 from helpers import paired_points  # PGD right alone, AutoAttack right alone, both
 
@@ -48,8 +48,9 @@ def test_a_run_keeps_its_per_point_results_beside_its_metrics(tmp_path):
     assert points["holdout_pgd"].mean() == pytest.approx(best["best_val_pgd_acc"], abs=1e-12)
     assert points["holdout_clean"].mean() == pytest.approx(best["val_clean_acc"], abs=1e-12)
     # kept from the best epoch, they are what the best state scores when asked again
-    from bilaw.data import load_data, run_data_args
-    from bilaw.per_point import holdout_correct
+    from bilaw.config.run_data import run_data_args
+    from bilaw.data.datasets import load_data
+    from bilaw.eval.per_point import holdout_correct
 
     data = load_data(result.config.dataset, **run_data_args(result.config))
     again = holdout_correct(result.model, result.config, data)

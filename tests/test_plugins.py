@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 import torch
 
 from bilaw import TrainConfig
-from bilaw.trainer import train
-from bilaw.weighting import WEIGHTINGS, StepInputs, WeightInputs, WeightOutput, Weighting
+from bilaw.training.trainer import train
+from bilaw.methods.weighting import WEIGHTINGS, StepInputs, WeightInputs, WeightOutput, Weighting
 
 TINY = dict(dataset="digits", model="fc1", batch_size=64, epochs=2, meta_val_size=60, holdout_val_size=60,
             aa_samples=0, analysis_samples=100, plots=False, device="cpu", burn_in_epochs=0)

@@ -3,6 +3,8 @@ rounds logged under the search's parent run, and stops by its rule (replayed her
 stored per-point results); a repeated `--resume --race` reuses the finished race runs."""
 from __future__ import annotations
 
+import json
+
 import re
 import subprocess
 import sys
@@ -96,6 +98,8 @@ def test_a_race_runs_its_rounds_under_the_parent_and_stops_by_its_rule(tmp_path)
     assert shown == _epoch_figure(client, children, tmp_path / "all.png")
     assert shown != _epoch_figure(client, trials, tmp_path / "search_only.png")
     _assert_race_study(tmp_path, race)
+    view = json.loads(client.get_experiment(exp).tags["mlflow.sharedViewState." + parent.info.run_id])
+    assert view["selectedColumns"][-1] == "tags.`race_round`"  # the printed link's table shows each run's round
 
     # again on the stored search: the race runs are reused, none run again, and it ends the same way
     again = _search(tmp_path, "--resume")

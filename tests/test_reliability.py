@@ -15,7 +15,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from bilaw.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from bilaw.training.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from tune.run_search import main
 
 from helpers import running_epochs, session_members
@@ -67,7 +67,7 @@ def test_broken_space_files(body, message, tmp_path, capsys, monkeypatch):
 
 
 def test_missing_dataset_offline(tmp_path, capsys, monkeypatch):
-    import bilaw.data as data
+    import bilaw.data.datasets as data
 
     def offline(dataset, root):
         raise OSError("network unreachable")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bilaw.config import TrainConfig
+from bilaw.config.train_config import TrainConfig
 from tune.reproduce import main as reproduce_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,7 +104,7 @@ def test_dry_run_lists_the_paper_runs(capsys):
 
 def test_a_stored_config_without_meta_grad_scale_matches_raw_only():
     """The legacy-setting BiLAW runs predate meta_grad_scale: they are reused for raw, never for per_lr."""
-    from bilaw.config import yaml_load
+    from bilaw.config.train_config import yaml_load
     from tune.reproduce import config_difference
 
     stored = REPO / "docs/results/runs/meta_rerun/legacy_adam_1e-3/seed0/config.yaml"

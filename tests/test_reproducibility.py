@@ -7,8 +7,8 @@ import torch
 import pytest
 from mlflow.tracking import MlflowClient
 
-from bilaw.config import TrainConfig
-from bilaw.reproducibility import FULL_EVAL, aa_label, evaluation_label, threads_note, use_threads
+from bilaw.config.train_config import TrainConfig
+from bilaw.config.reproducibility import FULL_EVAL, aa_label, evaluation_label, threads_note, use_threads
 from bilaw.train import build_parser, load_config
 
 

@@ -33,3 +33,28 @@ def test_a_script_imports_the_checkout_it_lives_in(script, tmp_path):
                          text=True, timeout=300, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert f"tune from {copy / 'tune' / '__init__.py'} top-level search importable: False" in out.stderr
+
+
+def _entry_points() -> dict[str, str]:
+    import tomllib
+
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+
+
+def test_every_command_has_an_entry_point_on_path():
+    """Each CLI (tune/'s scripts, bilaw's `python -m` commands) is a `[project.scripts]` command
+    naming that module's `main`."""
+    points = _entry_points()
+    targets = {v.split(":")[0] for v in points.values()}
+    assert {f"tune.{s}" for s in SCRIPTS} | {"bilaw.train", "bilaw.evaluate", "bilaw.export"} == targets
+    assert all(v.endswith(":main") and k.startswith("bilaw-") for k, v in points.items())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", sorted(_entry_points()))
+def test_an_installed_command_runs(command):
+    """The set-up's editable install puts each command beside the interpreter; `--help` runs it."""
+    path = Path(sys.executable).with_name(command)
+    assert path.exists(), f"{path} missing: re-run `bash scripts/setup.sh` (pip install -e .)"
+    done = subprocess.run([str(path), "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.startswith("usage: "), done.stdout[-500:] + done.stderr[-2000:]

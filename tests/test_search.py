@@ -23,7 +23,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from scipy import stats
 
-from bilaw.config import TrainConfig
+from bilaw.config.train_config import TrainConfig
 from helpers import group_members, stop_group, tracebacks
 from tune.run_search import main
 
@@ -125,8 +125,8 @@ def test_the_winners_model_is_logged_registered_and_fetched(smoke_search, tmp_pa
     import mlflow
     import torch
 
-    from bilaw.data import load_data
-    from bilaw.runs import load_run
+    from bilaw.data.datasets import load_data
+    from bilaw.runs.saved import load_run
     from tune.fetch_model import main as fetch_main
 
     root, uri = smoke_search

@@ -59,7 +59,7 @@ def test_fetch_model_takes_every_model_uri_the_search_prints(search, tmp_path):
     (model_store.source_run) finds the winner's run from each."""
     import torch
 
-    from bilaw.checkpoint import load_checkpoint
+    from bilaw.training.checkpoint import load_checkpoint
     from tune.fetch_model import main as fetch_main
     from tune.model_store import source_run
 

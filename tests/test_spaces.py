@@ -9,8 +9,8 @@ import textwrap
 import optuna
 import pytest
 
-from bilaw.config import ConfigError, TrainConfig
-from bilaw.trainer import lr_at
+from bilaw.config.train_config import ConfigError, TrainConfig
+from bilaw.training.trainer import lr_at
 from tune import spaces as sp
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -66,7 +66,7 @@ def test_shipped_space_validates_on_its_default_and_paper_workloads(name, worklo
     assert space.name == name and space.path == sp.SPACES_DIR / f"{name}.yaml"
     assert space.workload == "digits" and space.paper_workload in workloads
     assert (space.metric[0], space.mode[0]) == ("best_val_pgd_acc", "max")
-    assert space.samples_per_seed() >= 1 and space.seeds
+    assert (space.grid_size() if space.sampler == "grid" else space.num_samples) >= 1 and space.seeds
     for choice in (None, "paper", "smoke"):
         base = sp.base_config(space, sp.resolve_workload(space, choice, workloads))
         sp.check_space_against_config(space, base)
@@ -103,11 +103,10 @@ def test_workloads_are_the_papers_settings(workloads):
 def test_grid_values_and_sizes():
     cap = sp.load_space("ablation_capacity")
     assert cap.grid_values() == {"weight_net": ["128", "64", "64-64", "256"]}
-    assert cap.grid_size() == cap.samples_per_seed() == 4 and cap.num_samples is None
+    assert cap.grid_size() == 4 and cap.num_samples is None
     assert sp.load_space("compare_methods").grid_size() == 9
     assert sp.load_space("ablation_trades").grid_values() == {"trades_beta": [1.0, 5.0, 6.0, 10.0]}
     tpe = sp.load_space("bilaw_tpe")
-    assert tpe.samples_per_seed() == tpe.num_samples
     with pytest.raises(sp.SpaceError, match="only sampler 'grid'"):
         tpe.grid_values()
 
@@ -152,7 +151,7 @@ def test_define_by_run_draws_inside_the_distributions(name, workloads):
         assert unconditioned <= set(trial.params)
         return [0.1 * (trial.number % 3)] * len(space.metric)
 
-    n = space.grid_size() if space.sampler == "grid" else min(space.samples_per_seed(), 8)
+    n = space.grid_size() if space.sampler == "grid" else min(space.num_samples, 8)
     study.optimize(objective, n_trials=n)
     assert len(study.trials) == n
     if space.sampler == "grid":  # every grid point exactly once

@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 
-import bilaw.learned as learned_module
+import bilaw.methods.learned as learned_module
 from bilaw import TrainConfig
-from bilaw.trainer import train
+from bilaw.training.trainer import train
 
 TINY = dict(dataset="digits", model="fc1", batch_size=32, meta_val_size=100, holdout_val_size=100,
             aa_samples=0, device="cpu", eval_pgd_steps=5, pgd_steps=5, epochs=1, burn_in_epochs=0)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bilaw.config import REUSE_FREE_KEYS, TrainConfig, config_differences, yaml_load
+from bilaw.config.train_config import REUSE_FREE_KEYS, TrainConfig, config_differences, yaml_load
 from tune.reproduce import build_parser, config_difference, parse_seeds, plan_jobs, select
 
 REPO = Path(__file__).resolve().parents[1]

@@ -69,6 +69,33 @@ def test_no_import_cycle_among_project_modules():
     assert not cycles, "\n".join(" -> ".join(c) for c in cycles)
 
 
+# bilaw's layers, bottom first: a module imports only modules of its own layer or below it
+# (docs/architecture.md draws them). A name ending in "." is a package, the others are modules.
+LAYERS = [
+    ["bilaw", "bilaw.registry", "bilaw.file_errors", "bilaw.lazy_exports", "bilaw.metrics", "bilaw.models",
+     "bilaw.epochs", "bilaw.gpu_memory"],
+    ["bilaw.eval."], ["bilaw.data."], ["bilaw.methods."], ["bilaw.config."], ["bilaw.analysis."],
+    ["bilaw.training."], ["bilaw.runs."],
+    ["bilaw.train", "bilaw.evaluate", "bilaw.export"],
+]
+
+
+def _layer(name: str) -> int:
+    for i, members in enumerate(LAYERS):
+        if any(name == m or (m.endswith(".") and (name + ".").startswith(m)) for m in members):
+            return i
+    raise AssertionError(f"{name} is in no layer of LAYERS: add it there and to docs/architecture.md")
+
+
+def test_bilaw_imports_only_downward():
+    modules = _modules()
+    bilaw = {n: p for n, p in modules.items() if n.split(".")[0] == "bilaw"}
+    upward = [f"{name} (layer {_layer(name)}) imports {target} (layer {_layer(target)})"
+              for name, path in bilaw.items() for target in sorted(_imports(name, path, set(bilaw)))
+              if _layer(target) > _layer(name)]
+    assert not upward, "\n".join(upward)
+
+
 def test_bilaw_never_imports_the_search_stack():
     for name, path in _modules().items():
         if name.startswith("bilaw"):

@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from tune.tracking import TrackingError, TrialRun
@@ -90,8 +91,8 @@ def _finished_trial(tmp_path, final_extra=None, checkpoint_dir=None):
     from ray import tune
 
     from bilaw import TrainConfig
-    from bilaw.runs import save_run
-    from bilaw.trainer import train
+    from bilaw.runs.saved import save_run
+    from bilaw.training.trainer import train
 
     result = train(TrainConfig.from_dict({"method": "bilaw", "epochs": 2, "batch_size": 256, "pgd_steps": 2,
                                           "eval_pgd_steps": 2, "aa_samples": 0, "analysis_samples": 0,
@@ -162,8 +163,7 @@ def test_the_driver_writes_a_trial_run_from_results_and_the_saved_run(tmp_path):
     # the data, as MLflow's Dataset column shows it: name, split sizes (those the run trained on), digest
     import json as _json
 
-    from bilaw.data import load_data
-    from bilaw.dataset_record import dataset_record
+    from bilaw.data.datasets import load_data
 
     cfg = result.config
     (given,) = run.inputs.dataset_inputs
@@ -172,11 +172,54 @@ def test_the_driver_writes_a_trial_run_from_results_and_the_saved_run(tmp_path):
     assert given.dataset.name == "digits" and (profile["train"], profile["meta_val"], profile["holdout"],
                                                 profile["test"]) == (len(data.y_train), len(data.y_meta),
                                                                      len(data.y_holdout), len(data.y_test))
-    other = dataset_record("digits", data_dir=None, meta_val_size=cfg.meta_val_size,
-                           holdout_val_size=cfg.holdout_val_size, seed=cfg.seed + 1)
-    assert given.dataset.digest != other["digest"]  # another seed: another split
-    assert given.dataset.digest == dataset_record("digits", data_dir=None, meta_val_size=cfg.meta_val_size,
-                                                  holdout_val_size=cfg.holdout_val_size, seed=cfg.seed)["digest"]
+    other = load_data(cfg.dataset, meta_val_size=cfg.meta_val_size, holdout_val_size=cfg.holdout_val_size,
+                      seed=cfg.seed + 1)
+    assert given.dataset.digest != other.record["digest"]  # another seed: another split
+    assert given.dataset.digest == data.record["digest"] == _split_digest(data, cfg)
+
+
+def _split_digest(data, cfg) -> str:
+    """The split's digest computed independently: the same split indices, hashed here."""
+    import hashlib
+
+    from bilaw.data.datasets import DATASETS
+    from bilaw.data.splits import split_and_corrupt
+
+    raw = DATASETS.get(cfg.dataset)(data_dir=None)
+    split, _, noisy = split_and_corrupt(raw, meta_val_size=cfg.meta_val_size, holdout_val_size=cfg.holdout_val_size,
+                                        seed=cfg.seed, label_noise=0.0)
+    assert len(split.train) == len(data.y_train) and torch.equal(raw.x_train[split.holdout], data.x_holdout)
+    h = hashlib.sha256()
+    for name, idx in (("train", split.train.tolist()), ("meta_val", split.meta_val.tolist()),
+                      ("holdout", split.holdout.tolist()), ("noisy", []), ("test", range(len(raw.y_test)))):
+        h.update(name.encode() + b"".join(int(i).to_bytes(8, "little") for i in idx))
+    return h.hexdigest()[:32]
+
+
+def test_the_drivers_tracking_of_a_trial_never_loads_a_dataset(tmp_path, monkeypatch):
+    """Start, results and end of a finished trial, with every dataset loader refusing: the run still
+    gets its dataset input (the trial's own record, from its saved run)."""
+    from bilaw.data import datasets
+    from tune.tracking import SearchTracking
+    from tune.trial_tracking import TrialTracking
+
+    result, trial = _finished_trial(tmp_path)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the driver loaded a dataset")
+
+    monkeypatch.setattr(datasets, "load_data", refuse)
+    for name in datasets.DATASETS.names():
+        monkeypatch.setitem(datasets.DATASETS._entries, name, refuse)
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    tracking = SearchTracking(uri, "t")
+    callback = TrialTracking(tracking, "my_space")
+    callback.on_trial_start(0, [], trial)
+    callback.on_trial_result(0, [], trial, {**result.history[0], "trial_id": "x"})
+    callback.on_trial_complete(0, [], trial)
+    (run,) = MlflowClient(uri).search_runs([tracking.experiment_id])
+    (given,) = run.inputs.dataset_inputs
+    assert given.dataset.digest == result.data_record["digest"] and run.data.tags["trial_status"] == "completed"
 
 
 @pytest.mark.slow
@@ -199,7 +242,7 @@ def test_finished_mode_logs_each_trials_best_and_last_model(tmp_path):
     import mlflow
     import torch
 
-    from bilaw.checkpoint import load_checkpoint
+    from bilaw.training.checkpoint import load_checkpoint
     from tune.trial_tracking import TrialTracking
     from tune.tracking import SearchTracking
 

@@ -9,12 +9,12 @@ import torch
 import yaml
 
 from bilaw import TrainConfig, load_run
-from bilaw.trainer import train
-from bilaw.config import METHODS
-from bilaw.evaluate import accuracy, pgd_predictions
-from bilaw.data import load_data
+from bilaw.training.trainer import train
+from bilaw.config.train_config import METHODS
+from bilaw.eval.evaluate import accuracy, pgd_predictions
+from bilaw.data.datasets import load_data
 from bilaw.train import main as train_main
-from bilaw.trainer import NonFiniteLossError, lr_at
+from bilaw.training.trainer import NonFiniteLossError, lr_at
 
 TINY = dict(dataset="digits", model="fc1", batch_size=32, meta_val_size=100, holdout_val_size=100,
             aa_samples=0, device="cpu", eval_pgd_steps=10)
@@ -142,7 +142,7 @@ def test_final_metrics_include_autoattack_when_asked():
 
 def test_a_checkpoint_older_than_meta_grad_scale_resumes_as_raw(tmp_path):
     """A stored config without a key reads it as what runs did before the key existed."""
-    from bilaw.checkpoint import load_checkpoint, save_checkpoint
+    from bilaw.training.checkpoint import load_checkpoint, save_checkpoint
 
     train(_cfg(method="bilaw", epochs=2), checkpoint_dir=tmp_path, stop_after=1, progress=False)
     state = load_checkpoint(tmp_path / "checkpoint.pt")

@@ -23,7 +23,7 @@ docs/results/benchmarks/weight_fading_80.txt). Last-epoch weight_std over its pe
   adamw's ratio by 0.15), so the line LINE = 0.57 sits about 0.09 from each side there.
 - The frozen control's ratio (0.70-0.97) passes the fading rule in all six runs, above most
   learned runs; every one of them is `untrained` by the learning statistics
-  (bilaw/weight_health.py), and every default run `learned`.
+  (bilaw/methods/weight_health.py), and every default run `learned`.
 The tests run seed 0 on one thread.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ import pytest
 import torch
 
 from bilaw import TrainConfig
-from bilaw.trainer import train
+from bilaw.training.trainer import train
 
 LONG = {"dataset": "digits", "model": "fc1", "method": "bilaw", "batch_size": 32, "epochs": 80, "aa_samples": 0,
         "analysis_samples": 0, "plots": False, "device": "cpu", "seed": 0}

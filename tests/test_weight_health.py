@@ -8,8 +8,8 @@ import pytest
 
 from bilaw import TrainConfig
 from bilaw.train import main as train_main
-from bilaw.trainer import train
-from bilaw.weight_health import collapsed_epoch, health_label, weight_health
+from bilaw.training.trainer import train
+from bilaw.methods.weight_health import collapsed_epoch, health_label, weight_health
 
 TINY = dict(dataset="digits", model="fc1", batch_size=32, meta_val_size=100, holdout_val_size=100,
             aa_samples=0, device="cpu", eval_pgd_steps=10, analysis_samples=0, plots=False)

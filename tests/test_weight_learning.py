@@ -13,13 +13,13 @@ from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
 from bilaw import TrainConfig
-from bilaw import learned as learned_module
-from bilaw.runs import save_run
-from bilaw.trainer import train
-from bilaw.weight_health import health_label, weight_health
-from bilaw.weight_learning import MapStatistics, mean_one_std, parameter_drift, spearman
-from bilaw.weight_maps import load_weight_maps, snapshot_epochs
-from bilaw.weighting import WeightNet, normalize_sum_one
+from bilaw.methods import learned as learned_module
+from bilaw.runs.saved import save_run
+from bilaw.training.trainer import train
+from bilaw.methods.weight_health import health_label, weight_health
+from bilaw.methods.weight_learning import MapStatistics, mean_one_std, parameter_drift, spearman
+from bilaw.analysis.weight_maps import load_weight_maps, snapshot_epochs
+from bilaw.methods.weighting import WeightNet, normalize_sum_one
 
 DIGITS = dict(dataset="digits", model="fc1", batch_size=32, aa_samples=0, analysis_samples=0, plots=False,
               device="cpu")
@@ -112,7 +112,7 @@ def test_status_from_the_learning_statistics():
 # ----- the frozen control ----------------------------------------------------------------------------
 def _count_forwards(monkeypatch, **overrides) -> tuple[int, int]:
     """(classifier forwards inside the training steps, training steps) of a 1-epoch digits run."""
-    from bilaw.trainer import RunState
+    from bilaw.training.trainer import RunState
 
     calls = {"forward": 0, "steps": 0, "model": None}
     call, step = torch.nn.Module.__call__, RunState.train_step
@@ -167,7 +167,7 @@ def test_the_frozen_control_trains_on_bilaws_images_and_is_reported_untrained(tm
     gen = torch.Generator().manual_seed(0 + learned_module.WEIGHT_NET_SEED_OFFSET)
     fresh = WeightNet(10, (128,), generator=gen)
     assert all(torch.equal(first[k], v) for k, v in fresh.state_dict().items())
-    from bilaw.trainer import RunState
+    from bilaw.training.trainer import RunState
 
     sizes = {m: len(RunState(TrainConfig.from_dict({**cfg, "method": m, "baselines_full_train": True}).resolved())
                     .data.y_train) for m in ("bilaw_frozen", "bilaw", "at")}
@@ -195,7 +195,7 @@ def test_default_bilaw_is_reported_learned_on_a_cpu_sized_schedule(seed):
     """digits, FC1, batch 32, 12 epochs (benchmarks/weight_learning.py's schedule): over seeds
     0-2 and 1 or 2 threads the default net's last epoch ranked the samples with a correlation of
     0.58-0.99 to its initial net and spread them 0.66-1.34 times as wide, where the frozen control
-    gives exactly 1 and 1 (bilaw/weight_health.py)."""
+    gives exactly 1 and 1 (bilaw/methods/weight_health.py)."""
     result = _one_thread_train({**DIGITS, "method": "bilaw", "epochs": 12, "seed": seed})
     assert result.final["weight_status"] == "learned"
     last = result.history[-1]

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bilaw.config import ConfigError, TrainConfig
+from bilaw.config.train_config import ConfigError, TrainConfig
 from bilaw.registry import UnknownNameError
-from bilaw.weighting import (
+from bilaw.methods.weighting import (
     WEIGHTINGS, WeightInputs, WeightNet, as_mean_one, build_weighting, gairat_lambda, gairat_weights, mail_weights,
     normalize_guarded, normalize_mean_one, normalize_sum_one,
     wmmr_weights,
@@ -316,7 +316,7 @@ def test_bad_capacities_are_config_errors(bad):
 def test_epoch_weight_statistics_are_those_of_the_mean_one_weights():
     """The trainer's device-side sums over batches give the population statistics of the
     mean-1 weights: two batches, [1, 2, 3, 6] (mean-1: [1/3, 2/3, 1, 2]) and a uniform one."""
-    from bilaw.epoch_stats import accumulate, finish_epoch
+    from bilaw.training.epoch_stats import accumulate, finish_epoch
 
     acc: dict = {}
     accumulate(acc, torch.tensor(8.0), 4, torch.tensor([1.0, 2.0, 3.0, 6.0]), torch.tensor([0.5, 0.25, 0.125, 0.125]))
@@ -335,7 +335,7 @@ def test_epoch_weight_statistics_are_those_of_the_mean_one_weights():
 def digits_batch():
     from sklearn.datasets import load_digits
 
-    from bilaw.attacks import pgd
+    from bilaw.eval.attacks import pgd
     from bilaw.models import build_model
 
     data = load_digits()

@@ -8,7 +8,8 @@ import errno
 import os
 from pathlib import Path
 
-from tune.library_adapters import RAY_STORAGE_LOGGERS  # Ray's loggers that write a traceback when a write to the storage fails
+# Ray's loggers that write a traceback when a write to the storage fails
+from tune.library_adapters import RAY_STORAGE_LOGGERS
 from tune.mounts import mount_of
 from tune.sqlite_files import count_rows
 from tune.state_files import OPTUNA_DB

@@ -12,7 +12,7 @@ import os
 import signal
 from pathlib import Path
 
-from bilaw.checkpoint import atomic_write_text
+from bilaw.training.checkpoint import atomic_write_text
 from tune.plan import SearchError
 from tune.state_files import DRIVER_FILE, read_driver_record
 

@@ -18,6 +18,9 @@ from tune.tracking import PARENT_TAG, SearchTracking, find_runs
 SUMMARY_FILE = "summary.txt"
 RACE_ARTIFACT = "race.txt"       # a race's rounds and outcome (tune/race.py)
 RACE_ASKED_TAG = "race_asked"    # "K=2 seeds=5" on the parent of a search whose race finished
+RACE_TAG = "race"                # "true" on every race run
+ROUND_TAG = "race_round"         # 1, 2, ...
+CONFIG_TAG = "race_config"       # the config's label, e.g. "weight_net=64"
 NOTE_TAG = "mlflow.note.content"  # a run's description: MLflow's UI shows it, as Markdown, on the run's page
 NOTE_LIMIT = 8000                 # the longest tag value MLflow stores
 

@@ -63,8 +63,8 @@ def log_model(uri: str, run_id: str, run_dir: Path, last_checkpoint: Path | None
     import torch
     from mlflow.tracking import MlflowClient
 
-    from bilaw.checkpoint import load_checkpoint
-    from bilaw.runs import BEST_NAME, CONFIG_NAME, load_best, read_metrics
+    from bilaw.runs.saved import BEST_NAME, CONFIG_NAME, load_best, read_metrics
+    from bilaw.training.checkpoint import load_checkpoint
 
     from .tracking import EPOCHS_FROM_TAG
 
@@ -186,11 +186,11 @@ def source_run(uri: str, model_uri: str) -> str:
 
 def fetch_run_folder(uri: str, model_uri: str, out: Path) -> Path:
     """Download config.yaml, metrics.json and best.pt of the run behind `model_uri` into `out`,
-    a folder `bilaw.runs.load_run` and `python -m bilaw.evaluate` read. The folder holds the run's
+    a folder `bilaw.runs.saved.load_run` and `python -m bilaw.evaluate` read. The folder holds the run's
     best model: a URI of its last model is refused (load that one with mlflow.pytorch.load_model)."""
     from mlflow.tracking import MlflowClient
 
-    from bilaw.runs import BEST_NAME, CONFIG_NAME, METRICS_NAME
+    from bilaw.runs.saved import BEST_NAME, CONFIG_NAME, METRICS_NAME
 
     run_id, name, _ = resolve_model(uri, model_uri)
     if name != MODEL_NAME:
@@ -235,7 +235,7 @@ def register(uri: str, model_uri: str, name: str, tags: dict[str, Any]) -> Any:
 
 def _add_config_file(client: Any, run_id: str, model_id: str) -> None:
     """The run's config.yaml among the logged model's files (a model logged before they held it)."""
-    from bilaw.runs import CONFIG_NAME
+    from bilaw.runs.saved import CONFIG_NAME
 
     if CONFIG_NAME in {a.path for a in client.list_logged_model_artifacts(model_id)}:
         return

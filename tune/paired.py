@@ -28,7 +28,7 @@ from typing import Mapping, Union
 
 import numpy as np
 
-from bilaw.per_point import mcnemar_p
+from bilaw.eval.per_point import mcnemar_p
 
 CONFIDENCE = 0.95
 RESAMPLES = 10_000

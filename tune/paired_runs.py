@@ -9,8 +9,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from bilaw.per_point import PER_POINT_NAME
-
+from bilaw.eval.per_point import PER_POINT_NAME
 
 
 @dataclass(frozen=True)

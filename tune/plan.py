@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from bilaw.config import TrainConfig, parse_overrides
+from bilaw.config.train_config import TrainConfig, parse_overrides
 from bilaw.models import MODELS
 from tune import spaces as sp
 from tune.seeds import SeedsError
@@ -246,7 +246,7 @@ def check_address(address: str | None, timeout_s: float | None = None) -> None:
 
 def check_data(cfg: TrainConfig) -> None:
     """Load the dataset once in the driver so a missing one fails before Ray starts."""
-    from bilaw.data import DATASETS
+    from bilaw.data.datasets import DATASETS
 
     DATASETS.get(cfg.dataset)(data_dir=cfg.data_dir)
 

@@ -20,18 +20,15 @@ from typing import Any
 
 import numpy as np
 
-from tune.finished_search import RACE_ARTIFACT, RACE_ASKED_TAG, describe_parent, race_asked
+from tune.finished_search import (CONFIG_TAG, RACE_ARTIFACT, RACE_ASKED_TAG, RACE_TAG, ROUND_TAG, describe_parent,
+                                  race_asked)
 from tune.paired import MIN_SEEDS_TO_DROP, Paired, against_leader, format_comparisons, mean_accuracy, verdict
 from tune.paired_runs import PerPointStore, shared_points, what
 from tune.search_paired import config_key, finished_config_points
 from tune.state_files import OPTUNA_DB
 from tune.study_records import RACE_SUFFIX, record_race
-from tune.tracking import SearchTracking, TRIAL_ID_TAG
+from tune.tracking import TRIAL_ID_TAG, SearchTracking
 from tune.trainable import META_KEY, VARIANT_KEY, trial_config, trial_values
-
-RACE_TAG = "race"                # "true" on every race run
-ROUND_TAG = "race_round"         # 1, 2, ...
-CONFIG_TAG = "race_config"       # the config's label, e.g. "weight_net=64"
 
 
 @dataclass

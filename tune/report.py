@@ -1,5 +1,5 @@
 """`python tune/report.py --experiment NAME [--by PARAM] [--format md|csv] [--importance] [--trials]`:
-the tracked results of a search as a table in the layout of the seed paper's tables.
+the tracked results of a search as a table in the layout of the BiLAW paper's tables.
 
 One row per value of the searched parameter (or per method), columns Clean, PGD, AA where
 present, and the PGD - Clean gap of Table 6, each the mean and standard deviation over the
@@ -27,9 +27,9 @@ from bilaw.file_errors import DamagedFileError  # noqa: E402
 from tune.paired_runs import PER_POINT_KEYS  # noqa: E402
 from tune.report_eval import EVAL_COLUMNS, column_evaluations, heading, mixed_note  # noqa: E402
 from tune.space_schema import NOT_SEARCHED  # noqa: E402
+from tune.tracking import (MASKING_TAG, NOT_SEARCHED_TAG, PARENT_TAG, STATUS_TAG, TrackingError,  # noqa: E402
+                           absolute_tracking_uri, best_epoch, check_store_exists, check_tracking_uri)
 from tune.uncertainty import accuracy_interval  # noqa: E402
-from tune.tracking import (MASKING_TAG, NOT_SEARCHED_TAG, PARENT_TAG, STATUS_TAG, TrackingError, absolute_tracking_uri,  # noqa: E402
-                           best_epoch, check_store_exists, check_tracking_uri)
 
 COLUMNS = [("Clean", "test_clean_acc"), ("PGD", "test_pgd_acc"), ("AA", "test_aa_acc")]
 # --trials: per-run columns after the searched values (header, metric, percent?)
@@ -236,8 +236,8 @@ def trial_table(runs: list) -> tuple[list[str], list[list[str]]]:
 
 
 def _masking_cell(run) -> str:
-    """suspect (tagged), no (checked), or why it was not checked (bilaw/per_point.py)."""
-    from bilaw.per_point import MASKING_MIN_POINTS
+    """suspect (tagged), no (checked), or why it was not checked (bilaw/eval/per_point.py)."""
+    from bilaw.eval.per_point import MASKING_MIN_POINTS
 
     if MASKING_TAG in run.data.tags:
         return "suspect"
@@ -249,10 +249,10 @@ def _masking_cell(run) -> str:
 
 def _weights_state(run) -> str:
     """The run's weight status: the tag its tracking set (collapsed / untrained / faded /
-    learned, bilaw/weight_health.py), else, for a run tracked before the tag said more than
+    learned, bilaw/methods/weight_health.py), else, for a run tracked before the tag said more than
     collapsed or faded, the same rule on its final metrics ("alive" where it neither collapsed
     nor faded and kept no learning statistics)."""
-    from bilaw.weight_health import health_label, is_faded
+    from bilaw.methods.weight_health import health_label, is_faded
     from tune.tracking import WEIGHTS_TAG
 
     if run.data.tags.get(WEIGHTS_TAG):

@@ -1,12 +1,12 @@
 """Which evaluation a report's PGD and AA columns hold, read from each run's logged config: a
 column heading names the evaluation its runs had (`PGD-10`, `AA (apgd-ce, 20 iterations)`), and
 a column whose runs had different ones says so in its heading and in a note, so that no PGD-10
-number sits under a PGD-20 heading (bilaw/reproducibility.py defines the paper's evaluation)."""
+number sits under a PGD-20 heading (bilaw/config/reproducibility.py defines the paper's evaluation)."""
 from __future__ import annotations
 
 from typing import Any
 
-from bilaw.reproducibility import aa_label, pgd_label
+from bilaw.config.reproducibility import aa_label, pgd_label
 
 EVAL_COLUMNS = ("PGD", "AA")
 

@@ -1,5 +1,5 @@
 """`python tune/reproduce.py --table 1 --dataset fashion_mnist [--model fc1] [--norm linf]
-[--epochs N] [--seeds S]`: the seed paper's comparison tables at its fixed hyperparameters.
+[--epochs N] [--seeds S]`: the BiLAW paper's comparison tables at its fixed hyperparameters.
 
 Every (setting, method, seed) is one training run in OUT/table<T>/<workload>/<method>/seed<s>
 (resumed from its checkpoint when interrupted, reused when finished with the same config) and
@@ -22,8 +22,9 @@ from typing import Any
 if __package__ in (None, ""):  # run as `python tune/reproduce.py`
     import _script_path  # noqa: F401  (puts this repository first on sys.path)
 
-from bilaw.config import REUSE_FREE_KEYS, ConfigError, TrainConfig, config_differences, parse_overrides  # noqa: E402
-from bilaw.data import MissingDatasetError  # noqa: E402
+from bilaw.config.train_config import (REUSE_FREE_KEYS, ConfigError, TrainConfig, config_differences,  # noqa: E402
+                                       parse_overrides)
+from bilaw.data.datasets import MissingDatasetError  # noqa: E402
 from bilaw.file_errors import DamagedFileError  # noqa: E402
 from bilaw.registry import unknown_name_message  # noqa: E402
 from tune import spaces as sp  # noqa: E402
@@ -210,7 +211,7 @@ def config_difference(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
 def check_finished(jobs: list[Job], out: Path) -> None:
     """Each finished run below `out` (one with metrics.json) has whole files of this job's config;
     a damaged one is a DamagedFileError naming the file, before any training."""
-    from bilaw.runs import METRICS_NAME, read_metrics, read_run_config
+    from bilaw.runs.saved import METRICS_NAME, read_metrics, read_run_config
 
     for job in jobs:
         folder = out / job.key
@@ -225,9 +226,10 @@ def check_finished(jobs: list[Job], out: Path) -> None:
 def run_job(job: Job, folder: Path, uri: str, experiment_id: str) -> None:
     """Train `job` into `folder` (resumed from its checkpoint, or reused when finished) and log
     it as one MLflow run tagged with its key."""
-    from bilaw.reproducibility import use_threads
-    from bilaw.runs import read_metrics, save_run
-    from bilaw.trainer import scalar_final, train
+    from bilaw.config.reproducibility import use_threads
+    from bilaw.metrics import scalar_final
+    from bilaw.runs.saved import read_metrics, save_run
+    from bilaw.training.trainer import train
     from tune.tracking import TrialRun
 
     job.cfg = use_threads(job.cfg)  # the run's config records the thread count it trains with

@@ -1,6 +1,6 @@
 """`python tune/rerun_best.py --experiment NAME [--metric M] [--seeds 3] [--epochs N]`: re-train the
 best finished trial's exact config once per seed with the paper's evaluation (`FULL_EVAL` of
-bilaw/reproducibility.py: PGD-20 and standard AutoAttack on 1,000 test points), each re-run an
+bilaw/config/reproducibility.py: PGD-20 and standard AutoAttack on 1,000 test points), each re-run an
 MLflow run tagged with the run it re-runs, and print mean and standard deviation. Each re-run
 uses the torch thread count the trial recorded (`--threads` overrides it, with a note). The
 seeds run as Ray trials, so a GPU machine or cluster runs them in parallel.
@@ -17,9 +17,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python tune/rerun_best.py`
     import _script_path  # noqa: F401  (puts this repository first on sys.path)
 
-from bilaw.config import ConfigError, TrainConfig, parse_overrides  # noqa: E402
+from bilaw.config.reproducibility import FULL_EVAL, evaluation_label, pgd_label, threads_note  # noqa: E402
+from bilaw.config.train_config import ConfigError, TrainConfig, parse_overrides  # noqa: E402
 from bilaw.file_errors import DamagedFileError  # noqa: E402
-from bilaw.reproducibility import FULL_EVAL, evaluation_label, pgd_label, threads_note  # noqa: E402
 from tune.model_store import ModelStoreError, source_run  # noqa: E402
 from tune.report import POINTS, ReportError, finished_runs  # noqa: E402
 from tune.tracking import TrackingError, absolute_tracking_uri, check_store_exists, check_tracking_uri  # noqa: E402
@@ -116,9 +116,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args, uri: str, best, config: dict) -> int:
-    import torch
-
     import ray
+    import torch
 
     from tune.search import LOCAL_RAY, use_tune_env
     from tune.tracking import SearchTracking, use_fast_fail_http

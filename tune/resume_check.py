@@ -14,8 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bilaw.checkpoint import atomic_write_text
 from bilaw.file_errors import load_json, require_mapping
+from bilaw.training.checkpoint import atomic_write_text
 
 IDENTITY_FILE = "search.json"
 # argparse dests that may differ on --resume, with what they change (for --help and messages)

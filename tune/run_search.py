@@ -12,20 +12,21 @@ import sys
 if __package__ in (None, ""):  # run as `python tune/run_search.py`
     import _script_path  # noqa: F401  (puts this repository first on sys.path)
 
-from bilaw.config import ConfigError  # noqa: E402
-from bilaw.data import MissingDatasetError  # noqa: E402
+from bilaw.config.train_config import ConfigError  # noqa: E402
+from bilaw.data.datasets import MissingDatasetError  # noqa: E402
 from bilaw.file_errors import DamagedFileError  # noqa: E402
+from tune import resume_check  # noqa: E402
 from tune import spaces as sp  # noqa: E402
+from tune.model_store import LOG_MODELS  # noqa: E402
 from tune.plan import (DEFAULT_CHECKPOINT_EVERY_S, Plan, SearchError, check_address, check_data,  # noqa: E402
                        check_experiment_stored, check_fresh, check_resumable, check_storage)
-from tune.model_store import LOG_MODELS  # noqa: E402
-from tune import resume_check  # noqa: E402
 from tune.search_lock import LockError, SearchLock  # noqa: E402
+from tune.stopping import STOP, DurationError, parse_duration, print_stopped, resume_command  # noqa: E402
 from tune.storage import (DISK_FULL_EXIT, check_search_stores, disk_full_cause, disk_full_message,  # noqa: E402
                           keep_disk_full_tracebacks_out)
-from tune.stopping import STOP, DurationError, parse_duration, print_stopped, resume_command  # noqa: E402
 from tune.system_metrics import DEFAULT_INTERVAL_S  # noqa: E402
 from tune.tracking import TrackingError, check_tracking_uri  # noqa: E402
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(

@@ -25,10 +25,10 @@ def column(kind: str, name: str) -> str:
 
 
 def search_view(parent_run_id: str, params: Sequence[str], metrics: Sequence[str], modes: Sequence[str],
-                logged: Iterable[str]) -> dict[str, Any]:
+                logged: Iterable[str], tags: Sequence[str] = ()) -> dict[str, Any]:
     """The view of one search: its child runs, ranked by `metrics[0]` (`modes[0]` "max" or "min"),
-    with the searched `params` and the seed, the ranking metrics and the SCORE_COLUMNS in `logged`
-    (the metric names its runs have) as columns."""
+    with the searched `params` and the seed, the ranking metrics, the SCORE_COLUMNS in `logged`
+    (the metric names its runs have) and the `tags` (e.g. a race's round) as columns."""
     logged = set(logged)
     shown = list(dict.fromkeys([*metrics, *(m for m in SCORE_COLUMNS if m in logged)]))
     return {
@@ -36,7 +36,7 @@ def search_view(parent_run_id: str, params: Sequence[str], metrics: Sequence[str
         "orderByKey": column("metrics", metrics[0]),
         "orderByAsc": modes[0] == "min",
         "selectedColumns": [column("params", p) for p in dict.fromkeys([*params, "seed"])]
-                           + [column("metrics", m) for m in shown],
+                           + [column("metrics", m) for m in shown] + [column("tags", t) for t in tags],
         "runsHiddenMode": SHOW_ALL_RUNS,
     }
 

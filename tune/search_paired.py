@@ -11,9 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from bilaw.config import TrainConfig
-from tune.paired import (Comparison, Paired, against_leader, format_comparisons, mean_accuracy, verdict,
-                         winner_standing)
+from bilaw.config.train_config import TrainConfig
+from tune.paired import Comparison, Paired, against_leader, format_comparisons, mean_accuracy, verdict, winner_standing
 from tune.paired_runs import PerPointStore, can_pair, group_points, shared_points, what
 from tune.tracking import TRIAL_ID_TAG, SearchTracking, run_name
 from tune.trainable import trial_config

@@ -10,12 +10,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bilaw.config import TrainConfig
-from bilaw.reproducibility import FULL_EVAL, evaluation_label
-from tune.search_paired import config_key, paired_summary
-from tune.trainable import trial_config
+from bilaw.config.reproducibility import FULL_EVAL, evaluation_label
+from bilaw.config.train_config import TrainConfig
+from tune.finished_search import ROUND_TAG
 from tune.runs_view import search_view, share_view
+from tune.search_paired import config_key, paired_summary
 from tune.tracking import TRIAL_ID_TAG, SearchTracking, redact_uri, runs_table_url
+from tune.trainable import trial_config
 
 BEST_CONFIG = "best_config.yaml"
 
@@ -82,10 +83,9 @@ def _log_winner_model(plan, tracking: SearchTracking, run_id: str, result) -> No
     """Log the winner's best model with its run (from the trial's last checkpoint) and, with
     --register, register it under the experiment's name (tune/model_store.py's `register` tags it
     with the searched parameters and test metrics and attaches the config)."""
+    from tune.finished_search import logged_model_uri, registered_version
     from tune.model_store import log_model, register
     from tune.trainable import SAVED_RUN
-
-    from tune.finished_search import logged_model_uri, registered_version
 
     try:
         model_uri = logged_model_uri(tracking, run_id)  # a resumed search's winner may have it already
@@ -191,7 +191,9 @@ def _share_runs_view(plan, tracking: SearchTracking, child_runs: list) -> str | 
     if tracking.parent_run_id is None:
         return None
     logged = {name for run in child_runs for name in run.data.metrics}
-    view = search_view(tracking.parent_run_id, list(plan.space.params), plan.space.metric, plan.space.mode, logged)
+    race = [ROUND_TAG] if plan.args.race else []  # a race's runs join the same table, with their round
+    view = search_view(tracking.parent_run_id, list(plan.space.params), plan.space.metric, plan.space.mode, logged,
+                       race)
     try:
         return share_view(tracking.client, tracking.experiment_id, tracking.parent_run_id, view)
     except Exception as exc:  # tracking never stops the report

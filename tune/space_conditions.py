@@ -13,7 +13,7 @@ import dataclasses
 import itertools
 from typing import TYPE_CHECKING, Any, Callable
 
-from bilaw.config import KEYS
+from bilaw.config.train_config import KEYS
 from bilaw.registry import unknown_name_message
 from tune.space_schema import Param, Problems, SearchSpace
 

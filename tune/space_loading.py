@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from bilaw.config import KEYS, TYPE_HINTS, ConfigError, TrainConfig, coerce, load_yaml_mapping
+from bilaw.config.train_config import KEYS, TYPE_HINTS, ConfigError, TrainConfig, coerce, load_yaml_mapping
 from bilaw.metrics import METRICS, epoch_metrics
 from bilaw.registry import unknown_name_message
 from tune.seeds import SeedsError, parse_seeds
@@ -226,7 +226,7 @@ def _parse_choice(problems: Problems, name: str, values: Any) -> list:
 
 def _categorical(problems: Problems, where: str, name: str, value: Any) -> Any:
     """A choice value as a type Optuna accepts (None/bool/int/float/str), converted to the key's
-    type by `bilaw.config_yaml.coerce` (the conversion TrainConfig applies to the same value):
+    type by `bilaw.config.yaml_values.coerce` (the conversion TrainConfig applies to the same value):
     128 -> "128" for a string key, 6 -> 6.0 for a float key, [0.3, 0.6] -> "[0.3, 0.6]" for a
     list key (TrainConfig reads that string back as a list). `_BAD` if it has no such value."""
     hint = TYPE_HINTS[name]

@@ -28,7 +28,7 @@ class SpaceError(ValueError):
 
     Each entry of `errors` names the file, the key, the bad value and what is allowed. A single
     problem is the whole message, as one line; several are listed one per line, as
-    `bilaw.config.ConfigError` lists the errors of a config, so one run of the loader shows
+    `bilaw.config.train_config.ConfigError` lists the errors of a config, so one run of the loader shows
     everything there is to fix in a file.
     """
 
@@ -148,9 +148,6 @@ class SearchSpace:
 
     def grid_size(self) -> int:
         return math.prod(len(v) for v in self.grid_values().values())
-
-    def samples_per_seed(self) -> int:
-        return self.grid_size() if self.sampler == "grid" else int(self.num_samples or 0)
 
 
 def grid_of(params: dict[str, Any]) -> dict[str, list]:

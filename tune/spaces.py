@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bilaw.config import ConfigError, TrainConfig
+from bilaw.config.train_config import ConfigError, TrainConfig
 from bilaw.registry import unknown_name_message
 from tune.space_conditions import DefineByRun, check_reachable, define_by_run, when_assignments
 from tune.space_loading import parse_space, parse_workloads, read_mapping

@@ -34,8 +34,8 @@ if __package__ in (None, ""):  # run as `python tune/study.py`
 
 import numpy as np  # noqa: E402
 
-from bilaw.config import ConfigError, parse_overrides  # noqa: E402
-from bilaw.data import MissingDatasetError  # noqa: E402
+from bilaw.config.train_config import ConfigError, parse_overrides  # noqa: E402
+from bilaw.data.datasets import MissingDatasetError  # noqa: E402
 from bilaw.file_errors import DamagedFileError  # noqa: E402
 from bilaw.registry import unknown_name_message  # noqa: E402
 from tune import spaces as sp  # noqa: E402
@@ -147,7 +147,7 @@ def study_autoattack(folder: Path, n_points: int, log=print) -> np.ndarray | Non
     AutoAttack (its config's version and attacks): the training's own AutoAttack points, extended
     by running it on the rest, kept in `study_aa.npz`. None for a run without per-point results,
     or a kept copy (no best.pt) without enough stored points."""
-    from bilaw.per_point import PER_POINT_NAME
+    from bilaw.eval.per_point import PER_POINT_NAME
 
     per_point = folder / PER_POINT_NAME
     if not per_point.exists():
@@ -172,9 +172,10 @@ def study_autoattack(folder: Path, n_points: int, log=print) -> np.ndarray | Non
 def _autoattack_points(folder: Path, start: int, stop: int, log) -> tuple[np.ndarray, float]:
     import torch
 
-    from bilaw.autoattack import run_autoattack
-    from bilaw.data import load_data, run_data_args
-    from bilaw.runs import load_best
+    from bilaw.config.run_data import run_data_args
+    from bilaw.data.datasets import load_data
+    from bilaw.eval.autoattack import run_autoattack
+    from bilaw.runs.saved import load_best
 
     model, cfg, _ = load_best(folder)
     data = load_data(cfg.dataset, **run_data_args(cfg))
@@ -191,8 +192,8 @@ def _autoattack_points(folder: Path, start: int, stop: int, log) -> tuple[np.nda
 # ----- the table ---------------------------------------------------------------------------------------
 def load_points(jobs: list[Job], out: Path, aa_points: int, log=print) -> dict[tuple[str, int], dict[str, Any]]:
     """(arm, seed) -> per-point arrays (METRICS' keys) and final metrics, for each finished run."""
-    from bilaw.per_point import PER_POINT_NAME
-    from bilaw.runs import read_metrics
+    from bilaw.eval.per_point import PER_POINT_NAME
+    from bilaw.runs.saved import read_metrics
 
     found = {}
     for job in jobs:
@@ -215,7 +216,7 @@ def load_points(jobs: list[Job], out: Path, aa_points: int, log=print) -> dict[t
 def weight_status(history: list[dict[str, Any]], burn_in: int) -> str:
     """The run's weight status under today's thresholds, from its stored history ("-" for a run
     without a weight net)."""
-    from bilaw.weight_health import weight_health
+    from bilaw.methods.weight_health import weight_health
 
     if not any("weight_net_drift" in h for h in history):
         return "-"

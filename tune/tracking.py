@@ -33,12 +33,12 @@ TRIAL_RUN_STATUS = {"completed": "FINISHED", "pruned": "KILLED", "error": "FAILE
 # separated: its logged value is the default, which report.py shows as "-", not as a choice.
 NOT_SEARCHED_TAG = "not_searched"
 # A run whose PGD-20 accuracy beats AutoAttack's on the same points by more than chance and
-# `masking_gap` allow (bilaw/per_point.py): its PGD number overstates its robustness.
+# `masking_gap` allow (bilaw/eval/per_point.py): its PGD number overstates its robustness.
 MASKING_TAG = "suspect_gradient_masking"
 # What AutoAttack's own sanity checks said of the run's model (randomised or dynamic defence,
 # probabilities for logits, zero gradients, Square beating the gradient attacks), one per line.
 AA_WARNINGS_TAG = "autoattack_warnings"
-WEIGHTS_TAG = "weights"  # a weight net's status: collapsed, untrained, faded or learned (bilaw/weight_health.py)
+WEIGHTS_TAG = "weights"  # a weight net's status: collapsed, untrained, faded or learned (bilaw/methods/weight_health.py)
 # "1" on a run whose epochs (steps, best_epoch) count from 1 (bilaw/epochs.py); a run logged before has none.
 EPOCHS_FROM_TAG = "epochs_from"
 # The searched parameters of a trial's run, comma-separated (a registered version's tags name their values).
@@ -160,6 +160,7 @@ _QUIET = _RaisedStoreErrors()
 def client_for(uri: str) -> Any:
     """An mlflow.tracking.MlflowClient of `uri`: HTTP calls fail fast, a raised store error is not also logged."""
     import logging
+
     from mlflow.tracking import MlflowClient
 
     use_fast_fail_http()
@@ -374,8 +375,8 @@ class TrialRun:
         self.client.log_batch(self.run_id, metrics=[Metric(k, v, ts, 0) for k, v in numeric_metrics(final).items()
                                                     if k not in series])
         self.client.set_tag(self.run_id, EPOCHS_FROM_TAG, "1")
-        from bilaw.per_point import PER_POINT_NAME
-        from bilaw.runs import CONFIG_NAME, METRICS_NAME
+        from bilaw.eval.per_point import PER_POINT_NAME
+        from bilaw.runs.saved import CONFIG_NAME, METRICS_NAME
 
         for name in (CONFIG_NAME, METRICS_NAME, PER_POINT_NAME):
             if (run_dir / name).is_file():

@@ -1,9 +1,9 @@
-"""The Ray Tune function trainable around `bilaw.trainer.train`.
+"""The Ray Tune function trainable around `bilaw.training.trainer.train`.
 
 Per epoch it reports the scalar metrics, with a checkpoint (the trainer's own checkpoint files)
 at the first epoch end `checkpoint_every_s` seconds after the last one, so a crashed trial
 retries from its last checkpoint and a resumed search continues it. At the end it saves the run
-(`bilaw.runs.save_run`: config.yaml, metrics.json, plots, best.pt) into its folder and reports
+(`bilaw.runs.saved.save_run`: config.yaml, metrics.json, plots, best.pt) into its folder and reports
 the test metrics with that folder as the last checkpoint. A trial never writes to MLflow: the
 driver does, from these results and that checkpoint (`tune/trial_tracking.py`). Everything the
 trial needs that is not a TrainConfig key travels under the `_bilaw` config entry.
@@ -20,15 +20,16 @@ from typing import Any
 import torch
 from ray import tune
 
-from bilaw.checkpoint import previous_path
-from bilaw.config import TrainConfig
+from bilaw.config.reproducibility import use_threads
+from bilaw.config.train_config import TrainConfig
 from bilaw.gpu_memory import cap_gpu_memory, gpu_oom_message
-from bilaw.reproducibility import use_threads
-from bilaw.runs import save_run
-from bilaw.trainer import CHECKPOINT_NAME, scalar_final, train
+from bilaw.metrics import scalar_final
+from bilaw.runs.saved import save_run
+from bilaw.training.checkpoint import previous_path
+from bilaw.training.trainer import CHECKPOINT_NAME, train
 
-from .system_metrics import SystemSampler, trial_interval_s
 from .library_adapters import RAY_TRIAL_STORAGE_LOGGER
+from .system_metrics import SystemSampler, trial_interval_s
 
 META_KEY = "_bilaw"
 SAVED_RUN = "run"  # the saved run's folder inside a trial's last checkpoint
@@ -60,7 +61,7 @@ def variant_tags(config: dict[str, Any]) -> dict[str, str]:
 def trial_config(config: dict[str, Any]) -> TrainConfig:
     """The TrainConfig of a trial (`trial_values`), resolved, with the torch thread count it runs
     with: its config's `threads`, else the search's (one per CPU of the trial), so that the run's
-    config.yaml and the search's best_config.yaml record it (bilaw/reproducibility.py)."""
+    config.yaml and the search's best_config.yaml record it (bilaw/config/reproducibility.py)."""
     values = trial_values(config)
     if values.get("threads") is None:
         values["threads"] = max(1, int(config.get(META_KEY, {}).get("threads", 1)))

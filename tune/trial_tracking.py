@@ -11,7 +11,8 @@ credentials never leave the driver).
 - the end: the saved run the trial's last checkpoint carries (`run/`: config.yaml,
   metrics.json, plots), the last epoch's report less its final metrics, every epoch of its
   history the run still lacks, the final metrics at step 0 (values, not curves, in MLflow's UI),
-  the weight-health tag, and the run's status (completed, pruned by the scheduler, or error).
+  the data the trial recorded (an MLflow dataset input: the driver never loads a dataset), the
+  weight-health tag, and the run's status (completed, pruned by the scheduler, or error).
 """
 from __future__ import annotations
 
@@ -24,10 +25,9 @@ from typing import Any
 from ray import tune
 from ray.tune.result import AUTO_RESULT_KEYS
 
-from bilaw.data import run_data_args
-from bilaw.runs import read_metrics
-from bilaw.trainer import scalar_final
-from bilaw.weight_health import health_label
+from bilaw.methods.weight_health import health_label
+from bilaw.metrics import scalar_final
+from bilaw.runs.saved import DATA_RECORD_NAME, read_metrics
 
 from .tracking import (AA_WARNINGS_TAG, MASKING_TAG, NOT_SEARCHED_TAG, PER_CLASS_ARTIFACT, SEARCHED_TAG, STATUS_TAG,
                        WEIGHTS_TAG, SearchTracking, TrialRun, run_name)
@@ -56,7 +56,6 @@ class TrialTracking(tune.Callback):
         self.tracking, self.space, self.tags, self.searched = tracking, space, dict(tags or {}), list(searched)
         self.log_models = log_models  # each finished trial's best and last model (--log-models finished)
         self.runs: dict[str, TrialRun] = {}
-        self.datasets: dict[tuple, dict[str, Any]] = {}
         self.last_reports: dict[str, dict[str, Any]] = {}  # trial id -> its last epoch's report, with test metrics
 
     def _run(self, trial) -> TrialRun | None:
@@ -78,24 +77,18 @@ class TrialTracking(tune.Callback):
             _warn(f"no run for trial {trial.trial_id}", exc)
             return None
         self.runs[trial.trial_id] = run
-        self._log_dataset(run, cfg)
         return run
 
-    def _log_dataset(self, run: TrialRun, cfg) -> None:
+    def _log_dataset(self, run: TrialRun, saved: Path) -> None:
         """The trial's data as an MLflow dataset input (name, source, split sizes, a digest of the
-        split), computed once per distinct split; a run that already has one is left alone."""
+        split), as the trial recorded it in its saved run (DATA_RECORD_NAME): the driver never
+        loads a dataset. A run that already has one is left alone."""
         from mlflow.entities import Dataset, DatasetInput, InputTag
 
-        from bilaw.dataset_record import dataset_record
-
         try:
-            if run.client.get_run(run.run_id).inputs.dataset_inputs:
+            if not (saved / DATA_RECORD_NAME).is_file() or run.client.get_run(run.run_id).inputs.dataset_inputs:
                 return
-            args = run_data_args(cfg)
-            key = (cfg.dataset, *sorted(args.items()))
-            if key not in self.datasets:
-                self.datasets[key] = dataset_record(cfg.dataset, **args)
-            rec = self.datasets[key]
+            rec = json.loads((saved / DATA_RECORD_NAME).read_text())
             profile = {k: rec[k] for k in ("train", "meta_val", "holdout", "test", "noisy", "train_includes_val")}
             dataset = Dataset(rec["name"], rec["digest"], "local", json.dumps({"uri": rec["source"]}),
                               profile=json.dumps(profile))
@@ -151,6 +144,7 @@ class TrialTracking(tune.Callback):
                     run.log_epoch({k: v for k, v in last.items() if k not in final or k in history[-1]})
                 run.log_history(history)
                 run.log_final(final, saved, history)
+                self._log_dataset(run, saved)
                 label = health_label(metrics["final"])
                 if label is not None:
                     run.set_tags({WEIGHTS_TAG: label})
