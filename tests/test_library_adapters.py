@@ -184,12 +184,14 @@ def test_a_private_attribute_of_another_kind_is_an_error_too():
 @pytest.fixture
 def own_ray(monkeypatch):
     """A local Ray of this test's own (address="local": never a cluster already running here), its
-    temp folder apart from the machine's /tmp/ray; shut down after the test."""
+    temp folder apart from the machine's /tmp/ray; shut down after the test. RAY_AUTH_MODE is left
+    as Ray sets it: the first local ray.init of a process sets it to "token" for the whole process
+    and caches that, so a test that changed it would leave later Rays of this process with a GCS
+    that asks for a token its client does not send (seen in CI as "Failed to start GCS")."""
     import ray
 
     folder = Path(tempfile.mkdtemp(prefix="raytest-", dir="/tmp"))
     monkeypatch.setenv("RAY_TMPDIR", str(folder))
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     try:
         yield ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level="WARNING")
     finally:
