@@ -18,7 +18,9 @@ from bilaw.training.trainer import train
 from bilaw.analysis.weight_maps import load_weight_maps, save_weight_maps
 
 REPO = Path(__file__).resolve().parents[1]
-STORED = sorted((REPO / "docs" / "results" / "runs").rglob("metrics.json"))
+STORED_ALL = sorted((REPO / "docs" / "results" / "runs").rglob("metrics.json"))
+# the runs stored before epochs counted from 1 (the study's later runs carry the marker)
+STORED = [p for p in STORED_ALL if '"epochs_from"' not in p.read_text()]
 TINY = dict(dataset="digits", model="fc1", batch_size=256, pgd_steps=2, eval_pgd_steps=2, aa_samples=0,
             analysis_samples=0, plots=False, device="cpu", epochs=3, method="bilaw")
 
@@ -41,6 +43,21 @@ def test_every_stored_run_from_before_reads_counted_from_1():
         assert history[-1]["val_pgd_acc"] == raw["history"][-1]["val_pgd_acc"], path
         if "weights_collapsed_epoch" in raw["final"]:
             assert final["weights_collapsed_epoch"] == raw["final"]["weights_collapsed_epoch"] + 1
+
+
+def test_every_stored_run_with_the_marker_reads_as_stored():
+    """A run stored with `epochs_from: 1` (the study's later runs) is read unchanged: epochs 1..E,
+    the best epoch as stored, no final metric in the last history entry."""
+    marked = [p for p in STORED_ALL if p not in STORED]
+    assert marked  # the study's bilaw_frozen seed 0, at least
+    for path in marked:
+        raw = json.loads(path.read_text())
+        got = read_metrics(path.parent)
+        assert raw["epochs_from"] == 1 and got["history"] == raw["history"] and got["final"] == raw["final"], path
+        assert [h["epoch"] for h in raw["history"]] == list(range(1, len(raw["history"]) + 1)), path
+        assert "test_clean_acc" not in raw["history"][-1], path
+        top = max(h["val_pgd_acc"] for h in raw["history"])
+        assert raw["final"]["best_epoch"] == next(h["epoch"] for h in raw["history"] if h["val_pgd_acc"] == top)
 
 
 def test_a_checkpoint_from_before_resumes_counted_from_1(tmp_path):
