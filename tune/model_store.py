@@ -214,8 +214,7 @@ def register(uri: str, model_uri: str, name: str, tags: dict[str, Any]) -> Any:
     `tags` (the caller's: run_id, space, workload), its search run, the searched parameters'
     values and its run's test metrics (`version_tags`), and described by which search, space,
     seeds and metric chose it (tune/model_registry.py); the model's files get the run's
-    config.yaml where they lack it. `config.*` and `winner_*` entries of `tags` are not set: the
-    config is that file, and the winner's metrics are its run's own, tagged under their names."""
+    config.yaml where they lack it (the full config is that file, not tags)."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -224,7 +223,7 @@ def register(uri: str, model_uri: str, name: str, tags: dict[str, Any]) -> Any:
     run_id, _, model_id = resolve_model(uri, model_uri)
     client = MlflowClient(uri)
     found = version_tags(client, run_id)
-    given = {k: str(v)[:5000] for k, v in tags.items() if not k.startswith(("config.", "winner_"))}
+    given = {k: str(v)[:5000] for k, v in tags.items()}
     mlflow.set_tracking_uri(uri)
     version = mlflow.register_model(model_uri, name, await_registration_for=60, tags={**given, **found.tags})
     model_id = version_model_id(version) or model_id
