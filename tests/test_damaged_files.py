@@ -25,18 +25,17 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from test_data import write_cifar_batch, write_idx, write_idx_dataset
 
-from bilaw.data import datasets as data
-from bilaw.training.checkpoint import load_checkpoint, previous_path, save_checkpoint
 from bilaw.config.train_config import ConfigError, TrainConfig
+from bilaw.data import datasets as data
 from bilaw.file_errors import DamagedFileError
 from bilaw.runs.saved import load_analysis, load_run, read_metrics, read_run_config, save_run
 from bilaw.train import load_config
+from bilaw.training.checkpoint import load_checkpoint, previous_path, save_checkpoint
 from bilaw.training.trainer import CHECKPOINT_NAME, train
 from tune import spaces as sp
 from tune.state_files import DRIVER_FILE, OPTUNA_DB, check_study, read_driver_record
-
-from test_data import write_cifar_batch, write_idx, write_idx_dataset
 
 CFG = TrainConfig.from_dict(dict(dataset="digits", model="fc1", batch_size=128, meta_val_size=100,
                                  holdout_val_size=100, aa_samples=0, device="cpu", pgd_steps=2, eval_pgd_steps=2,
@@ -415,7 +414,7 @@ def test_cli_reproduce_with_a_damaged_metrics_json(tmp_path, capsys):
 
 
 def _fake_run(run_id: str, artifacts: Path, value: str) -> SimpleNamespace:
-    from tune.tracking import PARENT_TAG
+    from tune.tracking.runs import PARENT_TAG
 
     return SimpleNamespace(info=SimpleNamespace(run_id=run_id, run_name=run_id, artifact_uri=str(artifacts),
                                                 status="FINISHED"),

@@ -1,4 +1,4 @@
-"""tune/fetch_model.py's model URIs (tune/model_store.py `resolve_model`, also rerun_best's
+"""tune/fetch_model.py's model URIs (tune/tracking/model_store.py `resolve_model`, also rerun_best's
 --model): a URI of another form, or one naming nothing in the store, is one `error:` line that
 names it and says what is taken; nothing is written. The URIs a search prints are fetched in
 tests/test_search_models.py."""
@@ -8,7 +8,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tune.fetch_model import main
-from tune.model_store import ModelStoreError, source_run
+from tune.tracking.model_store import ModelStoreError, source_run
 
 FORMS = ("runs:/RUN_ID/model, models:/m-MODEL_ID (a logged model, as a search prints it), models:/NAME/VERSION "
          "(or models:/NAME/latest) or models:/NAME@ALIAS")

@@ -71,7 +71,7 @@ def _private_uses(source: str) -> list[str]:
 def test_the_check_finds_each_kind_of_private_use():
     source = ("import ray._private.worker\nfrom ray.train._internal import storage\nfrom ray.tune import _x\n"
               "s = ray._private.worker._global_node\nsearcher._ot_trials\ngetattr(t, '_trial_id')\n"
-              "class R:\n    def _current_best_trial(self): pass\nfrom tune.tracking import _client\n"
+              "class R:\n    def _current_best_trial(self): pass\nfrom tune.tracking.runs import _client\n"
               "logging.getLogger('ray.train._internal.storage')\n")
     assert len(_private_uses(source)) == 10, _private_uses(source)
     assert not _private_uses("import ray\nfrom ray.tune.search import Repeater\nx._own_helper\nos._exit(1)\n"

@@ -1,4 +1,4 @@
-"""Paired comparisons (tune/paired.py) against independent computations: scipy's exact binomial
+"""Paired comparisons (tune/results/paired.py) against independent computations: scipy's exact binomial
 test and interval, a plain loop bootstrap, and the normal approximation."""
 from __future__ import annotations
 
@@ -6,13 +6,12 @@ import math
 
 import numpy as np
 import pytest
+from helpers import paired_points
 from scipy import stats
 
-from tune.paired import (Paired, bootstrap_interval, clopper_pearson, compare, format_comparisons,
-                         mcnemar_difference, seeds_and_points, seeds_interval, verdict, winner_standing)
-from tune.uncertainty import accuracy_interval
-
-from helpers import paired_points
+from tune.results.paired import (Paired, bootstrap_interval, clopper_pearson, compare, format_comparisons,
+                                 mcnemar_difference, seeds_and_points, seeds_interval, verdict, winner_standing)
+from tune.results.uncertainty import accuracy_interval
 
 
 @pytest.mark.parametrize("k, n", [(0, 10), (3, 10), (10, 10), (37, 150), (1, 1)])
@@ -155,7 +154,7 @@ def test_configs_whose_short_labels_meet_get_every_digit():
 
     from bilaw.config.train_config import TrainConfig
     from tune import spaces as sp
-    from tune.search_paired import _labels, config_key
+    from tune.results.best_vs_rest import _labels, config_key
 
     plan = SimpleNamespace(space=sp.load_space("bilaw_meta"), seeds=[0])
     a, b, c = (TrainConfig.from_dict({"method": "bilaw", "meta_lr": v}) for v in (0.0163300, 0.0163301, 0.02))

@@ -9,7 +9,7 @@ from scipy import stats
 
 from bilaw.eval.per_point import save_per_point
 from tune.report import main as report_main
-from tune.tracking import PARENT_TAG, STATUS_TAG
+from tune.tracking.runs import PARENT_TAG, STATUS_TAG
 
 N = 1000
 

@@ -4,7 +4,6 @@ stored per-point results); a repeated `--resume --race` reuses the finished race
 from __future__ import annotations
 
 import json
-
 import re
 import subprocess
 import sys
@@ -12,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import tracebacks
 from mlflow.tracking import MlflowClient
 
-from helpers import tracebacks
-from tune.paired import Paired, compare, mean_accuracy
 from tune.finished_search import NOTE_TAG
-from tune.tracking import PARENT_TAG
+from tune.results.paired import Paired, compare, mean_accuracy
+from tune.tracking.runs import PARENT_TAG
 
 REPO = Path(__file__).resolve().parents[1]
 SEEDS = 3
@@ -111,7 +110,7 @@ def test_a_race_runs_its_rounds_under_the_parent_and_stops_by_its_rule(tmp_path)
 
 def _epoch_figure(client: MlflowClient, runs: list, path: Path) -> bytes:
     """The epoch figure drawn afresh from these runs' histories (the PNG's bytes)."""
-    from tune.search_figures import _plot_epochs, _save, trial_histories
+    from tune.results.figures import _plot_epochs, _save, trial_histories
 
     return _save(_plot_epochs(trial_histories(client, runs)), path).read_bytes()
 

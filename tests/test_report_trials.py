@@ -91,7 +91,7 @@ def test_best_epoch_and_robust_overfitting_are_shown_next_to_each_other():
 
 def test_report_rows_carry_wilson_for_one_run_and_t_for_several():
     from tune.report import build_rows, format_csv, format_markdown
-    from tune.uncertainty import t_interval, wilson_interval
+    from tune.results.uncertainty import t_interval, wilson_interval
 
     def run(name, net, clean, pgd):
         return _run(name, {"weight_net": net}, {"test_clean_acc": clean, "test_pgd_acc": pgd, "test_points": 360.0})
@@ -127,7 +127,7 @@ def test_a_run_flagged_for_gradient_masking_is_marked():
 def test_a_suspect_trial_never_wins_unless_allowed():
     from types import SimpleNamespace as NS
 
-    from tune.search_report import best_config
+    from tune.results.search_outcome import best_config
     from tune.trainable import META_KEY
 
     space = NS(metric=["best_val_pgd_acc"], mode=["max"])
@@ -143,7 +143,7 @@ def test_a_suspect_trial_never_wins_unless_allowed():
 def test_the_winning_run_is_never_a_flagged_seed_of_the_winning_config():
     from types import SimpleNamespace as NS
 
-    from tune.search_report import _winner
+    from tune.results.search_outcome import _winner
     from tune.trainable import META_KEY, TRIAL_INDEX_KEY
 
     space = NS(metric=["best_val_pgd_acc"], mode=["max"])
@@ -156,7 +156,7 @@ def test_the_winning_run_is_never_a_flagged_seed_of_the_winning_config():
     tracking = NS(parent_run_id="p", client=NS(set_tag=lambda run, k, v: tags.__setitem__(k, v)))
     child_runs = [NS(data=NS(tags={"ray_trial_id": t}), info=NS(run_id=f"run-{t}", run_name=t)) for t in "ab"]
     plan = NS(space=space, seeds=[0, 1], args=NS(allow_suspect=False))
-    from tune.search_report import best_config
+    from tune.results.search_outcome import best_config
 
     cfg, _ = best_config(plan, results)
     metrics, run_id, best = _winner(plan, results, tracking, cfg, child_runs)

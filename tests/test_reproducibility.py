@@ -3,12 +3,12 @@
 evaluation that `--full-eval`, rerun_best and report.py's headings share."""
 from __future__ import annotations
 
-import torch
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
-from bilaw.config.train_config import TrainConfig
 from bilaw.config.reproducibility import FULL_EVAL, aa_label, evaluation_label, threads_note, use_threads
+from bilaw.config.train_config import TrainConfig
 from bilaw.train import build_parser, load_config
 
 
@@ -109,5 +109,5 @@ def test_a_trial_records_its_thread_count():
     ({"aa_version": "standard", "aa_attacks": "None", "aa_n_iter": "None", "aa_samples": "0"}, "none"),
 ])
 def test_aa_label_reads_mlflow_params(params, label):
-    """MLflow logs None as 'None' and a list joined by commas (tune/tracking.py flatten_params)."""
+    """MLflow logs None as 'None' and a list joined by commas (tune/tracking/runs.py flatten_params)."""
     assert aa_label(params) == label

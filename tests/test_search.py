@@ -20,11 +20,11 @@ import numpy as np
 import optuna
 import pytest
 import yaml
+from helpers import group_members, stop_group, tracebacks
 from mlflow.tracking import MlflowClient
 from scipy import stats
 
 from bilaw.config.train_config import TrainConfig
-from helpers import group_members, stop_group, tracebacks
 from tune.run_search import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -547,7 +547,7 @@ def test_pareto_search_writes_exactly_the_non_dominated_trials(tmp_path):
 
 
 def test_dominance():
-    from tune.pareto import non_dominated
+    from tune.results.pareto import non_dominated
 
     pts = [(0.5, 0.9), (0.6, 0.8), (0.4, 0.85), (0.6, 0.8), (0.7, 0.1)]
     assert non_dominated(pts, ["max", "max"]) == [0, 1, 3, 4]

@@ -1,4 +1,4 @@
-"""The search's own figures (tune/search_figures.py): real Optuna studies drawn to PNGs, the skip
+"""The search's own figures (tune/results/figures.py): real Optuna studies drawn to PNGs, the skip
 rules for importances and parallel coordinates, the per-epoch plot from MLflow-style histories,
 and reading those histories back from a real MLflow SQLite store."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ import warnings
 import optuna
 import pytest
 
-from tune import search_figures as sf
+from tune.results import figures as sf
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 HISTORIES = {"trial_a": [(0, 0.20), (1, 0.31), (2, 0.35)], "trial_b": [(0, 0.18), (1, 0.25)]}
@@ -148,8 +148,8 @@ def test_the_per_epoch_plot_draws_one_line_per_trial_from_the_histories(tmp_path
 
 
 def test_a_failing_figure_warns_and_the_others_are_still_drawn(tmp_path, monkeypatch):
-    from optuna.visualization import matplotlib as ovm
     from matplotlib import pyplot as plt
+    from optuna.visualization import matplotlib as ovm
 
     def broken(*args, **kwargs):
         plt.subplots()  # leaves a figure open before failing

@@ -14,9 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
-
 from helpers import TWO_CAPACITIES_SPACE
+from mlflow.tracking import MlflowClient
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "two_capacities"
@@ -61,7 +60,7 @@ def test_fetch_model_takes_every_model_uri_the_search_prints(search, tmp_path):
 
     from bilaw.training.checkpoint import load_checkpoint
     from tune.fetch_model import main as fetch_main
-    from tune.model_store import source_run
+    from tune.tracking.model_store import source_run
 
     out, uri, client, _, winner, _ = search
     printed = _printed(out)

@@ -1,9 +1,9 @@
-"""The one seed rule (tune/seeds.py) that the search CLI, reproduce.py and search spaces share."""
+"""The one seed rule (tune/spaces/seeds.py) that the search CLI, reproduce.py and search spaces share."""
 from __future__ import annotations
 
 import pytest
 
-from tune.seeds import SeedsError, parse_seeds
+from tune.spaces.seeds import SeedsError, parse_seeds
 
 
 @pytest.mark.parametrize("value, seeds", [("3", [0, 1, 2]), ("0,3,7", [0, 3, 7]), ("[0, 3]", [0, 3]),
@@ -52,9 +52,9 @@ def test_a_search_refuses_a_seed_set_by_hand_or_by_its_workload(tmp_path, capsys
     space.write_text("description: d\nworkload: seeded\nsearch:\n  lr: {choice: [0.1, 0.2]}\nsampler: grid\n")
     workloads = tmp_path / "workloads.yaml"
     workloads.write_text("seeded:\n  description: d\n  config: {dataset: digits, epochs: 1, seed: 4}\n")
-    from tune import spaces as sp
+    from tune.spaces import catalog
 
-    real = sp.load_workloads
-    monkeypatch.setattr(sp, "load_workloads", lambda path=None: real(workloads))
+    real = catalog.load_workloads
+    monkeypatch.setattr(catalog, "load_workloads", lambda path=None: real(workloads))
     assert main(["--space", str(space), "--storage-path", str(tmp_path / "rr")]) == 2
     assert "the workload 'seeded''s seed=4: a search gives each trial its seed from --seeds" in capsys.readouterr().err

@@ -217,7 +217,7 @@ def test_define_by_run_pickles_and_suggests_the_same_params(workloads):
     space = sp.load_space("bilaw_tpe")
     fn = sp.define_by_run(space, sp.base_config(space, workloads["digits"]))
     data = pickle.dumps(fn)
-    assert sp.DefineByRun.__module__ == "tune.spaces" and b"tune.spaces" in data  # the path old snapshots name
+    assert sp.DefineByRun.__module__ == "tune.spaces" and b"tune.spaces." in data  # the path old snapshots name
     again = pickle.loads(data)
     assert type(again) is sp.DefineByRun and again.base == fn.base and again.ordered == fn.ordered
     fixed = {"method": "bilaw_trades", "weight_net": "64-64", "margin_input": "margin", "trades_beta": 3.5,

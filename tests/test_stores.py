@@ -11,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tune.run_search import main
-from tune.run_queries import UnquotableFilterValue, find_runs, quote_filter_value
+from tune.tracking.queries import UnquotableFilterValue, find_runs, quote_filter_value
 
 # Each is a value a user's path, experiment name or run key may hold.
 HOSTILE = ["d'été runs", 'a"b', "back\\slash", "ends in a backslash\\", "ünïcødé ✓ 実験", "a'b\"c",
@@ -182,7 +182,7 @@ def test_a_damaged_or_foreign_tracking_database_is_refused_by_every_reader(tmp_p
     MLflow's, naming the file and what is intact, and pass a whole one."""
     import sqlite3
 
-    from tune.tracking import TrackingError, check_store_exists, check_tracking_uri
+    from tune.tracking.runs import TrackingError, check_store_exists, check_tracking_uri
 
     db = tmp_path / "mlruns.db"
     MlflowClient(f"sqlite:///{db}").create_experiment("x")
@@ -266,7 +266,6 @@ def test_a_full_disk_stops_the_search_with_one_error_and_resume_finishes_it(smal
     import sys
 
     import optuna
-
     from helpers import session_members
 
     db = small_disk / "mlruns.db"
@@ -351,7 +350,7 @@ def test_resume_ends_a_run_whose_trial_ended_but_whose_status_write_was_lost(tmp
     """A child run still RUNNING with its trial's end recorded (trial_status written, the status
     write lost to a full disk) is ended as that end says when the search resumes; a run whose
     trial has not ended is left RUNNING (a resumed trial continues it)."""
-    from tune.tracking import PARENT_TAG, STATUS_TAG, SearchTracking
+    from tune.tracking.runs import PARENT_TAG, STATUS_TAG, SearchTracking
 
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     tracking = SearchTracking(uri, "s")

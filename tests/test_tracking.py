@@ -10,7 +10,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from tune.tracking import TrackingError, TrialRun
+from tune.tracking.runs import TrackingError, TrialRun
 
 
 def _epoch(e: int) -> dict:
@@ -123,8 +123,8 @@ def _finished_trial(tmp_path, final_extra=None, checkpoint_dir=None):
 def test_a_trial_whose_weights_died_is_tagged(tmp_path, final, tag):
     """The driver tags the trial's run `weights: collapsed | untrained | faded | learned` from its
     saved final metrics."""
-    from tune.trial_tracking import TrialTracking
-    from tune.tracking import SearchTracking
+    from tune.tracking.runs import SearchTracking
+    from tune.tracking.trial_callback import TrialTracking
 
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     tracking = SearchTracking(uri, "t")
@@ -138,8 +138,8 @@ def test_the_driver_writes_a_trial_run_from_results_and_the_saved_run(tmp_path):
     """Per-epoch results arrive at the driver; an epoch the driver never saw (lost with a killed
     driver) comes from the saved run's history at the end; config params, final metrics and the
     saved run's files land on one child run under the parent, and the run finishes."""
-    from tune.trial_tracking import TrialTracking
-    from tune.tracking import SearchTracking
+    from tune.tracking.runs import SearchTracking
+    from tune.tracking.trial_callback import TrialTracking
 
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     tracking = SearchTracking(uri, "t")
@@ -200,8 +200,8 @@ def test_the_drivers_tracking_of_a_trial_never_loads_a_dataset(tmp_path, monkeyp
     """Start, results and end of a finished trial, with every dataset loader refusing: the run still
     gets its dataset input (the trial's own record, from its saved run)."""
     from bilaw.data import datasets
-    from tune.tracking import SearchTracking
-    from tune.trial_tracking import TrialTracking
+    from tune.tracking.runs import SearchTracking
+    from tune.tracking.trial_callback import TrialTracking
 
     result, trial = _finished_trial(tmp_path)
 
@@ -243,8 +243,8 @@ def test_finished_mode_logs_each_trials_best_and_last_model(tmp_path):
     import torch
 
     from bilaw.training.checkpoint import load_checkpoint
-    from tune.trial_tracking import TrialTracking
-    from tune.tracking import SearchTracking
+    from tune.tracking.runs import SearchTracking
+    from tune.tracking.trial_callback import TrialTracking
 
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     tracking = SearchTracking(uri, "t")
@@ -288,7 +288,7 @@ def test_a_model_logged_to_a_run_from_before_goes_to_its_epochs_0_based_step(tmp
     its best model is recorded at its best epoch's old step and linked to that epoch's metrics."""
     from mlflow.entities import Metric
 
-    from tune.model_store import log_model
+    from tune.tracking.model_store import log_model
 
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     client = MlflowClient(uri)
@@ -306,7 +306,7 @@ def test_a_model_logged_to_a_run_from_before_goes_to_its_epochs_0_based_step(tmp
 
 
 def test_a_long_run_name_is_cut_in_the_middle_keeping_the_seed():
-    from tune.tracking import run_name
+    from tune.tracking.runs import run_name
 
     values = {"weight_net": "64-64", "meta_lr": 0.000123456, "seed": 2}
     assert run_name(values, "t") == "weight_net=64-64 meta_lr=0.0001235 seed=2"

@@ -6,7 +6,7 @@ import math
 import pytest
 from scipy import stats
 
-from tune.uncertainty import accuracy_interval, t_interval, wilson_interval
+from tune.results.uncertainty import accuracy_interval, t_interval, wilson_interval
 
 
 def test_wilson_against_hand_computed_cases():

@@ -11,9 +11,8 @@ from pathlib import Path
 # Ray's loggers that write a traceback when a write to the storage fails
 from tune.library_adapters import RAY_STORAGE_LOGGERS
 from tune.mounts import mount_of
-from tune.sqlite_files import count_rows
+from tune.sqlite_files import count_rows, sqlite_path
 from tune.state_files import OPTUNA_DB
-from tune.tracking import sqlite_path
 
 DISK_FULL_EXIT = 74  # EX_IOERR (sysexits.h): the search stopped on a write that found no space
 # What a full disk reads as once wrapped: SQLite's message (Optuna, MLflow), the C library's

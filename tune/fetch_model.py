@@ -13,9 +13,9 @@ if __package__ in (None, ""):  # run as `python tune/fetch_model.py`
     import _script_path  # noqa: F401  (puts this repository first on sys.path)
 
 from bilaw.file_errors import DamagedFileError  # noqa: E402
-from tune.model_store import URI_FORMS, ModelStoreError, fetch_run_folder  # noqa: E402
-from tune.tracking import (DEFAULT_TRACKING_URI, TrackingError, absolute_tracking_uri, check_store_exists,  # noqa: E402
-                           check_tracking_uri)
+from tune.tracking.model_store import URI_FORMS, ModelStoreError, fetch_run_folder  # noqa: E402
+from tune.tracking.runs import (DEFAULT_TRACKING_URI, TrackingError, absolute_tracking_uri,  # noqa: E402
+                                check_store_exists, check_tracking_uri)
 
 
 def main(argv: list[str] | None = None) -> int:

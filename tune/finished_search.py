@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
-from tune.runs_view import SHARED_VIEW_TAG
-from tune.tracking import PARENT_TAG, SearchTracking, find_runs
+from tune.tracking.runs import PARENT_TAG, SearchTracking, find_runs
+from tune.tracking.runs_view import SHARED_VIEW_TAG
 
 SUMMARY_FILE = "summary.txt"
 RACE_ARTIFACT = "race.txt"       # a race's rounds and outcome (tune/race.py)
@@ -148,7 +148,7 @@ def _logged_model(tracking: SearchTracking, run_id: str) -> Any:
 
 
 def logged_model_uri(tracking: SearchTracking, run_id: str) -> str | None:
-    """The URI of the best model already logged with run `run_id` (tune/model_store.py), or None."""
+    """The URI of the best model already logged with run `run_id` (tune/tracking/model_store.py), or None."""
     model = _logged_model(tracking, run_id)
     return None if model is None else model.model_uri
 
@@ -164,7 +164,7 @@ def registered_version(tracking: SearchTracking, run_id: str, name: str) -> str 
 def register_logged(plan: Any, tracking: SearchTracking, parent: Any) -> int:
     """Register the winner's model already logged with its run; an existing version of that run
     under the experiment's name is reported, not registered again."""
-    from tune.model_store import register
+    from tune.tracking.model_store import register
 
     run_id = parent.data.tags.get("winner_run_id")
     if not run_id:

@@ -23,7 +23,7 @@ PARENT_TAG = "mlflow.parentRunId"
 
 
 def _children(client: Any, experiment_id: str, parent_run_id: str) -> list:
-    from tune.tracking import find_runs
+    from tune.tracking.runs import find_runs
 
     return find_runs(client, [experiment_id], {f"tags.{PARENT_TAG}": parent_run_id})
 
@@ -73,7 +73,7 @@ def close_orphans_in_experiment(uri: str, experiment: str) -> tuple[int, list[st
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return 0, []
-    from tune.tracking import find_runs
+    from tune.tracking.runs import find_runs
 
     running = find_runs(client, [exp.experiment_id], {"attributes.status": "RUNNING"})
     parent_ids = {r.data.tags.get(PARENT_TAG) or r.info.run_id for r in running}

@@ -11,12 +11,12 @@ from typing import Any
 from bilaw.config.train_config import TrainConfig, parse_overrides
 from bilaw.models import MODELS
 from tune import spaces as sp
-from tune.seeds import SeedsError
-from tune.seeds import parse_seeds as seeds_rule
+from tune.spaces.seeds import SeedsError
+from tune.spaces.seeds import parse_seeds as seeds_rule
 from tune.state_files import OPTUNA_DB, check_study, read_driver_record
 from tune.storage import StorageError, is_uri, join, state_folder, storage_location
 from tune.system_metrics import DEFAULT_INTERVAL_S
-from tune.tracking import absolute_tracking_uri, redact_uri
+from tune.tracking.runs import absolute_tracking_uri, redact_uri
 
 DEFAULT_CHECKPOINT_EVERY_S = 30.0  # seconds between the checkpoints a trial hands Ray
 
@@ -26,7 +26,7 @@ class SearchError(ValueError):
 
 
 def parse_seeds(text: str | None, default: list[int]) -> list[int]:
-    """--seeds (a count or a list, tune/seeds.py's rule), else the space's own seeds."""
+    """--seeds (a count or a list, tune/spaces/seeds.py's rule), else the space's own seeds."""
     if text is None:
         return default
     try:
@@ -94,14 +94,14 @@ class Plan:
 
     def _check_race(self) -> None:
         """--race K / --race-seeds N (tune/race.py) against the space."""
-        from tune.paired_runs import can_pair
+        from tune.results.per_point_runs import can_pair
 
         k, most = getattr(self.args, "race", None), getattr(self.args, "race_seeds", 5)
         if k is None:
             return
         if k < 2:
             raise SearchError(f"--race {k}: a race needs at least 2 configs")
-        from tune.paired import MIN_SEEDS_TO_DROP
+        from tune.results.paired import MIN_SEEDS_TO_DROP
 
         if most < MIN_SEEDS_TO_DROP:
             raise SearchError(f"--race-seeds {most}: a race drops a config only once it is distinguishably worse on "

@@ -5,7 +5,7 @@ Round 0 is the search itself. Each round gives every config still in the race on
 next seed it has not run) as Ray trials, tracked as children of the search's parent run and
 tagged with their round and config; then the leader (best mean of the ranking metric over its
 seeds) is compared with each other config, seed by seed and point by point on the points of the
-ranking metric (tune/paired.py), and every config distinguishably worse than the leader on at
+ranking metric (tune/results/paired.py), and every config distinguishably worse than the leader on at
 least MIN_SEEDS_TO_DROP seeds is dropped (fewer seeds cannot bound the seed-to-seed noise). The
 race ends when one config is left (separated), when the configs left have `--race-seeds` seeds
 each (spent), or when a round loses every trial; it prints the final paired table. A race run
@@ -22,12 +22,12 @@ import numpy as np
 
 from tune.finished_search import (CONFIG_TAG, RACE_ARTIFACT, RACE_ASKED_TAG, RACE_TAG, ROUND_TAG, describe_parent,
                                   race_asked)
-from tune.paired import MIN_SEEDS_TO_DROP, Paired, against_leader, format_comparisons, mean_accuracy, verdict
-from tune.paired_runs import PerPointStore, shared_points, what
-from tune.search_paired import config_key, finished_config_points
+from tune.results.best_vs_rest import config_key, finished_config_points
+from tune.results.paired import MIN_SEEDS_TO_DROP, Paired, against_leader, format_comparisons, mean_accuracy, verdict
+from tune.results.per_point_runs import PerPointStore, shared_points, what
 from tune.state_files import OPTUNA_DB
 from tune.study_records import RACE_SUFFIX, record_race
-from tune.tracking import TRIAL_ID_TAG, SearchTracking
+from tune.tracking.runs import TRIAL_ID_TAG, SearchTracking
 from tune.trainable import META_KEY, VARIANT_KEY, trial_config, trial_values
 
 
@@ -62,7 +62,7 @@ def start(plan: Any, results: Any, tracking: SearchTracking, store: PerPointStor
     """Round 0: the top `k` configs of the search by their mean ranking metric over the held-out
     points, with the per-point results of their search trials. Ties: configs an earlier race of
     this search ran first (a repeated race continues it), then the search's winner."""
-    from tune.search_report import best_config
+    from tune.results.search_outcome import best_config
 
     metric = plan.space.metric[0]
     runs = tracking.child_runs()
@@ -195,7 +195,7 @@ def run_race(plan: Any, results: Any, tracking: SearchTracking, folder: Path, gp
 def _note_in_study(plan: Any, tracking: SearchTracking, folder: Path) -> None:
     """The race's finished runs, each once, as trials of the Optuna study `<search>-race`, and the
     parent's figures drawn again with them (the epochs of every run; the race's configs over seeds)."""
-    from tune.search_report import search_figures
+    from tune.results.search_outcome import search_figures
 
     children = tracking.child_runs()
     search_figures(plan, tracking, folder, children)
@@ -213,7 +213,7 @@ def _note_in_study(plan: Any, tracking: SearchTracking, folder: Path) -> None:
 def _race_figure(plan: Any, tracking: SearchTracking, folder: Path, children: list) -> None:
     """search/race_by_config.png on the parent: each raced config's ranking metric per seed (its
     search trial's and its race runs'), the mean and its interval."""
-    from tune.search_figures import RACE_PNG, draw_race_figure
+    from tune.results.figures import RACE_PNG, draw_race_figure
 
     metric, searched = plan.space.metric[0], list(plan.space.params)
 

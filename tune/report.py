@@ -4,7 +4,7 @@ the tracked results of a search as a table in the layout of the BiLAW paper's ta
 One row per value of the searched parameter (or per method), columns Clean, PGD, AA where
 present, and the PGD - Clean gap of Table 6, each the mean and standard deviation over the
 finished trials with that value (seeds, re-runs); the PGD and AA headings name the evaluation
-the runs had (tune/report_eval.py: `PGD-10`, or flagged as mixed). It reads MLflow only;
+the runs had (tune/results/eval_columns.py: `PGD-10`, or flagged as mixed). It reads MLflow only;
 `--importance` adds Optuna's parameter importances from the search's stored study. `--trials` lists every finished
 trial instead (its searched values, the held-out ranking metric, test metrics and whether its
 learned weights stayed alive), best first: the view for searches over several parameters.
@@ -24,12 +24,12 @@ if __package__ in (None, ""):  # run as `python tune/report.py`
     import _script_path  # noqa: F401  (puts this repository first on sys.path)
 
 from bilaw.file_errors import DamagedFileError  # noqa: E402
-from tune.paired_runs import PER_POINT_KEYS  # noqa: E402
-from tune.report_eval import EVAL_COLUMNS, column_evaluations, heading, mixed_note  # noqa: E402
-from tune.space_schema import NOT_SEARCHED  # noqa: E402
-from tune.tracking import (MASKING_TAG, NOT_SEARCHED_TAG, PARENT_TAG, STATUS_TAG, TrackingError,  # noqa: E402
-                           absolute_tracking_uri, best_epoch, check_store_exists, check_tracking_uri)
-from tune.uncertainty import accuracy_interval  # noqa: E402
+from tune.results.eval_columns import EVAL_COLUMNS, column_evaluations, heading, mixed_note  # noqa: E402
+from tune.results.per_point_runs import PER_POINT_KEYS  # noqa: E402
+from tune.results.uncertainty import accuracy_interval  # noqa: E402
+from tune.spaces.schema import NOT_SEARCHED  # noqa: E402
+from tune.tracking.runs import (MASKING_TAG, NOT_SEARCHED_TAG, PARENT_TAG, STATUS_TAG, TrackingError,  # noqa: E402
+                                absolute_tracking_uri, best_epoch, check_store_exists, check_tracking_uri)
 
 COLUMNS = [("Clean", "test_clean_acc"), ("PGD", "test_pgd_acc"), ("AA", "test_aa_acc")]
 # --trials: per-run columns after the searched values (header, metric, percent?)
@@ -178,11 +178,11 @@ def _points_note(rows: list[Row], cols: list[str]) -> str:
 
 def paired_section(uri: str, runs: list, by: str, metric: str) -> str:
     """The best row against every other row, point by point on `metric`'s points and seed by seed
-    (tune/paired.py): the difference, its 95% interval, and whether it is distinguishable."""
+    (tune/results/paired.py): the difference, its 95% interval, and whether it is distinguishable."""
     from mlflow.tracking import MlflowClient
 
-    from tune.paired import against_leader, format_comparisons, mean_accuracy, verdict
-    from tune.paired_runs import PerPointStore, group_points, shared_points, what
+    from tune.results.paired import against_leader, format_comparisons, mean_accuracy, verdict
+    from tune.results.per_point_runs import PerPointStore, group_points, shared_points, what
 
     pooled = [p for p in varying_params(runs) if p != by]
     if pooled:
@@ -253,7 +253,7 @@ def _weights_state(run) -> str:
     collapsed or faded, the same rule on its final metrics ("alive" where it neither collapsed
     nor faded and kept no learning statistics)."""
     from bilaw.methods.weight_health import health_label, is_faded
-    from tune.tracking import WEIGHTS_TAG
+    from tune.tracking.runs import WEIGHTS_TAG
 
     if run.data.tags.get(WEIGHTS_TAG):
         return run.data.tags[WEIGHTS_TAG]

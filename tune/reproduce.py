@@ -28,9 +28,9 @@ from bilaw.data.datasets import MissingDatasetError  # noqa: E402
 from bilaw.file_errors import DamagedFileError  # noqa: E402
 from bilaw.registry import unknown_name_message  # noqa: E402
 from tune import spaces as sp  # noqa: E402
-from tune.seeds import SeedsError  # noqa: E402
-from tune.seeds import parse_seeds as seeds_rule  # noqa: E402
-from tune.tracking import TrackingError, absolute_tracking_uri, check_tracking_uri, redact_uri  # noqa: E402
+from tune.spaces.seeds import SeedsError  # noqa: E402
+from tune.spaces.seeds import parse_seeds as seeds_rule  # noqa: E402
+from tune.tracking.runs import TrackingError, absolute_tracking_uri, check_tracking_uri, redact_uri  # noqa: E402
 
 KEY_TAG = "reproduce_key"
 QUICK_DATASET = "digits"  # the embedded workload: every table's columns run anywhere, for checks
@@ -230,7 +230,7 @@ def run_job(job: Job, folder: Path, uri: str, experiment_id: str) -> None:
     from bilaw.metrics import scalar_final
     from bilaw.runs.saved import read_metrics, save_run
     from bilaw.training.trainer import train
-    from tune.tracking import TrialRun
+    from tune.tracking.runs import TrialRun
 
     job.cfg = use_threads(job.cfg)  # the run's config records the thread count it trains with
     tags = {"reproduce_table": job.group.removeprefix("table"), "workload": job.setting.workload, "method": job.cfg.method,
@@ -258,7 +258,7 @@ def run_job(job: Job, folder: Path, uri: str, experiment_id: str) -> None:
 
 def tracked_finals(uri: str, experiment_id: str, keys: list[str]) -> dict[str, dict[str, float]]:
     """key -> final metrics of the FINISHED MLflow run with that reproduce_key."""
-    from tune.tracking import client_for, find_runs
+    from tune.tracking.runs import client_for, find_runs
 
     client = client_for(uri)
     out = {}
@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ReproduceError, ConfigError, MissingDatasetError, DamagedFileError, TrackingError, sp.SpaceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from tune.tracking import SearchTracking
+    from tune.tracking.runs import SearchTracking
 
     experiment = args.experiment or f"reproduce_table{table.number}"
     tracking = SearchTracking(uri, experiment)

@@ -20,9 +20,10 @@ if __package__ in (None, ""):  # run as `python tune/rerun_best.py`
 from bilaw.config.reproducibility import FULL_EVAL, evaluation_label, pgd_label, threads_note  # noqa: E402
 from bilaw.config.train_config import ConfigError, TrainConfig, parse_overrides  # noqa: E402
 from bilaw.file_errors import DamagedFileError  # noqa: E402
-from tune.model_store import ModelStoreError, source_run  # noqa: E402
 from tune.report import POINTS, ReportError, finished_runs  # noqa: E402
-from tune.tracking import TrackingError, absolute_tracking_uri, check_store_exists, check_tracking_uri  # noqa: E402
+from tune.tracking.model_store import ModelStoreError, source_run  # noqa: E402
+from tune.tracking.runs import (TrackingError, absolute_tracking_uri, check_store_exists,  # noqa: E402
+                                check_tracking_uri)
 
 SUMMARY = [("clean", "test_clean_acc"), ("PGD", "test_pgd_acc"), ("AutoAttack", "test_aa_acc")]
 
@@ -120,7 +121,7 @@ def _run(args, uri: str, best, config: dict) -> int:
     import torch
 
     from tune.search import LOCAL_RAY, use_tune_env
-    from tune.tracking import SearchTracking, use_fast_fail_http
+    from tune.tracking.runs import SearchTracking, use_fast_fail_http
     from tune.variant_runs import run_variants
     from tune.worker_exit import worker_runtime_env
 
@@ -157,7 +158,7 @@ def summary_lines(finals: list[dict], pgd: str = "PGD-20") -> list[str]:
     """Mean of each test accuracy over the re-runs with its 95% interval: over seeds (std and t)
     for several, the Wilson interval over its test points for one; `pgd` labels the PGD line
     with the steps the re-runs used."""
-    from tune.uncertainty import accuracy_interval
+    from tune.results.uncertainty import accuracy_interval
 
     lines = []
     for label, key in SUMMARY:

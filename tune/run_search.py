@@ -17,7 +17,6 @@ from bilaw.data.datasets import MissingDatasetError  # noqa: E402
 from bilaw.file_errors import DamagedFileError  # noqa: E402
 from tune import resume_check  # noqa: E402
 from tune import spaces as sp  # noqa: E402
-from tune.model_store import LOG_MODELS  # noqa: E402
 from tune.plan import (DEFAULT_CHECKPOINT_EVERY_S, Plan, SearchError, check_address, check_data,  # noqa: E402
                        check_experiment_stored, check_fresh, check_resumable, check_storage)
 from tune.search_lock import LockError, SearchLock  # noqa: E402
@@ -25,7 +24,8 @@ from tune.stopping import STOP, DurationError, parse_duration, print_stopped, re
 from tune.storage import (DISK_FULL_EXIT, check_search_stores, disk_full_cause, disk_full_message,  # noqa: E402
                           keep_disk_full_tracebacks_out)
 from tune.system_metrics import DEFAULT_INTERVAL_S  # noqa: E402
-from tune.tracking import TrackingError, check_tracking_uri  # noqa: E402
+from tune.tracking.model_store import LOG_MODELS  # noqa: E402
+from tune.tracking.runs import TrackingError, check_tracking_uri  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
 def _command(argv: list[str]) -> str:
     import shlex
 
-    from tune.tracking import redact_uri
+    from tune.tracking.runs import redact_uri
 
     return "python tune/run_search.py " + shlex.join(redact_uri(a) if "://" in a else a for a in argv)
 

@@ -21,17 +21,17 @@ from tune import finished_search, orphans, study_records
 from tune import library_adapters as adapters
 from tune import spaces as sp
 from tune.driver import clean_up_killed_driver, record_driver
-from tune.paired_runs import PerPointStore
 from tune.plan import SearchError, git_commit
-from tune.search_report import report
-from tune.space_schema import NOT_SEARCHED
+from tune.results.per_point_runs import PerPointStore
+from tune.results.search_outcome import report
+from tune.spaces.schema import NOT_SEARCHED
 from tune.state_files import OPTUNA_DB
 from tune.stopping import STOP
 from tune.storage import StorageError, check_shared_storage
 from tune.system_metrics import INTERVAL_ENV
-from tune.tracking import SearchTracking, redact_uri, use_fast_fail_http
+from tune.tracking.runs import SearchTracking, redact_uri, use_fast_fail_http
+from tune.tracking.trial_callback import TrialTracking
 from tune.trainable import META_KEY, train_trial
-from tune.trial_tracking import TrialTracking
 from tune.variant_runs import PROGRESS_COLUMNS, trial_name
 from tune.worker_exit import worker_runtime_env
 

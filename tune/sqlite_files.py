@@ -11,6 +11,11 @@ MLFLOW_TABLES = ("experiments", "runs", "tags", "metrics", "params")
 OPTUNA_TABLES = ("studies", "trials")
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The file of a `sqlite:///PATH` tracking URI; None for any other store."""
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
 def sqlite_problem(db: str | Path, tables: tuple[str, ...] = ()) -> str | None:
     """What is wrong with the SQLite file `db`, or None when SQLite reads it whole (its quick
     integrity check passes) and it holds `tables`. Opened read-only, so nothing is changed; a

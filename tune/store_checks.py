@@ -12,9 +12,9 @@ import shlex
 from pathlib import Path
 
 from bilaw.file_errors import DamagedFileError, MissingFileError
-from tune.sqlite_files import MLFLOW_TABLES, OPTUNA_TABLES, count_rows, sqlite_problem
+from tune.sqlite_files import MLFLOW_TABLES, OPTUNA_TABLES, count_rows, sqlite_path, sqlite_problem
 from tune.state_files import OPTUNA_DB, read_driver_record
-from tune.tracking import PARENT_TAG, client_for, redact_uri, sqlite_path
+from tune.tracking.runs import PARENT_TAG, client_for, redact_uri
 
 
 def _trial_folders(plan) -> str:

@@ -16,7 +16,7 @@ run tagged `reproduce_key`. Then each best state's AutoAttack is extended to the
 training's own AutoAttack points are reused), and the table is printed and written to
 OUT/study_<dataset>.md: each arm's mean and 95% interval over seeds at the best state (held-out
 PGD) and the last, and BiLAW minus each control on the same points: McNemar per seed and the
-paired interval over seeds (`tune/paired.py`). Split the runs over two processes with --arms or
+paired interval over seeds (`tune/results/paired.py`). Split the runs over two processes with --arms or
 --seeds (each run is its own folder); `--no-train` prints the table of what is stored.
 """
 from __future__ import annotations
@@ -41,7 +41,7 @@ from bilaw.registry import unknown_name_message  # noqa: E402
 from tune import spaces as sp  # noqa: E402
 from tune.reproduce import (Job, ReproduceError, Row, Setting, add_job, check_finished, parse_seeds,  # noqa: E402
                             run_job)
-from tune.tracking import TrackingError, absolute_tracking_uri, check_tracking_uri, redact_uri  # noqa: E402
+from tune.tracking.runs import TrackingError, absolute_tracking_uri, check_tracking_uri, redact_uri  # noqa: E402
 
 GROUP = "study"
 ARMS: dict[str, Row] = {
@@ -251,7 +251,7 @@ def _pct(x: float) -> str:
 
 def arm_cell(values: list[float], points: int) -> str:
     """Mean accuracy in percent with its 95% interval (t over seeds, Wilson for one run)."""
-    from tune.uncertainty import accuracy_interval
+    from tune.results.uncertainty import accuracy_interval
 
     if not values:
         return "–"
@@ -261,7 +261,7 @@ def arm_cell(values: list[float], points: int) -> str:
 
 
 def paired_cell(comparison) -> str:
-    from tune.paired import Paired
+    from tune.results.paired import Paired
 
     if not isinstance(comparison, Paired):
         return "–"
@@ -276,7 +276,7 @@ def needed_points(disagreement: float, half_width: float = 0.01, seeds: int = 1)
 
 
 def study_table(jobs: list[Job], found: dict, aa_points: int, title: str) -> str:
-    from tune.paired import compare
+    from tune.results.paired import compare
 
     arms = list(dict.fromkeys(j.row.name for j in jobs))
     seeds = sorted({j.seed for j in jobs})
@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if not args.no_train:
-        from tune.tracking import SearchTracking
+        from tune.tracking.runs import SearchTracking
 
         tracking = SearchTracking(uri, args.experiment)
         print(f"study on {args.dataset}: {len(jobs)} runs; MLflow {redact_uri(uri)}, experiment {args.experiment}",

@@ -41,8 +41,8 @@ class _Runs:
         """The MLflow child runs of these Ray trials."""
         if self.tracking is None or self.tracking.parent_run_id is None:
             return []
-        from tune.run_queries import find_runs
-        from tune.tracking import PARENT_TAG
+        from tune.tracking.queries import find_runs
+        from tune.tracking.runs import PARENT_TAG
 
         found = []
         for trial_id in ray_trial_ids:

@@ -31,7 +31,7 @@ from typing import NamedTuple
 if __package__ in (None, ""):  # run as `python tune/tracking_server.py`
     import _script_path  # noqa: F401  (puts this repository first on sys.path)
 
-from tune.tracking import TrackingError, check_tracking_uri  # noqa: E402
+from tune.tracking.runs import TrackingError, check_tracking_uri  # noqa: E402
 
 PG_USER = "bilaw-pg"
 DB_NAME = "mlflow"  # the database, and the role MLflow logs in as

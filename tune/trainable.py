@@ -5,7 +5,7 @@ at the first epoch end `checkpoint_every_s` seconds after the last one, so a cra
 retries from its last checkpoint and a resumed search continues it. At the end it saves the run
 (`bilaw.runs.saved.save_run`: config.yaml, metrics.json, plots, best.pt) into its folder and reports
 the test metrics with that folder as the last checkpoint. A trial never writes to MLflow: the
-driver does, from these results and that checkpoint (`tune/trial_tracking.py`). Everything the
+driver does, from these results and that checkpoint (`tune/tracking/trial_callback.py`). Everything the
 trial needs that is not a TrainConfig key travels under the `_bilaw` config entry.
 """
 from __future__ import annotations

@@ -8,10 +8,9 @@ from typing import Any
 
 from ray import tune
 
+from tune.tracking.runs import SearchTracking
+from tune.tracking.trial_callback import TrialTracking
 from tune.trainable import META_KEY, VARIANT_KEY, train_trial
-from tune.trial_tracking import TrialTracking
-from tune.tracking import SearchTracking
-
 
 PROGRESS_COLUMNS = ["epoch", "val_clean_acc", "val_pgd_acc", "best_val_pgd_acc", "weight_std"]
 

@@ -1,5 +1,5 @@
 """The per-point results of tracked runs (each run's `per_point.npz` artifact), grouped by config
-and seed for the paired comparisons of tune/paired.py."""
+and seed for the paired comparisons of tune/results/paired.py."""
 from __future__ import annotations
 
 import tempfile

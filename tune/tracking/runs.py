@@ -3,7 +3,7 @@ Ray trial (found again by its Ray trial id, so a retried or resumed trial keeps 
 
 Everything is written by the search's driver: the experiment and the parent run
 (`SearchTracking`) and each trial's child run (`TrialRun`, driven by the Ray Tune callback in
-`tune/trial_tracking.py` from the results and checkpoints Ray brings back). Trials never reach
+`tune/tracking/trial_callback.py` from the results and checkpoints Ray brings back). Trials never reach
 the store, so it needs no network path from other machines and its credentials stay on the
 driver. `reproduce.py` uses `TrialRun` directly for the runs it trains in its own process.
 """
@@ -20,14 +20,15 @@ from pathlib import Path
 from typing import Any, Iterable
 from urllib.parse import urlsplit, urlunsplit
 
-# Runs are found by value one way (tune/run_queries.py); tune/ imports it from here.
-from tune.run_queries import UnquotableFilterValue, find_runs, quote_filter_value  # noqa: F401
+# Runs are found by value one way (tune/tracking/queries.py); tune/ imports it from here.
+from tune.sqlite_files import sqlite_path
+from tune.tracking.queries import UnquotableFilterValue, find_runs, quote_filter_value  # noqa: F401
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
 TRIAL_ID_TAG = "ray_trial_id"
 PARENT_TAG = "mlflow.parentRunId"
 STATUS_TAG = "trial_status"  # completed | pruned | error
-# The MLflow status of a run whose trial ended so (tune/trial_tracking.py writes the tag, then the status).
+# The MLflow status of a run whose trial ended so (tune/tracking/trial_callback.py writes the tag, then the status).
 TRIAL_RUN_STATUS = {"completed": "FINISHED", "pruned": "KILLED", "error": "FAILED"}
 # The searched params a trial was never given a value for (a `when` that did not hold), comma-
 # separated: its logged value is the default, which report.py shows as "-", not as a choice.
@@ -103,11 +104,6 @@ def _refuse_damaged(uri: str) -> None:
             f"folders (--storage-path) and its Optuna study (optuna.db in its state folder) are other files and "
             f"intact; put back a copy of {db} from a backup and run the same command again, or pass another "
             f"--tracking-uri (sqlite:///NEW.db)")
-
-
-def sqlite_path(uri: str) -> Path | None:
-    """The file of a `sqlite:///PATH` tracking URI; None for any other store."""
-    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
 
 
 def check_tracking_uri(uri: str, timeout_s: float = 3.0) -> None:
@@ -215,7 +211,7 @@ def run_name(values: dict[str, Any], fallback: str, limit: int = 80) -> str:
 
 def runs_table_url(experiment_id: str, ui: str = "http://127.0.0.1:5000", view: str | None = None) -> str:
     """The MLflow UI's runs table (MLflow 3's default landing page is the GenAI view), opened on
-    the saved `view` (tune/runs_view.py) when one is given."""
+    the saved `view` (tune/tracking/runs_view.py) when one is given."""
     shared = f"&viewStateShareKey={view}" if view else ""
     return f"{ui}/#/experiments/{experiment_id}/runs?workflowType=machine_learning{shared}"
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from bilaw.config.train_config import KEYS
 from bilaw.registry import unknown_name_message
-from tune.space_schema import Param, Problems, SearchSpace
+from tune.spaces.schema import Param, Problems, SearchSpace
 
 if TYPE_CHECKING:  # optuna is only needed by the caller that runs the study
     import optuna
@@ -112,7 +112,7 @@ class DefineByRun:
     its `when` holds for the value of its keys suggested in this trial, else their value in `base`
     (else the TrainConfig default). Returns None: constants come from Tune's param_space.
 
-    Pickles name it `tune.spaces.DefineByRun` (see `__module__` below): snapshots written before
+    Pickles name it `tune.spaces.catalog.DefineByRun` (see `__module__` below): snapshots written before
     this module existed name that path, and naming the public facade keeps the snapshots written
     now readable if the class moves between the facade's modules again. The attributes
     (`ordered`, `base`) are the ones those snapshots hold; keep them.

@@ -1,5 +1,5 @@
 """Reading a search-space or workload file and turning it into the dataclasses of
-tune/space_schema.py, validating every entry (tune/spaces.py finds the files and is the API).
+tune/spaces/schema.py, validating every entry (tune/spaces/catalog.py finds the files and is the API).
 
 Errors are collected, not raised one at a time: loading a file records every problem it finds
 and raises one `SpaceError` that lists them all (file, key, bad value, what is allowed), as
@@ -27,10 +27,10 @@ import yaml
 from bilaw.config.train_config import KEYS, TYPE_HINTS, ConfigError, TrainConfig, coerce, load_yaml_mapping
 from bilaw.metrics import METRICS, epoch_metrics
 from bilaw.registry import unknown_name_message
-from tune.seeds import SeedsError, parse_seeds
-from tune.space_conditions import check_when_references, parse_first_trials, parse_when
-from tune.space_schema import (DEFAULT_WORKLOAD, KINDS, MODES, PAPER, SAMPLERS, TOP_KEYS, WORKLOAD_KEYS, Param,
-                               Problems, SearchSpace, SpaceError, Workload, grid_of)
+from tune.spaces.conditions import check_when_references, parse_first_trials, parse_when
+from tune.spaces.schema import (DEFAULT_WORKLOAD, KINDS, MODES, PAPER, SAMPLERS, TOP_KEYS, WORKLOAD_KEYS, Param,
+                                Problems, SearchSpace, SpaceError, Workload, grid_of)
+from tune.spaces.seeds import SeedsError, parse_seeds
 
 _BAD = object()  # a choice value that was reported as a problem
 

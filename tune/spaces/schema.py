@@ -1,7 +1,7 @@
 """What a search space and a workload are: the dataclasses a loaded file becomes, the names a
 file may use, and `SpaceError`, the one error every problem with such a file is reported as.
 
-This module holds no file reading and no validation (tune/space_loading.py does both) so that
+This module holds no file reading and no validation (tune/spaces/loading.py does both) so that
 the types can be imported, and pickled objects that hold them read back, without the loader.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 WORKLOADS_FILE = SPACES_DIR / "workloads.yaml"
 SAMPLERS = ("grid", "tpe", "random", "nsga2")
 KINDS = ("choice", "uniform", "loguniform", "int")

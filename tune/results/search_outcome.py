@@ -13,9 +13,9 @@ from typing import Any
 from bilaw.config.reproducibility import FULL_EVAL, evaluation_label
 from bilaw.config.train_config import TrainConfig
 from tune.finished_search import ROUND_TAG
-from tune.runs_view import search_view, share_view
-from tune.search_paired import config_key, paired_summary
-from tune.tracking import TRIAL_ID_TAG, SearchTracking, redact_uri, runs_table_url
+from tune.results.best_vs_rest import config_key, paired_summary
+from tune.tracking.runs import TRIAL_ID_TAG, SearchTracking, redact_uri, runs_table_url
+from tune.tracking.runs_view import search_view, share_view
 from tune.trainable import trial_config
 
 BEST_CONFIG = "best_config.yaml"
@@ -81,10 +81,10 @@ def _winner(plan, results, tracking: SearchTracking, cfg: TrainConfig,
 
 def _log_winner_model(plan, tracking: SearchTracking, run_id: str, result) -> None:
     """Log the winner's best model with its run (from the trial's last checkpoint) and, with
-    --register, register it under the experiment's name (tune/model_store.py's `register` tags it
+    --register, register it under the experiment's name (tune/tracking/model_store.py's `register` tags it
     with the searched parameters and test metrics and attaches the config)."""
     from tune.finished_search import logged_model_uri, registered_version
-    from tune.model_store import log_model, register
+    from tune.tracking.model_store import log_model, register
     from tune.trainable import SAVED_RUN
 
     try:
@@ -107,11 +107,11 @@ def _log_winner_model(plan, tracking: SearchTracking, run_id: str, result) -> No
 
 
 def search_figures(plan, tracking: SearchTracking, folder: Path, child_runs: list) -> None:
-    """The search's figures (tune/search_figures.py) from the stored study and the trials'
+    """The search's figures (tune/results/figures.py) from the stored study and the trials'
     histories, under search/ on the parent run (also after --resume); never stops the report."""
     import optuna
 
-    from tune.search_figures import draw_search_figures, trial_histories
+    from tune.results.figures import draw_search_figures, trial_histories
     from tune.state_files import OPTUNA_DB
 
     if tracking.parent_run_id is None:
@@ -128,7 +128,7 @@ def search_figures(plan, tracking: SearchTracking, folder: Path, child_runs: lis
 def _interval_note(metric: str, values: list[float], cfg: TrainConfig) -> str:
     """The 95% interval of the winner's ranking metric: Wilson over the held-out points for one
     seed (the held-out accuracies), the t-interval over seeds for several."""
-    from tune.uncertainty import accuracy_interval
+    from tune.results.uncertainty import accuracy_interval
 
     points = cfg.resolved().holdout_val_size if "val_" in metric and "acc" in metric else None
     interval = accuracy_interval(values, points)
@@ -165,7 +165,7 @@ def best_config(plan, results) -> tuple[TrainConfig | None, list[float]]:
 
 def pareto_report(plan, results, tracking: SearchTracking, folder: Path) -> list[Path]:
     """Two objectives: print, save and plot the non-dominated trials."""
-    from tune.pareto import write_front
+    from tune.results.pareto import write_front
 
     metrics, modes = plan.space.metric, plan.space.mode
     rows = []
@@ -203,7 +203,7 @@ def _share_runs_view(plan, tracking: SearchTracking, child_runs: list) -> str | 
 
 def report(plan, results, tracking: SearchTracking, folder: Path, store: Any = None) -> int:
     """Print and record the search's outcome (see the module docstring); `store`: a
-    tune/paired_runs.py PerPointStore to share its downloads with a race that follows."""
+    tune/results/per_point_runs.py PerPointStore to share its downloads with a race that follows."""
     space = plan.space
     try:
         child_runs = tracking.child_runs() if tracking.parent_run_id is not None else []

@@ -1,8 +1,8 @@
-"""What a registered version of a search's winner says about itself (tune/model_store.py
+"""What a registered version of a search's winner says about itself (tune/tracking/model_store.py
 `register` sets it): tags naming its run and search, the values of the searched parameters and
 the run's test metrics, and a description of which search, space, seeds and metric chose it.
 
-The searched parameters are the run's `searched` tag (tune/trial_tracking.py), or for a run
+The searched parameters are the run's `searched` tag (tune/tracking/trial_callback.py), or for a run
 logged before it, the parameters whose values differ between the runs of its search. The metric
 is the search's stored objectives (`search.json` in the state folder its parent run names).
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .tracking import PARENT_TAG, SEARCHED_TAG, best_epoch, find_runs
+from tune.tracking.runs import PARENT_TAG, SEARCHED_TAG, best_epoch, find_runs
 
 # A version's metric tags (with its search's ranking metrics): what the model scored, on how many points.
 TAG_METRICS = ("test_clean_acc", "test_pgd_acc", "test_aa_acc", "test_pgd_acc_aa_subset", "test_points", "aa_points",
@@ -52,7 +52,7 @@ def searched_params(client: Any, run: Any) -> list[str]:
 
 def search_objectives(parent: Any | None) -> list[tuple[str, str]]:
     """(metric, direction) the search ranked by, from its stored search.json; [] where unreadable."""
-    from .resume_check import IDENTITY_FILE
+    from tune.resume_check import IDENTITY_FILE
 
     folder = parent.data.tags.get("state_dir") if parent is not None else None
     try:

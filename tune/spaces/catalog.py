@@ -13,12 +13,12 @@ loading a file, or checking a space against a config, lists all its problems in 
     check_space_against_config(space, base)
     fn = define_by_run(space, base)      # for OptunaSearch(space=fn, ...)
 
-This module is the public interface: callers import from here. It holds the entry points and
-where the shipped spaces are found; the work is done in tune/space_schema.py (the dataclasses,
-the names a file may use, SpaceError), tune/space_loading.py (parsing and validating a file) and
-tune/space_conditions.py (a param's `when`, and the define-by-run function). `DefineByRun` is
-defined in tune/space_conditions.py but pickles as `tune.spaces.DefineByRun`, the path Ray's
-experiment snapshots name, so it must stay importable from here.
+The package `tune.spaces` re-exports this module's names, and callers import from there. This
+module holds the entry points and where the shipped spaces are found; the work is done in
+tune/spaces/schema.py (the dataclasses, the names a file may use, SpaceError), tune/spaces/loading.py
+(parsing and validating a file) and tune/spaces/conditions.py (a param's `when`, and the
+define-by-run function). `DefineByRun` pickles as `tune.spaces.DefineByRun`, the path Ray's
+experiment snapshots name, so the package must keep exporting it.
 """
 from __future__ import annotations
 
@@ -26,10 +26,10 @@ from pathlib import Path
 
 from bilaw.config.train_config import ConfigError, TrainConfig
 from bilaw.registry import unknown_name_message
-from tune.space_conditions import DefineByRun, check_reachable, define_by_run, when_assignments
-from tune.space_loading import parse_space, parse_workloads, read_mapping
-from tune.space_schema import (DEFAULT_WORKLOAD, KINDS, MODES, PAPER, SAMPLERS, SPACES_DIR, TOP_KEYS, WORKLOAD_KEYS,
-                               WORKLOADS_FILE, Param, Problems, SearchSpace, SpaceError, Workload)
+from tune.spaces.conditions import DefineByRun, check_reachable, define_by_run, when_assignments
+from tune.spaces.loading import parse_space, parse_workloads, read_mapping
+from tune.spaces.schema import (DEFAULT_WORKLOAD, KINDS, MODES, PAPER, SAMPLERS, SPACES_DIR, TOP_KEYS, WORKLOAD_KEYS,
+                                WORKLOADS_FILE, Param, Problems, SearchSpace, SpaceError, Workload)
 
 __all__ = [
     "DEFAULT_WORKLOAD", "KINDS", "MODES", "PAPER", "SAMPLERS", "SPACES_DIR", "TOP_KEYS", "WORKLOAD_KEYS",
@@ -57,7 +57,7 @@ def load_workloads(path: Path | None = None) -> dict[str, Workload]:
 
 def load_space(name_or_path: str) -> SearchSpace:
     """A shipped space by name (see `list_spaces`), or any YAML file in the same format; one
-    SpaceError lists every problem of the file (see tune/space_loading.py for what is checked)."""
+    SpaceError lists every problem of the file (see tune/spaces/loading.py for what is checked)."""
     path = _find_space(str(name_or_path))
     return parse_space(path, read_mapping(path), load_workloads())
 

@@ -186,7 +186,7 @@ def trial_histories(client: Any, child_runs: Iterable[Any], metric: str = HISTOR
 def draw_race_figure(by_config: dict[str, dict[int, float]], metric: str, path: Path) -> Path:
     """The race's configs side by side: each seed's `metric` as a dot, the mean over seeds as a bar
     with its 95% t-interval (none for a config of one seed); `by_config`: label -> seed -> value."""
-    from tune.uncertainty import t_interval
+    from tune.results.uncertainty import t_interval
 
     plt = _pyplot()
     labels = list(by_config)

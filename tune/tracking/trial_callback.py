@@ -28,10 +28,9 @@ from ray.tune.result import AUTO_RESULT_KEYS
 from bilaw.methods.weight_health import health_label
 from bilaw.metrics import scalar_final
 from bilaw.runs.saved import DATA_RECORD_NAME, read_metrics
-
-from .tracking import (AA_WARNINGS_TAG, MASKING_TAG, NOT_SEARCHED_TAG, PER_CLASS_ARTIFACT, SEARCHED_TAG, STATUS_TAG,
-                       WEIGHTS_TAG, SearchTracking, TrialRun, run_name)
-from .trainable import CHECKPOINT_NAME, SAVED_RUN, not_searched, trial_config, trial_values, variant_tags
+from tune.tracking.runs import (AA_WARNINGS_TAG, MASKING_TAG, NOT_SEARCHED_TAG, PER_CLASS_ARTIFACT, SEARCHED_TAG,
+                                STATUS_TAG, WEIGHTS_TAG, SearchTracking, TrialRun, run_name)
+from tune.trainable import CHECKPOINT_NAME, SAVED_RUN, not_searched, trial_config, trial_values, variant_tags
 
 # What Ray adds to every result besides the trial's own metrics.
 RAY_RESULT_KEYS = frozenset(AUTO_RESULT_KEYS) | {"done", "trial_id", "experiment_tag", "should_checkpoint"}
@@ -40,8 +39,7 @@ RAY_RESULT_KEYS = frozenset(AUTO_RESULT_KEYS) | {"done", "trial_id", "experiment
 def _warn(what: str, exc: Exception) -> None:
     """One line: a full disk as its cause, anything else without MLflow's multi-line SQL text."""
     from bilaw.file_errors import one_line
-
-    from .disk_full import disk_full_cause
+    from tune.disk_full import disk_full_cause
 
     print(f"warning: MLflow: {what}: {disk_full_cause(exc) or one_line(exc)}", file=sys.stderr)
 
@@ -154,7 +152,7 @@ class TrialTracking(tune.Callback):
                     run.set_tags({AA_WARNINGS_TAG: "\n".join(metrics["final"]["autoattack_warnings"])[:4000]})
                 _log_per_class(run, metrics["final"])
                 if self.log_models:
-                    from .model_store import log_model
+                    from tune.tracking.model_store import log_model
 
                     log_model(self.tracking.uri, run.run_id, saved, last_checkpoint=Path(folder) / CHECKPOINT_NAME)
         except Exception as exc:

@@ -1,6 +1,6 @@
 """The end of a search: is its best config distinguishable from the others? Each finished
 config's runs are paired with the best config's, seed by seed and point by point on the points
-its ranking metric counts (tune/paired.py), and the summary says which configs the best one is
+its ranking metric counts (tune/results/paired.py), and the summary says which configs the best one is
 not distinguishable from."""
 from __future__ import annotations
 
@@ -12,13 +12,14 @@ from typing import Any
 import numpy as np
 
 from bilaw.config.train_config import TrainConfig
-from tune.paired import Comparison, Paired, against_leader, format_comparisons, mean_accuracy, verdict, winner_standing
-from tune.paired_runs import PerPointStore, can_pair, group_points, shared_points, what
-from tune.tracking import TRIAL_ID_TAG, SearchTracking, run_name
+from tune.results.paired import (Comparison, Paired, against_leader, format_comparisons, mean_accuracy, verdict,
+                                 winner_standing)
+from tune.results.per_point_runs import PerPointStore, can_pair, group_points, shared_points, what
+from tune.tracking.runs import TRIAL_ID_TAG, SearchTracking, run_name
 from tune.trainable import trial_config
 
 PAIRED_ARTIFACT = "paired_comparisons.txt"
-DISTINGUISHABLE_TAG = "winner_distinguishable"  # tune/paired.py winner_standing: true | runs only | false | not compared
+DISTINGUISHABLE_TAG = "winner_distinguishable"  # tune/results/paired.py winner_standing: true | runs only | false | not compared
 
 
 def config_label(space: Any, cfg: TrainConfig, precise: bool = False) -> str:
@@ -101,7 +102,7 @@ def paired_lines(points: ConfigPoints, leader: str) -> tuple[list[str], dict[str
 def paired_summary(plan: Any, results: Any, tracking: SearchTracking, cfg: TrainConfig, folder: Path,
                    child_runs: list, store: PerPointStore | None = None) -> tuple[list[str], list[Path]]:
     """The lines that say whether the search's winner is distinguishable from the other configs
-    (tune/paired.py) and the file holding them; tags the parent run with the answer. Never stops
+    (tune/results/paired.py) and the file holding them; tags the parent run with the answer. Never stops
     the report: a failure is one line saying so."""
     metric = plan.space.metric[0]
     if plan.space.multi_objective:

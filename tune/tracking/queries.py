@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 
+
 class UnquotableFilterValue(ValueError):
     """A value MLflow's search filter cannot hold exactly (see `quote_filter_value`)."""
 

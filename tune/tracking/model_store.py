@@ -11,7 +11,7 @@ so that `fetch_model` can rebuild a run folder with `config.yaml` and `metrics.j
 
 What a logged model carries (its page in MLflow's UI): the best model is logged at its best
 epoch's step, where MLflow links it to that epoch's metrics (held-out accuracy, loss, ...), and
-it is linked to its run's final metrics, which tune/tracking.py logs at step 0 (the best state's
+it is linked to its run's final metrics, which tune/tracking/runs.py logs at step 0 (the best state's
 test metrics, best_epoch, ...); the last model (`--log-models finished`) likewise to the last
 epoch and to the last state's test metrics (`last_*`). Both hold the run's config.yaml.
 
@@ -32,7 +32,7 @@ from typing import Any
 LOG_MODELS = ("winner", "finished", "none")
 MODEL_NAME = "model"
 LAST_MODEL_NAME = "last_model"
-BILAW_DIR = Path(__file__).resolve().parents[1] / "bilaw"
+BILAW_DIR = Path(__file__).resolve().parents[2] / "bilaw"
 URI_FORMS = ("runs:/RUN_ID/model, models:/m-MODEL_ID (a logged model, as a search prints it), models:/NAME/VERSION "
              "(or models:/NAME/latest) or models:/NAME@ALIAS")
 LAST_STATE_PREFIX = "last_"  # final metrics of the last epoch's state: the last model's, not the best's
@@ -56,7 +56,7 @@ def log_model(uri: str, run_id: str, run_dir: Path, last_checkpoint: Path | None
     the last epoch's model as `last_model`, each at its epoch's step, linked to its final metrics
     and holding config.yaml (see the module docstring); returns the best model's URI
     (`models:/m-...`, which `mlflow.pytorch.load_model` and the registry take; `runs:/RUN_ID/model`
-    works too). The run's final metrics must be logged first (tune/tracking.py `log_final`)."""
+    works too). The run's final metrics must be logged first (tune/tracking/runs.py `log_final`)."""
     import copy
 
     import mlflow
@@ -65,8 +65,7 @@ def log_model(uri: str, run_id: str, run_dir: Path, last_checkpoint: Path | None
 
     from bilaw.runs.saved import BEST_NAME, CONFIG_NAME, load_best, read_metrics
     from bilaw.training.checkpoint import load_checkpoint
-
-    from .tracking import EPOCHS_FROM_TAG
+    from tune.tracking.runs import EPOCHS_FROM_TAG
 
     model, _, best = load_best(run_dir)
     shape = tuple(best["input_shape"])
@@ -163,7 +162,7 @@ def resolve_model(uri: str, model_uri: str) -> tuple[str, str, str | None]:
 
 def _latest_version(client: Any, name: str) -> str:
     """The highest version number registered under `name`."""
-    from .run_queries import quote_filter_value
+    from tune.tracking.queries import quote_filter_value
 
     client.get_registered_model(name)  # MLflow's "not found" for a name never registered
     versions = [int(v.version) for v in client.search_model_versions(f"name = {quote_filter_value(name)}")]
@@ -213,12 +212,12 @@ def register(uri: str, model_uri: str, name: str, tags: dict[str, Any]) -> Any:
     """Register the logged model `model_uri` under `name`; returns the version. It is tagged with
     `tags` (the caller's: run_id, space, workload), its search run, the searched parameters'
     values and its run's test metrics (`version_tags`), and described by which search, space,
-    seeds and metric chose it (tune/model_registry.py); the model's files get the run's
+    seeds and metric chose it (tune/tracking/model_registry.py); the model's files get the run's
     config.yaml where they lack it (the full config is that file, not tags)."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from .model_registry import describe, version_tags
+    from tune.tracking.model_registry import describe, version_tags
 
     run_id, _, model_id = resolve_model(uri, model_uri)
     client = MlflowClient(uri)
