@@ -32,6 +32,7 @@ from torch import nn
 from bilaw.config.train_config import TrainConfig
 from bilaw.eval.attacks import NORMS
 from bilaw.file_errors import DamagedFileError
+from bilaw.metrics import TEST_AA_ACC, TEST_CLEAN_ACC
 from bilaw.models import Normalize, build_model, model_kwargs
 from bilaw.runs.saved import load_run, read_metrics, read_run_config
 from bilaw.training.checkpoint import atomic_write_text, save_checkpoint
@@ -193,16 +194,16 @@ def build_model_info(cfg: TrainConfig, metrics: dict[str, Any], model: nn.Module
     if threat not in ("Linf", "L2"):
         raise ExportError(f"the run's norm {cfg.norm!r} is no RobustBench threat model (Linf, L2)")
     n_test = _test_points(final)
-    has_aa = isinstance(final.get("test_aa_acc"), (int, float))
+    has_aa = isinstance(final.get(TEST_AA_ACC), (int, float))
     n_aa = (min(cfg.aa_samples, n_test) if n_test is not None else cfg.aa_samples) if has_aa else None
     aa_version = f"custom ({', '.join(cfg.aa_attacks)})" if cfg.aa_attacks else cfg.aa_version
-    autoattack_acc = _percent(final["test_aa_acc"], "test_aa_acc") if has_aa else None
+    autoattack_acc = _percent(final[TEST_AA_ACC], TEST_AA_ACC) if has_aa else None
     footnote = eps_footnote(cfg.eps, cfg.dataset, threat)
     normalised = any(isinstance(m, Normalize) for m in model.modules())
     info: dict[str, Any] = {
         "link": link, "name": name, "authors": authors, "additional_data": False, "number_forward_passes": 1,
         "dataset": cfg.dataset, "venue": venue, "architecture": architecture or architecture_name(cfg),
-        "eps": format_eps(cfg.eps, threat), "clean_acc": _percent(final["test_clean_acc"], "test_clean_acc"),
+        "eps": format_eps(cfg.eps, threat), "clean_acc": _percent(final[TEST_CLEAN_ACC], TEST_CLEAN_ACC),
         "reported": reported if reported is not None else autoattack_acc,
         **({"footnote": footnote} if footnote else {}),
         "autoattack_acc": autoattack_acc,

@@ -18,6 +18,7 @@ from bilaw.config.reproducibility import FULL_EVAL, evaluation_label, threads_no
 from bilaw.config.train_config import ConfigError, TrainConfig, choices, load_yaml_mapping, parse_overrides
 from bilaw.data.datasets import MissingDatasetError
 from bilaw.file_errors import DamagedFileError
+from bilaw.metrics import LAST_TEST_CLEAN_ACC, LAST_TEST_PGD_ACC, TEST_AA_ACC, TEST_CLEAN_ACC, TEST_PGD_ACC
 
 
 def _keys_help() -> str:
@@ -93,10 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     save_run(result, out)
     f = result.final
-    aa = f"  AA {f['test_aa_acc']:.4f}" if "test_aa_acc" in f else ""
-    print(f"best epoch {f['best_epoch']}: test clean {f['test_clean_acc']:.4f}  PGD-{cfg.eval_pgd_steps} "
-          f"{f['test_pgd_acc']:.4f}{aa}  | last epoch: clean {f['last_test_clean_acc']:.4f}  "
-          f"PGD {f['last_test_pgd_acc']:.4f}")
+    aa = f"  AA {f[TEST_AA_ACC]:.4f}" if TEST_AA_ACC in f else ""
+    print(f"best epoch {f['best_epoch']}: test clean {f[TEST_CLEAN_ACC]:.4f}  PGD-{cfg.eval_pgd_steps} "
+          f"{f[TEST_PGD_ACC]:.4f}{aa}  | last epoch: clean {f[LAST_TEST_CLEAN_ACC]:.4f}  "
+          f"PGD {f[LAST_TEST_PGD_ACC]:.4f}")
     extra = "".join(f", {name}" for name in ("analysis.pt", "plots/") if (out / name).exists())
     print(f"wrote {out}/config.yaml, metrics.json, best.pt{extra}")
     return 0

@@ -24,6 +24,8 @@ if __package__ in (None, ""):  # run as `python tune/report.py`
     import _script_path  # noqa: F401  (puts this repository first on sys.path)
 
 from bilaw.file_errors import DamagedFileError  # noqa: E402
+from bilaw.metrics import (BEST_VAL_PGD_ACC, ROBUST_OVERFIT_GAP, TEST_AA_ACC, TEST_CLEAN_ACC,  # noqa: E402
+                           TEST_PGD_ACC, finished)
 from tune.results.eval_columns import EVAL_COLUMNS, column_evaluations, heading, mixed_note  # noqa: E402
 from tune.results.per_point_runs import PER_POINT_KEYS  # noqa: E402
 from tune.results.uncertainty import accuracy_interval  # noqa: E402
@@ -31,11 +33,11 @@ from tune.spaces.schema import NOT_SEARCHED  # noqa: E402
 from tune.tracking.runs import (MASKING_TAG, NOT_SEARCHED_TAG, PARENT_TAG, STATUS_TAG, TrackingError,  # noqa: E402
                                 absolute_tracking_uri, best_epoch, check_store_exists, check_tracking_uri)
 
-COLUMNS = [("Clean", "test_clean_acc"), ("PGD", "test_pgd_acc"), ("AA", "test_aa_acc")]
+COLUMNS = [("Clean", TEST_CLEAN_ACC), ("PGD", TEST_PGD_ACC), ("AA", TEST_AA_ACC)]
 # --trials: per-run columns after the searched values (header, metric, percent?)
-TRIAL_COLUMNS = [("held-out PGD (best)", "best_val_pgd_acc", True), ("Clean", "test_clean_acc", True),
-                 ("PGD", "test_pgd_acc", True), ("AA", "test_aa_acc", True),
-                 ("best epoch", "best_epoch", None), ("overfit gap", "robust_overfit_gap", True),
+TRIAL_COLUMNS = [("held-out PGD (best)", BEST_VAL_PGD_ACC, True), ("Clean", TEST_CLEAN_ACC, True),
+                 ("PGD", TEST_PGD_ACC, True), ("AA", TEST_AA_ACC, True),
+                 ("best epoch", "best_epoch", None), ("overfit gap", ROBUST_OVERFIT_GAP, True),
                  ("w std peak", "weight_std_peak", False), ("w std last", "weight_std_last", False)]
 IGNORED_PARAMS = {"seed", "device", "data_dir"}
 
@@ -73,7 +75,7 @@ def finished_runs(uri: str, experiment: str, reruns: bool | None = None) -> list
         raise ReportError(f"no experiment {experiment!r} in {uri}; experiments there: {', '.join(names) or 'none'}")
     runs = [r for r in client.search_runs([exp.experiment_id], max_results=50000)
             if (reruns is not True and PARENT_TAG in r.data.tags) or (reruns is not False and "rerun_of" in r.data.tags)]
-    done = [r for r in runs if r.info.status == "FINISHED" and "test_clean_acc" in r.data.metrics
+    done = [r for r in runs if r.info.status == "FINISHED" and finished(r.data.metrics)
             and r.data.tags.get(STATUS_TAG, "completed") == "completed"]
     if not done:
         kind = {True: "re-run", False: "search trial"}.get(reruns, "run")
@@ -117,7 +119,7 @@ def build_rows(runs: list, by: str) -> list[Row]:
         cells = {name: _mean_std(v) for name, v in values.items()}
         intervals = {name: accuracy_interval(values[name], _points(members, POINTS[key]))
                      for name, key in COLUMNS}
-        gaps = [m.data.metrics["test_pgd_acc"] - m.data.metrics["test_clean_acc"] for m in members]
+        gaps = [m.data.metrics[TEST_PGD_ACC] - m.data.metrics[TEST_CLEAN_ACC] for m in members]
         points = {name: _points(members, POINTS[key]) for name, key in COLUMNS if values[name]}
         evaluations = {name: column_evaluations(members, name, key) for name, key in COLUMNS if name in EVAL_COLUMNS}
         rows.append(Row(value, len(members), cells, _mean_std(gaps), intervals, points, evaluations))
@@ -125,7 +127,7 @@ def build_rows(runs: list, by: str) -> list[Row]:
 
 
 # The count of test points each column's accuracy is measured on (a run's final metrics).
-POINTS = {"test_clean_acc": "test_points", "test_pgd_acc": "test_points", "test_aa_acc": "aa_points"}
+POINTS = {TEST_CLEAN_ACC: "test_points", TEST_PGD_ACC: "test_points", TEST_AA_ACC: "aa_points"}
 
 
 def _points(runs: list, key: str) -> int | None:
@@ -210,7 +212,7 @@ def trial_table(runs: list) -> tuple[list[str], list[list[str]]]:
     """(header, rows): one row per run, best held-out PGD accuracy first."""
     params = varying_params(runs)
     cols = [c for c in TRIAL_COLUMNS if any(c[1] in r.data.metrics for r in runs)]
-    ordered = sorted(runs, key=lambda r: -r.data.metrics.get("best_val_pgd_acc", -math.inf))
+    ordered = sorted(runs, key=lambda r: -r.data.metrics.get(BEST_VAL_PGD_ACC, -math.inf))
     masking_column = any(MASKING_TAG in r.data.tags or "aa_points" in r.data.metrics for r in runs)
     rows = []
     for r in ordered:
@@ -349,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", action="store_true",
                    help="one row per finished trial (searched values, held-out and test metrics, weight health), "
                         "best first, instead of rows grouped by one parameter")
-    p.add_argument("--paired-metric", default="test_pgd_acc", choices=sorted(PER_POINT_KEYS),
+    p.add_argument("--paired-metric", default=TEST_PGD_ACC, choices=sorted(PER_POINT_KEYS),
                    help="compare the best row with each other row point by point on this metric (default "
                         "test_pgd_acc; best_val_pgd_acc: the search's held-out ranking metric); md format only")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlruns.db in this folder)")

@@ -26,6 +26,8 @@ from bilaw.config.train_config import (REUSE_FREE_KEYS, ConfigError, TrainConfig
                                        parse_overrides)
 from bilaw.data.datasets import MissingDatasetError  # noqa: E402
 from bilaw.file_errors import DamagedFileError  # noqa: E402
+from bilaw.metrics import (LAST_TEST_CLEAN_ACC, LAST_TEST_PGD_ACC, TEST_AA_ACC, TEST_CLEAN_ACC,  # noqa: E402
+                           TEST_PGD_ACC)
 from bilaw.registry import unknown_name_message  # noqa: E402
 from tune import spaces as sp  # noqa: E402
 from tune.spaces.seeds import SeedsError  # noqa: E402
@@ -84,8 +86,8 @@ TABLES = {
               Row("TRADES (1/lambda = 6)", "trades", {"trades_beta": 6.0}),
               Row("GAIRAT", "gairat"), Row("WMMR", "wmmr"), Row("MAIL", "mail"))),
 }
-BEST_COLUMNS = [("Clean", "test_clean_acc"), ("PGD", "test_pgd_acc"), ("AA", "test_aa_acc")]
-LAST_COLUMNS = [("Clean", "last_test_clean_acc"), ("PGD", "last_test_pgd_acc")]
+BEST_COLUMNS = [("Clean", TEST_CLEAN_ACC), ("PGD", TEST_PGD_ACC), ("AA", TEST_AA_ACC)]
+LAST_COLUMNS = [("Clean", LAST_TEST_CLEAN_ACC), ("PGD", LAST_TEST_PGD_ACC)]
 
 
 class ReproduceError(ValueError):

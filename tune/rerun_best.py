@@ -20,19 +20,20 @@ if __package__ in (None, ""):  # run as `python tune/rerun_best.py`
 from bilaw.config.reproducibility import FULL_EVAL, evaluation_label, pgd_label, threads_note  # noqa: E402
 from bilaw.config.train_config import ConfigError, TrainConfig, parse_overrides  # noqa: E402
 from bilaw.file_errors import DamagedFileError  # noqa: E402
+from bilaw.metrics import BEST_VAL_PGD_ACC, TEST_AA_ACC, TEST_CLEAN_ACC, TEST_PGD_ACC, finished  # noqa: E402
 from tune.report import POINTS, ReportError, finished_runs  # noqa: E402
 from tune.tracking.model_store import ModelStoreError, source_run  # noqa: E402
 from tune.tracking.runs import (TrackingError, absolute_tracking_uri, check_store_exists,  # noqa: E402
                                 check_tracking_uri)
 
-SUMMARY = [("clean", "test_clean_acc"), ("PGD", "test_pgd_acc"), ("AutoAttack", "test_aa_acc")]
+SUMMARY = [("clean", TEST_CLEAN_ACC), ("PGD", TEST_PGD_ACC), ("AutoAttack", TEST_AA_ACC)]
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rerun_best.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--experiment", required=True, help="MLflow experiment of the search")
-    p.add_argument("--metric", default="best_val_pgd_acc", help="rank finished trials by this metric (max)")
+    p.add_argument("--metric", default=BEST_VAL_PGD_ACC, help="rank finished trials by this metric (max)")
     p.add_argument("--run-id", help="re-run this MLflow run instead of the best one")
     p.add_argument("--model", metavar="URI", help="re-run the run a logged model comes from: runs:/RUN_ID/model, "
                                                    "models:/m-MODEL_ID, models:/NAME/VERSION, models:/NAME/latest "
@@ -144,7 +145,7 @@ def _run(args, uri: str, best, config: dict) -> int:
                                storage_path=str(Path(args.storage_path).resolve()))
     finally:
         ray.shutdown()
-    finals = [r.metrics for r in results if r.error is None and "test_clean_acc" in (r.metrics or {})]
+    finals = [r.metrics for r in results if r.error is None and finished(r.metrics or {})]
     if not finals:
         print(f"error: no re-run finished ({sum(r.error is not None for r in results)} errored)", file=sys.stderr)
         return 1
@@ -162,7 +163,7 @@ def summary_lines(finals: list[dict], pgd: str = "PGD-20") -> list[str]:
 
     lines = []
     for label, key in SUMMARY:
-        label = pgd if key == "test_pgd_acc" else label
+        label = pgd if key == TEST_PGD_ACC else label
         values = [m[key] for m in finals if key in m]
         if not values:
             continue

@@ -19,9 +19,10 @@ from typing import Any
 import optuna
 from ray.tune.search import Repeater
 
+from bilaw.metrics import TEST_AA_ACC, TEST_CLEAN_ACC, TEST_PGD_ACC
 from tune import library_adapters
 
-TEST_METRICS = ("test_clean_acc", "test_pgd_acc", "test_aa_acc")
+TEST_METRICS = (TEST_CLEAN_ACC, TEST_PGD_ACC, TEST_AA_ACC)
 RUN_IDS_ATTR = "mlflow_run_ids"
 
 

@@ -23,7 +23,7 @@ from ray import tune
 from bilaw.config.reproducibility import use_threads
 from bilaw.config.train_config import TrainConfig
 from bilaw.gpu_memory import cap_gpu_memory, gpu_oom_message
-from bilaw.metrics import scalar_final
+from bilaw.metrics import final_report, finished
 from bilaw.runs.saved import save_run
 from bilaw.training.checkpoint import previous_path
 from bilaw.training.trainer import CHECKPOINT_NAME, train
@@ -121,7 +121,7 @@ def train_trial(config: dict[str, Any]) -> None:
             numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
             if sampler is not None:
                 numbers.update(sampler.take())
-            if "test_clean_acc" in metrics:  # the last epoch: reported below, once its run is saved
+            if finished(metrics):  # the last epoch: reported below, once its run is saved
                 state["final"] = numbers
                 return
             now = time.monotonic()
@@ -141,7 +141,7 @@ def train_trial(config: dict[str, Any]) -> None:
         # The final report comes last: a scheduler may stop the trial inside it (ASHA stops every
         # trial at max_t), which must not cost the saved run. Resumed after the last epoch, the
         # trainer made no callback: the test metrics are reported from its result.
-        final = state["final"] or {k: v for k, v in {**result.history[-1], **scalar_final(result.final)}.items()
+        final = state["final"] or {k: v for k, v in {**result.history[-1], **final_report(result.final)}.items()
                                    if isinstance(v, (int, float))}
         tune.report(final, checkpoint=tune.Checkpoint.from_directory(str(work)))
     finally:

@@ -8,11 +8,12 @@ from typing import Any
 
 from ray import tune
 
+from bilaw.metrics import BEST_VAL_PGD_ACC, VAL_CLEAN_ACC, VAL_PGD_ACC
 from tune.tracking.runs import SearchTracking
 from tune.tracking.trial_callback import TrialTracking
 from tune.trainable import META_KEY, VARIANT_KEY, train_trial
 
-PROGRESS_COLUMNS = ["epoch", "val_clean_acc", "val_pgd_acc", "best_val_pgd_acc", "weight_std"]
+PROGRESS_COLUMNS = ["epoch", VAL_CLEAN_ACC, VAL_PGD_ACC, BEST_VAL_PGD_ACC, "weight_std"]
 
 
 def trial_name(trial) -> str:

@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from bilaw.metrics import TRAIN_LOSS, VAL_CLEAN_ACC, VAL_PGD_ACC
+
 
 def _pyplot():
     import matplotlib
@@ -182,8 +184,8 @@ def best_epoch_of(history: list[dict[str, Any]]) -> int | None:
     state of the first best); None for an empty history."""
     if not history:
         return None
-    top = max(h["val_pgd_acc"] for h in history)
-    return next(int(h["epoch"]) for h in history if h["val_pgd_acc"] == top)
+    top = max(h[VAL_PGD_ACC] for h in history)
+    return next(int(h["epoch"]) for h in history if h[VAL_PGD_ACC] == top)
 
 
 def curves_figure(history: list[dict[str, Any]]):
@@ -194,10 +196,10 @@ def curves_figure(history: list[dict[str, Any]]):
     plt = _pyplot()
     epochs = [int(h["epoch"]) for h in history]
     fig, (loss, acc) = plt.subplots(1, 2, figsize=(8, 3.2))
-    loss.plot(epochs, [h["train_loss"] for h in history], marker="o", color="black")
+    loss.plot(epochs, [h[TRAIN_LOSS] for h in history], marker="o", color="black")
     loss.set(xlabel="epoch", ylabel="training loss (weighted)")
-    acc.plot(epochs, [h["val_clean_acc"] for h in history], marker="o", label="held-out clean")
-    acc.plot(epochs, [h["val_pgd_acc"] for h in history], marker="o", label="held-out PGD")
+    acc.plot(epochs, [h[VAL_CLEAN_ACC] for h in history], marker="o", label="held-out clean")
+    acc.plot(epochs, [h[VAL_PGD_ACC] for h in history], marker="o", label="held-out PGD")
     acc.set(xlabel="epoch", ylabel="accuracy", title=f"best epoch {best} (highest held-out PGD)")
     for ax in (loss, acc):
         ax.axvline(best, color="grey", ls="--", lw=1)

@@ -26,6 +26,7 @@ from bilaw.config.train_config import KEYS, ConfigError, TrainConfig, stored_con
 from bilaw.config.yaml_values import yaml_problem
 from bilaw.epochs import EPOCHS_FROM, renumbered_final, renumbered_history
 from bilaw.file_errors import DamagedFileError, MissingFileError, load_json, one_line, read_text, require_mapping
+from bilaw.metrics import TEST_CLEAN_ACC, TEST_PGD_ACC
 from bilaw.models import build_model, model_kwargs
 from bilaw.training.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 
@@ -171,7 +172,7 @@ def read_metrics(run_dir: str | Path) -> dict[str, Any]:
     history, final = metrics["history"], metrics["final"]
     if not isinstance(history, list) or not all(isinstance(h, dict) and "epoch" in h for h in history):
         raise DamagedFileError(path, "its history is not a list of per-epoch metrics (each with 'epoch')", fix)
-    missing = [k for k in ("test_clean_acc", "test_pgd_acc") if not isinstance(final, dict) or k not in final]
+    missing = [k for k in (TEST_CLEAN_ACC, TEST_PGD_ACC) if not isinstance(final, dict) or k not in final]
     if missing:
         raise DamagedFileError(path, f"its final metrics lack {', '.join(map(repr, missing))}", fix)
     if metrics.get(EPOCHS_FROM) != 1:  # written when epochs were counted from 0

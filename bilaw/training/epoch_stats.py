@@ -9,6 +9,7 @@ import math
 import torch
 
 from bilaw.methods.weighting import as_mean_one
+from bilaw.metrics import TRAIN_LOSS
 
 # Extra epoch sums copied to the metrics as they are (label-noise means, BiLAW's meta-gradient
 # norm, and a weight net's learning statistics: bilaw/methods/weight_learning.py).
@@ -48,7 +49,7 @@ def finish_epoch(sums: dict[str, torch.Tensor]) -> dict[str, float]:
     mean = v["w_sum"] / n
     # Var(w) = E[(w - 1)^2] - (E[w] - 1)^2: sums of squared deviations from 1, not E[w^2] - E[w]^2,
     # which cancels catastrophically in float32 when the weights are nearly uniform.
-    out = {"train_loss": v["loss"] / n,
+    out = {TRAIN_LOSS: v["loss"] / n,
            "weight_std": math.sqrt(max(v["w_dev_sq"] / n - (mean - 1) ** 2, 0.0)),
            "weight_min": v["w_min"], "weight_max": v["w_max"], "weight_raw_mean": v["raw_sum"] / n}
     out.update({k: v[k] for k in PASSTHROUGH if k in v})

@@ -4,6 +4,8 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Iterable
 
+from bilaw.metrics import BEST_VAL_PGD_ACC, TRAIN_LOSS, VAL_CLEAN_ACC, VAL_PGD_ACC
+
 
 def batch_progress(enabled: bool, run: Any) -> Callable[[Iterable], Iterable]:
     """A wrapper that shows a tqdm bar over one epoch's batches of `run` (or passes them through)."""
@@ -23,6 +25,6 @@ def batch_progress(enabled: bool, run: Any) -> Callable[[Iterable], Iterable]:
 def format_epoch(m: dict[str, Any], epochs: int) -> str:
     """One epoch's log line."""
     meta = f"  meta |g| {m['meta_grad_norm']:.3g}" if "meta_grad_norm" in m else ""
-    return (f"epoch {m['epoch']:>3}/{epochs}  loss {m['train_loss']:.4f}  val clean {m['val_clean_acc']:.4f}  "
-            f"val pgd {m['val_pgd_acc']:.4f}  best {m['best_val_pgd_acc']:.4f}  lr {m['lr']:.4g}  "
+    return (f"epoch {m['epoch']:>3}/{epochs}  loss {m[TRAIN_LOSS]:.4f}  val clean {m[VAL_CLEAN_ACC]:.4f}  "
+            f"val pgd {m[VAL_PGD_ACC]:.4f}  best {m[BEST_VAL_PGD_ACC]:.4f}  lr {m['lr']:.4g}  "
             f"w std {m['weight_std']:.3f}{meta}  {m['epoch_time_s']:.1f}s")

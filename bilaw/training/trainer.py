@@ -30,7 +30,9 @@ from bilaw.methods.learned import RunContext
 from bilaw.methods.objectives import OBJECTIVES, AttackSetting, Objective, combine
 from bilaw.methods.weight_health import collapse_message, collapsed_epoch, health_warning
 from bilaw.methods.weighting import StepInputs, Weighting, WeightNet, as_mean_one, build_weighting, is_learned
-from bilaw.metrics import scalar_final
+from bilaw.metrics import (BEST_VAL_PGD_ACC, LAST_TEST_CLEAN_ACC, LAST_TEST_PGD_ACC, ROBUST_OVERFIT_GAP, TEST_AA_ACC,
+                           TEST_CLEAN_ACC, TEST_PGD_ACC, TEST_PGD_ACC_AA_SUBSET, TRAIN_LOSS, VAL_CLEAN_ACC, VAL_PGD_ACC,
+                           final_report)
 from bilaw.models import build_model, model_kwargs
 from bilaw.training.checkpoint import resume_checkpoint, rng_state, save_checkpoint, set_rng_state
 from bilaw.training.epoch_stats import accumulate, finish_epoch
@@ -115,7 +117,7 @@ class RunState:
         self.weight_maps: list[dict[str, Any]] = []                   # map snapshots (weight_maps.py)
         self.map_epochs = set(snapshot_epochs(cfg)) if self.weight_net is not None else set()
         self.history: list[dict[str, Any]] = []
-        self.best: dict[str, Any] = {"val_pgd_acc": -1.0, "epoch": 0, "model": None, "weight_net": None}
+        self.best: dict[str, Any] = {VAL_PGD_ACC: -1.0, "epoch": 0, "model": None, "weight_net": None}
 
     @property
     def amp(self) -> bool:
@@ -191,9 +193,9 @@ class RunState:
         metrics = finish_epoch(sums)  # the epoch's one host read (with the per-sample weights' copy below)
         self.sample_weights.append(self.epoch_weights.to("cpu", copy=True))
         metrics.update(lr=lr, epoch_time_s=elapsed)
-        if not math.isfinite(metrics["train_loss"]):
+        if not math.isfinite(metrics[TRAIN_LOSS]):
             raise NonFiniteLossError(
-                f"training loss became {metrics['train_loss']} in epoch {self.epoch} "
+                f"training loss became {metrics[TRAIN_LOSS]} in epoch {self.epoch} "
                 f"(method {cfg.method}, lr {lr}); lower lr or check the inputs")
         return metrics
 
@@ -207,17 +209,17 @@ class RunState:
         every epoch), and those per-point results."""
         points = holdout_correct(self.model, self.cfg, self.data)
         n = max(len(self.data.y_holdout), 1)  # exact count / N
-        return {"val_clean_acc": points["clean"].sum().item() / n,
-                "val_pgd_acc": points["pgd"].sum().item() / n}, points
+        return {VAL_CLEAN_ACC: points["clean"].sum().item() / n,
+                VAL_PGD_ACC: points["pgd"].sum().item() / n}, points
 
     def update_best(self, metrics: dict[str, Any], holdout: dict[str, torch.Tensor]) -> None:
         """Keep the state (and its per-point held-out results) of the best held-out PGD accuracy."""
-        if metrics["val_pgd_acc"] > self.best["val_pgd_acc"]:
-            self.best = {"val_pgd_acc": metrics["val_pgd_acc"], "epoch": metrics["epoch"],
+        if metrics[VAL_PGD_ACC] > self.best[VAL_PGD_ACC]:
+            self.best = {VAL_PGD_ACC: metrics[VAL_PGD_ACC], "epoch": metrics["epoch"],
                          "model": _cpu_state(self.model),
                          "weight_net": None if self.weight_net is None else _cpu_state(self.weight_net),
                          "holdout": holdout}
-        metrics["best_val_pgd_acc"] = self.best["val_pgd_acc"]
+        metrics[BEST_VAL_PGD_ACC] = self.best[VAL_PGD_ACC]
 
     # ----- checkpoints -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -242,8 +244,7 @@ class RunState:
         self.best, self.history = state["best"], list(state["history"])
         weights = state.get("sample_weights")
         self.sample_weights = [] if weights is None else list(weights.unbind(0))
-        self.trace = list(state.get("trace") or [])
-        self.weight_maps = list(state.get("weight_maps") or [])
+        self.trace, self.weight_maps = list(state.get("trace") or []), list(state.get("weight_maps") or [])
 
 
 def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -313,8 +314,8 @@ def train(
         finished = run.epoch >= cfg.epochs or _early_stopped(run)
         if cfg.plot_every and cfg.plots and run.epoch % cfg.plot_every == 0 and not finished and ckpt is not None:
             _draw_interim_plots(run, ckpt.parent / "plots")
-        # the last epoch's report (not its history entry) carries the test metrics: a scheduler may stop after it
-        report = {**metrics, **(scalar_final(finish().final) if finished else {})}
+        # the last report (not its history entry) adds the test metrics and FINISHED: a scheduler may stop after it
+        report = {**metrics, **(final_report(finish().final) if finished else {})}
         if callback is not None:
             callback(report, ckpt.parent if ckpt is not None else None)
     return finish()
@@ -347,16 +348,16 @@ def _finish_run(run: RunState, say: Callable[[str], None] = _print_stderr) -> Tr
     last_points = last.pop("points")
     points = {"test": {**best.pop("points"), "last_clean": last_points["clean"], "last_pgd": last_points["pgd"]},
               "holdout": holdout_points(run)}
-    final = {"test_clean_acc": best["clean_acc"], "test_pgd_acc": best["pgd_acc"],
-             "last_test_clean_acc": last["clean_acc"], "last_test_pgd_acc": last["pgd_acc"],
+    final = {TEST_CLEAN_ACC: best["clean_acc"], TEST_PGD_ACC: best["pgd_acc"],
+             LAST_TEST_CLEAN_ACC: last["clean_acc"], LAST_TEST_PGD_ACC: last["pgd_acc"],
              "best_epoch": run.best["epoch"], "epochs_trained": run.epoch,
              "test_per_class_pgd_acc": best["per_class_pgd_acc"], "test_adv_confusion": best["adv_confusion"]}
     if run.history:  # robust overfitting: how far held-out PGD accuracy fell after its best epoch
-        final["robust_overfit_gap"] = run.best["val_pgd_acc"] - run.history[-1]["val_pgd_acc"]
+        final[ROBUST_OVERFIT_GAP] = run.best[VAL_PGD_ACC] - run.history[-1][VAL_PGD_ACC]
     final["test_points"] = len(d.y_test)  # what the accuracies' sampling error depends on
     if "aa_acc" in best:
-        final["test_aa_acc"] = best["aa_acc"]
-        final["test_pgd_acc_aa_subset"] = best["pgd_acc_aa_subset"]
+        final[TEST_AA_ACC] = best["aa_acc"]
+        final[TEST_PGD_ACC_AA_SUBSET] = best["pgd_acc_aa_subset"]
         final["aa_points"] = min(cfg.aa_samples, len(d.y_test))
         final.update(masking_check(points["test"]["pgd"], points["test"]["aa"], cfg.masking_gap))
         if best["aa_warnings"]:  # AutoAttack's own checks doubt its number (bilaw/eval/autoattack.py)

@@ -16,7 +16,9 @@ from typing import Any, Callable, Iterable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-HISTORY_METRIC = "val_pgd_acc"
+from bilaw.metrics import VAL_PGD_ACC
+
+HISTORY_METRIC = VAL_PGD_ACC
 HISTORY_PNG = "optimization_history.png"
 PARALLEL_PNG = "parallel_coordinate.png"
 IMPORTANCES_PNG = "param_importances.png"

@@ -10,6 +10,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from bilaw.eval.per_point import PER_POINT_NAME
+from bilaw.metrics import BEST_VAL_PGD_ACC, TEST_AA_ACC, TEST_CLEAN_ACC, TEST_PGD_ACC, TEST_PGD_ACC_AA_SUBSET
 
 
 @dataclass(frozen=True)
@@ -23,11 +24,11 @@ class PointsOf:
 
 
 PER_POINT_KEYS: dict[str, PointsOf] = {
-    "best_val_pgd_acc": PointsOf("holdout_pgd", False, "held-out PGD accuracy of each run's best state"),
-    "test_clean_acc": PointsOf("test_clean", False, "test clean accuracy"),
-    "test_pgd_acc": PointsOf("test_pgd", False, "test PGD accuracy"),
-    "test_aa_acc": PointsOf("test_aa", False, "test AutoAttack accuracy"),
-    "test_pgd_acc_aa_subset": PointsOf("test_pgd", True, "test PGD accuracy on AutoAttack's points"),
+    BEST_VAL_PGD_ACC: PointsOf("holdout_pgd", False, "held-out PGD accuracy of each run's best state"),
+    TEST_CLEAN_ACC: PointsOf("test_clean", False, "test clean accuracy"),
+    TEST_PGD_ACC: PointsOf("test_pgd", False, "test PGD accuracy"),
+    TEST_AA_ACC: PointsOf("test_aa", False, "test AutoAttack accuracy"),
+    TEST_PGD_ACC_AA_SUBSET: PointsOf("test_pgd", True, "test PGD accuracy on AutoAttack's points"),
 }
 
 

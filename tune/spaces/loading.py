@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from bilaw.config.train_config import KEYS, TYPE_HINTS, ConfigError, TrainConfig, coerce, load_yaml_mapping
-from bilaw.metrics import METRICS, epoch_metrics
+from bilaw.metrics import BEST_VAL_PGD_ACC, METRICS, epoch_metrics
 from bilaw.registry import unknown_name_message
 from tune.spaces.conditions import check_when_references, parse_first_trials, parse_when
 from tune.spaces.schema import (DEFAULT_WORKLOAD, KINDS, MODES, PAPER, SAMPLERS, TOP_KEYS, WORKLOAD_KEYS, Param,
@@ -292,7 +292,7 @@ def _as_list(value: Any) -> list:
 
 def _parse_objectives(problems: Problems, data: dict, sampler: str | None) -> tuple[list[str] | None, list[str]]:
     """(metric, mode); metric is None if a metric is unknown (later checks read metric[0])."""
-    metric = _as_list(data.get("metric", "best_val_pgd_acc"))
+    metric = _as_list(data.get("metric", BEST_VAL_PGD_ACC))
     mode = _as_list(data.get("mode", "max"))
     known = True
     for m in metric:

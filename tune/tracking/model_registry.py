@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bilaw.metrics import TEST_AA_ACC, TEST_CLEAN_ACC, TEST_PGD_ACC, TEST_PGD_ACC_AA_SUBSET
 from tune.tracking.runs import PARENT_TAG, SEARCHED_TAG, best_epoch, find_runs
 
 # A version's metric tags (with its search's ranking metrics): what the model scored, on how many points.
-TAG_METRICS = ("test_clean_acc", "test_pgd_acc", "test_aa_acc", "test_pgd_acc_aa_subset", "test_points", "aa_points",
+TAG_METRICS = (TEST_CLEAN_ACC, TEST_PGD_ACC, TEST_AA_ACC, TEST_PGD_ACC_AA_SUBSET, "test_points", "aa_points",
                "best_epoch")
 OBJECTIVE = re.compile(r"^(\S+) \((max|min)\)$")  # search.json's "best_val_pgd_acc (max)"
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable
 from urllib.parse import urlsplit, urlunsplit
 
+from bilaw.metrics import FINISHED, TRAIN_LOSS, finished
 # Runs are found by value one way (tune/tracking/queries.py); tune/ imports it from here.
 from tune.sqlite_files import sqlite_path
 from tune.tracking.queries import UnquotableFilterValue, find_runs, quote_filter_value  # noqa: F401
@@ -185,10 +186,10 @@ PER_CLASS_ARTIFACT = "per_class_pgd_acc.json"
 
 
 def numeric_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    """The metrics MLflow gets as columns: finite numbers, not the per-class accuracies."""
+    """The metrics MLflow gets as columns: finite numbers, not the per-class accuracies nor FINISHED."""
     return {k: float(v) for k, v in metrics.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
-            and not PER_CLASS_METRIC.match(k)}
+            and not PER_CLASS_METRIC.match(k) and k != FINISHED}
 
 
 def best_epoch(run) -> float | None:
@@ -298,7 +299,7 @@ class TrialRun:
         if found:
             self.run_id = found[0].info.run_id
             self.client.update_run(self.run_id, status="RUNNING")
-            self.logged_steps = {m.step for m in self.client.get_metric_history(self.run_id, "train_loss")}
+            self.logged_steps = {m.step for m in self.client.get_metric_history(self.run_id, TRAIN_LOSS)}
         else:
             parent = {PARENT_TAG: parent_run_id} if parent_run_id else {}
             run = self.client.create_run(experiment_id, run_name=trial_name, tags={
@@ -315,11 +316,11 @@ class TrialRun:
         """Per-epoch metrics with step = epoch; an epoch already logged (retry) is skipped. The
         write happens on MLflow's logging thread (a store round trip per epoch is tens of ms,
         which short epochs feel); `flush` confirms it. The trainer's last report, which also carries
-        the final metrics (`test_clean_acc`), is left to `log_history` and `log_final`."""
+        the final metrics (`finished`), is left to `log_history` and `log_final`."""
         from mlflow.entities import Metric
 
         step = int(metrics["epoch"])
-        if step in self.logged_steps or "test_clean_acc" in metrics:
+        if step in self.logged_steps or finished(metrics):
             return
         ts = int(time.time() * 1000)
         batch = [Metric(k, v, ts, step) for k, v in numeric_metrics(metrics).items() if k != "epoch"]

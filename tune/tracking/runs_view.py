@@ -13,9 +13,11 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable, Sequence
 
+from bilaw.metrics import TEST_AA_ACC, TEST_CLEAN_ACC, TEST_PGD_ACC
+
 SHARED_VIEW_TAG = "mlflow.sharedViewState."
 # The trials' scores shown beside the ranking metric, where any trial has them.
-SCORE_COLUMNS = ("test_clean_acc", "test_pgd_acc", "test_aa_acc", "best_epoch")
+SCORE_COLUMNS = (TEST_CLEAN_ACC, TEST_PGD_ACC, TEST_AA_ACC, "best_epoch")
 SHOW_ALL_RUNS = "SHOW_ALL"  # the charts draw every run (the UI's default hides all but the first 10)
 
 

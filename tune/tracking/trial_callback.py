@@ -7,9 +7,10 @@ credentials never leave the driver).
   trial keeps one run), with the trial's full config as params and its tags (`searched`: the
   space's parameters);
 - each result: the per-epoch metrics, step = epoch, counted from 1 (an epoch already logged is
-  skipped). The last epoch's report also carries the test metrics: it waits for the trial's end;
+  skipped). The last epoch's report, `finished` (bilaw/metrics.py), also carries the test
+  metrics: it waits for the trial's end;
 - the end: the saved run the trial's last checkpoint carries (`run/`: config.yaml,
-  metrics.json, plots), the last epoch's report less its final metrics, every epoch of its
+  metrics.json, plots), the last epoch's report less its final metrics and flag, every epoch of its
   history the run still lacks, the final metrics at step 0 (values, not curves, in MLflow's UI),
   the data the trial recorded (an MLflow dataset input: the driver never loads a dataset), the
   weight-health tag, and the run's status (completed, pruned by the scheduler, or error).
@@ -26,7 +27,7 @@ from ray import tune
 from ray.tune.result import AUTO_RESULT_KEYS
 
 from bilaw.methods.weight_health import health_label
-from bilaw.metrics import scalar_final
+from bilaw.metrics import FINISHED, TEST_PGD_ACC, finished, scalar_final
 from bilaw.runs.saved import DATA_RECORD_NAME, read_metrics
 from tune.tracking.runs import (AA_WARNINGS_TAG, MASKING_TAG, NOT_SEARCHED_TAG, PER_CLASS_ARTIFACT, SEARCHED_TAG,
                                 STATUS_TAG, WEIGHTS_TAG, SearchTracking, TrialRun, run_name)
@@ -100,7 +101,7 @@ class TrialTracking(tune.Callback):
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict[str, Any], **info) -> None:
         run = self._run(trial)
         metrics = {k: v for k, v in result.items() if k not in RAY_RESULT_KEYS}
-        if "test_clean_acc" in metrics:  # the last epoch's, with the final metrics: logged at the trial's end
+        if finished(metrics):  # the last epoch's, with the final metrics: logged at the trial's end
             self.last_reports[trial.trial_id] = metrics
         elif run is not None and "epoch" in metrics:
             try:
@@ -112,7 +113,7 @@ class TrialTracking(tune.Callback):
         run = self._run(trial)
         if run is None:
             return
-        done = "test_clean_acc" in (trial.last_result or {})
+        done = finished(trial.last_result or {})
         if done:
             self._log_saved_run(run, trial)
         self._finish(run, "completed" if done else "pruned", "FINISHED" if done else "KILLED")
@@ -139,7 +140,8 @@ class TrialTracking(tune.Callback):
                 metrics = read_metrics(saved)
                 final, history = scalar_final(metrics["final"]), metrics["history"]
                 if last is not None and history:  # its system metrics are in the report only
-                    run.log_epoch({k: v for k, v in last.items() if k not in final or k in history[-1]})
+                    added = {*final, FINISHED} - set(history[-1])  # what the last report adds to its epoch's
+                    run.log_epoch({k: v for k, v in last.items() if k not in added})
                 run.log_history(history)
                 run.log_final(final, saved, history)
                 self._log_dataset(run, saved)
@@ -174,7 +176,7 @@ def _log_per_class(run: TrialRun, final: dict[str, Any]) -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / PER_CLASS_ARTIFACT
-        path.write_text(json.dumps({"test_pgd_acc": {str(k): v for k, v in enumerate(accs)},
+        path.write_text(json.dumps({TEST_PGD_ACC: {str(k): v for k, v in enumerate(accs)},
                                     "note": "PGD accuracy per test class at the best state (NaN: class absent)"},
                                    indent=1))
         run.log_artifact(path)
