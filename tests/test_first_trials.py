@@ -6,15 +6,15 @@ import pytest
 
 from tune import spaces as sp
 from tune.plan import Plan
-from tune.run_search import build_parser
+from tune.run_search import parse_options
 from tune.search import make_searcher
 
 TPE_SPACES = [name for name, _ in sp.list_spaces() if sp.load_space(name).sampler != "grid"]
 
 
 def _draws(space: str, tmp_path, seed: int = 0, n: int = 2) -> list[dict]:
-    plan = Plan(build_parser().parse_args(["--space", space, "--sampler-seed", str(seed),
-                                           "--storage-path", str(tmp_path / f"s{seed}")]))
+    plan = Plan.build(parse_options(["--space", space, "--sampler-seed", str(seed),
+                                           "--storage-path", str(tmp_path / f"s{seed}")])[0])
     searcher = make_searcher(plan, tmp_path / f"s{seed}")
     return [searcher.suggest(f"t{i}") for i in range(n)]
 
@@ -45,8 +45,8 @@ def test_sampler_seeds_repeat_and_vary_the_draws(tmp_path):
     assert one[0] == two[0]  # the listed first trial, whatever the seed
     assert one[1] != two[1]
     (tmp_path / "again").mkdir()
-    plan = Plan(build_parser().parse_args(["--space", "bilaw_tpe", "--sampler-seed", "1",
-                                           "--storage-path", str(tmp_path / "again")]))
+    plan = Plan.build(parse_options(["--space", "bilaw_tpe", "--sampler-seed", "1",
+                                           "--storage-path", str(tmp_path / "again")])[0])
     searcher = make_searcher(plan, tmp_path / "again")
     assert [searcher.suggest("a"), searcher.suggest("b")] == one  # the same seed: the same trials
 

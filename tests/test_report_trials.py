@@ -134,9 +134,9 @@ def test_a_suspect_trial_never_wins_unless_allowed():
     results = [NS(error=None, metrics={"best_val_pgd_acc": 0.9, "suspect_gradient_masking": True},
                   config={"lr": 0.2, META_KEY: {}}),
                NS(error=None, metrics={"best_val_pgd_acc": 0.7}, config={"lr": 0.1, META_KEY: {}})]
-    cfg, values = best_config(NS(space=space, seeds=[0], args=NS(allow_suspect=False)), results)
+    cfg, values = best_config(NS(space=space, seeds=[0], options=NS(allow_suspect=False)), results)
     assert cfg.lr == 0.1 and values == [0.7]
-    cfg, values = best_config(NS(space=space, seeds=[0], args=NS(allow_suspect=True)), results)
+    cfg, values = best_config(NS(space=space, seeds=[0], options=NS(allow_suspect=True)), results)
     assert cfg.lr == 0.2 and values == [0.9]
 
 
@@ -155,11 +155,11 @@ def test_the_winning_run_is_never_a_flagged_seed_of_the_winning_config():
     tags = {}
     tracking = NS(parent_run_id="p", client=NS(set_tag=lambda run, k, v: tags.__setitem__(k, v)))
     child_runs = [NS(data=NS(tags={"ray_trial_id": t}), info=NS(run_id=f"run-{t}", run_name=t)) for t in "ab"]
-    plan = NS(space=space, seeds=[0, 1], args=NS(allow_suspect=False))
+    plan = NS(space=space, seeds=[0, 1], options=NS(allow_suspect=False))
     from tune.results.search_outcome import best_config
 
     cfg, _ = best_config(plan, results)
     metrics, run_id, best = _winner(plan, results, tracking, cfg, child_runs)
     assert run_id == "run-b" and best is results[1] and metrics["winner_best_val_pgd_acc"] == 0.7
-    plan.args.allow_suspect = True
+    plan.options.allow_suspect = True
     assert _winner(plan, results, tracking, best_config(plan, results)[0], child_runs)[1] == "run-a"

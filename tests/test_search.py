@@ -552,3 +552,34 @@ def test_dominance():
     pts = [(0.5, 0.9), (0.6, 0.8), (0.4, 0.85), (0.6, 0.8), (0.7, 0.1)]
     assert non_dominated(pts, ["max", "max"]) == [0, 1, 3, 4]
     assert non_dominated(pts, ["min", "min"]) == [1, 2, 3, 4]
+
+
+def test_the_config_a_trial_reports_is_the_one_the_driver_reads():
+    """The driver reads each finished trial's TrainConfig from its final report, not from Ray's
+    config dict; a result without one (an unfinished trial, a search stored before) is rebuilt."""
+    from tune.trainable import META_KEY, RAN_CONFIG_KEY, ran_config, trial_config
+
+    config = {"weight_net": "64", "epochs": 2, META_KEY: {"seeds": [3], "threads": 2}}
+    rebuilt = trial_config(config)
+    assert (rebuilt.weight_net, rebuilt.seed, rebuilt.threads) == ("64", 3, 2)
+    ran = rebuilt.replace(lr=0.05)  # what the trial says it ran wins over what its Ray config rebuilds to
+    reported = SimpleNamespace(config=config, metrics={RAN_CONFIG_KEY: json.dumps(ran.to_dict())})
+    assert ran_config(reported) == ran and ran_config(reported).lr == 0.05
+    assert ran_config(SimpleNamespace(config=config, metrics={"epoch": 1})) == rebuilt
+    assert ran_config(SimpleNamespace(config=config, metrics=None)) == rebuilt
+
+
+@pytest.mark.slow
+def test_each_trials_final_report_carries_the_config_its_saved_run_records(smoke_search):
+    from bilaw.runs.saved import load_run
+    from tune.trainable import RAN_CONFIG_KEY, SAVED_RUN, trial_config
+
+    root, _ = smoke_search
+    results = sorted((root / "ray_results" / "ablation_capacity").glob("*/result.json"))
+    assert len(results) == 4
+    for path in results:
+        last = json.loads(path.read_text().splitlines()[-1])
+        ran = TrainConfig.from_dict(json.loads(last[RAN_CONFIG_KEY]))
+        assert ran == trial_config(last["config"]) and ran.weight_net == last["config"]["weight_net"]
+        saved = max(path.parent.glob(f"checkpoint_*/{SAVED_RUN}"))
+        assert load_run(saved)[1] == ran

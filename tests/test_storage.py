@@ -40,11 +40,11 @@ def test_the_state_folder_stays_off_network_storage(tmp_path, monkeypatch):
 
 def test_the_plan_keeps_trials_and_driver_state_apart(tmp_path):
     from tune.plan import Plan
-    from tune.run_search import build_parser
+    from tune.run_search import parse_options
 
-    args = build_parser().parse_args(["--space", "ablation_capacity", "--storage-path", "s3://bucket/rr",
-                                      "--state-dir", str(tmp_path / "state")])
-    plan = Plan(args)
+    options, _ = parse_options(["--space", "ablation_capacity", "--storage-path", "s3://bucket/rr",
+                                "--state-dir", str(tmp_path / "state")])
+    plan = Plan.build(options)
     assert plan.storage_location == "s3://bucket/rr" and plan.storage is None
     assert plan.experiment_path == "s3://bucket/rr/ablation_capacity" and plan.state_dir == tmp_path / "state"
     text = plan.describe()

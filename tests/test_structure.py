@@ -81,12 +81,14 @@ LAYERS = [
 # tune's layers, bottom first, under the same rule (tune may import any of bilaw).
 TUNE_LAYERS = [
     ["tune", "tune._script_path", "tune.moved_modules", "tune.library_adapters", "tune.mounts", "tune.sqlite_files",
-     "tune.state_files", "tune.system_metrics", "tune.worker_exit", "tune.disk_full", "tune.resume_check",
-     "tune.search_lock", "tune.stopping"],
+     "tune.state_files", "tune.system_metrics", "tune.worker_exit", "tune.disk_full", "tune.search_lock",
+     "tune.storage"],
     ["tune.spaces."], ["tune.trainable"], ["tune.tracking."],
-    ["tune.finished_search", "tune.store_checks", "tune.storage", "tune.orphans", "tune.study_records"],
+    ["tune.plan"],
+    ["tune.resume_check", "tune.stopping", "tune.finished_search", "tune.store_checks", "tune.orphans",
+     "tune.study_records"],
     ["tune.results."],
-    ["tune.plan", "tune.driver", "tune.variant_runs", "tune.race", "tune.search"],
+    ["tune.driver", "tune.variant_runs", "tune.race", "tune.search"],
     ["tune.run_search", "tune.report", "tune.rerun_best", "tune.reproduce", "tune.study", "tune.fetch_model",
      "tune.tracking_server"],
 ]

@@ -1,18 +1,13 @@
-"""A full disk at any point of a search: found behind whatever wraps it (`disk_full_cause`),
-told in one line (`disk_full_message`: the full file system, what of the search it holds, what
-was kept, the command that resumes), with Ray's tracebacks of the same failure cut to one line
-(`keep_disk_full_tracebacks_out`). `run_search.py` exits DISK_FULL_EXIT after printing it."""
+"""A full disk at any point of a search: found behind whatever wraps it (`disk_full_cause`), with
+Ray's tracebacks of the same failure cut to one line (`keep_disk_full_tracebacks_out`). The one
+line the driver prints is tune/stopping.py's `disk_full_message`; `run_search.py` exits
+DISK_FULL_EXIT after printing it."""
 from __future__ import annotations
 
 import errno
-import os
-from pathlib import Path
 
 # Ray's loggers that write a traceback when a write to the storage fails
 from tune.library_adapters import RAY_STORAGE_LOGGERS
-from tune.mounts import mount_of
-from tune.sqlite_files import count_rows, sqlite_path
-from tune.state_files import OPTUNA_DB
 
 DISK_FULL_EXIT = 74  # EX_IOERR (sysexits.h): the search stopped on a write that found no space
 # What a full disk reads as once wrapped: SQLite's message (Optuna, MLflow), the C library's
@@ -41,58 +36,6 @@ def disk_full_cause(exc: BaseException) -> str | None:
         cause = getattr(err, "cause", None)
         stack += [err.__context__, err.__cause__] + ([cause] if isinstance(cause, BaseException) else [])
     return None
-
-
-def _size(n: float) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
-
-def disk_full_message(plan, cause: str, resume_command: str) -> str:
-    """The one line a search that stopped on a full disk prints (after `error: `): which of its
-    places (the trials' results, the state folder, the tracking database) are on a full file
-    system, named by mount point and type with its free space; what was kept (the finished
-    trials, each unfinished trial's last checkpoint); and that `resume_command` continues the
-    search once space is freed. `cause` is `disk_full_cause`'s line."""
-    places: dict[Path, list[str]] = {}  # path -> what of the search it holds
-    if plan.storage is not None:
-        places.setdefault(plan.storage / plan.experiment, []).append("the trials' results")
-    places.setdefault(Path(plan.state_dir), []).append("the search state (Optuna study)")
-    tracking_db = sqlite_path(plan.tracking_uri)
-    if tracking_db is not None:
-        places.setdefault(tracking_db, []).append("the MLflow database")
-    disks: dict[str, dict] = {}
-    for path, what in places.items():
-        mount, kind = mount_of(path)
-        try:
-            st = os.statvfs(mount or path)
-            free, size = st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
-        except OSError:
-            free, size = float("nan"), float("nan")
-        disk = disks.setdefault(mount or str(path), {"kind": kind or "unknown", "free": free, "size": size, "holds": []})
-        disk["holds"].append(f"{' and '.join(what)} ({path})")
-    def described(mount: str) -> str:
-        d = disks[mount]
-        return f"{mount} ({d['kind']}, {_size(d['free'])} free of {_size(d['size'])}) holds {' and '.join(d['holds'])}"
-
-    full = [m for m, d in disks.items() if d["free"] < max(1 << 20, 0.01 * d["size"])]  # under 1% or 1 MiB free
-    if full:
-        where = "; ".join(described(m) for m in full)
-    else:  # freed since, or the write that failed was on another machine (a trial's node)
-        where = (f"no file system of the search on this machine is full now ({'; '.join(map(described, disks))}): "
-                 f"space was freed since, or the write that failed was on another node of the cluster")
-        full = ["the file system that filled up"]
-    done = count_rows(Path(plan.state_dir) / OPTUNA_DB,
-                       "select count(*) from trials t join studies s on t.study_id = s.study_id "
-                       "where s.study_name = ? and t.state = 'COMPLETE'", (plan.experiment,))
-    kept = (f"{done} of the {plan.num_samples} trials finished" if done is not None else "the trials that finished")
-    return (f"the disk is full ({cause}): {where}. The search stopped; kept: {kept} (in the Optuna study, in MLflow "
-            f"and in their trial folders) and each unfinished trial's last checkpoint, so nothing that finished is "
-            f"lost. Free space on {' and '.join(full)}, then run: {resume_command} (it continues the search where it "
-            f"stopped)")
 
 
 class _DiskFullTracebacks:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
+from tune.plan import Plan
 from tune.tracking.runs import PARENT_TAG, SearchTracking, find_runs
 from tune.tracking.runs_view import SHARED_VIEW_TAG
 
@@ -121,21 +122,21 @@ def print_summary(tracking: SearchTracking, parent: Any, folder: Path) -> None:
         print(f"  winner: {parent.data.tags['winner_run_name']} (run {parent.data.tags.get('winner_run_id')})")
 
 
-def nothing_new(plan: Any, parent: Any) -> bool:
+def nothing_new(plan: Plan, parent: Any) -> bool:
     """A resume of the finished search of `parent` asks for no new work: no --race, or the same
     --race (K and --race-seeds) as a race that finished."""
-    k = getattr(plan.args, "race", None)
-    return k is None or parent.data.tags.get(RACE_ASKED_TAG) == race_asked(k, plan.args.race_seeds)
+    k = plan.options.race
+    return k is None or parent.data.tags.get(RACE_ASKED_TAG) == race_asked(k, plan.options.race_seeds)
 
 
-def show_again(plan: Any, tracking: SearchTracking, parent: Any, folder: Path) -> int:
+def show_again(plan: Plan, tracking: SearchTracking, parent: Any, folder: Path) -> int:
     """--resume of a finished search (see the module docstring)."""
     tracking.parent_run_id = parent.info.run_id
     print_summary(tracking, parent, folder)
     race = Path(folder) / RACE_ARTIFACT
-    if getattr(plan.args, "race", None) and race.exists():
+    if plan.options.race and race.exists():
         print("\nits race, as it finished:\n" + race.read_text().rstrip("\n"))
-    if getattr(plan.args, "register", False):
+    if plan.options.register:
         return register_logged(plan, tracking, parent)
     return 0
 
@@ -161,7 +162,7 @@ def registered_version(tracking: SearchTracking, run_id: str, name: str) -> str 
     return None
 
 
-def register_logged(plan: Any, tracking: SearchTracking, parent: Any) -> int:
+def register_logged(plan: Plan, tracking: SearchTracking, parent: Any) -> int:
     """Register the winner's model already logged with its run; an existing version of that run
     under the experiment's name is reported, not registered again."""
     from tune.tracking.model_store import register

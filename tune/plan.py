@@ -1,10 +1,13 @@
-"""The plan of a search: every command-line value, the space, workload and base config resolved
-and validated before Ray starts (`Plan`), and the checks of the environment around it (storage,
-resumability, data). `run_search.py` builds it; `search.py` runs it."""
+"""The plan of a search: the command line as typed options (`SearchOptions`, every option's
+default in one place), resolved and validated into a frozen `Plan` before Ray starts (the space,
+workload and base config, seeds, trials, storage, tracking and resources), and the checks of the
+environment around it (storage, resumability, data). `run_search.py` parses the command line into
+options and nothing past this module sees argparse; `search.py` runs the plan."""
 from __future__ import annotations
 
 import os
 import subprocess
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,52 @@ class SearchError(ValueError):
     """A bad command-line value or environment problem found before Ray starts."""
 
 
+@dataclass(frozen=True)
+class SearchOptions:
+    """A search's command line, typed: one field per option of run_search.py (the argparse dest),
+    with the option's default. None means "not given": the space, the workload or the stored
+    search (on --resume) decides."""
+
+    space: str
+    workload: str | None = None
+    set: tuple[str, ...] = ()          # --set KEY=VALUE overrides of the base config, in order
+    num_samples: int | None = None
+    seeds: str | None = None           # as typed: a count or a list (tune/spaces/seeds.py)
+    max_concurrent: int | None = None
+    epochs: int | None = None
+    gpus_per_trial: float | None = None
+    cpus_per_trial: float | None = None
+    checkpoint_every: float | None = None   # None: DEFAULT_CHECKPOINT_EVERY_S
+    log_models: str = "winner"
+    register: bool = False
+    system_metrics_interval: float = DEFAULT_INTERVAL_S
+    no_system_metrics: bool = False
+    allow_suspect: bool = False
+    sampler_seed: int = 0
+    address: str | None = None
+    tracking_uri: str | None = None
+    experiment: str | None = None
+    storage_path: str = "ray_results"
+    state_dir: str | None = None
+    resume: bool = False
+    time_budget: str | None = None
+    break_lock: bool = False
+    race: int | None = None
+    race_seeds: int = 5
+    dry_run: bool = False
+
+    @classmethod
+    def from_namespace(cls, args: Any) -> SearchOptions:
+        """The options of a parsed command line (an argparse namespace with these dests)."""
+        values = {f.name: getattr(args, f.name) for f in fields(cls)}
+        return cls(**{**values, "set": tuple(values["set"] or ())})
+
+
+def option_default(name: str) -> Any:
+    """The default of option `name` (its SearchOptions field), for the parser's help and defaults."""
+    return next(f.default for f in fields(SearchOptions) if f.name == name)
+
+
 def parse_seeds(text: str | None, default: list[int]) -> list[int]:
     """--seeds (a count or a list, tune/spaces/seeds.py's rule), else the space's own seeds."""
     if text is None:
@@ -35,117 +84,98 @@ def parse_seeds(text: str | None, default: list[int]) -> list[int]:
         raise SearchError(f"--seeds {text!r}: {exc}") from None
 
 
+@dataclass(frozen=True)
 class Plan:
-    """Everything a search needs, resolved and validated before Ray starts."""
+    """Everything a search needs, resolved and validated before Ray starts (`Plan.build`)."""
 
-    def __init__(self, args: Any) -> None:
-        self.args = args
-        self.space = sp.load_space(args.space)
-        self.workloads = sp.load_workloads()
-        self.workload = sp.resolve_workload(self.space, args.workload, self.workloads)
-        overrides = parse_overrides(args.set)
-        if args.epochs is not None:
-            overrides["epochs"] = args.epochs
+    options: SearchOptions
+    space: sp.SearchSpace
+    workload: sp.Workload
+    base: dict[str, Any]           # the base config every trial starts from (TrainConfig keys)
+    cfg: TrainConfig               # `base`, resolved: what a trial with no searched value runs
+    seeds: list[int]
+    num_samples: int               # Ray trials: configs x seeds
+    sampler_seed: int
+    system_metrics_interval_s: float   # 0: no system metrics
+    experiment: str
+    storage_location: str          # what Ray Tune writes to: a local folder or a URI
+    storage: Path | None           # that folder, or None for a URI
+    experiment_path: str           # Ray Tune's experiment: storage_location/experiment
+    state_dir: Path
+    tracking_uri: str
+    cpus: float
+    gpus: float | None             # GPU share per trial; None until `with_gpus` decides it
+    checkpoint_every: float
+    workloads: dict[str, sp.Workload] = field(repr=False, default_factory=dict)
+
+    @classmethod
+    def build(cls, options: SearchOptions) -> Plan:
+        """Resolve and check `options`; every problem is a SearchError (or the space's or
+        config's own error) naming the option and what is allowed."""
+        o = options
+        space = sp.load_space(o.space)
+        workloads = sp.load_workloads()
+        workload = sp.resolve_workload(space, o.workload, workloads)
+        overrides = parse_overrides(list(o.set))
+        if o.epochs is not None:
+            overrides["epochs"] = o.epochs
         if "data_dir" in overrides and overrides["data_dir"]:
             overrides["data_dir"] = str(Path(overrides["data_dir"]).expanduser().resolve())
-        self.base = sp.base_config(self.space, self.workload, overrides)
-        if "seed" in self.base:
-            where = "--set seed" if "seed" in overrides else f"the workload {self.workload.name!r}'s seed"
-            raise SearchError(f"{where}={self.base['seed']}: a search gives each trial its seed from --seeds; "
-                              f"for that seed alone use --seeds '{self.base['seed']},'")
-        sp.check_space_against_config(self.space, self.base)
-        self.cfg = TrainConfig.from_dict(self.base).resolved()
-        self.seeds = parse_seeds(args.seeds, self.space.seeds)
-        if getattr(args, "register", False) and getattr(args, "log_models", "winner") == "none":
+        base = sp.base_config(space, workload, overrides)
+        if "seed" in base:
+            where = "--set seed" if "seed" in overrides else f"the workload {workload.name!r}'s seed"
+            raise SearchError(f"{where}={base['seed']}: a search gives each trial its seed from --seeds; "
+                              f"for that seed alone use --seeds '{base['seed']},'")
+        sp.check_space_against_config(space, base)
+        cfg = TrainConfig.from_dict(base).resolved()
+        seeds = parse_seeds(o.seeds, space.seeds)
+        if o.register and o.log_models == "none":
             raise SearchError("--register with --log-models none: there would be no model to register")
-        interval = getattr(args, "system_metrics_interval", DEFAULT_INTERVAL_S)
-        if not interval > 0:
-            raise SearchError(f"--system-metrics-interval {interval:g}: must be > 0 seconds (--no-system-metrics "
-                              f"turns them off)")
-        self.system_metrics_interval_s = 0.0 if getattr(args, "no_system_metrics", False) else float(interval)
-        self.sampler_seed = getattr(args, "sampler_seed", 0)
-        if self.sampler_seed < 0:
-            raise SearchError(f"--sampler-seed {self.sampler_seed}: must be >= 0")
-        self.num_samples = self._num_samples()
-        self._check_race()
-        if self.space.scheduler and len(self.seeds) > 1:
+        if not o.system_metrics_interval > 0:
+            raise SearchError(f"--system-metrics-interval {o.system_metrics_interval:g}: must be > 0 seconds "
+                              f"(--no-system-metrics turns them off)")
+        if o.sampler_seed < 0:
+            raise SearchError(f"--sampler-seed {o.sampler_seed}: must be >= 0")
+        if space.scheduler and len(seeds) > 1:
             raise SearchError("an ASHA scheduler runs each config once: use one seed with it (--seeds 1)")
-        if self.space.multi_objective and len(self.seeds) > 1:
+        if space.multi_objective and len(seeds) > 1:
             raise SearchError("the nsga2 (two-objective) sampler runs each config once: use one seed (--seeds 1)")
-        self.experiment = args.experiment or self.space.name
+        experiment = o.experiment or space.name
         try:
-            self.storage_location = storage_location(args.storage_path)  # what Ray Tune writes to
-            self.state_dir = state_folder(self.storage_location, self.experiment, getattr(args, "state_dir", None))
+            location = storage_location(o.storage_path)
+            state_dir = state_folder(location, experiment, o.state_dir)
         except StorageError as exc:
             raise SearchError(str(exc)) from None
-        self.experiment_path = join(self.storage_location, self.experiment)  # Ray Tune's experiment
-        self.storage = None if is_uri(self.storage_location) else Path(self.storage_location)
-        self.tracking_uri = absolute_tracking_uri(args.tracking_uri)
-        self.cpus = 1.0 if args.cpus_per_trial is None else args.cpus_per_trial
-        if self.cpus <= 0:
-            raise SearchError(f"--cpus-per-trial {self.cpus:g}: must be > 0")
-        self.gpus = self._gpus_per_trial()
-        if args.max_concurrent is not None and args.max_concurrent < 1:
-            raise SearchError(f"--max-concurrent {args.max_concurrent}: must be >= 1")
-        every = args.checkpoint_every  # on --resume, tune/resume_check.py refuses a changed value
-        self.checkpoint_every = DEFAULT_CHECKPOINT_EVERY_S if every is None else every
-        if not self.checkpoint_every >= 0:  # also NaN
-            raise SearchError(f"--checkpoint-every {every:g}: must be >= 0 seconds (0 = a checkpoint every epoch)")
-
-    def _check_race(self) -> None:
-        """--race K / --race-seeds N (tune/race.py) against the space."""
-        from tune.results.per_point_runs import can_pair
-
-        k, most = getattr(self.args, "race", None), getattr(self.args, "race_seeds", 5)
-        if k is None:
-            return
-        if k < 2:
-            raise SearchError(f"--race {k}: a race needs at least 2 configs")
-        from tune.results.paired import MIN_SEEDS_TO_DROP
-
-        if most < MIN_SEEDS_TO_DROP:
-            raise SearchError(f"--race-seeds {most}: a race drops a config only once it is distinguishably worse on "
-                              f"{MIN_SEEDS_TO_DROP} seeds, so give at least {MIN_SEEDS_TO_DROP}")
-        if most <= len(self.seeds):
-            raise SearchError(f"--race-seeds {most}: the search already runs {len(self.seeds)} seed(s) per config; "
-                              f"a race adds seeds, so give more than {len(self.seeds)}")
-        if self.space.multi_objective:
-            raise SearchError("--race: a two-objective (nsga2) search has a front, not one winner to race")
-        if not can_pair(self.space.metric[0]):
-            raise SearchError(f"--race: the space ranks by {self.space.metric[0]}, which has no per-point results "
-                              f"to pair; a race needs best_val_pgd_acc or a test accuracy")
-
-    def _num_samples(self) -> int:
-        n = self.args.num_samples
-        if self.space.sampler == "grid":
-            if n is not None and n != self.space.grid_size():
-                raise SearchError(f"--num-samples {n}: a grid space runs each of its {self.space.grid_size()} "
-                                  f"values once per seed; change the seeds with --seeds instead")
-            return self.space.grid_size() * len(self.seeds)
-        n = self.space.num_samples if n is None else n
-        if n is None or n < 1:
-            raise SearchError(f"--num-samples {n}: must be >= 1")
-        return n * len(self.seeds)
-
-    def _gpus_per_trial(self) -> float:
-        g = self.args.gpus_per_trial
-        if g is None:
-            g = self.space.resources.get("gpu")
-        if g is None:
-            return None  # decided from what Ray sees, once it is up (or the local CUDA count on dry runs)
-        if g < 0 or (g > 1 and g != int(g)):
-            raise SearchError(f"--gpus-per-trial {g:g}: allowed are 0 (CPU), a fraction in (0, 1], "
-                              f"or a whole number of GPUs")
-        return float(g)
+        cpus = 1.0 if o.cpus_per_trial is None else o.cpus_per_trial
+        if cpus <= 0:
+            raise SearchError(f"--cpus-per-trial {cpus:g}: must be > 0")
+        if o.max_concurrent is not None and o.max_concurrent < 1:
+            raise SearchError(f"--max-concurrent {o.max_concurrent}: must be >= 1")
+        every = DEFAULT_CHECKPOINT_EVERY_S if o.checkpoint_every is None else o.checkpoint_every
+        if not every >= 0:  # also NaN; on --resume, tune/resume_check.py refuses a changed value
+            raise SearchError(f"--checkpoint-every {o.checkpoint_every:g}: must be >= 0 seconds "
+                              f"(0 = a checkpoint every epoch)")
+        return cls(options=o, space=space, workload=workload, base=base, cfg=cfg, seeds=seeds,
+                   num_samples=_num_samples(o.num_samples, space, seeds), sampler_seed=o.sampler_seed,
+                   system_metrics_interval_s=0.0 if o.no_system_metrics else float(o.system_metrics_interval),
+                   experiment=experiment, storage_location=location,
+                   storage=None if is_uri(location) else Path(location), experiment_path=join(location, experiment),
+                   state_dir=state_dir, tracking_uri=absolute_tracking_uri(o.tracking_uri), cpus=cpus,
+                   gpus=_gpus_per_trial(o.gpus_per_trial, space), checkpoint_every=every, workloads=workloads)
 
     def resolve_gpus(self, available: float) -> float:
         """GPU share per trial given the GPUs the cluster has; a request it cannot meet is an error."""
-        if self.gpus is None:
-            self.gpus = MODELS.facts(self.cfg.model).get("gpu_share", 1.0) if available > 0 else 0.0
-        if self.gpus > available:
-            raise SearchError(f"--gpus-per-trial {self.gpus:g}: the cluster has {available:g} GPUs; "
+        gpus = self.gpus
+        if gpus is None:
+            gpus = MODELS.facts(self.cfg.model).get("gpu_share", 1.0) if available > 0 else 0.0
+        if gpus > available:
+            raise SearchError(f"--gpus-per-trial {gpus:g}: the cluster has {available:g} GPUs; "
                               f"ask for at most {available:g} (0 runs trials on CPUs)")
-        return self.gpus
+        return gpus
+
+    def with_gpus(self, available: float) -> Plan:
+        """This plan with its GPU share decided for a cluster of `available` GPUs."""
+        return replace(self, gpus=self.resolve_gpus(available))
 
     def describe(self) -> str:
         s = self.space
@@ -161,12 +191,36 @@ class Plan:
         base = self.cfg.to_dict()
         lines += [f"  {k:<22} {base[k]!r}" for k in base]
         gpus = "decided at start" if self.gpus is None else f"{self.gpus:g}"
+        most = self.options.max_concurrent
         lines.append(f"resources    {self.cpus:g} CPU and {gpus} GPU per trial"
-                     + (f", at most {self.args.max_concurrent} at once" if self.args.max_concurrent else ""))
+                     + (f", at most {most} at once" if most else ""))
         lines.append(f"experiment   {self.experiment} -> {self.experiment_path}")
         lines.append(f"state        {self.state_dir} (Optuna study, driver.json, best_config.yaml)")
         lines.append(f"tracking     {redact_uri(self.tracking_uri)}")
         return "\n".join(lines)
+
+
+def _num_samples(n: int | None, space: sp.SearchSpace, seeds: list[int]) -> int:
+    if space.sampler == "grid":
+        if n is not None and n != space.grid_size():
+            raise SearchError(f"--num-samples {n}: a grid space runs each of its {space.grid_size()} "
+                              f"values once per seed; change the seeds with --seeds instead")
+        return space.grid_size() * len(seeds)
+    n = space.num_samples if n is None else n
+    if n is None or n < 1:
+        raise SearchError(f"--num-samples {n}: must be >= 1")
+    return n * len(seeds)
+
+
+def _gpus_per_trial(g: float | None, space: sp.SearchSpace) -> float | None:
+    if g is None:
+        g = space.resources.get("gpu")
+    if g is None:
+        return None  # decided from what Ray sees, once it is up (or the local CUDA count on dry runs)
+    if g < 0 or (g > 1 and g != int(g)):
+        raise SearchError(f"--gpus-per-trial {g:g}: allowed are 0 (CPU), a fraction in (0, 1], "
+                          f"or a whole number of GPUs")
+    return float(g)
 
 
 def _check_writable(path: Path, flag: str) -> None:

@@ -22,14 +22,34 @@ import numpy as np
 
 from tune.finished_search import (CONFIG_TAG, RACE_ARTIFACT, RACE_ASKED_TAG, RACE_TAG, ROUND_TAG, describe_parent,
                                   race_asked)
+from tune.plan import Plan, SearchError
 from tune.results.best_vs_rest import config_key, finished_config_points
 from tune.results.paired import MIN_SEEDS_TO_DROP, Paired, against_leader, format_comparisons, mean_accuracy, verdict
-from tune.results.per_point_runs import PerPointStore, shared_points, what
+from tune.results.per_point_runs import PerPointStore, can_pair, shared_points, what
 from tune.state_files import OPTUNA_DB
 from tune.study_records import RACE_SUFFIX, record_race
 from tune.tracking.runs import TRIAL_ID_TAG, SearchTracking
-from tune.trainable import META_KEY, VARIANT_KEY, trial_config, trial_values
+from tune.trainable import META_KEY, VARIANT_KEY, ran_config, trial_values
 
+
+def check_race(plan: Plan) -> None:
+    """--race K / --race-seeds N against the space, before Ray starts."""
+    k, most = plan.options.race, plan.options.race_seeds
+    if k is None:
+        return
+    if k < 2:
+        raise SearchError(f"--race {k}: a race needs at least 2 configs")
+    if most < MIN_SEEDS_TO_DROP:
+        raise SearchError(f"--race-seeds {most}: a race drops a config only once it is distinguishably worse on "
+                          f"{MIN_SEEDS_TO_DROP} seeds, so give at least {MIN_SEEDS_TO_DROP}")
+    if most <= len(plan.seeds):
+        raise SearchError(f"--race-seeds {most}: the search already runs {len(plan.seeds)} seed(s) per config; "
+                          f"a race adds seeds, so give more than {len(plan.seeds)}")
+    if plan.space.multi_objective:
+        raise SearchError("--race: a two-objective (nsga2) search has a front, not one winner to race")
+    if not can_pair(plan.space.metric[0]):
+        raise SearchError(f"--race: the space ranks by {plan.space.metric[0]}, which has no per-point results "
+                          f"to pair; a race needs best_val_pgd_acc or a test accuracy")
 
 @dataclass
 class Race:
@@ -58,7 +78,7 @@ def _values(result: Any) -> dict[str, Any]:
     return values
 
 
-def start(plan: Any, results: Any, tracking: SearchTracking, store: PerPointStore, k: int) -> Race:
+def start(plan: Plan, results: Any, tracking: SearchTracking, store: PerPointStore, k: int) -> Race:
     """Round 0: the top `k` configs of the search by their mean ranking metric over the held-out
     points, with the per-point results of their search trials. Ties: configs an earlier race of
     this search ran first (a repeated race continues it), then the search's winner."""
@@ -74,7 +94,7 @@ def start(plan: Any, results: Any, tracking: SearchTracking, store: PerPointStor
     values: dict[str, dict[str, Any]] = {}
     for r in results:
         if r.error is None and r.config:
-            label = found.labels.get(config_key(plan, trial_config(r.config)))
+            label = found.labels.get(config_key(plan, ran_config(r)))
             if label in ranked:
                 values.setdefault(label, _values(r))
     race = Race(metric, {label: dict(found.groups[label]) for label in ranked}, values, list(ranked))
@@ -122,7 +142,7 @@ def _reuse(race: Race, store: PerPointStore, runs: list, wanted: list[tuple[str,
     return left
 
 
-def _run_round(plan: Any, race: Race, round_no: int, todo: list[tuple[str, int, dict]], tracking: SearchTracking,
+def _run_round(plan: Plan, race: Race, round_no: int, todo: list[tuple[str, int, dict]], tracking: SearchTracking,
                store: PerPointStore, meta: dict[str, Any], resources: dict[str, float]) -> int:
     """Run one round's new seeds as Ray trials (each run tagged with its config when it starts, so
     a stopped race reuses what finished); return how many failed."""
@@ -134,7 +154,7 @@ def _run_round(plan: Any, race: Race, round_no: int, todo: list[tuple[str, int, 
                            variant_tags=[{CONFIG_TAG: label} for label, _, _ in todo],
                            name=f"{plan.experiment}-race{round_no}-{time.strftime('%Y%m%d-%H%M%S')}",
                            storage_path=plan.storage_location, searched=list(plan.space.params),
-                           space=plan.space.name, max_concurrent=plan.args.max_concurrent)
+                           space=plan.space.name, max_concurrent=plan.options.max_concurrent)
     if unfinished_trials(results) or STOP.stopping:  # Ray Tune took a stop and returned:
         raise KeyboardInterrupt                                    # the race stops as interrupted
     by_trial = {r.data.tags.get(TRIAL_ID_TAG): r for r in tracking.child_runs()}
@@ -150,12 +170,12 @@ def _run_round(plan: Any, race: Race, round_no: int, todo: list[tuple[str, int, 
     return failed
 
 
-def run_race(plan: Any, results: Any, tracking: SearchTracking, folder: Path, gpus: float,
+def run_race(plan: Plan, results: Any, tracking: SearchTracking, folder: Path, gpus: float,
              store: PerPointStore | None = None) -> int:
     """The race after a finished search (Ray up, the parent run finished by the report); 0 when
     it ran to its end, 1 when it stopped early (a round lost every trial, or an error). What it
     found so far is printed and recorded however it ends; Ctrl-C marks the parent KILLED."""
-    k, most = plan.args.race, plan.args.race_seeds
+    k, most = plan.options.race, plan.options.race_seeds
     store = store or PerPointStore(tracking.client)
     race = start(plan, results, tracking, store, k)
     for line in race.lines:
@@ -192,7 +212,7 @@ def run_race(plan: Any, results: Any, tracking: SearchTracking, folder: Path, gp
                    race_asked(k, most))
 
 
-def _note_in_study(plan: Any, tracking: SearchTracking, folder: Path) -> None:
+def _note_in_study(plan: Plan, tracking: SearchTracking, folder: Path) -> None:
     """The race's finished runs, each once, as trials of the Optuna study `<search>-race`, and the
     parent's figures drawn again with them (the epochs of every run; the race's configs over seeds)."""
     from tune.results.search_outcome import search_figures
@@ -210,7 +230,7 @@ def _note_in_study(plan: Any, tracking: SearchTracking, folder: Path) -> None:
         print(f"warning: could not add the race's runs to the Optuna study: {type(exc).__name__}: {exc}")
 
 
-def _race_figure(plan: Any, tracking: SearchTracking, folder: Path, children: list) -> None:
+def _race_figure(plan: Plan, tracking: SearchTracking, folder: Path, children: list) -> None:
     """search/race_by_config.png on the parent: each raced config's ranking metric per seed (its
     search trial's and its race runs'), the mean and its interval."""
     from tune.results.figures import RACE_PNG, draw_race_figure

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import difflib
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from bilaw.file_errors import load_json, require_mapping
 from bilaw.training.checkpoint import atomic_write_text
+from tune.plan import Plan, SearchOptions, option_default
+from tune.state_files import IDENTITY_FILE
 
-IDENTITY_FILE = "search.json"
-# argparse dests that may differ on --resume, with what they change (for --help and messages)
+# options (SearchOptions fields) that may differ on --resume, with what they change (for --help and messages)
 MAY_CHANGE = {
     "max_concurrent": "--max-concurrent",
     "race": "--race",
@@ -39,27 +41,29 @@ class ResumeMismatch(ValueError):
     """--resume with settings that differ from the stored search's; the message lists them."""
 
 
-# argparse dests whose value a resume that leaves them out takes from the stored search
+# options (SearchOptions fields) whose value a resume that leaves them out takes from the stored search
 STORED_ARGS = ("workload", "set", "num_samples", "seeds", "epochs", "gpus_per_trial", "cpus_per_trial",
                "checkpoint_every", "system_metrics_interval", "no_system_metrics", "allow_suspect", "sampler_seed")
 
 
-def fill_left_out(args: Any, defaults: dict[str, Any], state_dir: Path) -> None:
+def fill_left_out(options: SearchOptions, state_dir: Path) -> SearchOptions:
     """On --resume: every shaping option left at its default takes the stored search's value, so
     `--resume` alone continues what was started (nothing is stored: nothing changes)."""
     path = Path(state_dir) / IDENTITY_FILE
     if not path.exists():
-        return
+        return options
     stored = require_mapping(path, load_json(path, _fix()), ("--space",), "a search's stored settings", _fix())
     given = stored.get("args", {})
-    for dest in STORED_ARGS:
-        if dest in given and getattr(args, dest) == defaults.get(dest):
-            setattr(args, dest, given[dest])
+    taken = {name: given[name] for name in STORED_ARGS
+             if name in given and getattr(options, name) == option_default(name)}
+    if "set" in taken:
+        taken["set"] = tuple(taken["set"] or ())
+    return replace(options, **taken)
 
 
-def identity(plan: Any) -> dict[str, Any]:
+def identity(plan: Plan) -> dict[str, Any]:
     """What shapes the search `plan` runs: option (as typed on the command line) -> value."""
-    a = plan.args
+    a = plan.options
     space_text = Path(plan.space.path).read_text() if plan.space.path else ""
     return {
         "--space": plan.space.name,
@@ -78,13 +82,18 @@ def identity(plan: Any) -> dict[str, Any]:
         "--experiment": plan.experiment,
         "--storage-path": plan.storage_location,
         "base config": {k: v for k, v in plan.base.items()},
-        "args": {dest: getattr(a, dest, None) for dest in STORED_ARGS},
+        "args": {name: _plain(getattr(a, name)) for name in STORED_ARGS},
     }
 
 
-def store(plan: Any) -> None:
+def store(plan: Plan) -> None:
     """Write the search's identity (the first run, before Ray starts)."""
     atomic_write_text(Path(plan.state_dir) / IDENTITY_FILE, json.dumps(identity(plan), indent=1, default=str))
+
+
+def _plain(value: Any) -> Any:
+    """A value as JSON stores it (the --set tuple as a list)."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _fix() -> str:
@@ -132,7 +141,7 @@ def _show(value: Any) -> str:
     return str(value)
 
 
-def check(plan: Any) -> str | None:
+def check(plan: Plan) -> str | None:
     """Refuse (ResumeMismatch) a resume whose settings differ from the stored ones; return a note
     when the search predates the check (nothing stored)."""
     path = Path(plan.state_dir) / IDENTITY_FILE

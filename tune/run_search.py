@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 if __package__ in (None, ""):  # run as `python tune/run_search.py`
     import _script_path  # noqa: F401  (puts this repository first on sys.path)
@@ -17,13 +18,13 @@ from bilaw.data.datasets import MissingDatasetError  # noqa: E402
 from bilaw.file_errors import DamagedFileError  # noqa: E402
 from tune import resume_check  # noqa: E402
 from tune import spaces as sp  # noqa: E402
-from tune.plan import (DEFAULT_CHECKPOINT_EVERY_S, Plan, SearchError, check_address, check_data,  # noqa: E402
-                       check_experiment_stored, check_fresh, check_resumable, check_storage)
+from tune.disk_full import DISK_FULL_EXIT, disk_full_cause, keep_disk_full_tracebacks_out  # noqa: E402
+from tune.plan import (DEFAULT_CHECKPOINT_EVERY_S, Plan, SearchError, SearchOptions, check_address,  # noqa: E402
+                       check_data, check_experiment_stored, check_fresh, check_resumable, check_storage, option_default)
 from tune.search_lock import LockError, SearchLock  # noqa: E402
-from tune.stopping import STOP, DurationError, parse_duration, print_stopped, resume_command  # noqa: E402
-from tune.storage import (DISK_FULL_EXIT, check_search_stores, disk_full_cause, disk_full_message,  # noqa: E402
-                          keep_disk_full_tracebacks_out)
-from tune.system_metrics import DEFAULT_INTERVAL_S  # noqa: E402
+from tune.stopping import (STOP, DurationError, disk_full_message, parse_duration, print_stopped,  # noqa: E402
+                           resume_command)
+from tune.store_checks import check_search_stores  # noqa: E402
 from tune.tracking.model_store import LOG_MODELS  # noqa: E402
 from tune.tracking.runs import TrackingError, check_tracking_uri  # noqa: E402
 
@@ -57,20 +58,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "long plus one epoch of training. 0: every epoch (default "
                         f"{DEFAULT_CHECKPOINT_EVERY_S:g}; short epochs pay for each checkpoint; a resumed search "
                         "keeps the value it started with)")
-    p.add_argument("--log-models", choices=LOG_MODELS, default="winner",
+    p.add_argument("--log-models", choices=LOG_MODELS, default=option_default("log_models"),
                    help="log trained models to MLflow (mlflow.pytorch, loadable with mlflow.pytorch.load_model): "
                         "the winner's best model (default), every finished trial's best and last model, or none")
     p.add_argument("--register", action="store_true",
                    help="register the winner's model in MLflow's Model Registry under the experiment's name")
-    p.add_argument("--system-metrics-interval", type=float, default=DEFAULT_INTERVAL_S, metavar="SECONDS",
+    p.add_argument("--system-metrics-interval", type=float, default=option_default("system_metrics_interval"),
+                   metavar="SECONDS",
                    help="how often a trial samples the machine's CPU, memory and GPU use, logged per epoch as "
-                        "MLflow system metrics (default 2)")
+                        f"MLflow system metrics (default {option_default('system_metrics_interval'):g})")
     p.add_argument("--no-system-metrics", action="store_true", help="log no system metrics")
     p.add_argument("--allow-suspect", action="store_true",
                    help="let trials flagged suspect_gradient_masking (PGD-20 well above AutoAttack on the same "
                         "points) win; by default they are shown but never picked")
-    p.add_argument("--sampler-seed", type=int, default=0,
-                   help="seed of the Optuna sampler (default 0): the same seed draws the same trials, another "
+    p.add_argument("--sampler-seed", type=int, default=option_default("sampler_seed"),
+                   help=f"seed of the Optuna sampler (default {option_default('sampler_seed')}): the same seed draws the same trials, another "
                         "seed other ones")
     p.add_argument("--address", help="join the running Ray cluster at this address (e.g. 'auto' or "
                                      "'HEAD_IP:6379'). Without it the search starts its own local Ray and "
@@ -79,10 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      "names")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlruns.db in this folder)")
     p.add_argument("--experiment", help="MLflow experiment and Ray experiment name (default: the space name)")
-    p.add_argument("--storage-path", default="ray_results",
+    p.add_argument("--storage-path", default=option_default("storage_path"),
                    help="where Ray Tune keeps trials' results and checkpoints: a folder (on a cluster, one every "
                         "node mounts at the same path) or a URI (s3://BUCKET/PATH, gs://..., file://...); "
-                        "default ./ray_results")
+                        f"default ./{option_default('storage_path')}")
     p.add_argument("--state-dir",
                    help="local folder for the driver's own files (Optuna study, driver.json, best_config.yaml); "
                         "default: the experiment's folder in --storage-path when that is a local disk, else "
@@ -104,49 +106,61 @@ def build_parser() -> argparse.ArgumentParser:
                         "gives every config still in the race one more seed, and drops those distinguishably worse "
                         "than the leader on 3 or more seeds (paired, on the held-out points), until one is left "
                         "or --race-seeds are spent; prints the final paired table")
-    p.add_argument("--race-seeds", type=int, default=5, metavar="N",
-                   help="seeds per config at most in a --race, the search's own included (default 5, at least 3)")
+    p.add_argument("--race-seeds", type=int, default=option_default("race_seeds"), metavar="N",
+                   help=f"seeds per config at most in a --race, the search's own included (default "
+                        f"{option_default('race_seeds')}, at least 3)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved space and trial resources, then exit")
     p.add_argument("--list-spaces", action="store_true", help="list the shipped search spaces and exit")
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_options(argv: list[str] | None = None) -> tuple[SearchOptions | None, Any]:
+    """The search's options from its command line (None for --list-spaces or without --space),
+    and argparse's namespace for the few flags that are not a search's (--list-spaces)."""
     args = build_parser().parse_args(argv)
+    return (SearchOptions.from_namespace(args) if args.space else None), args
+
+
+def main(argv: list[str] | None = None) -> int:
+    options, args = parse_options(argv)
     if args.list_spaces:
         for name, description in sp.list_spaces():
             print(f"{name:<24} {description}")
         return 0
-    if not args.space:
+    if options is None:
         print("error: --space is required (see --list-spaces)", file=sys.stderr)
         return 2
     argv = list(argv if argv is not None else sys.argv[1:])
     lock = None
     try:
-        plan = Plan(args)
-        if args.resume:  # a shaping option left out takes the stored search's value
-            resume_check.fill_left_out(args, vars(build_parser().parse_args(["--space", args.space])), plan.state_dir)
-            plan = Plan(args)
-        budget = parse_duration(args.time_budget) if args.time_budget is not None else None
-        if args.dry_run or not args.address:  # a cluster's GPUs are known once Ray is up
-            plan.resolve_gpus(float(_local_gpu_count()))
-        if args.dry_run:
+        plan = Plan.build(options)
+        if options.resume:  # a shaping option left out takes the stored search's value
+            options = resume_check.fill_left_out(options, plan.state_dir)
+            plan = Plan.build(options)
+        if options.race is not None:  # tune/race.py imports Ray: a dry run without --race never does
+            from tune.race import check_race
+
+            check_race(plan)
+        budget = parse_duration(options.time_budget) if options.time_budget is not None else None
+        if options.dry_run or not options.address:  # a cluster's GPUs are known once Ray is up
+            plan = plan.with_gpus(float(_local_gpu_count()))
+        if options.dry_run:
             print(plan.describe())
             return 0
-        if args.resume:
+        if options.resume:
             check_experiment_stored(plan)
         check_search_stores(plan)  # a damaged MLflow or Optuna store: one error before anything is written
         check_data(plan.cfg)
         check_tracking_uri(plan.tracking_uri)
-        check_address(args.address)
+        check_address(options.address)
         check_storage(plan)
-        if args.resume:
+        if options.resume:
             check_resumable(plan)  # reads only: the state folder is not made where there is none
         lock = SearchLock(plan.state_dir)  # one driver per search, before anything is written
-        lock.acquire(_command(argv), break_lock=args.break_lock)
+        lock.acquire(_command(argv), break_lock=options.break_lock)
         if lock.note:
             print(f"note: {lock.note}", flush=True)
-        if args.resume:
+        if options.resume:
             note = resume_check.check(plan)
             if note:
                 print(note, flush=True)

@@ -21,7 +21,7 @@ from tune import finished_search, orphans, study_records
 from tune import library_adapters as adapters
 from tune import spaces as sp
 from tune.driver import clean_up_killed_driver, record_driver
-from tune.plan import SearchError, git_commit
+from tune.plan import Plan, SearchError, git_commit
 from tune.results.per_point_runs import PerPointStore
 from tune.results.search_outcome import report
 from tune.spaces.schema import NOT_SEARCHED
@@ -139,7 +139,7 @@ def make_sampler(space: sp.SearchSpace, n: int, seed: int = 0) -> optuna.sampler
     return optuna.samplers.RandomSampler(seed=seed)
 
 
-def make_searcher(plan, folder: Path):
+def make_searcher(plan: Plan, folder: Path):
     space = plan.space
     storage = optuna.storages.RDBStorage(f"sqlite:///{folder / OPTUNA_DB}")
     metric = space.metric if space.multi_objective else space.metric[0]
@@ -153,10 +153,10 @@ def make_searcher(plan, folder: Path):
         searcher = ResumableOptunaSearch(**kwargs)
     if len(plan.seeds) > 1:  # each sampled config once per seed; Optuna sees the mean
         searcher = study_records.SeedRecordingRepeater(searcher, repeat=len(plan.seeds), set_index=True)
-    return AdjustableConcurrencyLimiter(searcher, plan.args.max_concurrent)
+    return AdjustableConcurrencyLimiter(searcher, plan.options.max_concurrent)
 
 
-def make_scheduler(plan):
+def make_scheduler(plan: Plan):
     asha = (plan.space.scheduler or {}).get("asha")
     if not asha:
         return None
@@ -168,14 +168,14 @@ def make_scheduler(plan):
 LOCAL_RAY = "local"  # ray.init's address for a new Ray of this driver's own
 
 
-def ray_address(plan) -> str:
+def ray_address(plan: Plan) -> str:
     """The cluster --address names, else a new local Ray. Never what ray.init would find on its own
     (RAY_ADDRESS, or the cluster file in Ray's temp folder): that file outlives a killed head and
     then names a dead address, and a live cluster there belongs to someone else."""
-    return plan.args.address or LOCAL_RAY
+    return plan.options.address or LOCAL_RAY
 
 
-def start_ray(plan) -> tuple[float, str]:
+def start_ray(plan: Plan) -> tuple[float, str]:
     """Start Ray, or join the --address cluster, with the trials' environment; return the GPUs
     the cluster has and the Ray session's folder (the driver's record names it)."""
     # trials get no tracking URI: the driver writes MLflow
@@ -190,7 +190,7 @@ def start_ray(plan) -> tuple[float, str]:
     return float(ray.cluster_resources().get("GPU", 0.0)), context.address_info["session_dir"]
 
 
-def parent_tags(plan, argv: list[str]) -> dict[str, str]:
+def parent_tags(plan: Plan, argv: list[str]) -> dict[str, str]:
     return {"space": plan.space.name, "workload": plan.workload.name, "sampler": plan.space.sampler,
             "command": _redacted_command(argv), "git_commit": git_commit(),
             "ray_experiment_path": plan.experiment_path, "state_dir": str(plan.state_dir),
@@ -226,20 +226,20 @@ def use_tune_env() -> None:
         os.environ.setdefault(key, value)
 
 
-def run_search(plan, argv: list[str]) -> int:
+def run_search(plan: Plan, argv: list[str]) -> int:
     use_fast_fail_http()
     use_tune_env()
     folder = plan.state_dir  # the driver's own files; trials' files go to plan.experiment_path
     folder.mkdir(parents=True, exist_ok=True)
-    if plan.args.resume:
+    if plan.options.resume:
         clean_up_killed_driver(folder)
     tracking = SearchTracking(plan.tracking_uri, plan.experiment)
-    done = finished_search.stored_parent(tracking, plan.experiment_path) if plan.args.resume else None
+    done = finished_search.stored_parent(tracking, plan.experiment_path) if plan.options.resume else None
     if done is not None and done.info.status == "FINISHED" and finished_search.nothing_new(plan, done):
         return finished_search.show_again(plan, tracking, done, folder)  # nothing stored changes
     available, session_dir = start_ray(plan)
     try:
-        record_driver(folder, joined_cluster=bool(plan.args.address), session_dir=session_dir)
+        record_driver(folder, joined_cluster=bool(plan.options.address), session_dir=session_dir)
         results, gpus = _fit(plan, argv, tracking, folder, available)
         if STOP.stopping:  # Ray Tune took the stop and returned from fit
             raise KeyboardInterrupt
@@ -251,7 +251,7 @@ def run_search(plan, argv: list[str]) -> int:
         else:
             with STOP.deferred(), finished_search.kept_summary(tracking, folder):  # the summary is kept first
                 code = report(plan, results, tracking, folder, store)
-        if code == 0 and getattr(plan.args, "race", None):
+        if code == 0 and plan.options.race:
             from tune.race import run_race
 
             code = run_race(plan, results, tracking, folder, gpus, store)
@@ -263,7 +263,7 @@ def run_search(plan, argv: list[str]) -> int:
         ray.shutdown()
 
 
-def _close_after_stop(plan, tracking: SearchTracking, folder: Path) -> None:
+def _close_after_stop(plan: Plan, tracking: SearchTracking, folder: Path) -> None:
     """After a stop (a signal, Ctrl-C, the time budget): the parent run and every running child
     run end KILLED, tagged with what stopped them, and the study's running trials are set aside
     (WAITING) for --resume. Nothing here may hide the stop itself."""
@@ -283,7 +283,7 @@ def _close_after_stop(plan, tracking: SearchTracking, folder: Path) -> None:
         print(f"warning: Optuna: could not set the study's running trials aside: {exc}", file=sys.stderr)
 
 
-def _fit(plan, argv: list[str], tracking: SearchTracking, folder: Path, available: float) -> tuple[Any, float]:
+def _fit(plan: Plan, argv: list[str], tracking: SearchTracking, folder: Path, available: float) -> tuple[Any, float]:
     """Run (or resume) the search's trials under its MLflow parent run; return Ray's results and
     the GPU share per trial. A failure or Ctrl-C ends the parent run as FAILED or KILLED."""
     try:
@@ -295,19 +295,19 @@ def _fit(plan, argv: list[str], tracking: SearchTracking, folder: Path, availabl
         gpus = plan.resolve_gpus(available)
         where = (f"GPUs: {gpus:g} GPU + {plan.cpus:g} CPU per trial ({available:g} GPUs in the cluster)"
                  if gpus > 0 else f"CPUs: {plan.cpus:g} CPU per trial (no GPU in the cluster)")
-        verb = "resuming" if plan.args.resume else "search"
+        verb = "resuming" if plan.options.resume else "search"
         print(f"{verb} {plan.experiment}: {plan.num_samples} trials of {plan.space.name} on {plan.workload.name}; "
               f"trials run on {where}", flush=True)
         print(f"  trial results: {plan.experiment_path}" + (f" (shared by all {nodes} nodes)" if nodes > 1 else "")
               + f"; search state: {folder}", flush=True)
-        if plan.args.resume and tracking.resume_parent(plan.experiment_path):
+        if plan.options.resume and tracking.resume_parent(plan.experiment_path):
             _close_orphans(tracking, folder, plan)
             tuner = tune.Tuner.restore(plan.experiment_path, trainable=tune.with_resources(train_trial, _resources(plan, gpus)),
                                        resume_unfinished=True, resume_errored=True)
             _use_log_models(tuner, plan)
-            use_max_concurrent(tuner, plan.args.max_concurrent)
+            use_max_concurrent(tuner, plan.options.max_concurrent)
         else:
-            if plan.args.resume:
+            if plan.options.resume:
                 raise SearchError(f"--resume: no MLflow parent run of {plan.experiment_path} in "
                                   f"{redact_uri(plan.tracking_uri)}; "
                                   f"pass the --tracking-uri the search used")
@@ -324,16 +324,16 @@ def _fit(plan, argv: list[str], tracking: SearchTracking, folder: Path, availabl
         raise
 
 
-def _use_log_models(tuner: tune.Tuner, plan) -> None:
+def _use_log_models(tuner: tune.Tuner, plan: Plan) -> None:
     """A resumed search's --log-models (it may change on resume): the trial-tracking callback Ray
     Tune restores from its snapshot keeps the first run's choice, so it is given the new one."""
     run_config = adapters.tuner_run_config(tuner)
     for callback in (run_config.callbacks or []) if run_config is not None else []:
         if isinstance(callback, TrialTracking):
-            callback.log_models = plan.args.log_models == "finished"
+            callback.log_models = plan.options.log_models == "finished"
 
 
-def _close_orphans(tracking: SearchTracking, folder: Path, plan) -> None:
+def _close_orphans(tracking: SearchTracking, folder: Path, plan: Plan) -> None:
     """At --resume, before Ray Tune continues: every run of the search still RUNNING has no live
     trial behind it (one driver per search, and this one has not started any): end it KILLED. A
     trial that Ray Tune continues opens its own run again. The study's trials a stop set aside
@@ -346,7 +346,7 @@ def _close_orphans(tracking: SearchTracking, folder: Path, plan) -> None:
     orphans.take_trials_back(folder / OPTUNA_DB, plan.experiment)
 
 
-def build_tuner(plan, tracking: SearchTracking, folder: Path, gpus: float) -> tune.Tuner:
+def build_tuner(plan: Plan, tracking: SearchTracking, folder: Path, gpus: float) -> tune.Tuner:
     space = plan.space
     meta = {"seeds": plan.seeds, "threads": max(1, int(plan.cpus)), "space": space.name,
             "checkpoint_every_s": plan.checkpoint_every, "searched": list(space.params), "gpu_share": gpus}
@@ -371,10 +371,10 @@ def build_tuner(plan, tracking: SearchTracking, folder: Path, gpus: float) -> tu
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             progress_reporter=reporter, verbose=1,
             callbacks=[TrialTracking(tracking, space.name, searched=list(space.params),
-                                     log_models=plan.args.log_models == "finished")]))
+                                     log_models=plan.options.log_models == "finished")]))
 
 
-def _resources(plan, gpus: float) -> dict[str, float]:
+def _resources(plan: Plan, gpus: float) -> dict[str, float]:
     return {"cpu": plan.cpus, "gpu": gpus}
 
 

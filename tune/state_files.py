@@ -12,6 +12,7 @@ from bilaw.file_errors import DamagedFileError, check_file, load_json, require_m
 
 DRIVER_FILE = "driver.json"  # the running driver's pid, process group and Ray session
 OPTUNA_DB = "optuna.db"      # the search's Optuna study (SQLite)
+IDENTITY_FILE = "search.json"  # what shapes the search, stored by its first run (tune/resume_check.py)
 _DRIVER_TYPES = {"pid": int, "pgid": int, "session_dir": str, "joined_cluster": bool}
 
 

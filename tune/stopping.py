@@ -1,5 +1,6 @@
 """How a search's driver stops before its end: a signal (Ctrl-C, a batch scheduler's SIGTERM, a
-closed terminal's SIGHUP) or its own `--time-budget`.
+closed terminal's SIGHUP) or its own `--time-budget`; and the line it prints when a full disk
+stopped it (`disk_full_message`, the cause found by tune/disk_full.py).
 
 Every one of them takes the path Ctrl-C takes: while Ray Tune runs the trials, Ray Tune's own
 SIGINT handler ends its loop gracefully (a last experiment snapshot; running trials stop and keep
@@ -27,6 +28,11 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+from tune.mounts import mount_of
+from tune.plan import Plan
+from tune.sqlite_files import count_rows, sqlite_path
+from tune.state_files import OPTUNA_DB
 
 TIME_BUDGET = "time budget"   # the reason of a stop by --time-budget
 TIME_BUDGET_EXIT = 75         # EX_TEMPFAIL: not finished, run the resume command later
@@ -261,3 +267,55 @@ def stopped_line(reason: str, argv: list[str]) -> str:
 def print_stopped(reason: str, argv: list[str]) -> int:
     print(stopped_line(reason, argv), file=sys.stderr, flush=True)
     return exit_code(reason)
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def disk_full_message(plan: Plan, cause: str, resume_command: str) -> str:
+    """The one line a search that stopped on a full disk prints (after `error: `): which of its
+    places (the trials' results, the state folder, the tracking database) are on a full file
+    system, named by mount point and type with its free space; what was kept (the finished
+    trials, each unfinished trial's last checkpoint); and that `resume_command` continues the
+    search once space is freed. `cause` is `disk_full_cause`'s line."""
+    places: dict[Path, list[str]] = {}  # path -> what of the search it holds
+    if plan.storage is not None:
+        places.setdefault(plan.storage / plan.experiment, []).append("the trials' results")
+    places.setdefault(Path(plan.state_dir), []).append("the search state (Optuna study)")
+    tracking_db = sqlite_path(plan.tracking_uri)
+    if tracking_db is not None:
+        places.setdefault(tracking_db, []).append("the MLflow database")
+    disks: dict[str, dict] = {}
+    for path, what in places.items():
+        mount, kind = mount_of(path)
+        try:
+            st = os.statvfs(mount or path)
+            free, size = st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+        except OSError:
+            free, size = float("nan"), float("nan")
+        disk = disks.setdefault(mount or str(path), {"kind": kind or "unknown", "free": free, "size": size, "holds": []})
+        disk["holds"].append(f"{' and '.join(what)} ({path})")
+    def described(mount: str) -> str:
+        d = disks[mount]
+        return f"{mount} ({d['kind']}, {_size(d['free'])} free of {_size(d['size'])}) holds {' and '.join(d['holds'])}"
+
+    full = [m for m, d in disks.items() if d["free"] < max(1 << 20, 0.01 * d["size"])]  # under 1% or 1 MiB free
+    if full:
+        where = "; ".join(described(m) for m in full)
+    else:  # freed since, or the write that failed was on another machine (a trial's node)
+        where = (f"no file system of the search on this machine is full now ({'; '.join(map(described, disks))}): "
+                 f"space was freed since, or the write that failed was on another node of the cluster")
+        full = ["the file system that filled up"]
+    done = count_rows(Path(plan.state_dir) / OPTUNA_DB,
+                       "select count(*) from trials t join studies s on t.study_id = s.study_id "
+                       "where s.study_name = ? and t.state = 'COMPLETE'", (plan.experiment,))
+    kept = (f"{done} of the {plan.num_samples} trials finished" if done is not None else "the trials that finished")
+    return (f"the disk is full ({cause}): {where}. The search stopped; kept: {kept} (in the Optuna study, in MLflow "
+            f"and in their trial folders) and each unfinished trial's last checkpoint, so nothing that finished is "
+            f"lost. Free space on {' and '.join(full)}, then run: {resume_command} (it continues the search where it "
+            f"stopped)")

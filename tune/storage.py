@@ -153,8 +153,3 @@ def _remove_markers(location: str, token: str) -> None:
         except OSError:
             pass
 
-
-# run_search.py imports these from here; they live in tune/store_checks.py and tune/disk_full.py.
-from tune.disk_full import (DISK_FULL_EXIT, disk_full_cause, disk_full_message,  # noqa: E402,F401
-                            keep_disk_full_tracebacks_out)
-from tune.store_checks import check_search_stores  # noqa: E402,F401

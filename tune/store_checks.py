@@ -12,12 +12,13 @@ import shlex
 from pathlib import Path
 
 from bilaw.file_errors import DamagedFileError, MissingFileError
+from tune.plan import Plan
 from tune.sqlite_files import MLFLOW_TABLES, OPTUNA_TABLES, count_rows, sqlite_path, sqlite_problem
 from tune.state_files import OPTUNA_DB, read_driver_record
 from tune.tracking.runs import PARENT_TAG, client_for, redact_uri
 
 
-def _trial_folders(plan) -> str:
+def _trial_folders(plan: Plan) -> str:
     """The search's trial folders, as the intact part of a damaged-store message."""
     if plan.storage is None:
         return f"the trial folders in {plan.experiment_path}"
@@ -38,7 +39,7 @@ def _tracking(db: Path, experiment: str) -> str:
     return f"the MLflow database {db}" + (f" ({count} runs of experiment {experiment!r})" if count is not None else "")
 
 
-def check_search_stores(plan) -> None:
+def check_search_stores(plan: Plan) -> None:
     """Before Ray starts (and before anything is written): the search's MLflow SQLite database
     and, on --resume, its Optuna study are whole SQLite files of the right kind. A damaged one
     stops the search with a DamagedFileError naming the file, what is wrong, what is intact (the
@@ -49,7 +50,7 @@ def check_search_stores(plan) -> None:
     here). A tracking server, or a tracking database not created yet, is not checked here."""
     tracking_db = sqlite_path(plan.tracking_uri)
     study_db = Path(plan.state_dir) / OPTUNA_DB
-    resume = bool(getattr(plan.args, "resume", False))
+    resume = plan.options.resume
     if tracking_db is not None and tracking_db.is_file() and tracking_db.stat().st_size > 0:  # MLflow fills an empty one
         problem = sqlite_problem(tracking_db, MLFLOW_TABLES)
         if problem:
@@ -81,11 +82,11 @@ def check_search_stores(plan) -> None:
                 f"--experiment {plan.experiment} --trials lists them)")
 
 
-def _no_study_here(plan, study_db: Path) -> MissingFileError:
+def _no_study_here(plan: Plan, study_db: Path) -> MissingFileError:
     """The error of a --resume whose state folder holds no Optuna study: it names --state-dir and,
     where the tracking store recorded it, the state folder (and the trials' folder) the search
     used. A right folder that lost its study is told apart from a wrong folder."""
-    given = (f"--state-dir {plan.args.state_dir}" if getattr(plan.args, "state_dir", None)
+    given = (f"--state-dir {plan.options.state_dir}" if plan.options.state_dir
              else "the default state folder (no --state-dir given)")
     problem = f"the file does not exist: --resume finds no Optuna study in {given}"
     places = recorded_search_places(plan.tracking_uri, plan.experiment)
@@ -162,7 +163,7 @@ def _whole(data: bytes) -> bool:
     return bool(data)
 
 
-def restore_cut_ray_files(plan) -> str | None:
+def restore_cut_ray_files(plan: Plan) -> str | None:
     """On --resume, before Ray starts: Ray Tune's experiment files in the storage, whole. Ray writes
     each in the driver's session folder, then copies it to the storage; a full disk cuts that
     copy short, and Ray, finding its newest experiment state unreadable at --resume, logs an error

@@ -10,6 +10,7 @@ trial needs that is not a TrainConfig key travels under the `_bilaw` config entr
 """
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import tempfile
@@ -37,6 +38,7 @@ TRIAL_INDEX_KEY = "__trial_index__"  # set by ray.tune.search.Repeater: which se
 
 
 VARIANT_KEY = "__variant__"  # a grid index into meta["variants"]: a list of whole configs to run
+RAN_CONFIG_KEY = "train_config"  # in a trial's final report: the TrainConfig it ran, as JSON
 
 
 def trial_values(config: dict[str, Any]) -> dict[str, Any]:
@@ -66,6 +68,14 @@ def trial_config(config: dict[str, Any]) -> TrainConfig:
     if values.get("threads") is None:
         values["threads"] = max(1, int(config.get(META_KEY, {}).get("threads", 1)))
     return TrainConfig.from_dict(values).resolved()
+
+
+def ran_config(result: Any) -> TrainConfig:
+    """The TrainConfig a trial ran, from its Ray result: the one its final report carries (resolved
+    once, in the trial), else (a result without it: a trial that did not finish, or one of a search
+    stored before reports carried it) rebuilt from the trial's Ray config by `trial_config`."""
+    text = (getattr(result, "metrics", None) or {}).get(RAN_CONFIG_KEY)
+    return TrainConfig.from_dict(json.loads(text)) if text else trial_config(result.config)
 
 
 def _restore_checkpoint(work: Path) -> None:
@@ -143,7 +153,8 @@ def train_trial(config: dict[str, Any]) -> None:
         # trainer made no callback: the test metrics are reported from its result.
         final = state["final"] or {k: v for k, v in {**result.history[-1], **final_report(result.final)}.items()
                                    if isinstance(v, (int, float))}
-        tune.report(final, checkpoint=tune.Checkpoint.from_directory(str(work)))
+        tune.report({**final, RAN_CONFIG_KEY: json.dumps(result.config.to_dict())},
+                    checkpoint=tune.Checkpoint.from_directory(str(work)))
     finally:
         if sampler is not None:
             sampler.stop()

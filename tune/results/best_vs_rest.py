@@ -12,11 +12,12 @@ from typing import Any
 import numpy as np
 
 from bilaw.config.train_config import TrainConfig
+from tune.plan import Plan
 from tune.results.paired import (Comparison, Paired, against_leader, format_comparisons, mean_accuracy, verdict,
                                  winner_standing)
 from tune.results.per_point_runs import PerPointStore, can_pair, group_points, shared_points, what
 from tune.tracking.runs import TRIAL_ID_TAG, SearchTracking, run_name
-from tune.trainable import trial_config
+from tune.trainable import ran_config
 
 PAIRED_ARTIFACT = "paired_comparisons.txt"
 DISTINGUISHABLE_TAG = "winner_distinguishable"  # tune/results/paired.py winner_standing: true | runs only | false | not compared
@@ -31,7 +32,7 @@ def config_label(space: Any, cfg: TrainConfig, precise: bool = False) -> str:
     return run_name(values, "the config", limit=100_000)
 
 
-def config_key(plan: Any, cfg: TrainConfig) -> str:
+def config_key(plan: Plan, cfg: TrainConfig) -> str:
     """What makes two trials the same config: every value but the seed."""
     return cfg.replace(seed=plan.seeds[0]).to_yaml()
 
@@ -49,7 +50,7 @@ class ConfigPoints:
         return mean_accuracy(self.groups.get(label, {}))
 
 
-def _labels(plan: Any, configs: dict[str, TrainConfig]) -> dict[str, str]:
+def _labels(plan: Plan, configs: dict[str, TrainConfig]) -> dict[str, str]:
     """config_key -> label: the short label, or every digit where two configs' short ones meet."""
     short = {key: config_label(plan.space, cfg) for key, cfg in configs.items()}
     clash = {label for label in short.values() if list(short.values()).count(label) > 1}
@@ -57,10 +58,10 @@ def _labels(plan: Any, configs: dict[str, TrainConfig]) -> dict[str, str]:
             for key, label in short.items()}
 
 
-def finished_config_points(plan: Any, results: Any, store: PerPointStore, metric: str, runs: list) -> ConfigPoints:
+def finished_config_points(plan: Plan, results: Any, store: PerPointStore, metric: str, runs: list) -> ConfigPoints:
     """The per-point results for `metric` of every finished trial (not those flagged for gradient
     masking, unless --allow-suspect), from their MLflow runs (`runs`: the search's child runs)."""
-    allow_suspect = getattr(plan.args, "allow_suspect", False)
+    allow_suspect = plan.options.allow_suspect
     by_trial = {r.data.tags.get(TRIAL_ID_TAG): r for r in runs}
     keys: dict[str, str] = {}
     configs: dict[str, TrainConfig] = {}
@@ -74,7 +75,7 @@ def finished_config_points(plan: Any, results: Any, store: PerPointStore, metric
         run = by_trial.get(m.get("trial_id"))
         if run is None:
             continue
-        cfg = trial_config(r.config)
+        cfg = ran_config(r)
         keys[run.info.run_id] = key = config_key(plan, cfg)
         configs.setdefault(key, cfg)
         chosen.append(run)
@@ -99,7 +100,7 @@ def paired_lines(points: ConfigPoints, leader: str) -> tuple[list[str], dict[str
     return [*lines, line], comparisons
 
 
-def paired_summary(plan: Any, results: Any, tracking: SearchTracking, cfg: TrainConfig, folder: Path,
+def paired_summary(plan: Plan, results: Any, tracking: SearchTracking, cfg: TrainConfig, folder: Path,
                    child_runs: list, store: PerPointStore | None = None) -> tuple[list[str], list[Path]]:
     """The lines that say whether the search's winner is distinguishable from the other configs
     (tune/results/paired.py) and the file holding them; tags the parent run with the answer. Never stops

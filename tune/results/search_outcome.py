@@ -12,11 +12,13 @@ from typing import Any
 
 from bilaw.config.reproducibility import FULL_EVAL, evaluation_label
 from bilaw.config.train_config import TrainConfig
+from bilaw.metrics import TEST_AA_ACC, TEST_CLEAN_ACC, TEST_PGD_ACC, TEST_PGD_ACC_AA_SUBSET
 from tune.finished_search import ROUND_TAG
+from tune.plan import Plan
 from tune.results.best_vs_rest import config_key, paired_summary
 from tune.tracking.runs import TRIAL_ID_TAG, SearchTracking, redact_uri, runs_table_url
 from tune.tracking.runs_view import search_view, share_view
-from tune.trainable import trial_config
+from tune.trainable import ran_config
 
 BEST_CONFIG = "best_config.yaml"
 
@@ -42,7 +44,7 @@ def rerun_lines(path: Path) -> list[str]:
             f"{python} -m bilaw.train --config {config} --full-eval --out runs/best_full_eval"]
 
 
-def saved_config(plan, cfg: TrainConfig) -> TrainConfig:
+def saved_config(plan: Plan, cfg: TrainConfig) -> TrainConfig:
     """The best config as best_config.yaml keeps it: the trial's config, with the device the user
     gave (a 0-GPU trial runs with device cpu, tune/search.py; the config stays `auto` where the
     base config says so)."""
@@ -55,7 +57,7 @@ def in_trial_order(results) -> list:
     return sorted(results, key=lambda r: str((r.metrics or {}).get("trial_id", "")))
 
 
-def _winner(plan, results, tracking: SearchTracking, cfg: TrainConfig,
+def _winner(plan: Plan, results, tracking: SearchTracking, cfg: TrainConfig,
             child_runs: list) -> tuple[dict[str, float], str | None, Any]:
     """Tag the parent with the run of the winner (the best seed of the best config `cfg`, among
     the trials `best_config` counted, and the search's `child_runs`); return its test metrics as
@@ -74,12 +76,12 @@ def _winner(plan, results, tracking: SearchTracking, cfg: TrainConfig,
             tracking.client.set_tag(tracking.parent_run_id, "winner_run_name", runs[0].info.run_name)
     except Exception as exc:  # tracking never stops the search
         print(f"warning: MLflow: could not tag the winner: {exc}", file=sys.stderr)
-    keys = (metric, "test_clean_acc", "test_pgd_acc", "test_aa_acc", "test_pgd_acc_aa_subset")
+    keys = (metric, TEST_CLEAN_ACC, TEST_PGD_ACC, TEST_AA_ACC, TEST_PGD_ACC_AA_SUBSET)
     return ({f"winner_{k}": best.metrics[k] for k in keys if isinstance(best.metrics.get(k), (int, float))},
             run_id, best)
 
 
-def _log_winner_model(plan, tracking: SearchTracking, run_id: str, result) -> None:
+def _log_winner_model(plan: Plan, tracking: SearchTracking, run_id: str, result) -> None:
     """Log the winner's best model with its run (from the trial's last checkpoint) and, with
     --register, register it under the experiment's name (tune/tracking/model_store.py's `register` tags it
     with the searched parameters and test metrics and attaches the config)."""
@@ -89,16 +91,16 @@ def _log_winner_model(plan, tracking: SearchTracking, run_id: str, result) -> No
 
     try:
         model_uri = logged_model_uri(tracking, run_id)  # a resumed search's winner may have it already
-        if model_uri is None and plan.args.log_models == "winner":
+        if model_uri is None and plan.options.log_models == "winner":
             with result.checkpoint.as_directory() as folder:
                 model_uri = log_model(tracking.uri, run_id, Path(folder) / SAVED_RUN)
         elif model_uri is None:  # "finished": logged with its run when the trial ended
             model_uri = f"runs:/{run_id}/model"
         print(f"winner's model: {model_uri} (mlflow.pytorch.load_model; run {run_id})")
-        version = registered_version(tracking, run_id, plan.experiment) if plan.args.register else None
+        version = registered_version(tracking, run_id, plan.experiment) if plan.options.register else None
         if version is not None:
             print(f"registered: models:/{plan.experiment}/{version} (before)")
-        elif plan.args.register:
+        elif plan.options.register:
             version = register(tracking.uri, model_uri, plan.experiment,  # register adds the run's params and metrics
                                {"run_id": run_id, "space": plan.space.name, "workload": plan.workload.name})
             print(f"registered: models:/{plan.experiment}/{version.version}")
@@ -106,7 +108,7 @@ def _log_winner_model(plan, tracking: SearchTracking, run_id: str, result) -> No
         print(f"warning: MLflow: could not log the winner's model: {exc}", file=sys.stderr)
 
 
-def search_figures(plan, tracking: SearchTracking, folder: Path, child_runs: list) -> None:
+def search_figures(plan: Plan, tracking: SearchTracking, folder: Path, child_runs: list) -> None:
     """The search's figures (tune/results/figures.py) from the stored study and the trials'
     histories, under search/ on the parent run (also after --resume); never stops the report."""
     import optuna
@@ -135,12 +137,12 @@ def _interval_note(metric: str, values: list[float], cfg: TrainConfig) -> str:
     return "" if interval is None else f"\n  95% interval [{interval[0]:.4f}, {interval[1]:.4f}] ({interval[2]})"
 
 
-def config_groups(plan, results) -> dict[str, tuple[TrainConfig, list]]:
+def config_groups(plan: Plan, results) -> dict[str, tuple[TrainConfig, list]]:
     """The finished trials with a finite ranking metric, by config (`config_key`): its config at
     the search's first seed, and its results in `in_trial_order`. Trials flagged for gradient
     masking take no part unless --allow-suspect: their PGD overstates their robustness."""
     metric = plan.space.metric[0]
-    allow_suspect = getattr(plan.args, "allow_suspect", False)
+    allow_suspect = plan.options.allow_suspect
     groups: dict[str, tuple[TrainConfig, list]] = {}
     for r in in_trial_order(results):
         value = (r.metrics or {}).get(metric)
@@ -148,12 +150,12 @@ def config_groups(plan, results) -> dict[str, tuple[TrainConfig, list]]:
             continue
         if (r.metrics or {}).get("suspect_gradient_masking") and not allow_suspect:
             continue
-        cfg = trial_config(r.config)
+        cfg = ran_config(r)
         groups.setdefault(config_key(plan, cfg), (cfg.replace(seed=plan.seeds[0]), []))[1].append(r)
     return groups
 
 
-def best_config(plan, results) -> tuple[TrainConfig | None, list[float]]:
+def best_config(plan: Plan, results) -> tuple[TrainConfig | None, list[float]]:
     """The config whose mean of the ranking metric over its seeds is best (ties: the one met first
     in `in_trial_order`), and its values, among `config_groups`."""
     metric, sign = plan.space.metric[0], (1 if plan.space.mode[0] == "max" else -1)
@@ -163,7 +165,7 @@ def best_config(plan, results) -> tuple[TrainConfig | None, list[float]]:
     return max(scored, key=lambda g: sign * statistics.fmean(g[1]))
 
 
-def pareto_report(plan, results, tracking: SearchTracking, folder: Path) -> list[Path]:
+def pareto_report(plan: Plan, results, tracking: SearchTracking, folder: Path) -> list[Path]:
     """Two objectives: print, save and plot the non-dominated trials."""
     from tune.results.pareto import write_front
 
@@ -172,7 +174,7 @@ def pareto_report(plan, results, tracking: SearchTracking, folder: Path) -> list
     for r in results:
         m = r.metrics or {}
         if r.error is None and all(k in m and math.isfinite(m[k]) for k in metrics):
-            cfg = trial_config(r.config)
+            cfg = ran_config(r)
             params = {k: p.shown_for(cfg) for k, p in plan.space.params.items()}
             rows.append({"trial_id": m.get("trial_id", ""), **params, **{k: m[k] for k in metrics}})
     if not rows:
@@ -185,13 +187,13 @@ def pareto_report(plan, results, tracking: SearchTracking, folder: Path) -> list
     return [csv_path, png_path]
 
 
-def _share_runs_view(plan, tracking: SearchTracking, child_runs: list) -> str | None:
+def _share_runs_view(plan: Plan, tracking: SearchTracking, child_runs: list) -> str | None:
     """Save the view of this search's trials the printed runs-table link opens (its key: the parent
     run's id); None, with a warning, where MLflow refused it."""
     if tracking.parent_run_id is None:
         return None
     logged = {name for run in child_runs for name in run.data.metrics}
-    race = [ROUND_TAG] if plan.args.race else []  # a race's runs join the same table, with their round
+    race = [ROUND_TAG] if plan.options.race else []  # a race's runs join the same table, with their round
     view = search_view(tracking.parent_run_id, list(plan.space.params), plan.space.metric, plan.space.mode, logged,
                        race)
     try:
@@ -201,7 +203,7 @@ def _share_runs_view(plan, tracking: SearchTracking, child_runs: list) -> str | 
         return None
 
 
-def report(plan, results, tracking: SearchTracking, folder: Path, store: Any = None) -> int:
+def report(plan: Plan, results, tracking: SearchTracking, folder: Path, store: Any = None) -> int:
     """Print and record the search's outcome (see the module docstring); `store`: a
     tune/results/per_point_runs.py PerPointStore to share its downloads with a race that follows."""
     space = plan.space
@@ -229,7 +231,7 @@ def report(plan, results, tracking: SearchTracking, folder: Path, store: Any = N
         print(f"  {name} = {plan.space.params[name].shown_for(cfg)!r}")
     print(f"best config: {path}\n" + "\n".join(rerun_lines(path)))
     winner, run_id, result = _winner(plan, results, tracking, cfg, child_runs)
-    if run_id is not None and plan.args.log_models != "none":
+    if run_id is not None and plan.options.log_models != "none":
         _log_winner_model(plan, tracking, run_id, result)
     paired, paired_files = paired_summary(plan, results, tracking, cfg, folder, child_runs, store)
     tracking.finish_parent("FINISHED", {f"best_{space.metric[0]}": mean, "trials": len(results), "errors": errors,

@@ -53,7 +53,7 @@ def searched_params(client: Any, run: Any) -> list[str]:
 
 def search_objectives(parent: Any | None) -> list[tuple[str, str]]:
     """(metric, direction) the search ranked by, from its stored search.json; [] where unreadable."""
-    from tune.resume_check import IDENTITY_FILE
+    from tune.state_files import IDENTITY_FILE
 
     folder = parent.data.tags.get("state_dir") if parent is not None else None
     try:

@@ -2,7 +2,7 @@
 param's or attribute's value, and `quote_filter_value` the one way a value goes into an MLflow
 `filter_string`, so that a user's path, experiment name or key with quotes, backslashes or any
 unicode finds exactly its runs (an unquoted apostrophe once stopped --resume with "Invalid
-clause(s) in filter string"). `tracking.py` re-exports both."""
+clause(s) in filter string"). tune/tracking/runs.py re-exports both."""
 from __future__ import annotations
 
 import re

@@ -21,9 +21,8 @@ from typing import Any, Iterable
 from urllib.parse import urlsplit, urlunsplit
 
 from bilaw.metrics import FINISHED, TRAIN_LOSS, finished
-# Runs are found by value one way (tune/tracking/queries.py); tune/ imports it from here.
 from tune.sqlite_files import sqlite_path
-from tune.tracking.queries import UnquotableFilterValue, find_runs, quote_filter_value  # noqa: F401
+from tune.tracking.queries import find_runs  # noqa: F401  (runs are found by value one way; callers import it here)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
 TRIAL_ID_TAG = "ray_trial_id"
