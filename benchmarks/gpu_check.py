@@ -62,8 +62,8 @@ def step_environment(out: Path, dry: bool, save) -> dict[str, Any]:
             "cpu_count": os.cpu_count(), "dry_run": dry}
 
 
-GPU_TESTS = ["tests/test_models.py", "tests/test_evaluate.py", "tests/test_data.py", "tests/test_attacks.py",
-             "tests/test_gpu_memory.py", "tests/test_gpu_check.py"]
+GPU_TESTS = ["tests/bilaw/test_models.py", "tests/bilaw/eval/test_evaluate.py", "tests/bilaw/data/test_data.py", "tests/bilaw/eval/test_attacks.py",
+             "tests/bilaw/test_gpu_memory.py", "tests/test_gpu_check.py"]
 
 
 def step_checks(out: Path, dry: bool, save) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Do BiLAW's learned weights fade after the lr drops? last/peak `weight_std` per meta-optimiser
 setting, over seeds, on a long CPU-sized schedule (the measurement behind
-tests/test_weight_fading.py and the fading discussion in docs/results.md).
+tests/bilaw/methods/test_weight_fading.py and the fading discussion in docs/results.md).
 
     python benchmarks/weight_fading.py                                  # digits, 80 epochs, 3 seeds
     python benchmarks/weight_fading.py --variants legacy,no_decay --seeds 5 --epochs 40

@@ -3,7 +3,7 @@
 # Fashion-MNIST and PostgreSQL (for tune/tracking_server.py).
 # Idempotent: re-running only installs what is missing. Usage: bash scripts/setup.sh [--with-browser]
 # --with-browser also installs Debian's Chromium, for the tests that load MLflow's UI and
-# optuna-dashboard in a headless browser (tests/test_browser.py; skipped without it).
+# optuna-dashboard in a headless browser (tests/tune/tracking/test_browser.py; skipped without it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -37,9 +37,9 @@ if command -v apt-get >/dev/null 2>&1; then
         $SUDO apt-get update -qq || echo "warning: apt-get update failed; installing from the lists at hand" >&2
         [ "$NEED_FMNIST" = 0 ] || apt_install dataset-fashion-mnist "fashion_mnist will need --data-dir"
         [ "$NEED_PG" = 0 ] || apt_install postgresql "tune/tracking_server.py will not start"
-        [ "$NEED_BROWSER" = 0 ] || apt_install chromium "tests/test_browser.py will be skipped"
+        [ "$NEED_BROWSER" = 0 ] || apt_install chromium "tests/tune/tracking/test_browser.py will be skipped"
     fi
 elif [ "$WITH_BROWSER" = 1 ]; then
-    echo "warning: no apt-get here; install Chromium yourself for tests/test_browser.py" >&2
+    echo "warning: no apt-get here; install Chromium yourself for tests/tune/tracking/test_browser.py" >&2
 fi
 "$VENV/bin/python" -c "import bilaw, torch; print('bilaw-tune installed; torch', torch.__version__)"

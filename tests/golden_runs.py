@@ -1,4 +1,4 @@
-"""Record or check the golden training traces of tests/test_golden.py.
+"""Record or check the golden training traces of tests/bilaw/training/test_golden.py.
 
     python tests/golden_runs.py            # rewrite tests/data/golden_runs.json (only on purpose)
 

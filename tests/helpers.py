@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+REPO = Path(__file__).resolve().parents[1]  # the repository root, wherever a test file sits under tests/
 
 # A two-trial BiLAW grid on the smoke workload: the smallest real search (a space file's text)
 TWO_CAPACITIES_SPACE = """\

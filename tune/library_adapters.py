@@ -1,6 +1,6 @@
 """The one module of tune/ that reaches past the public API of the pinned libraries (ray, optuna
 and mlflow, pinned in pyproject.toml), for what that API lacks; every other module uses only
-their public names (tests/test_library_adapters.py checks that, and each reader here on the
+their public names (tests/tune/test_library_adapters.py checks that, and each reader here on the
 pinned versions).
 
 A reader takes one private attribute and raises `LibraryChanged`, naming the installed version,

@@ -5,12 +5,12 @@ import statistics
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 import yaml
 
 from bilaw.config.train_config import TrainConfig
 from tune.reproduce import main as reproduce_main
 
-REPO = Path(__file__).resolve().parents[1]
 
 ARGS = ["--table", "1", "--dataset", "digits", "--model", "fc1", "--norm", "linf", "--methods", "at,bilaw",
         "--seeds", "2", "--epochs", "2", "--set", "aa_samples=16", "--set", "aa_attacks=[apgd-ce]",

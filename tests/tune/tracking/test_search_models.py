@@ -14,10 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import TWO_CAPACITIES_SPACE
+from helpers import REPO, TWO_CAPACITIES_SPACE
 from mlflow.tracking import MlflowClient
 
-REPO = Path(__file__).resolve().parents[1]
 NAME = "two_capacities"
 
 

@@ -15,9 +15,8 @@ from mlflow.tracking import MlflowClient
 
 from tune.run_search import main
 
-from helpers import running_epochs, session_members
+from helpers import REPO, running_epochs, session_members
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _finished(db: Path) -> int:

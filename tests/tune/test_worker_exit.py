@@ -6,11 +6,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
 from test_search import _ray_env, ray_tmp  # noqa: F401 (fixture)
 from tune.worker_exit import exit_quietly_on_sigterm, worker_runtime_env
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 
 # Ray's worker handler for SIGTERM raises SystemExit; the signal is sent from inside a weakref
 # callback, where Python runs the handler and cannot raise its exception.

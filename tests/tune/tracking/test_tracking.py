@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 import torch
 from mlflow.tracking import MlflowClient
 
@@ -231,7 +232,7 @@ def test_a_trial_process_never_imports_mlflow():
 
     code = "import sys, tune.trainable; print(sorted(m for m in sys.modules if m.startswith(('mlflow', 'tune.track'))))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                         cwd=str(Path(__file__).resolve().parents[1]))
+                         cwd=str(REPO))
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr[-2000:]
 
 

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 from mlflow.tracking import MlflowClient
 
 from tune.run_search import main
@@ -271,7 +272,7 @@ def test_a_full_disk_stops_the_search_with_one_error_and_resume_finishes_it(smal
     db = small_disk / "mlruns.db"
     argv = [*SMOKE, "--max-concurrent", "1", "--storage-path", str(small_disk / "rr"),
             "--tracking-uri", f"sqlite:///{db}"]
-    script = str(Path(__file__).resolve().parents[1] / "tune" / "run_search.py")
+    script = str(REPO / "tune" / "run_search.py")
     log = tmp_path / "driver.log"
     with open(log, "w") as out:
         driver = subprocess.Popen([sys.executable, script, *argv], cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,

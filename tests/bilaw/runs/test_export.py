@@ -17,6 +17,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from helpers import REPO
 import torch
 
 from bilaw.data import datasets as data
@@ -30,7 +31,6 @@ from bilaw.training.trainer import train
 
 from test_data import write_cifar_batch
 
-REPO = Path(__file__).resolve().parents[1]
 LEADERBOARD_FIELDS = ("link", "name", "authors", "additional_data", "number_forward_passes", "dataset", "venue",
                       "architecture", "eps", "clean_acc", "reported", "autoattack_acc")
 PROJECT_FIELDS = ("threat_model", "clean_acc_n_examples", "autoattack_acc_n_examples", "autoattack_version", "inputs")

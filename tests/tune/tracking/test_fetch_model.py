@@ -1,7 +1,7 @@
 """tune/fetch_model.py's model URIs (tune/tracking/model_store.py `resolve_model`, also rerun_best's
 --model): a URI of another form, or one naming nothing in the store, is one `error:` line that
 names it and says what is taken; nothing is written. The URIs a search prints are fetched in
-tests/test_search_models.py."""
+tests/tune/tracking/test_search_models.py."""
 from __future__ import annotations
 
 import pytest

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import optuna
 import pytest
+from helpers import REPO
 from mlflow.tracking import MlflowClient
 
 from tune.study_records import RUN_IDS_ATTR, TEST_METRICS
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def check_study_names_its_runs(state: Path, uri: str, experiment: str, seeds: list[int]) -> None:

@@ -20,10 +20,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tune import spaces as sp
-from helpers import group_members, stop_group
+from helpers import REPO, group_members, stop_group
 from test_search import RAY, _free_port, _ray_env, ray_tmp  # noqa: F401 (fixture)
 
-REPO = Path(__file__).resolve().parents[1]
 SMOKE_EPOCHS = sp.load_workloads()["smoke"].config["epochs"]
 
 

@@ -22,14 +22,13 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from helpers import group_members, stop_group
+from helpers import REPO, group_members, stop_group
 from tune.finished_search import NOTE_LIMIT, NOTE_TAG, SUMMARY_FILE, describe_parent
 from tune.orphans import INTERRUPTED_ATTR, KILLED_TAG
 from tune.run_search import main
 from tune.search_lock import LOCK_FILE, LockError, SearchLock
 from tune.stopping import DurationError, parse_duration
 
-REPO = Path(__file__).resolve().parents[1]
 PLANNED = ["128", "256", "64", "64-64"]  # ablation_capacity's grid, one seed
 
 
@@ -431,7 +430,7 @@ def test_the_parent_run_tells_the_search_story(finished):
 
 
 def test_the_printed_runs_table_link_names_a_saved_view_of_the_trials(finished, capsys):
-    """The view MLflow's UI restores from the printed link (tests/test_browser.py loads it)."""
+    """The view MLflow's UI restores from the printed link (tests/tune/tracking/test_browser.py loads it)."""
     root, argv = finished
     client, exp, parents, children = _runs(root, "cap")
     key = parents[0].info.run_id

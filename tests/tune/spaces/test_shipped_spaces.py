@@ -11,10 +11,9 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from helpers import tracebacks
+from helpers import REPO, tracebacks
 from tune import spaces as sp
 
-REPO = Path(__file__).resolve().parents[1]
 SHIPPED = [name for name, _ in sp.list_spaces()]
 SAMPLES = 2  # trials of a sampled (not grid) space
 # A conditional parameter that a trial of that small search lacks (the seeded sampler's second draw

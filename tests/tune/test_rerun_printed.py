@@ -16,9 +16,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from helpers import TWO_CAPACITIES_SPACE
+from helpers import REPO, TWO_CAPACITIES_SPACE
 
-REPO = Path(__file__).resolve().parents[1]
 QUIET = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}  # a 2-thread run on a busy machine stalls otherwise
 
 

@@ -16,11 +16,10 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from helpers import stop_group
+from helpers import REPO, stop_group
 from test_search import _free_port
 from tune.finished_search import NOTE_TAG
 
-REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "chromium-headless-shell")) if p), None)
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed: `bash scripts/setup.sh "

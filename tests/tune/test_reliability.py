@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import running_epochs, session_members
+from helpers import REPO, running_epochs, session_members
 from mlflow.tracking import MlflowClient
 
 from bilaw.training.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
@@ -21,7 +21,6 @@ from tune.run_search import main
 from tune.search import _redacted_command
 from tune.tracking.runs import flatten_params, redact_uri
 
-REPO = Path(__file__).resolve().parents[1]
 SMOKE = ["--space", "ablation_capacity", "--workload", "smoke"]
 
 

@@ -20,14 +20,13 @@ import numpy as np
 import optuna
 import pytest
 import yaml
-from helpers import group_members, stop_group, tracebacks
+from helpers import REPO, group_members, stop_group, tracebacks
 from mlflow.tracking import MlflowClient
 from scipy import stats
 
 from bilaw.config.train_config import TrainConfig
 from tune.run_search import main
 
-REPO = Path(__file__).resolve().parents[1]
 RAY = Path(sys.executable).with_name("ray")
 
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
 from bilaw.config.train_config import REUSE_FREE_KEYS, TrainConfig, config_differences, yaml_load
 from tune.reproduce import build_parser, config_difference, parse_seeds, plan_jobs, select
 
-REPO = Path(__file__).resolve().parents[1]
 RUNS = REPO / "docs" / "results" / "runs"
 TABLE1 = ["--table", "1", "--dataset", "fashion_mnist", "--model", "fc1", "--norm", "linf", "--epochs", "15",
           "--seeds", "2"]

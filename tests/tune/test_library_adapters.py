@@ -17,10 +17,10 @@ from types import SimpleNamespace
 
 import optuna
 import pytest
+from helpers import REPO
 
 from tune import library_adapters as adapters
 
-REPO = Path(__file__).resolve().parents[1]
 LIBRARIES = ("ray", "optuna", "mlflow")
 ADAPTER = REPO / "tune" / "library_adapters.py"
 # Private attributes of the pinned libraries that tune/ needs (read only in the adapter).

@@ -11,14 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import tracebacks
+from helpers import REPO, tracebacks
 from mlflow.tracking import MlflowClient
 
 from tune.finished_search import NOTE_TAG
 from tune.results.paired import Paired, compare, mean_accuracy
 from tune.tracking.runs import PARENT_TAG
 
-REPO = Path(__file__).resolve().parents[1]
 SEEDS = 3
 
 

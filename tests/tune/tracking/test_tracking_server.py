@@ -21,10 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import group_members
+from helpers import REPO, group_members
 from tune import tracking_server as ts
 
-REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tune" / "tracking_server.py"
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import REPO
 import torch
 
 from bilaw import TrainConfig
@@ -17,7 +18,6 @@ from bilaw.runs.saved import read_metrics
 from bilaw.training.trainer import train
 from bilaw.analysis.weight_maps import load_weight_maps, save_weight_maps
 
-REPO = Path(__file__).resolve().parents[1]
 STORED_ALL = sorted((REPO / "docs" / "results" / "runs").rglob("metrics.json"))
 # the runs stored before epochs counted from 1 (the study's later runs carry the marker)
 STORED = [p for p in STORED_ALL if '"epochs_from"' not in p.read_text()]
