@@ -19,12 +19,13 @@ and the PCA coloured by whether the PGD example is misclassified.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from bilaw.metrics import TRAIN_LOSS, VAL_CLEAN_ACC, VAL_PGD_ACC
+from bilaw.metrics import TEST_PGD_ACC, TRAIN_LOSS, VAL_CLEAN_ACC, VAL_PGD_ACC
 
 
 def _pyplot():
@@ -223,3 +224,27 @@ def plot_curves(folder: str | Path, history: list[dict[str, Any]]) -> Path | Non
     fig.savefig(path, dpi=110, metadata={"best_epoch": str(best)})
     _pyplot().close(fig)
     return path
+
+
+PER_CLASS_JSON = "per_class_pgd_acc.json"
+
+
+def write_per_class(folder: str | Path, per_class: list[float] | None) -> list[Path]:
+    """The best state's PGD accuracy per test class (NaN: a class the test set lacks) as
+    `per_class_pgd_acc.json` and the bar plot `plots/per_class_pgd_acc.png` in `folder`; nothing
+    without them. A search trial writes them into its saved run, so its driver only uploads files."""
+    if not per_class:
+        return []
+    folder = Path(folder)
+    path = folder / PER_CLASS_JSON
+    path.write_text(json.dumps({TEST_PGD_ACC: {str(k): v for k, v in enumerate(per_class)},
+                                "note": "PGD accuracy per test class at the best state (NaN: class absent)"}, indent=1))
+    written = [path]
+    (folder / "plots").mkdir(parents=True, exist_ok=True)
+    fig, ax = _pyplot().subplots(figsize=(max(4.0, 0.35 * len(per_class)), 3.0))
+    ax.bar(range(len(per_class)), [a if a == a else 0.0 for a in per_class], color="tab:red")
+    ax.set(xlabel="class", ylabel="PGD accuracy", ylim=(0, 1), title="robust accuracy per class (best state)")
+    fig.tight_layout()
+    fig.savefig(folder / "plots" / "per_class_pgd_acc.png", dpi=100)
+    _pyplot().close(fig)
+    return written + [folder / "plots" / "per_class_pgd_acc.png"]

@@ -179,9 +179,9 @@ def flatten_params(config: dict[str, Any]) -> dict[str, str]:
 
 
 # One metric column per class (a hundred on CIFAR-100) would bury the runs table: the per-class
-# robust accuracies go to MLflow as the JSON artifact PER_CLASS_ARTIFACT instead.
+# robust accuracies go to MLflow as the JSON artifact the trial writes (bilaw/analysis/plots.py
+# `write_per_class`) instead.
 PER_CLASS_METRIC = re.compile(r"^test_pgd_acc_class_\d+$")
-PER_CLASS_ARTIFACT = "per_class_pgd_acc.json"
 
 
 def numeric_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -309,13 +309,19 @@ class TrialRun:
             for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
                 self.client.log_batch(self.run_id, params=items[i:i + 100])
             self.logged_steps = set()
-        self.pending: list = []  # (step, metrics, operation) handed to MLflow's logging thread
+        self.unlogged: dict[int, str] = {}  # epoch -> why its write failed
 
     def log_epoch(self, metrics: dict[str, Any]) -> None:
-        """Per-epoch metrics with step = epoch; an epoch already logged (retry) is skipped. The
-        write happens on MLflow's logging thread (a store round trip per epoch is tens of ms,
-        which short epochs feel); `flush` confirms it. The trainer's last report, which also carries
-        the final metrics (`finished`), is left to `log_history` and `log_final`."""
+        """Per-epoch metrics with step = epoch, written before this returns. An epoch already
+        logged (retry) is skipped; one whose write fails stays unlogged, remembered with its error,
+        so that `log_history` writes it again and `finish` names it if it never arrives. The trainer's
+        last report, which also carries the final metrics (`finished`), is left to `log_history`
+        and `log_final`.
+
+        Synchronous on purpose: MLflow's asynchronous logging thread, once started, is shut down
+        by every run's `set_terminated`, which waits out the thread's one-second queue timeout (a
+        stall of about a second at each trial's end), where a synchronous write of one epoch's
+        metrics costs milliseconds."""
         from mlflow.entities import Metric
 
         step = int(metrics["epoch"])
@@ -323,34 +329,17 @@ class TrialRun:
             return
         ts = int(time.time() * 1000)
         batch = [Metric(k, v, ts, step) for k, v in numeric_metrics(metrics).items() if k != "epoch"]
-        ops = self.client.log_batch(self.run_id, synchronous=False, metrics=batch)
-        if ops is not None:
-            self.pending.append((step, batch, ops))
+        try:
+            self.client.log_batch(self.run_id, metrics=batch)
+        except Exception as exc:  # noqa: BLE001 - any store error: the epoch stays unlogged
+            self.unlogged[step] = str(exc)
+            return
         self.logged_steps.add(step)
-
-    def flush(self) -> None:
-        """Wait for every epoch handed to the logging thread; one whose background write failed is
-        written again here, and an epoch that still cannot be written is left unmarked (so
-        `log_history` tries it again) and named in the TrackingError raised at the end."""
-        pending, self.pending = self.pending, []
-        failed = []
-        for step, batch, ops in pending:  # wait for all of them before writing anything else
-            try:
-                ops.wait()
-            except Exception:  # noqa: BLE001 - any store error; retried below
-                failed.append((step, batch))
-        lost = []
-        for step, batch in failed:
-            try:
-                self.client.log_batch(self.run_id, metrics=batch)
-            except Exception as exc:  # noqa: BLE001
-                self.logged_steps.discard(step)
-                lost.append(f"epoch {step} ({exc})")
-        if lost:
-            raise TrackingError(f"MLflow run {self.run_id}: could not log {', '.join(lost)}")
+        self.unlogged.pop(step, None)
 
     def log_history(self, history: list[dict[str, Any]]) -> None:
-        """Re-log epochs that a checkpoint holds but the run lacks (a kill between the two)."""
+        """Re-log epochs that a checkpoint holds but the run lacks (a kill between the two, or a
+        write that failed)."""
         for metrics in history:
             self.log_epoch(metrics)
 
@@ -365,16 +354,16 @@ class TrialRun:
         stays a curve, not logged again."""
         from mlflow.entities import Metric
 
-        self._flush_or_warn()
         ts = int(time.time() * 1000)
         series = {k for h in history for k in h}
         self.client.log_batch(self.run_id, metrics=[Metric(k, v, ts, 0) for k, v in numeric_metrics(final).items()
                                                     if k not in series])
         self.client.set_tag(self.run_id, EPOCHS_FROM_TAG, "1")
+        from bilaw.analysis.plots import PER_CLASS_JSON
         from bilaw.eval.per_point import PER_POINT_NAME
         from bilaw.runs.saved import CONFIG_NAME, METRICS_NAME
 
-        for name in (CONFIG_NAME, METRICS_NAME, PER_POINT_NAME):
+        for name in (CONFIG_NAME, METRICS_NAME, PER_POINT_NAME, PER_CLASS_JSON):
             if (run_dir / name).is_file():
                 self.log_artifact(run_dir / name)
         for png in sorted((run_dir / "plots").glob("*.png")):
@@ -385,12 +374,9 @@ class TrialRun:
             self.client.set_tag(self.run_id, k, v)
 
     def finish(self, status: str = "FINISHED") -> None:
-        self._flush_or_warn()
+        """End the run with `status`; an epoch that never arrived is named in a warning (it must not
+        also cost the run's status)."""
+        if self.unlogged:
+            lost = ", ".join(f"epoch {step} ({error})" for step, error in sorted(self.unlogged.items()))
+            warnings.warn(f"MLflow run {self.run_id}: could not log {lost}")
         self.client.set_terminated(self.run_id, status)
-
-    def _flush_or_warn(self) -> None:
-        """A lost epoch must not also cost the final metrics, the artifacts or the run's status."""
-        try:
-            self.flush()
-        except TrackingError as exc:
-            warnings.warn(str(exc))

@@ -10,16 +10,16 @@ credentials never leave the driver).
   skipped). The last epoch's report, `finished` (bilaw/metrics.py), also carries the test
   metrics: it waits for the trial's end;
 - the end: the saved run the trial's last checkpoint carries (`run/`: config.yaml,
-  metrics.json, plots), the last epoch's report less its final metrics and flag, every epoch of its
-  history the run still lacks, the final metrics at step 0 (values, not curves, in MLflow's UI),
-  the data the trial recorded (an MLflow dataset input: the driver never loads a dataset), the
-  weight-health tag, and the run's status (completed, pruned by the scheduler, or error).
+  metrics.json, the per-class JSON, plots, all written by the trial: the driver draws nothing),
+  the last epoch's report less its final metrics and flag, every epoch of its history the run
+  still lacks, the final metrics at step 0 (values, not curves, in MLflow's UI), the data the
+  trial recorded (an MLflow dataset input: the driver never loads a dataset), the weight-health
+  tag, and the run's status (completed, pruned by the scheduler, or error).
 """
 from __future__ import annotations
 
 import json
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +27,10 @@ from ray import tune
 from ray.tune.result import AUTO_RESULT_KEYS
 
 from bilaw.methods.weight_health import health_label
-from bilaw.metrics import FINISHED, TEST_PGD_ACC, finished, scalar_final
+from bilaw.metrics import FINISHED, finished, scalar_final
 from bilaw.runs.saved import DATA_RECORD_NAME, read_metrics
-from tune.tracking.runs import (AA_WARNINGS_TAG, MASKING_TAG, NOT_SEARCHED_TAG, PER_CLASS_ARTIFACT, SEARCHED_TAG,
-                                STATUS_TAG, WEIGHTS_TAG, SearchTracking, TrialRun, run_name)
+from tune.tracking.runs import (AA_WARNINGS_TAG, MASKING_TAG, NOT_SEARCHED_TAG, SEARCHED_TAG, STATUS_TAG, WEIGHTS_TAG,
+                                SearchTracking, TrialRun, run_name)
 from tune.trainable import CHECKPOINT_NAME, SAVED_RUN, not_searched, trial_config, trial_values, variant_tags
 
 # What Ray adds to every result besides the trial's own metrics.
@@ -152,7 +152,6 @@ class TrialTracking(tune.Callback):
                     run.set_tags({MASKING_TAG: "true"})
                 if metrics["final"].get("autoattack_warnings"):
                     run.set_tags({AA_WARNINGS_TAG: "\n".join(metrics["final"]["autoattack_warnings"])[:4000]})
-                _log_per_class(run, metrics["final"])
                 if self.log_models:
                     from tune.tracking.model_store import log_model
 
@@ -168,27 +167,3 @@ class TrialTracking(tune.Callback):
         except Exception as exc:
             _warn(f"status of run {run.run_id}", exc)
 
-
-def _log_per_class(run: TrialRun, final: dict[str, Any]) -> None:
-    """The per-class robust accuracy (best state) as a JSON artifact and a bar plot."""
-    accs = final.get("test_per_class_pgd_acc")
-    if not accs:
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / PER_CLASS_ARTIFACT
-        path.write_text(json.dumps({TEST_PGD_ACC: {str(k): v for k, v in enumerate(accs)},
-                                    "note": "PGD accuracy per test class at the best state (NaN: class absent)"},
-                                   indent=1))
-        run.log_artifact(path)
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * len(accs)), 3.0))
-        ax.bar(range(len(accs)), [a if a == a else 0.0 for a in accs], color="tab:red")
-        ax.set(xlabel="class", ylabel="PGD accuracy", ylim=(0, 1), title="robust accuracy per class (best state)")
-        fig.tight_layout()
-        fig.savefig(Path(tmp) / "per_class_pgd_acc.png", dpi=100)
-        plt.close(fig)
-        run.log_artifact(Path(tmp) / "per_class_pgd_acc.png", "plots")

@@ -1,5 +1,5 @@
-"""A trial's MLflow run without Ray: per-epoch metrics written on MLflow's logging thread arrive
-whole, a failed background write is retried or reported (never silently lost), and a retried
+"""A trial's MLflow run without Ray: per-epoch metrics arrive whole, a failed write is retried or
+reported (never silently lost), ending a run starts and stops no logging thread, and a retried
 trial reopens its run and skips the epochs it already logged."""
 from __future__ import annotations
 
@@ -19,15 +19,14 @@ def _epoch(e: int) -> dict:
 
 
 @pytest.mark.slow
-def test_epochs_logged_in_the_background_arrive_and_a_retry_skips_them(tmp_path):
+def test_logged_epochs_arrive_and_a_retry_skips_them(tmp_path):
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     client = MlflowClient(uri)
     exp = client.create_experiment("t")
     run = TrialRun(uri, exp, None, "trial-a", "trial-a", {"method": "bilaw", "lr": 0.1})
     for e in range(1, 6):  # epochs count from 1
         run.log_epoch(_epoch(e))
-    run.flush()
-    assert run.pending == []
+    assert run.unlogged == {}
     history = client.get_metric_history(run.run_id, "val_pgd_acc")
     assert sorted((m.step, m.value) for m in history) == [(e, 0.1 * e) for e in range(1, 6)]
     assert "note" not in client.get_run(run.run_id).data.metrics and "epoch" not in client.get_run(run.run_id).data.metrics
@@ -36,7 +35,7 @@ def test_epochs_logged_in_the_background_arrive_and_a_retry_skips_them(tmp_path)
     assert again.run_id == run.run_id and again.logged_steps == set(range(1, 6))
     for e in range(4, 8):  # it redoes epochs 4 and 5 from an older checkpoint, then goes on
         again.log_epoch({**_epoch(e), "val_pgd_acc": 9.0 if e < 6 else 0.1 * e})
-    again.log_final({"test_clean_acc": 0.9}, tmp_path)  # waits for the epochs before writing
+    again.log_final({"test_clean_acc": 0.9}, tmp_path)
     steps = sorted((m.step, m.value) for m in client.get_metric_history(run.run_id, "val_pgd_acc"))
     assert steps == [(e, 0.1 * e) for e in range(1, 8)]  # one value per epoch: the first attempt's
     final = client.get_metric_history(run.run_id, "test_clean_acc")
@@ -45,43 +44,51 @@ def test_epochs_logged_in_the_background_arrive_and_a_retry_skips_them(tmp_path)
     assert client.get_run(run.run_id).info.status == "FINISHED"
 
 
-class _FailedWrite:
-    def wait(self):
-        raise RuntimeError("database is locked")
-
-
-def test_a_failed_background_write_is_retried_and_never_silently_lost(tmp_path):
+def test_a_failed_write_is_retried_and_never_silently_lost(tmp_path):
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     client = MlflowClient(uri)
     run = TrialRun(uri, client.create_experiment("t"), None, "trial-b", "trial-b", {"method": "at"})
     real = run.client.log_batch
-    broken = {"async": {1, 2}, "sync": {2}}  # epoch 1's background write fails; epoch 2 fails both ways
+    broken = {1, 2}  # the store refuses epochs 1 and 2; epoch 2 for good
 
-    def log_batch(run_id, metrics=(), synchronous=None, **kw):
-        step = metrics[0].step if metrics else None
-        if synchronous is False and step in broken["async"]:
-            return _FailedWrite()
-        if synchronous is not False and step in broken["sync"]:
+    def log_batch(run_id, metrics=(), **kw):
+        if metrics and metrics[0].step in broken:
             raise RuntimeError("disk full")
-        return real(run_id, metrics=metrics, synchronous=synchronous, **kw)
+        return real(run_id, metrics=metrics, **kw)
 
     run.client.log_batch = log_batch
     history = [_epoch(e) for e in range(4)]
     for metrics in history:
-        run.log_epoch(metrics)
-    with pytest.raises(TrackingError, match=r"could not log epoch 2 \(disk full\)"):
-        run.flush()
-    steps = sorted(m.step for m in client.get_metric_history(run.run_id, "val_pgd_acc"))
-    assert steps == [0, 1, 3]  # epoch 1 written again synchronously; epoch 2 is missing and known to be
-    assert run.logged_steps == {0, 1, 3}
-    broken["async"].clear()
-    broken["sync"].clear()
-    run.log_history(history)  # what the trainable does after training: re-log what the run lacks
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the final flush has nothing left to complain about
+        run.log_epoch(metrics)  # a failed epoch does not stop the trial's reports
+    assert sorted(m.step for m in client.get_metric_history(run.run_id, "val_pgd_acc")) == [0, 3]
+    assert run.logged_steps == {0, 3} and run.unlogged == {1: "disk full", 2: "disk full"}
+    broken.discard(1)
+    run.log_history(history)  # what the driver does with the saved run: re-log what the run lacks
+    assert run.logged_steps == {0, 1, 3} and run.unlogged == {2: "disk full"}
+    with pytest.warns(UserWarning, match=r"could not log epoch 2 \(disk full\)"):
         run.finish()
+    assert client.get_run(run.run_id).info.status == "FINISHED"
     values = sorted((m.step, m.value) for m in client.get_metric_history(run.run_id, "val_pgd_acc"))
-    assert values == [(e, 0.1 * e) for e in range(4)]
+    assert values == [(e, 0.1 * e) for e in (0, 1, 3)]
+
+
+def test_ending_a_run_starts_no_logging_thread_and_waits_on_no_queue(tmp_path, monkeypatch):
+    """MLflow's asynchronous logging thread, once started, is shut down by every run's end, which
+    waits out its queue's one-second timeout; a trial's run never starts it."""
+    import threading
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    client = MlflowClient(uri)
+    started, real_start = [], threading.Thread.start
+    monkeypatch.setattr(threading.Thread, "start", lambda self: (started.append(self.name), real_start(self))[1])
+    run = TrialRun(uri, client.create_experiment("t"), None, "trial-c", "trial-c", {"method": "at"})
+    for e in range(1, 4):
+        run.log_epoch(_epoch(e))
+    run.log_final({"test_clean_acc": 0.9}, tmp_path, [_epoch(e) for e in range(1, 4)])
+    run.finish()
+    assert started == []  # no MLflowAsyncLoggingLoop, no logging worker pool: nothing to shut down
+    assert [m.step for m in client.get_metric_history(run.run_id, "train_loss")] == [1, 2, 3]
+    assert client.get_run(run.run_id).info.status == "FINISHED"
 
 
 def _finished_trial(tmp_path, final_extra=None, checkpoint_dir=None):
