@@ -2,33 +2,27 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-REPO = Path(__file__).resolve().parents[1]  # the repository root, wherever a test file sits under tests/
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+    from mlflow.tracking import MlflowClient
 
-# A two-trial BiLAW grid on the smoke workload: the smallest real search (a space file's text)
-TWO_CAPACITIES_SPACE = """\
-description: two weight-net capacities (a test's own space)
-workload: smoke
-paper_workload: smoke
-base:
-  method: bilaw
-search:
-  weight_net: {choice: ["64", "128"]}
-sampler: grid
-metric: best_val_pgd_acc
-mode: max
-seeds: [0]
-scheduler: none
-"""
+REPO = Path(__file__).resolve().parents[1]  # the repository root, wherever a test file sits under tests/
+SEARCH_SCRIPT = REPO / "tune" / "run_search.py"  # the search command as a user runs it
+RAY = Path(sys.executable).with_name("ray")  # the `ray` command of this environment
 
 
 def digits_mlp(steps: int = 150) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
@@ -64,6 +58,91 @@ def running_epochs(db: Path) -> int:
                                "where m.key='val_pgd_acc' and r.status='RUNNING'").fetchone()[0]
     except sqlite3.Error:
         return 0
+
+
+def completed_trials(db: Path) -> int:
+    """Child runs whose trial completed (tagged trial_status=completed), read straight from SQLite
+    (0 while the database does not exist yet or is locked)."""
+    try:
+        with sqlite3.connect(db, timeout=5) as con:
+            return con.execute("select count(*) from tags where key='trial_status' and value='completed'").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+class SearchRuns(NamedTuple):
+    """An experiment's MLflow runs split by the parent tag (tune.tracking.runs.PARENT_TAG)."""
+    client: "MlflowClient"
+    experiment_id: str
+    parents: list["Run"]  # runs without the tag: the search's parent run(s) (and rerun_best's re-runs)
+    children: list["Run"]  # runs with it: the trials (and a race's runs)
+
+    @property
+    def runs(self) -> list["Run"]:
+        """Every run of the split, parents first."""
+        return [*self.parents, *self.children]
+
+
+def search_runs(uri: str, experiment: str, *, skip_reruns: bool = False) -> SearchRuns:
+    """The runs of `experiment` in the tracking store `uri`, split into parents and children, in
+    MLflow's order (newest first); with `skip_reruns`, runs tagged rerun_of (tune/rerun_best.py's
+    re-runs, which have no parent) are left out."""
+    from mlflow.tracking import MlflowClient
+
+    from tune.tracking.runs import PARENT_TAG
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, f"no experiment {experiment!r} in {uri}"
+    runs = [r for r in client.search_runs([exp.experiment_id], max_results=50_000)  # MLflow's largest page
+            if not (skip_reruns and "rerun_of" in r.data.tags)]
+    return SearchRuns(client, exp.experiment_id, [r for r in runs if PARENT_TAG not in r.data.tags],
+                      [r for r in runs if PARENT_TAG in r.data.tags])
+
+
+def tracking_copy(uri: str, dest: Path) -> str:
+    """A copy in `dest` of the SQLite tracking store `uri` (a finished search others read), for a test
+    that adds runs: the copy's experiments put new runs' artifacts under dest/mlartifacts, so the
+    original store and its artifact folder stay as they were (the copied runs still read theirs there)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    db = dest / "mlruns.db"
+    shutil.copy(uri[len("sqlite:///"):], db)
+    with sqlite3.connect(db) as con:
+        con.execute("update experiments set artifact_location = ?", ((dest / "mlartifacts").as_uri(),))
+    return f"sqlite:///{db}"
+
+
+def search_command(*argv: str) -> list[str]:
+    """`python tune/run_search.py ARGV` with this interpreter."""
+    return [sys.executable, str(SEARCH_SCRIPT), *argv]
+
+
+def run_search(*argv: str, cwd: Path, env: dict[str, str] | None = None,
+               timeout: float = 600) -> subprocess.CompletedProcess:
+    """A search run as a user runs it, in the working folder `cwd`; its output captured as text."""
+    return subprocess.run(search_command(*argv), capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
+
+
+def start_search(*argv: str, cwd: Path, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """A search's driver started in a session (and process group) of its own, its output to `log`,
+    so that a test stops exactly what it started (stop_group, session_members)."""
+    with open(log, "w") as out:
+        return subprocess.Popen(search_command(*argv), cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on (now)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ray_env(ray_tmp: Path, **extra: str) -> dict[str, str]:
+    """The environment of a Ray process a test starts: Ray's files under `ray_tmp` (RAY_TMPDIR),
+    never the machine's /tmp/ray; no token authentication unless the caller's environment sets it."""
+    return {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled"), "RAY_TMPDIR": str(ray_tmp),
+            **extra}
 
 
 def tracebacks(log: str) -> list[str]:
@@ -103,16 +182,35 @@ def session_members(sid: int) -> list[int]:
     return _live_processes(sid, field=3)
 
 
+def alive(pid: int) -> bool:
+    """Whether the process `pid` runs (it exists and is not a zombie)."""
+    fields = _stat_fields(Path(f"/proc/{pid}"))
+    return fields is not None and fields[0] != "Z"
+
+
+def command_line(pid: int) -> bytes:
+    """The process's /proc/PID/cmdline (arguments NUL-separated); b"" once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _stat_fields(proc: Path) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state first), None once it is gone."""
+    try:
+        return (proc / "stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
 def _live_processes(wanted: int, field: int) -> list[int]:
     """Live processes whose /proc/PID/stat field `field` (counted after the command name: 2 is
     the process group, 3 the session) is `wanted`."""
     pids = []
     for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if fields[0] != "Z" and int(fields[field]) == wanted:
+        fields = _stat_fields(entry)
+        if fields is not None and fields[0] != "Z" and int(fields[field]) == wanted:
             pids.append(int(entry.name))
     return pids
 

@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from mlflow.tracking import MlflowClient
+from helpers import (RAY, command_line, free_port, group_members, ray_env, run_search, search_runs, start_search,
+                     stop_group)
 
 from tune import spaces as sp
-from helpers import REPO, group_members, stop_group
-from test_search import RAY, _free_port, _ray_env, ray_tmp  # noqa: F401 (fixture)
 
 SMOKE_EPOCHS = sp.load_workloads()["smoke"].config["epochs"]
 
@@ -39,7 +38,7 @@ needs_unshare = pytest.mark.skipif(not _can_unshare(), reason="needs `unshare -m
 
 
 def _start(cmd: list[str], ray_tmp: Path, log: Path) -> subprocess.Popen:
-    return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=_ray_env(ray_tmp),
+    return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=ray_env(ray_tmp),
                             cwd=ray_tmp, start_new_session=True)
 
 
@@ -48,7 +47,7 @@ def _wait_for_nodes(address: str, ray_tmp: Path, n: int, logs: list[Path]) -> No
             "while len([x for x in ray.nodes() if x['Alive']]) < int(sys.argv[2]) and time.time() - t < 120:\n"
             "    time.sleep(0.5)\n"
             "sys.exit(0 if len([x for x in ray.nodes() if x['Alive']]) >= int(sys.argv[2]) else 1)")
-    out = subprocess.run([sys.executable, "-c", code, address, str(n)], env=_ray_env(ray_tmp), capture_output=True,
+    out = subprocess.run([sys.executable, "-c", code, address, str(n)], env=ray_env(ray_tmp), capture_output=True,
                          text=True, timeout=240)
     assert out.returncode == 0, out.stderr[-2000:] + "".join(p.read_text()[-1500:] for p in logs)
 
@@ -63,7 +62,7 @@ def _two_nodes(ray_tmp: Path, hidden: list[Path]) -> Iterator[str]:
 def _two_node_processes(ray_tmp: Path, hidden: list[Path]) -> Iterator[tuple[str, subprocess.Popen, subprocess.Popen]]:
     """A head node with no CPUs (so every trial runs on the second node) and a second node with
     2 CPUs that sees an empty tmpfs at each of `hidden`."""
-    port = _free_port()
+    port = free_port()
     head = _start([str(RAY), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
                    "--num-cpus=0", "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats"],
                   ray_tmp, ray_tmp / "head.log")
@@ -85,19 +84,14 @@ def _two_node_processes(ray_tmp: Path, hidden: list[Path]) -> Iterator[tuple[str
 
 
 def _search(cwd: Path, ray_tmp: Path, address: str, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "tune" / "run_search.py"), "--space", "ablation_capacity",
-                           "--workload", "smoke", "--address", address, *extra],
-                          capture_output=True, text=True, timeout=600, env=_ray_env(ray_tmp), cwd=cwd)
+    return run_search("--space", "ablation_capacity", "--workload", "smoke", "--address", address, *extra, cwd=cwd,
+                      env=ray_env(ray_tmp))
 
 
 def _assert_tracked(uri: str, experiment: str) -> None:
     """One finished parent, one finished child per grid value with its config params, its whole
     per-epoch history, test metrics, config.yaml and metrics.json."""
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([exp.experiment_id])
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    client, _, parents, children = search_runs(uri, experiment)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert sorted(r.data.params["weight_net"] for r in children) == sorted(["128", "64", "64-64", "256"])
     for run in children:  # every trial ran on the second node (the head has no CPU)
@@ -165,15 +159,8 @@ def test_trials_on_a_node_that_cannot_see_the_drivers_files_are_tracked_in_full(
 
 def _daemons(group: int) -> set[int]:
     """The Ray daemons (GCS, raylet) among a node's processes."""
-    found = set()
-    for pid in group_members(group):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"gcs_server" in cmd or b"raylet" in cmd:
-            found.add(pid)
-    return found
+    return {pid for pid in group_members(group)
+            if any(daemon in command_line(pid) for daemon in (b"gcs_server", b"raylet"))}
 
 
 @pytest.mark.slow
@@ -189,24 +176,18 @@ def test_resuming_after_a_killed_driver_spares_the_cluster(tmp_path, ray_tmp):
     with _two_node_processes(ray_tmp, hidden=[]) as (address, head, node):
         daemons = _daemons(head.pid) | _daemons(node.pid)
         assert len(daemons) >= 3  # the head's GCS and raylet, the node's raylet
-        argv = [sys.executable, str(REPO / "tune" / "run_search.py"), "--space", "ablation_capacity", "--workload",
-                "smoke", "--set", "epochs=4", "--max-concurrent", "1", "--address", address, "--storage-path",
-                str(tmp_path / "rr"), "--tracking-uri", f"sqlite:///{db}"]
-        with open(tmp_path / "driver.log", "w") as log:
-            driver = subprocess.Popen(argv, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
-                                      env=_ray_env(ray_tmp), start_new_session=True)
+        argv = ["--space", "ablation_capacity", "--workload", "smoke", "--set", "epochs=4", "--max-concurrent", "1",
+                "--address", address, "--storage-path", str(tmp_path / "rr"), "--tracking-uri", f"sqlite:///{db}"]
+        driver = start_search(*argv, cwd=tmp_path, log=tmp_path / "driver.log", env=ray_env(ray_tmp))
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and driver.poll() is None and running_epochs(db) < 2:
             time.sleep(0.5)
         assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait(timeout=30)
-        out = subprocess.run([*argv, "--resume"], capture_output=True, text=True, timeout=600, env=_ray_env(ray_tmp),
-                             cwd=tmp_path)
+        out = run_search(*argv, "--resume", cwd=tmp_path, env=ray_env(ray_tmp))
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
         assert head.poll() is None and node.poll() is None
         assert daemons <= _daemons(head.pid) | _daemons(node.pid)  # every daemon still the same process
-    client = MlflowClient(f"sqlite:///{db}")
-    exp = client.get_experiment_by_name("ablation_capacity")
-    children = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
+    children = search_runs(f"sqlite:///{db}", "ablation_capacity").children
     assert len(children) == 4 and all(r.info.status == "FINISHED" for r in children)

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from helpers import REPO, group_members, stop_group
+from helpers import REPO, completed_trials, group_members, run_search, search_runs, start_search, stop_group
 from tune.finished_search import NOTE_LIMIT, NOTE_TAG, SUMMARY_FILE, describe_parent
 from tune.orphans import INTERRUPTED_ATTR, KILLED_TAG
 from tune.run_search import main
@@ -32,24 +32,19 @@ from tune.stopping import DurationError, parse_duration
 PLANNED = ["128", "256", "64", "64-64"]  # ablation_capacity's grid, one seed
 
 
+def _uri(tmp_path: Path) -> str:
+    """The tracking store of a test's search: tmp_path/mlruns.db."""
+    return f"sqlite:///{tmp_path / 'mlruns.db'}"
+
+
 def _argv(tmp_path: Path, *extra: str, space: str = "ablation_capacity") -> list[str]:
     return ["--space", space, "--workload", "smoke", "--storage-path", str(tmp_path / "rr"),
-            "--tracking-uri", f"sqlite:///{tmp_path / 'mlruns.db'}", *extra]
+            "--tracking-uri", _uri(tmp_path), *extra]
 
 
 def _start(tmp_path: Path, argv: list[str], log_name: str = "driver.log") -> subprocess.Popen:
-    """The driver in its own process group (so the test can stop exactly what it started)."""
-    with open(tmp_path / log_name, "w") as log:
-        return subprocess.Popen([sys.executable, str(REPO / "tune" / "run_search.py"), *argv], cwd=tmp_path,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def _completed(db: Path) -> int:
-    try:
-        with sqlite3.connect(db, timeout=5) as con:
-            return con.execute("select count(*) from tags where key='trial_status' and value='completed'").fetchone()[0]
-    except sqlite3.Error:
-        return 0
+    """The driver in its own session and process group (so the test can stop exactly what it started)."""
+    return start_search(*argv, cwd=tmp_path, log=tmp_path / log_name)
 
 
 def _epochs_of_running_trials(db: Path) -> int:
@@ -69,20 +64,11 @@ def _wait_mid_search(tmp_path: Path, driver: subprocess.Popen, finished: int = 1
     db = tmp_path / "mlruns.db"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and driver.poll() is None:
-        if _completed(db) >= finished and _epochs_of_running_trials(db) >= 1:
+        if completed_trials(db) >= finished and _epochs_of_running_trials(db) >= 1:
             return
         time.sleep(0.3)
     raise AssertionError(f"the search never got mid-way (exit {driver.poll()}): "
                          + (tmp_path / "driver.log").read_text()[-3000:])
-
-
-def _runs(tmp_path: Path, experiment: str = "ablation_capacity"):
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
-    exp = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([exp.experiment_id], max_results=1000)
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    return client, exp, parents, children
 
 
 def _study(tmp_path: Path, experiment: str = "ablation_capacity"):
@@ -95,7 +81,7 @@ def _study(tmp_path: Path, experiment: str = "ablation_capacity"):
 def _assert_finished_exactly_planned(tmp_path: Path, experiment: str = "ablation_capacity") -> None:
     import optuna
 
-    _, _, parents, children = _runs(tmp_path, experiment)
+    _, _, parents, children = search_runs(_uri(tmp_path), experiment)
     assert [p.info.status for p in parents] == ["FINISHED"]
     assert sorted(r.data.params["weight_net"] for r in children) == PLANNED
     assert {r.info.status for r in children} == {"FINISHED"}
@@ -149,7 +135,7 @@ def test_a_signal_stops_the_search_as_ctrl_c_does(tmp_path, name, code, to):
     assert len(stopped) == 1 and f"by {name}" in stopped[0] and "resume with: " in stopped[0], log[-3000:]
     assert took < 60, took
 
-    _, _, parents, children = _runs(tmp_path)
+    _, _, parents, children = search_runs(_uri(tmp_path), "ablation_capacity")
     assert [p.info.status for p in parents] == ["KILLED"]
     assert parents[0].data.tags[KILLED_TAG] == f"stopped by {name}"
     killed = [r for r in children if r.info.status == "KILLED"]
@@ -205,7 +191,7 @@ def test_a_race_stops_on_sigterm_and_its_runs_are_closed(tmp_path):
     log = (tmp_path / "driver.log").read_text()
     assert "Traceback" not in log and re.search(r"race after \d round\(s\): stopped: interrupted", log), log[-3000:]
     assert [ln for ln in log.splitlines() if ln.startswith("stopped")][0].count("--race 2") == 1
-    _, _, parents, children = _runs(tmp_path)
+    _, _, parents, children = search_runs(_uri(tmp_path), "ablation_capacity")
     assert [p.info.status for p in parents] == ["KILLED"]
     assert not [r for r in children if r.info.status == "RUNNING"]
     race = [r for r in children if r.data.tags.get("race") == "true"]
@@ -264,14 +250,13 @@ def test_time_budget_stops_the_search_resumably(tmp_path):
     # 120 epochs: even on an idle machine a trial outlasts the 30 s budget (10 epochs once finished
     # all four trials within it)
     argv = _argv(tmp_path, "--set", "epochs=120", "--max-concurrent", "1")
-    budget = subprocess.run([sys.executable, str(REPO / "tune" / "run_search.py"), *argv, "--time-budget", "30s"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    budget = run_search(*argv, "--time-budget", "30s", cwd=tmp_path, timeout=300)
     log = budget.stdout + budget.stderr
     assert budget.returncode == 75, log[-3000:]
     assert "Traceback" not in log
     line = [ln for ln in log.splitlines() if ln.startswith("stopped")]
     assert len(line) == 1 and "--time-budget was spent" in line[0] and "--time-budget 30s --resume" in line[0]
-    _, _, parents, children = _runs(tmp_path)
+    _, _, parents, children = search_runs(_uri(tmp_path), "ablation_capacity")
     assert [p.info.status for p in parents] == ["KILLED"]
     assert len([r for r in children if r.info.status == "FINISHED"]) < 4  # stopped before the end
     assert not [r for r in children if r.info.status == "RUNNING"]
@@ -282,8 +267,7 @@ def test_time_budget_stops_the_search_resumably(tmp_path):
     more = [a if a != "1" or argv[i - 1] != "--max-concurrent" else "2" for i, a in enumerate(argv)]
     more.append("--no-system-metrics")
     resumed_at = time.time()
-    resumed = subprocess.run([sys.executable, str(REPO / "tune" / "run_search.py"), *more, "--resume"],
-                             cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    resumed = run_search(*more, "--resume", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     _assert_finished_exactly_planned(tmp_path)
     spans = []  # each trial's epochs reported after the resume: (first, last) time
@@ -293,7 +277,8 @@ def test_time_budget_stops_the_search_resumably(tmp_path):
         if times:
             spans.append((min(times), max(times)))
     assert any(min(a[1], b[1]) - max(a[0], b[0]) >= 2 for i, a in enumerate(spans) for b in spans[i + 1:]), spans
-    client, _, _, children = _runs(tmp_path)  # MLflow's epochs: system metrics before the resume only
+    # MLflow's epochs: system metrics before the resume only
+    client, _, _, children = search_runs(_uri(tmp_path), "ablation_capacity")
     cpu = [m.timestamp / 1000 for r in children
            for m in client.get_metric_history(r.info.run_id, "system/cpu_utilization_percentage")]
     epochs = [m.timestamp / 1000 for r in children for m in client.get_metric_history(r.info.run_id, "val_pgd_acc")]
@@ -380,7 +365,7 @@ def finished(tmp_path_factory):
 
 def test_resume_refuses_changed_settings(finished, capsys):
     root, argv = finished
-    _, _, parents, children = _runs(root, "cap")
+    _, _, parents, children = search_runs(_uri(root), "cap")
     before = [(r.info.run_id, r.info.status, r.info.end_time) for r in [*parents, *children]]
     assert main([*argv, "--resume", "--epochs", "3"]) == 2
     err = capsys.readouterr().err
@@ -399,7 +384,7 @@ def test_resume_refuses_changed_settings(finished, capsys):
         space.write_text(original)
     err = capsys.readouterr().err
     assert f"  space file {space}: content changed" in err and '"32"' in err and "--experiment NEW_NAME" in err
-    _, _, parents, children = _runs(root, "cap")
+    _, _, parents, children = search_runs(_uri(root), "cap")
     assert [(r.info.run_id, r.info.status, r.info.end_time) for r in [*parents, *children]] == before
 
 
@@ -415,30 +400,30 @@ def test_the_parent_run_tells_the_search_story(finished):
     """The parent's description (MLflow's note, on its page) links the winner's run and model and
     holds the summary the search printed, as Markdown."""
     root, _ = finished
-    client, exp, parents, children = _runs(root, "cap")
+    client, exp, parents, children = search_runs(_uri(root), "cap")
     note = parents[0].data.tags[NOTE_TAG]
     winner = parents[0].data.tags["winner_run_id"]
     model = client.get_run(winner).outputs.model_outputs[0].model_id
     assert note.startswith(f"## {parents[0].info.run_name}\n")
-    assert f"- winner: [{parents[0].data.tags['winner_run_name']}](#/experiments/{exp.experiment_id}/runs/{winner})" in note
-    assert f"[{model}](#/experiments/{exp.experiment_id}/models/{model}) (`models:/{model}`)" in note
+    assert f"- winner: [{parents[0].data.tags['winner_run_name']}](#/experiments/{exp}/runs/{winner})" in note
+    assert f"[{model}](#/experiments/{exp}/models/{model}) (`models:/{model}`)" in note
     summary = (root / "rr" / "cap" / SUMMARY_FILE).read_text().rstrip("\n")
     assert f"### Summary\n\n```\n{summary}\n```" in note
     assert "best best_val_pgd_acc:" in summary and "paired:" in summary
     key = parents[0].info.run_id
-    assert f"[runs table](#/experiments/{exp.experiment_id}/runs?viewStateShareKey={key})" in note
+    assert f"[runs table](#/experiments/{exp}/runs?viewStateShareKey={key})" in note
 
 
 def test_the_printed_runs_table_link_names_a_saved_view_of_the_trials(finished, capsys):
     """The view MLflow's UI restores from the printed link (tests/tune/tracking/test_browser.py loads it)."""
     root, argv = finished
-    client, exp, parents, children = _runs(root, "cap")
+    client, exp, parents, children = search_runs(_uri(root), "cap")
     key = parents[0].info.run_id
     summary = (root / "rr" / "cap" / SUMMARY_FILE).read_text()
-    assert f"/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={key}" in summary
-    view = json.loads(client.get_experiment(exp.experiment_id).tags["mlflow.sharedViewState." + key])
+    assert f"/#/experiments/{exp}/runs?workflowType=machine_learning&viewStateShareKey={key}" in summary
+    view = json.loads(client.get_experiment(exp).tags["mlflow.sharedViewState." + key])
     assert view["searchFilter"] == f"tags.mlflow.parentRunId = '{key}'"
-    assert len(client.search_runs([exp.experiment_id], view["searchFilter"])) == len(children)
+    assert len(client.search_runs([exp], view["searchFilter"])) == len(children)
     assert view["orderByKey"] == "metrics.`best_val_pgd_acc`" and view["orderByAsc"] is False
     assert view["selectedColumns"][:2] == ["params.`weight_net`", "params.`seed`"]
     logged = set(children[0].data.metrics)
@@ -453,7 +438,7 @@ def test_each_final_metric_is_logged_once_per_run(finished):
     from bilaw.metrics import METRICS, scalar_final
 
     root, _ = finished
-    client, _, _, children = _runs(root, "cap")
+    client, _, _, children = search_runs(_uri(root), "cap")
     finals = {n for n in METRICS.names() if METRICS.facts(n)["when"] == "final"}
     for run in children:
         saved = json.loads(Path(client.download_artifacts(run.info.run_id, "metrics.json", str(root / run.info.run_id)))
@@ -472,7 +457,7 @@ def test_each_study_trial_names_its_mlflow_run(finished):
     from test_study_records import check_study_names_its_runs
 
     root, _ = finished
-    check_study_names_its_runs(root / "rr" / "cap", f"sqlite:///{root / 'mlruns.db'}", "cap", [0])
+    check_study_names_its_runs(root / "rr" / "cap", _uri(root), "cap", [0])
 
 
 def test_a_long_story_is_cut_to_what_mlflow_stores(tmp_path):
@@ -488,13 +473,13 @@ def test_a_long_story_is_cut_to_what_mlflow_stores(tmp_path):
     assert "config 0: +1.00" in note and "config 399" not in note and f"cut here: the whole text is the run's artifacts {SUMMARY_FILE}" in note
 
 
-def _logged_models(client, exp) -> int:
-    return len(client.search_logged_models(experiment_ids=[exp.experiment_id]))
+def _logged_models(client, experiment_id: str) -> int:
+    return len(client.search_logged_models(experiment_ids=[experiment_id]))
 
 
 def test_resuming_a_finished_search_changes_nothing(finished, capsys):
     root, argv = finished
-    client, exp, parents, children = _runs(root, "cap")
+    client, exp, parents, children = search_runs(_uri(root), "cap")
     before = sorted((r.info.run_id, r.info.status, r.info.end_time) for r in [*parents, *children])
     models = _logged_models(client, exp)
     assert models == 1  # the winner's (--log-models winner)
@@ -503,7 +488,7 @@ def test_resuming_a_finished_search_changes_nothing(finished, capsys):
     out = capsys.readouterr().out
     assert "this search finished on" in out and "best best_val_pgd_acc:" in out and "paired:" in out
     assert "resuming" not in out
-    client, exp, parents, children = _runs(root, "cap")
+    client, exp, parents, children = search_runs(_uri(root), "cap")
     assert sorted((r.info.run_id, r.info.status, r.info.end_time) for r in [*parents, *children]) == before
     assert _logged_models(client, exp) == models
 
@@ -515,7 +500,7 @@ def test_resuming_a_finished_search_changes_nothing(finished, capsys):
     assert main([*argv, "--resume", "--register"]) == 0
     assert "already registered: models:/cap/1" in capsys.readouterr().out
     assert len(client.search_model_versions("name = 'cap'")) == 1 and _logged_models(client, exp) == models
-    client, exp, parents, children = _runs(root, "cap")
+    client, exp, parents, children = search_runs(_uri(root), "cap")
     assert sorted((r.info.run_id, r.info.status, r.info.end_time) for r in [*parents, *children]) == before
 
 
@@ -530,11 +515,10 @@ def test_a_sigkilled_drivers_runs_are_closed_at_resume(tmp_path):
         driver.wait(timeout=30)
     finally:
         stop_group(driver)
-    _, _, parents, children = _runs(tmp_path)
+    _, _, parents, children = search_runs(_uri(tmp_path), "ablation_capacity")
     assert len([r for r in children if r.info.status == "RUNNING"]) == 1  # what the kill left open
 
-    resumed = subprocess.run([sys.executable, str(REPO / "tune" / "run_search.py"), *argv, "--resume"],
-                             cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    resumed = run_search(*argv, "--resume", cwd=tmp_path)
     out = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, out[-3000:]
     assert "closed 1 run(s) left RUNNING by a driver that is gone" in out and "Traceback" not in out
@@ -545,8 +529,7 @@ def test_a_sigkilled_drivers_runs_are_closed_at_resume(tmp_path):
 @pytest.mark.slow
 def test_a_sigkilled_race_run_is_closed_and_run_again(tmp_path):
     argv = _argv(tmp_path, "--max-concurrent", "1")
-    assert subprocess.run([sys.executable, str(REPO / "tune" / "run_search.py"), *argv], cwd=tmp_path,
-                          capture_output=True, timeout=600).returncode == 0
+    assert run_search(*argv, cwd=tmp_path).returncode == 0
     race = [*argv, "--resume", "--race", "2", "--race-seeds", "3"]
     driver = _start(tmp_path, race)
     try:
@@ -559,12 +542,11 @@ def test_a_sigkilled_race_run_is_closed_and_run_again(tmp_path):
         driver.wait(timeout=30)
     finally:
         stop_group(driver)
-    resumed = subprocess.run([sys.executable, str(REPO / "tune" / "run_search.py"), *race], cwd=tmp_path,
-                             capture_output=True, text=True, timeout=900)
+    resumed = run_search(*race, cwd=tmp_path, timeout=900)
     out = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, out[-3000:]
     assert "closed 1 run(s) left RUNNING" in out and "Traceback" not in out
-    client, exp, parents, children = _runs(tmp_path)
+    client, exp, parents, children = search_runs(_uri(tmp_path), "ablation_capacity")
     assert not [r for r in [*parents, *children] if r.info.status == "RUNNING"]
     assert _logged_models(client, exp) == 1  # the search's report ran again; the winner's model was not logged again
     search = [r for r in children if r.data.tags.get("race") != "true"]

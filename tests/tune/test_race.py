@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import REPO, tracebacks
+from helpers import run_search, search_runs, tracebacks
 from mlflow.tracking import MlflowClient
 
 from tune.finished_search import NOTE_TAG
@@ -22,10 +20,9 @@ SEEDS = 3
 
 
 def _search(tmp_path: Path, *extra: str) -> str:
-    out = subprocess.run([sys.executable, str(REPO / "tune" / "run_search.py"), "--space", "ablation_capacity",
-                          "--workload", "smoke", "--race", "2", "--race-seeds", str(SEEDS),
-                          "--storage-path", str(tmp_path / "rr"), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}",
-                          *extra], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    out = run_search("--space", "ablation_capacity", "--workload", "smoke", "--race", "2", "--race-seeds", str(SEEDS),
+                     "--storage-path", str(tmp_path / "rr"), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}",
+                     *extra, cwd=tmp_path)
     log = out.stdout + out.stderr
     assert out.returncode == 0, log[-4000:]
     assert not tracebacks(log), log[-4000:]
@@ -56,12 +53,10 @@ def _replay(points: dict[str, dict[int, np.ndarray]], raced: list[str]) -> tuple
 def test_a_race_runs_its_rounds_under_the_parent_and_stops_by_its_rule(tmp_path):
     out = _search(tmp_path)
     raced = re.search(r"race: the top 2 configs \((.+), (.+)\) on up to 3 seeds each", out).groups()
-    client = MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")
-    exp = client.get_experiment_by_name("ablation_capacity").experiment_id
-    runs = client.search_runs([exp])
-    parent = next(r for r in runs if PARENT_TAG not in r.data.tags)
-    children = [r for r in runs if r.data.tags.get(PARENT_TAG) == parent.info.run_id]
-    assert len(children) == len(runs) - 1  # every race run is a child of the search's parent
+    found = search_runs(f"sqlite:///{tmp_path / 'm.db'}", "ablation_capacity")
+    client, exp, parent = found.client, found.experiment_id, found.parents[0]
+    children = [r for r in found.children if r.data.tags[PARENT_TAG] == parent.info.run_id]
+    assert len(children) == len(found.runs) - 1  # every race run is a child of the search's parent
     trials = [r for r in children if "race" not in r.data.tags]
     race = [r for r in children if r.data.tags.get("race") == "true"]
     assert len(trials) == 4 and all(r.data.params["seed"] == "0" for r in trials)
@@ -101,7 +96,7 @@ def test_a_race_runs_its_rounds_under_the_parent_and_stops_by_its_rule(tmp_path)
 
     # again on the stored search: the race runs are reused, none run again, and it ends the same way
     again = _search(tmp_path, "--resume")
-    assert len(client.search_runs([exp])) == len(runs)
+    assert len(client.search_runs([exp])) == len(found.runs)
     assert again.strip().splitlines()[-1] == lines[-1] and ending in again
     assert client.get_run(parent.info.run_id).info.end_time == parent.info.end_time  # nothing stored changed
     _assert_race_study(tmp_path, race)  # each race run once

@@ -7,14 +7,11 @@ import csv
 import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO, running_epochs, session_members
-from mlflow.tracking import MlflowClient
+from helpers import REPO, command_line, running_epochs, search_runs, session_members, start_search
 
 from bilaw.training.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from tune.run_search import main
@@ -101,10 +98,7 @@ def test_diverging_trial_fails_clearly_while_others_finish(tmp_path):
     space.write_text(NAN_SPACE)
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     assert main(["--space", str(space), "--storage-path", str(tmp_path / "rr"), "--tracking-uri", uri]) == 0
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name("nan_lr")
-    runs = {r.data.params["lr"]: r for r in client.search_runs([exp.experiment_id]) if "lr" in r.data.params
-            and "mlflow.parentRunId" in r.data.tags}
+    runs = {r.data.params["lr"]: r for r in search_runs(uri, "nan_lr").children if "lr" in r.data.params}
     bad, good = runs["1e+30"], runs["0.05"]
     assert bad.info.status == "FAILED" and bad.data.tags["trial_status"] == "error"
     assert "training loss became" in bad.data.tags["error"]
@@ -114,14 +108,7 @@ def test_diverging_trial_fails_clearly_while_others_finish(tmp_path):
 def _trial_workers(driver: subprocess.Popen) -> list[int]:
     """The trial workers of this test's own search: Ray's `ray::ImplicitFunc` processes in the
     session of the driver it started (never another search's trials on the same machine)."""
-    pids = []
-    for pid in session_members(driver.pid):
-        try:
-            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::ImplicitFunc"):
-                pids.append(pid)
-        except OSError:
-            pass
-    return pids
+    return [pid for pid in session_members(driver.pid) if command_line(pid).startswith(b"ray::ImplicitFunc")]
 
 
 @pytest.mark.slow
@@ -129,9 +116,7 @@ def test_killed_trial_worker_resumes_from_its_checkpoint(tmp_path):
     db = tmp_path / "mlruns.db"
     argv = ["--space", "ablation_capacity", "--workload", "smoke", "--set", "epochs=5", "--max-concurrent", "1",
             "--checkpoint-every", "0", "--storage-path", str(tmp_path / "rr"), "--tracking-uri", f"sqlite:///{db}"]
-    with open(tmp_path / "driver.log", "w") as log:
-        driver = subprocess.Popen([sys.executable, str(REPO / "tune" / "run_search.py"), *argv], cwd=tmp_path,
-                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    driver = start_search(*argv, cwd=tmp_path, log=tmp_path / "driver.log")
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and running_epochs(db) < 2:
@@ -147,9 +132,7 @@ def test_killed_trial_worker_resumes_from_its_checkpoint(tmp_path):
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-    client = MlflowClient(f"sqlite:///{db}")
-    exp = client.get_experiment_by_name("ablation_capacity")
-    children = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
+    client, _, _, children = search_runs(f"sqlite:///{db}", "ablation_capacity")
     assert len(children) == 4
     for r in children:
         assert r.info.status == "FINISHED"

@@ -3,29 +3,13 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import optuna
 import pytest
-from mlflow.tracking import MlflowClient
+from helpers import completed_trials, running_epochs, search_runs, session_members, start_search
 
 from tune.run_search import main
-
-from helpers import REPO, running_epochs, session_members
-
-
-
-def _finished(db: Path) -> int:
-    """Child runs whose trial completed, read straight from SQLite."""
-    try:
-        with sqlite3.connect(db, timeout=5) as con:
-            return con.execute("select count(*) from tags where key='trial_status' and value='completed'").fetchone()[0]
-    except sqlite3.Error:
-        return 0
 
 
 @pytest.mark.slow
@@ -33,13 +17,10 @@ def test_resume_after_the_driver_is_killed(tmp_path):
     db = tmp_path / "mlruns.db"
     argv = ["--space", "ablation_capacity", "--workload", "smoke", "--set", "epochs=4", "--max-concurrent", "1",
             "--storage-path", str(tmp_path / "rr"), "--tracking-uri", f"sqlite:///{db}"]
-    env = dict(os.environ)
-    with open(tmp_path / "driver.log", "w") as log:
-        driver = subprocess.Popen([sys.executable, str(REPO / "tune" / "run_search.py"), *argv], cwd=tmp_path,
-                                  stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    driver = start_search(*argv, cwd=tmp_path, log=tmp_path / "driver.log")
     deadline = time.monotonic() + 400
     while time.monotonic() < deadline and driver.poll() is None:
-        if db.exists() and _finished(db) >= 1 and running_epochs(db) >= 1:
+        if db.exists() and completed_trials(db) >= 1 and running_epochs(db) >= 1:
             break
         time.sleep(0.5)
     assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
@@ -51,11 +32,7 @@ def test_resume_after_the_driver_is_killed(tmp_path):
 
     time.sleep(1)
     assert session_members(driver.pid) == []  # nothing of the killed search is left running, workers included
-    client = MlflowClient(f"sqlite:///{db}")
-    exp = client.get_experiment_by_name("ablation_capacity")
-    runs = client.search_runs([exp.experiment_id])
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    client, _, parents, children = search_runs(f"sqlite:///{db}", "ablation_capacity")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert sorted(r.data.params["weight_net"] for r in children) == sorted(["128", "64", "64-64", "256"])
     for r in children:

@@ -5,11 +5,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,40 +17,24 @@ import numpy as np
 import optuna
 import pytest
 import yaml
-from helpers import REPO, group_members, stop_group, tracebacks
+from helpers import (RAY, REPO, free_port, group_members, ray_env, run_search, search_runs, stop_group, tracebacks,
+                     tracking_copy)
 from mlflow.tracking import MlflowClient
 from scipy import stats
 
 from bilaw.config.train_config import TrainConfig
 from tune.run_search import main
 
-RAY = Path(sys.executable).with_name("ray")
 
-
-def _children(uri: str, experiment: str):
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([exp.experiment_id])
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags and "rerun_of" not in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    return client, parents, children
-
-
-@pytest.fixture(scope="module")
-def smoke_search(tmp_path_factory):
-    """One finished grid search (ablation_capacity on smoke), shared by the tests that read it."""
-    root = tmp_path_factory.mktemp("search")
-    uri = f"sqlite:///{root / 'mlruns.db'}"
-    argv = ["--space", "ablation_capacity", "--workload", "smoke", "--storage-path", str(root / "ray_results"),
-            "--tracking-uri", uri, "--set", "plots=true", "--register"]
-    assert main(argv) == 0
-    return root, uri
+# smoke_search (tests/tune/conftest.py): one finished grid search (ablation_capacity on smoke, plots,
+# --register) shared with the other files that read it; the tests here only read it (rerun_best
+# adds its runs to a copy of its store)
 
 
 @pytest.mark.slow
 def test_smoke_search_tracks_parent_and_children(smoke_search):
-    root, uri = smoke_search
-    client, parents, children = _children(uri, "ablation_capacity")
+    folder, uri = smoke_search.folder, smoke_search.uri
+    client, _, parents, children = search_runs(uri, "ablation_capacity", skip_reruns=True)
     assert len(parents) == 1 and len(children) == 4
     parent = parents[0]
     assert parent.info.status == "FINISHED"
@@ -91,7 +72,7 @@ def test_smoke_search_tracks_parent_and_children(smoke_search):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
     winner = next(r for r in children if r.info.run_id == parent.data.tags["winner_run_id"])  # ties: best_config's
     assert winner.data.metrics["best_val_pgd_acc"] == max(r.data.metrics["best_val_pgd_acc"] for r in children)
-    best = yaml.safe_load((root / "ray_results" / "ablation_capacity" / "best_config.yaml").read_text())
+    best = yaml.safe_load((folder / "best_config.yaml").read_text())
     assert winner.data.params["weight_net"] == best["weight_net"] and parent.data.tags["winner_run_name"] == winner.info.run_name
     assert parent.data.metrics["winner_test_pgd_acc"] == winner.data.metrics["test_pgd_acc"]
     # the search's last word: the winner against each other config, point by point on the held-out set
@@ -110,7 +91,7 @@ def test_smoke_search_tracks_parent_and_children(smoke_search):
     assert parent.data.tags["winner_distinguishable"] == ("runs only" if all(apart) else "false")  # one seed
     assert lines[-1].startswith(f"weight_net={winner.data.params['weight_net']} is ")
     # epochs far shorter than --checkpoint-every (30 s): only the last report carries a checkpoint
-    for trial in (root / "ray_results" / "ablation_capacity").glob("trial_*"):
+    for trial in folder.glob("trial_*"):
         reports = [json.loads(line) for line in (trial / "result.json").read_text().splitlines()]
         assert [r["checkpoint_dir_name"] is not None for r in reports] == [False, True], trial
         assert len(list(trial.glob("checkpoint_*"))) == 1
@@ -128,8 +109,8 @@ def test_the_winners_model_is_logged_registered_and_fetched(smoke_search, tmp_pa
     from bilaw.runs.saved import load_run
     from tune.fetch_model import main as fetch_main
 
-    root, uri = smoke_search
-    client, parents, children = _children(uri, "ablation_capacity")
+    uri = smoke_search.uri
+    client, _, parents, children = search_runs(uri, "ablation_capacity", skip_reruns=True)
     winner_id = parents[0].data.tags["winner_run_id"]
     winner = next(r for r in children if r.info.run_id == winner_id)
     mlflow.set_tracking_uri(uri)
@@ -155,11 +136,11 @@ def test_the_winners_model_is_logged_registered_and_fetched(smoke_search, tmp_pa
 
 @pytest.mark.slow
 def test_grid_runs_each_value_exactly_once(smoke_search):
-    root, uri = smoke_search
-    _, _, children = _children(uri, "ablation_capacity")
+    folder, uri = smoke_search.folder, smoke_search.uri
+    children = search_runs(uri, "ablation_capacity").children
     assert sorted(r.data.params["weight_net"] for r in children) == sorted(["128", "64", "64-64", "256"])
     study = optuna.load_study(study_name="ablation_capacity",
-                              storage=f"sqlite:///{root / 'ray_results' / 'ablation_capacity' / 'optuna.db'}")
+                              storage=f"sqlite:///{folder / 'optuna.db'}")
     assert sorted(t.params["weight_net"] for t in study.trials) == sorted(["128", "64", "64-64", "256"])
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
     # the study a dashboard opens (optuna-dashboard sqlite:///.../optuna.db) holds each trial's value
@@ -169,9 +150,8 @@ def test_grid_runs_each_value_exactly_once(smoke_search):
 
 @pytest.mark.slow
 def test_best_config_is_the_best_trial_and_trains(smoke_search):
-    root, uri = smoke_search
-    _, _, children = _children(uri, "ablation_capacity")
-    path = root / "ray_results" / "ablation_capacity" / "best_config.yaml"
+    children = search_runs(smoke_search.uri, "ablation_capacity").children
+    path = smoke_search.folder / "best_config.yaml"
     cfg = TrainConfig.from_yaml(path)
     best = max(r.data.metrics["best_val_pgd_acc"] for r in children)
     winners = {r.data.params["weight_net"] for r in children if r.data.metrics["best_val_pgd_acc"] == best}
@@ -180,7 +160,7 @@ def test_best_config_is_the_best_trial_and_trains(smoke_search):
 
 @pytest.mark.slow
 def test_existing_experiment_is_not_overwritten(smoke_search, capsys):
-    root, uri = smoke_search
+    root, uri = smoke_search.root, smoke_search.uri
     rc = main(["--space", "ablation_capacity", "--workload", "smoke", "--storage-path", str(root / "ray_results"),
                "--tracking-uri", uri])
     assert rc == 2
@@ -250,9 +230,7 @@ def test_bad_input_is_a_message_before_ray(argv, message, tmp_path, capsys, monk
 
 def test_unreachable_tracking_server_fails_fast(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     start = time.monotonic()
     rc = main(["--space", "ablation_capacity", "--workload", "smoke", "--tracking-uri", f"http://127.0.0.1:{port}"])
     assert rc == 2 and time.monotonic() - start < 20
@@ -290,10 +268,9 @@ def test_asha_stopped_trials_are_pruned_in_optuna_and_mlflow(tmp_path):
     states = [t.state for t in study.trials]
     assert len(states) == 4 and optuna.trial.TrialState.PRUNED in states
     assert optuna.trial.TrialState.COMPLETE in states
-    _, _, children = _children(uri, "asha_lr")
+    client, _, _, children = search_runs(uri, "asha_lr")
     by_status = {r.data.tags["trial_status"] for r in children}
     assert by_status == {"completed", "pruned"}
-    client = MlflowClient(uri)
     for r in children:  # pruned runs stopped before the last epoch and have no test metrics
         pruned = r.data.tags["trial_status"] == "pruned"
         assert ("test_clean_acc" in r.data.metrics) != pruned
@@ -333,24 +310,7 @@ def test_progress_report_shows_a_conditional_parameter_a_trial_lacks(capsys):
     assert cells["train_trial_aaaa"]["trades_beta"] == "6.5" and cells["train_trial_bbbb"]["trades_beta"] == ""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def ray_tmp():
-    """Ray's temp folder for one test (RAY_TMPDIR; short, for Ray's socket paths): the cluster file
-    and sessions of the clusters it starts go there, never to the machine's /tmp/ray."""
-    folder = Path(tempfile.mkdtemp(prefix="raytest-", dir="/tmp"))
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
-
-
-def _ray_env(ray_tmp: Path, **extra: str) -> dict[str, str]:
-    return {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled"), "RAY_TMPDIR": str(ray_tmp),
-            **extra}
+# ray_tmp (tests/tune/conftest.py): Ray's temp folder of one test
 
 
 @contextmanager
@@ -359,11 +319,11 @@ def _separate_cluster(ray_tmp: Path) -> Iterator[tuple[str, Path, subprocess.Pop
     address, its session folder and the `ray start` process. The node's processes share that
     process's group; on exit it is stopped by its PID (SIGTERM: its node stops its processes),
     then any process left in its group, by PID. Never `ray stop`: that stops every Ray here."""
-    port = _free_port()
+    port = free_port()
     log = open(ray_tmp / "ray_start.log", "w")
     proc = subprocess.Popen([str(RAY), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
                              f"--port={port}", "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false",
-                             "--disable-usage-stats"], stdout=log, stderr=subprocess.STDOUT, env=_ray_env(ray_tmp),
+                             "--disable-usage-stats"], stdout=log, stderr=subprocess.STDOUT, env=ray_env(ray_tmp),
                             cwd=ray_tmp, start_new_session=True)
     try:
         address_file = ray_tmp / "ray" / "ray_current_cluster"
@@ -380,10 +340,8 @@ def _separate_cluster(ray_tmp: Path) -> Iterator[tuple[str, Path, subprocess.Pop
 def _search(tmp_path: Path, env: dict[str, str], *extra: str) -> tuple[subprocess.CompletedProcess, str]:
     """A one-trial search run as a user runs it; returns the finished process and its MLflow URI."""
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    out = subprocess.run([sys.executable, str(REPO / "tune" / "run_search.py"), "--space", "mail", "--workload",
-                          "smoke", "--num-samples", "1", "--storage-path", str(tmp_path / "rr"),
-                          "--tracking-uri", uri, *extra],
-                         capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    out = run_search("--space", "mail", "--workload", "smoke", "--num-samples", "1", "--storage-path",
+                     str(tmp_path / "rr"), "--tracking-uri", uri, *extra, cwd=tmp_path, env=env)
     return out, uri
 
 
@@ -396,7 +354,7 @@ def _assert_finished(out: subprocess.CompletedProcess, uri: str, experiment: str
     assert out.returncode == 0 and not tracebacks(log), log[-4000:]
     assert "best best_val_pgd_acc" in out.stdout
     assert re.search(r"95% interval \[0\.\d{4}, [01]\.\d{4}\] \(Wilson, \d+ points\)", out.stdout), out.stdout[-2000:]
-    _, parents, children = _children(uri, experiment)
+    _, _, parents, children = search_runs(uri, experiment)
     assert len(parents) == 1 and len(children) == trials
     assert all(r.info.status == "FINISHED" for r in children)
 
@@ -405,10 +363,9 @@ def _assert_finished(out: subprocess.CompletedProcess, uri: str, experiment: str
 def test_search_on_a_separately_started_ray_cluster(tmp_path, ray_tmp):
     with _separate_cluster(ray_tmp) as (address, session, cluster):
         uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
-        out = subprocess.run([sys.executable, str(REPO / "tune" / "run_search.py"), "--space", "ablation_capacity",
-                              "--workload", "smoke", "--address", address, "--storage-path",
-                              str(tmp_path / "rr"), "--tracking-uri", uri],
-                             capture_output=True, text=True, timeout=600, env=_ray_env(ray_tmp), cwd=tmp_path)
+        out = run_search("--space", "ablation_capacity", "--workload", "smoke", "--address", address,
+                         "--storage-path", str(tmp_path / "rr"), "--tracking-uri", uri, cwd=tmp_path,
+                         env=ray_env(ray_tmp))
         _assert_finished(out, uri, "ablation_capacity", 4)
         assert _driver_session(tmp_path, "ablation_capacity") == session  # joined, as --address asked
         assert cluster.poll() is None
@@ -419,10 +376,10 @@ def test_search_on_a_separately_started_ray_cluster(tmp_path, ray_tmp):
 def test_search_without_address_ignores_a_stale_cluster_file(tmp_path, ray_tmp):
     """A head node killed without cleaning up leaves its address in Ray's cluster file (and maybe
     in RAY_ADDRESS); a search without --address starts its own Ray all the same."""
-    dead = f"127.0.0.1:{_free_port()}"
+    dead = f"127.0.0.1:{free_port()}"
     (ray_tmp / "ray").mkdir()
     (ray_tmp / "ray" / "ray_current_cluster").write_text(dead)
-    out, uri = _search(tmp_path, _ray_env(ray_tmp, RAY_ADDRESS=dead))
+    out, uri = _search(tmp_path, ray_env(ray_tmp, RAY_ADDRESS=dead))
     _assert_finished(out, uri, "mail", 1)
     session = _driver_session(tmp_path, "mail")
     assert session.parent == ray_tmp / "ray" and session.name.startswith("session_")
@@ -434,7 +391,7 @@ def test_search_without_address_does_not_join_a_running_cluster(tmp_path, ray_tm
     with _separate_cluster(ray_tmp) as (_, cluster_session, cluster):
         cluster_file = (ray_tmp / "ray" / "ray_current_cluster").read_text()
         before = {p.name for p in (ray_tmp / "ray").glob("session_2*")}
-        out, uri = _search(tmp_path, _ray_env(ray_tmp))
+        out, uri = _search(tmp_path, ray_env(ray_tmp))
         _assert_finished(out, uri, "mail", 1)
         session = _driver_session(tmp_path, "mail")
         assert session != cluster_session and session.parent == ray_tmp / "ray"
@@ -450,10 +407,10 @@ def test_report_numbers_equal_tracked_metrics(smoke_search, capsys):
 
     from tune.report import main as report_main
 
-    root, uri = smoke_search
+    uri = smoke_search.uri
     assert report_main(["--experiment", "ablation_capacity", "--tracking-uri", uri, "--format", "csv"]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out.strip())))
-    _, _, children = _children(uri, "ablation_capacity")
+    children = search_runs(uri, "ablation_capacity").children
     by_value = {r.data.params["weight_net"]: r.data.metrics for r in children}
     assert sorted(row["weight_net"] for row in rows) == sorted(by_value)
     for row in rows:
@@ -480,16 +437,17 @@ def test_report_errors(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_rerun_best_makes_one_tagged_run_per_seed(smoke_search, capsys):
+def test_rerun_best_makes_one_tagged_run_per_seed(smoke_search, tmp_path, capsys):
+    """On a copy of the shared search's store: the re-runs are runs of its experiment."""
     from tune.rerun_best import main as rerun_main
 
-    root, uri = smoke_search
-    _, _, children = _children(uri, "ablation_capacity")
+    uri = tracking_copy(smoke_search.uri, tmp_path)
+    children = search_runs(uri, "ablation_capacity").children
     trials = [r for r in children if "rerun_of" not in r.data.tags]
     best = max(trials, key=lambda r: r.data.metrics["best_val_pgd_acc"])
     rc = rerun_main(["--experiment", "ablation_capacity", "--tracking-uri", uri, "--seeds", "2",
                      "--aa-samples", "16", "--set", "aa_attacks=[apgd-ce]", "--set", "aa_n_iter=5",
-                     "--storage-path", str(root / "rerun")])
+                     "--storage-path", str(tmp_path / "rerun")])
     assert rc == 0
     out = capsys.readouterr().out
     assert f"2 re-runs of {best.info.run_id}" in out and "AutoAttack" in out
@@ -530,7 +488,7 @@ def test_pareto_search_writes_exactly_the_non_dominated_trials(tmp_path):
                  str(tmp_path / "rr"), "--tracking-uri", uri]) == 0
     folder = tmp_path / "rr" / "pareto"
     rows = list(csv.DictReader(open(folder / "pareto_front.csv")))
-    client, parents, children = _children(uri, "pareto")
+    client, _, parents, children = search_runs(uri, "pareto")
     assert len(children) == 4
     points = {r.data.tags["ray_trial_id"]: (r.data.metrics["best_val_pgd_acc"], r.data.metrics["val_clean_acc"])
               for r in children}
@@ -573,8 +531,7 @@ def test_each_trials_final_report_carries_the_config_its_saved_run_records(smoke
     from bilaw.runs.saved import load_run
     from tune.trainable import RAN_CONFIG_KEY, SAVED_RUN, trial_config
 
-    root, _ = smoke_search
-    results = sorted((root / "ray_results" / "ablation_capacity").glob("*/result.json"))
+    results = sorted(smoke_search.folder.glob("*/result.json"))
     assert len(results) == 4
     for path in results:
         last = json.loads(path.read_text().splitlines()[-1])

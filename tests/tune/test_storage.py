@@ -61,7 +61,7 @@ def test_a_single_node_needs_no_storage_check(monkeypatch):
 
 def test_bad_storage_uri_and_silent_cluster_address_stop_before_ray(tmp_path, capsys, monkeypatch):
     """Each is one clear error line and exit 2, before Ray starts and before anything is written."""
-    import socket
+    from helpers import free_port
 
     from tune import plan as plan_module
     from tune.run_search import main
@@ -70,9 +70,7 @@ def test_bad_storage_uri_and_silent_cluster_address_stop_before_ray(tmp_path, ca
     smoke = ["--space", "ablation_capacity", "--workload", "smoke"]
     assert main([*smoke, "--storage-path", "ftp://host/rr"]) == 2
     assert "error: --storage-path 'ftp://host/rr': unknown scheme 'ftp'" in capsys.readouterr().err
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     monkeypatch.setattr(plan_module, "ADDRESS_TIMEOUT_S", 1.0)
     assert main([*smoke, "--address", f"127.0.0.1:{port}"]) == 2
     err = capsys.readouterr().err

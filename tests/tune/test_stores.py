@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import REPO
+from helpers import REPO, search_runs
 from mlflow.tracking import MlflowClient
 
 from tune.run_search import main
@@ -60,15 +60,6 @@ def test_filter_keys_are_checked():
         find_runs(None, ["0"], {"ray_experiment_path": "x"})
 
 
-def _runs(uri: str, experiment: str) -> tuple[list, list]:
-    """(parent runs, child runs) of an experiment."""
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([exp.experiment_id], max_results=1000)
-    return ([r for r in runs if "mlflow.parentRunId" not in r.data.tags],
-            [r for r in runs if "mlflow.parentRunId" in r.data.tags])
-
-
 @pytest.mark.slow
 def test_a_search_under_a_path_with_an_apostrophe_runs_and_resumes(tmp_path, capfd):
     """The storage path and the tracking database under `d'été runs`: the search runs, and its
@@ -85,7 +76,7 @@ def test_a_search_under_a_path_with_an_apostrophe_runs_and_resumes(tmp_path, cap
     text = out.out + out.err
     assert "Traceback" not in text and "Invalid clause" not in text
     assert "error:" not in text
-    parents, children = _runs(uri, "ablation_capacity")
+    _, _, parents, children = search_runs(uri, "ablation_capacity")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert parents[0].data.tags["ray_experiment_path"] == str(root / "rr" / "ablation_capacity")
     assert sorted(r.data.params["weight_net"] for r in children) == ["128", "256", "64", "64-64"]
@@ -151,7 +142,7 @@ def test_a_damaged_store_stops_the_resume_with_one_error_saying_what_is_intact(f
     finally:
         damaged.write_bytes(before[damaged])
     assert main([*argv, "--resume"]) == 0
-    _, children = _runs(f"sqlite:///{root / 'mlruns.db'}", "ablation_capacity")
+    children = search_runs(f"sqlite:///{root / 'mlruns.db'}", "ablation_capacity").children
     assert len(children) == 4 and all(r.info.status == "FINISHED" for r in children)
 
 
@@ -304,7 +295,7 @@ def test_a_full_disk_stops_the_search_with_one_error_and_resume_finishes_it(smal
     resume = subprocess.run([sys.executable, script, *argv, "--resume"], cwd=tmp_path, capture_output=True, text=True,
                             timeout=600, start_new_session=True)
     assert resume.returncode == 0 and "Traceback" not in resume.stdout + resume.stderr, resume.stderr[-4000:]
-    parents, children = _runs(f"sqlite:///{db}", "ablation_capacity")
+    _, _, parents, children = search_runs(f"sqlite:///{db}", "ablation_capacity")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert sorted(r.data.params["weight_net"] for r in children) == ["128", "256", "64", "64-64"]
     assert all(r.info.status == "FINISHED" and r.data.tags["trial_status"] == "completed" for r in children)

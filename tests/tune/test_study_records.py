@@ -3,17 +3,14 @@ runs, seeds and test metrics (tune/study_records.py), checked against MLflow's o
 from __future__ import annotations
 
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import optuna
 import pytest
-from helpers import REPO
+from helpers import run_search
 from mlflow.tracking import MlflowClient
 
 from tune.study_records import RUN_IDS_ATTR, TEST_METRICS
-
 
 
 def check_study_names_its_runs(state: Path, uri: str, experiment: str, seeds: list[int]) -> None:
@@ -39,10 +36,9 @@ def check_study_names_its_runs(state: Path, uri: str, experiment: str, seeds: li
 @pytest.mark.slow
 def test_a_trial_of_two_seeds_names_both_runs(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    out = subprocess.run([sys.executable, str(REPO / "tune" / "run_search.py"), "--space", "ablation_capacity",
-                          "--workload", "smoke", "--seeds", "0,1", "--set", "epochs=1", "--log-models", "none",
-                          "--storage-path", str(tmp_path / "rr"), "--tracking-uri", uri],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    out = run_search("--space", "ablation_capacity", "--workload", "smoke", "--seeds", "0,1", "--set", "epochs=1",
+                     "--log-models", "none", "--storage-path", str(tmp_path / "rr"), "--tracking-uri", uri,
+                     cwd=tmp_path, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "could not note" not in out.stderr
     check_study_names_its_runs(tmp_path / "rr" / "ablation_capacity", uri, "ablation_capacity", [0, 1])

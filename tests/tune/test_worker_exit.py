@@ -3,12 +3,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from helpers import REPO
+from helpers import REPO, ray_env
 
-from test_search import _ray_env, ray_tmp  # noqa: F401 (fixture)
 from tune.worker_exit import exit_quietly_on_sigterm, worker_runtime_env
 
 ROOT = REPO
@@ -78,6 +76,6 @@ def test_ray_runs_the_hook_in_every_worker_it_starts(ray_tmp):
             "print(sorted(set(ray.get([probe.remote() for _ in range(4)]))))\n"
             "ray.shutdown()")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240,
-                         env=_ray_env(ray_tmp), cwd=ray_tmp, start_new_session=True)
+                         env=ray_env(ray_tmp), cwd=ray_tmp, start_new_session=True)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == "[('_end_on_system_exit', 'yes')]", out.stdout[-2000:]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import search_runs
 from mlflow.tracking import MlflowClient
 from scipy import stats
 
@@ -92,9 +93,8 @@ def test_one_seed_is_mcnemars_exact_test(tmp_path, capsys):
 def test_runs_without_per_point_results_are_left_out_and_said(tmp_path, capsys):
     rng = np.random.default_rng(3)
     uri = _store(tmp_path, {"a": [rng.random(N) < 0.5], "b": [rng.random(N) < 0.5]})
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name("synthetic").experiment_id
-    parent = next(r for r in client.search_runs([exp]) if PARENT_TAG not in r.data.tags).info.run_id
+    client, exp, parents, _ = search_runs(uri, "synthetic")
+    parent = parents[0].info.run_id
     old = client.create_run(exp, tags={PARENT_TAG: parent, STATUS_TAG: "completed"}).info.run_id
     client.log_param(old, "weight_net", "c")
     client.log_param(old, "seed", "0")
@@ -110,9 +110,8 @@ def test_runs_without_per_point_results_are_left_out_and_said(tmp_path, capsys):
 def test_rows_that_pool_several_configs_are_not_paired(tmp_path, capsys):
     rng = np.random.default_rng(5)
     uri = _store(tmp_path, {"a": [rng.random(N) < 0.5], "b": [rng.random(N) < 0.5]})
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name("synthetic").experiment_id
-    for i, run in enumerate(client.search_runs([exp], filter_string=f"tags.`{PARENT_TAG}` != ''")):
+    client, _, _, children = search_runs(uri, "synthetic")
+    for i, run in enumerate(children):
         client.log_param(run.info.run_id, "lr", str(0.1 * (i + 1)))  # a second parameter varies within rows
     assert report_main(["--experiment", "synthetic", "--tracking-uri", uri, "--by", "weight_net"]) == 0
     out = capsys.readouterr().out

@@ -3,15 +3,12 @@
 store. The spaces come from the project's own listing, so a new space is tested by adding it."""
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import optuna
 import pytest
-from mlflow.tracking import MlflowClient
 
-from helpers import REPO, tracebacks
+from helpers import run_search, search_runs, tracebacks
 from tune import spaces as sp
 
 SHIPPED = [name for name, _ in sp.list_spaces()]
@@ -47,20 +44,15 @@ def test_shipped_space_runs_end_to_end_on_smoke(name, tmp_path):
     space = sp.load_space(name)
     budget, trials = _budget(space)
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    out = subprocess.run([sys.executable, str(REPO / "tune" / "run_search.py"), "--space", name,
-                          "--workload", "smoke", *budget, "--storage-path", str(tmp_path / "rr"),
-                          "--tracking-uri", uri],
-                         capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    out = run_search("--space", name, "--workload", "smoke", *budget, "--storage-path", str(tmp_path / "rr"),
+                     "--tracking-uri", uri, cwd=tmp_path)
     log = out.stdout + out.stderr
     assert out.returncode == 0, log[-4000:]
     assert not tracebacks(log), log[-4000:]
     assert "findfont" not in log  # matplotlib's font fallback notices stay out of a search's output
     assert f"best {space.metric[0]}:" in out.stdout and f"({trials} trials, 0 errored)" in out.stdout
 
-    client = MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    client, _, parents, children = search_runs(uri, name)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(children) == trials
     epochs = _smoke_epochs(space)

@@ -14,10 +14,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
+from helpers import free_port, search_runs, stop_group
 
-from helpers import REPO, stop_group
-from test_search import _free_port
 from tune.finished_search import NOTE_TAG
 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "chromium-headless-shell")) if p), None)
@@ -54,54 +52,46 @@ def page_text(url: str, wait_ms: int = 20000) -> str:
 
 
 @pytest.fixture(scope="module")
-def shown(tmp_path_factory):
-    """A finished smoke search, MLflow's UI over its store and optuna-dashboard over its study."""
-    root = tmp_path_factory.mktemp("browser")
-    db = root / "mlruns.db"
-    search = subprocess.run([sys.executable, str(REPO / "tune" / "run_search.py"), "--space", "ablation_capacity",
-                             "--workload", "smoke", "--storage-path", str(root / "rr"),
-                             "--tracking-uri", f"sqlite:///{db}"], cwd=root, capture_output=True, text=True,
-                            timeout=900)
-    assert search.returncode == 0, search.stdout[-3000:] + search.stderr[-3000:]
-    (root / "search.txt").write_text(search.stdout)
-    ui_port, dash_port = _free_port(), _free_port()
-    ui = _serve([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{db}",
-                 "--host", "127.0.0.1", "--port", str(ui_port)], f"http://127.0.0.1:{ui_port}/", root / "ui.log")
+def shown(smoke_search, tmp_path_factory):
+    """MLflow's UI over the store of the finished smoke search (tests/tune/conftest.py, read only) and
+    optuna-dashboard over its study; their logs in a folder of this module's."""
+    logs = tmp_path_factory.mktemp("browser")
+    ui_port, dash_port = free_port(), free_port()
+    ui = _serve([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", smoke_search.uri,
+                 "--host", "127.0.0.1", "--port", str(ui_port)], f"http://127.0.0.1:{ui_port}/", logs / "ui.log")
     try:
         dash = _serve([str(Path(sys.executable).with_name("optuna-dashboard")),
-                       f"sqlite:///{root / 'rr' / 'ablation_capacity' / 'optuna.db'}",
+                       f"sqlite:///{smoke_search.folder / 'optuna.db'}",
                        "--host", "127.0.0.1", "--port", str(dash_port)],
-                      f"http://127.0.0.1:{dash_port}/dashboard/", root / "dashboard.log")
+                      f"http://127.0.0.1:{dash_port}/dashboard/", logs / "dashboard.log")
     except BaseException:
         stop_group(ui)
         raise
     try:
-        yield root, f"http://127.0.0.1:{ui_port}", f"http://127.0.0.1:{dash_port}", MlflowClient(f"sqlite:///{db}")
+        yield smoke_search, f"http://127.0.0.1:{ui_port}", f"http://127.0.0.1:{dash_port}"
     finally:
         stop_group(ui)
         stop_group(dash)
 
 
-def _search(client):
-    exp = client.get_experiment_by_name("ablation_capacity")
-    runs = client.search_runs([exp.experiment_id])
-    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    return exp.experiment_id, parent, children
+def _search(search):
+    """(experiment id, the parent run, the child runs) of the search."""
+    _, exp, parents, children = search_runs(search.uri, search.experiment)
+    return exp, parents[0], children
 
 
 def test_the_runs_page_lists_the_search(shown):
-    _, ui, _, client = shown
-    exp, parent, children = _search(client)
+    search, ui, _ = shown
+    exp, parent, children = _search(search)
     text = page_text(f"{ui}/#/experiments/{exp}/runs")
     assert parent.info.run_name in text and "ablation_capacity" in text
     assert f"{len(children) + 1} matching runs" in text, text[:3000]
 
 
 def test_the_printed_runs_table_link_opens_on_the_trials_ranked_with_their_columns(shown):
-    root, ui, _, client = shown
-    exp, parent, children = _search(client)
-    link = re.search(r"runs table: (\S+)", (root / "search.txt").read_text()).group(1)
+    search, ui, _ = shown
+    exp, parent, children = _search(search)
+    link = re.search(r"runs table: (\S+)", search.stdout).group(1)
     assert link.startswith("http://127.0.0.1:5000/") and "viewStateShareKey=" in link
     text = page_text(ui + link[len("http://127.0.0.1:5000"):])
     assert f"{len(children)} matching runs" in text, text[:3000]  # the trials, not the parent
@@ -121,8 +111,8 @@ def test_the_printed_runs_table_link_opens_on_the_trials_ranked_with_their_colum
 
 
 def test_the_parent_page_shows_the_search_story(shown):
-    _, ui, _, client = shown
-    exp, parent, _ = _search(client)
+    search, ui, _ = shown
+    exp, parent, _ = _search(search)
     text = page_text(f"{ui}/#/experiments/{exp}/runs/{parent.info.run_id}")
     note = parent.data.tags[NOTE_TAG]
     assert parent.info.run_name in text
@@ -132,8 +122,8 @@ def test_the_parent_page_shows_the_search_story(shown):
 
 
 def test_a_childs_page_shows_its_name_and_metric(shown):
-    _, ui, _, client = shown
-    exp, _, children = _search(client)
+    search, ui, _ = shown
+    exp, _, children = _search(search)
     child = children[0]
     text = page_text(f"{ui}/#/experiments/{exp}/runs/{child.info.run_id}")
     assert child.info.run_name in text
@@ -141,9 +131,9 @@ def test_a_childs_page_shows_its_name_and_metric(shown):
 
 
 def test_the_logged_models_page_shows_its_test_metrics(shown):
-    _, ui, _, client = shown
-    exp, parent, _ = _search(client)
-    winner = client.get_run(parent.data.tags["winner_run_id"])
+    search, ui, _ = shown
+    client, exp, parents, _ = search_runs(search.uri, search.experiment)
+    winner = client.get_run(parents[0].data.tags["winner_run_id"])
     model = winner.outputs.model_outputs[0].model_id
     text = page_text(f"{ui}/#/experiments/{exp}/models/{model}")
     for key in ("test_clean_acc", "test_pgd_acc"):
@@ -151,10 +141,10 @@ def test_the_logged_models_page_shows_its_test_metrics(shown):
 
 
 def test_the_dashboard_shows_the_studys_trials(shown):
-    root, _, dash, _ = shown
+    search, _, dash = shown
     import optuna
 
-    storage = optuna.storages.RDBStorage(f"sqlite:///{root / 'rr' / 'ablation_capacity' / 'optuna.db'}")
+    storage = optuna.storages.RDBStorage(f"sqlite:///{search.folder / 'optuna.db'}")
     study_id = storage.get_study_id_from_name("ablation_capacity")
     trials = storage.get_all_trials(study_id)
     text = page_text(f"{dash}/dashboard/studies/{study_id}/trials")

@@ -2,40 +2,29 @@
 URIs the search prints fetch the winner's run, its logged model carries its run's test metrics
 and its best epoch's metrics, its registered version its searched values, test metrics and a
 description, and report.py, MLflow and the run's plot name one best epoch, counted from 1. The
-search is the real command (`python tune/run_search.py ...`) on a two-trial space."""
+search is the real command (`python tune/run_search.py ...`) with plots and --register: the
+finished smoke search these tests share with others (tests/tune/conftest.py), read only."""
 from __future__ import annotations
 
 import csv
 import io
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from helpers import REPO, TWO_CAPACITIES_SPACE
-from mlflow.tracking import MlflowClient
+from helpers import search_runs
 
-NAME = "two_capacities"
+NAME = "ablation_capacity"  # the shared search's space and experiment
 
 
 @pytest.fixture(scope="module")
-def search(tmp_path_factory):
+def search(smoke_search):
     """The search's printed output, its tracking URI, the MLflow client and its winner's run."""
-    root = tmp_path_factory.mktemp("models")
-    (root / f"{NAME}.yaml").write_text(TWO_CAPACITIES_SPACE)
-    uri = f"sqlite:///{root / 'mlruns.db'}"
-    cmd = [sys.executable, str(REPO / "tune" / "run_search.py"), "--space", str(root / f"{NAME}.yaml"), "--workload",
-           "smoke", "--storage-path", str(root / "ray_results"), "--tracking-uri", uri, "--set", "plots=true",
-           "--register"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=str(root))
-    assert done.returncode == 0, done.stderr[-3000:]
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(NAME)
-    parent = next(r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" not in r.data.tags)
+    client, _, parents, _ = search_runs(smoke_search.uri, NAME)
+    parent = parents[0]
     winner = client.get_run(parent.data.tags["winner_run_id"])
-    return done.stdout, uri, client, parent, winner, root
+    return smoke_search.stdout, smoke_search.uri, client, parent, winner, smoke_search.root
 
 
 def _printed(out: str) -> dict[str, str]:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, group_members
+from helpers import REPO, alive, group_members
 from tune import tracking_server as ts
 
 SCRIPT = REPO / "tune" / "tracking_server.py"
@@ -204,20 +204,13 @@ class Server:
         return code
 
 
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
 def _assert_stopped(server: Server, ports: tuple[int, int]) -> None:
     mlflow_pid, pg_pid = server.pids()
     deadline = time.monotonic() + 10
-    while (_alive(pg_pid) or group_members(mlflow_pid)) and time.monotonic() < deadline:
+    while (alive(pg_pid) or group_members(mlflow_pid)) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not _alive(mlflow_pid) and not group_members(mlflow_pid), "mlflow server or a worker still runs"
-    assert not _alive(pg_pid), "PostgreSQL still runs"
+    assert not alive(mlflow_pid) and not group_members(mlflow_pid), "mlflow server or a worker still runs"
+    assert not alive(pg_pid), "PostgreSQL still runs"
     for port in ports:
         ts.check_port("127.0.0.1", port)
 
