@@ -63,7 +63,9 @@ def test_a_forced_collapse_is_detected_said_once_and_recorded(collapsed_run, cap
     assert final["weight_status"] == "collapsed"  # the strongest status, with the learning statistics present
     assert "weight_rank_corr_init" in history[1]
     assert final["weight_std_peak"] == max(h["weight_std"] for h in history)
-    assert all(h["meta_grad_norm"] > 0 for h in history)
+    # The meta step ran every epoch; once the sigmoid saturates its gradient may be exactly 0 (an
+    # Intel Xeon read 0.0 in the collapsed epoch where an AMD EPYC read a tiny positive number).
+    assert history[0]["meta_grad_norm"] > 0 and all(h["meta_grad_norm"] >= 0 for h in history)
 
 
 @pytest.mark.slow
