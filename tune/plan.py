@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +106,6 @@ class Plan:
     cpus: float
     gpus: float | None             # GPU share per trial; None until `with_gpus` decides it
     checkpoint_every: float
-    workloads: dict[str, sp.Workload] = field(repr=False, default_factory=dict)
 
     @classmethod
     def build(cls, options: SearchOptions) -> Plan:
@@ -114,8 +113,7 @@ class Plan:
         config's own error) naming the option and what is allowed."""
         o = options
         space = sp.load_space(o.space)
-        workloads = sp.load_workloads()
-        workload = sp.resolve_workload(space, o.workload, workloads)
+        workload = sp.resolve_workload(space, o.workload, sp.load_workloads())
         overrides = parse_overrides(list(o.set))
         if o.epochs is not None:
             overrides["epochs"] = o.epochs
@@ -161,7 +159,7 @@ class Plan:
                    experiment=experiment, storage_location=location,
                    storage=None if is_uri(location) else Path(location), experiment_path=join(location, experiment),
                    state_dir=state_dir, tracking_uri=absolute_tracking_uri(o.tracking_uri), cpus=cpus,
-                   gpus=_gpus_per_trial(o.gpus_per_trial, space), checkpoint_every=every, workloads=workloads)
+                   gpus=_gpus_per_trial(o.gpus_per_trial, space), checkpoint_every=every)
 
     def resolve_gpus(self, available: float) -> float:
         """GPU share per trial given the GPUs the cluster has; a request it cannot meet is an error."""
