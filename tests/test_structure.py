@@ -82,10 +82,10 @@ LAYERS = [
 TUNE_LAYERS = [
     ["tune", "tune._script_path", "tune.moved_modules", "tune.library_adapters", "tune.mounts", "tune.sqlite_files",
      "tune.state_files", "tune.system_metrics", "tune.worker_exit", "tune.disk_full", "tune.search_lock",
-     "tune.storage"],
+     "tune.storage", "tune.process_exit"],
     ["tune.spaces."], ["tune.trainable"], ["tune.tracking."],
     ["tune.plan"],
-    ["tune.resume_check", "tune.stopping", "tune.finished_search", "tune.store_checks", "tune.orphans",
+    ["tune.resume_check", "tune.stopping", "tune.ray_start", "tune.finished_search", "tune.store_checks", "tune.orphans",
      "tune.study_records"],
     ["tune.results."],
     ["tune.driver", "tune.variant_runs", "tune.race", "tune.search"],

@@ -297,9 +297,12 @@ def check_address(address: str | None, timeout_s: float | None = None) -> None:
 
 
 def check_data(cfg: TrainConfig) -> None:
-    """Load the dataset once in the driver so a missing one fails before Ray starts."""
+    """Load the dataset once in the driver so a missing or damaged one fails before Ray starts.
+    A dataset without files (digits ships inside scikit-learn) cannot be missing: not loaded."""
     from bilaw.data.datasets import DATASETS
 
+    if DATASETS.facts(cfg.dataset).get("disk") is None:
+        return
     DATASETS.get(cfg.dataset)(data_dir=cfg.data_dir)
 
 

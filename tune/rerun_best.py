@@ -121,7 +121,8 @@ def _run(args, uri: str, best, config: dict) -> int:
     import ray
     import torch
 
-    from tune.search import LOCAL_RAY, use_tune_env
+    from tune.ray_start import LOCAL_RAY
+    from tune.search import use_tune_env
     from tune.tracking.runs import SearchTracking, use_fast_fail_http
     from tune.variant_runs import run_variants
     from tune.worker_exit import worker_runtime_env

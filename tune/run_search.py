@@ -212,4 +212,6 @@ def _local_gpu_count() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from tune.process_exit import exit_now
+
+    exit_now(main())

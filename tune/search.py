@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import ray
 from ray import tune
 from ray.tune.search import ConcurrencyLimiter, Repeater
 from ray.tune.search.optuna import OptunaSearch
@@ -22,18 +21,17 @@ from tune import library_adapters as adapters
 from tune import spaces as sp
 from tune.driver import clean_up_killed_driver, record_driver
 from tune.plan import Plan, SearchError, git_commit
+from tune.ray_start import start_ray, start_ray_and_tracking
 from tune.results.per_point_runs import PerPointStore
 from tune.results.search_outcome import report
 from tune.spaces.schema import NOT_SEARCHED
 from tune.state_files import OPTUNA_DB
 from tune.stopping import STOP
 from tune.storage import StorageError, check_shared_storage
-from tune.system_metrics import INTERVAL_ENV
 from tune.tracking.runs import SearchTracking, redact_uri, use_fast_fail_http
 from tune.tracking.trial_callback import TrialTracking
 from tune.trainable import META_KEY, train_trial
 from tune.variant_runs import PROGRESS_COLUMNS, trial_name
-from tune.worker_exit import worker_runtime_env
 
 
 class ResumableOptunaSearch(OptunaSearch):
@@ -165,31 +163,6 @@ def make_scheduler(plan: Plan):
                                          reduction_factor=asha["reduction_factor"])
 
 
-LOCAL_RAY = "local"  # ray.init's address for a new Ray of this driver's own
-
-
-def ray_address(plan: Plan) -> str:
-    """The cluster --address names, else a new local Ray. Never what ray.init would find on its own
-    (RAY_ADDRESS, or the cluster file in Ray's temp folder): that file outlives a killed head and
-    then names a dead address, and a live cluster there belongs to someone else."""
-    return plan.options.address or LOCAL_RAY
-
-
-def start_ray(plan: Plan) -> tuple[float, str]:
-    """Start Ray, or join the --address cluster, with the trials' environment; return the GPUs
-    the cluster has and the Ray session's folder (the driver's record names it)."""
-    # trials get no tracking URI: the driver writes MLflow
-    env = {"RAY_AIR_NEW_OUTPUT": "0", INTERVAL_ENV: str(plan.system_metrics_interval_s)}
-    kwargs: dict[str, Any] = dict(include_dashboard=False, runtime_env=worker_runtime_env(env),
-                                  log_to_driver=True, configure_logging=True, logging_level="WARNING")
-    address = ray_address(plan)
-    if address == LOCAL_RAY:  # a joined cluster keeps its own object store (Ray refuses the option)
-        kwargs["object_store_memory"] = 256 * 1024 ** 2
-    with STOP.ray_starting(local=address == LOCAL_RAY):
-        context = ray.init(address=address, **kwargs)
-    return float(ray.cluster_resources().get("GPU", 0.0)), context.address_info["session_dir"]
-
-
 def parent_tags(plan: Plan, argv: list[str]) -> dict[str, str]:
     return {"space": plan.space.name, "workload": plan.workload.name, "sampler": plan.space.sampler,
             "command": _redacted_command(argv), "git_commit": git_commit(),
@@ -231,13 +204,16 @@ def run_search(plan: Plan, argv: list[str]) -> int:
     use_tune_env()
     folder = plan.state_dir  # the driver's own files; trials' files go to plan.experiment_path
     folder.mkdir(parents=True, exist_ok=True)
+    done = None
     if plan.options.resume:
         clean_up_killed_driver(folder)
-    tracking = SearchTracking(plan.tracking_uri, plan.experiment)
-    done = finished_search.stored_parent(tracking, plan.experiment_path) if plan.options.resume else None
-    if done is not None and done.info.status == "FINISHED" and finished_search.nothing_new(plan, done):
-        return finished_search.show_again(plan, tracking, done, folder)  # nothing stored changes
-    available, session_dir = start_ray(plan)
+        tracking = SearchTracking(plan.tracking_uri, plan.experiment)
+        done = finished_search.stored_parent(tracking, plan.experiment_path)
+        if done is not None and done.info.status == "FINISHED" and finished_search.nothing_new(plan, done):
+            return finished_search.show_again(plan, tracking, done, folder)  # nothing stored changes
+        available, session_dir = start_ray(plan)
+    else:
+        tracking, available, session_dir = start_ray_and_tracking(plan)
     try:
         record_driver(folder, joined_cluster=bool(plan.options.address), session_dir=session_dir)
         results, gpus = _fit(plan, argv, tracking, folder, available)
@@ -260,7 +236,7 @@ def run_search(plan: Plan, argv: list[str]) -> int:
         _close_after_stop(plan, tracking, folder)
         raise
     finally:
-        ray.shutdown()
+        adapters.shut_down_ray_at_once()
 
 
 def _close_after_stop(plan: Plan, tracking: SearchTracking, folder: Path) -> None:

@@ -202,6 +202,12 @@ class StopRequest:
             if before is not None:
                 signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
+    def keep_signals_off_this_thread(self) -> None:
+        """In a helper thread: the stop signals are never delivered here, so that while the main
+        thread holds them back (`ray_starting`) they wait for it rather than reach the driver's
+        handlers through this thread."""
+        signal.pthread_sigmask(signal.SIG_BLOCK, {getattr(signal, name) for name in (*STOP_SIGNALS, "SIGINT")})
+
     @contextmanager
     def during_fit(self) -> Iterator[None]:
         """Around a Tuner.fit: a stop that came before it stops it at once; Ray Tune's SIGINT

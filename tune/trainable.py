@@ -149,7 +149,7 @@ def train_trial(config: dict[str, Any]) -> None:
             total = torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else None
             raise RuntimeError(gpu_oom_message(share, fraction, total)) from exc
         save_run(result, work / SAVED_RUN)
-        write_per_class(work / SAVED_RUN, result.final.get("test_per_class_pgd_acc"))
+        write_per_class(work / SAVED_RUN, result.final.get("test_per_class_pgd_acc"), plot=result.config.plots)
         # The final report comes last: a scheduler may stop the trial inside it (ASHA stops every
         # trial at max_t), which must not cost the saved run. Resumed after the last epoch, the
         # trainer made no callback: the test metrics are reported from its result.

@@ -229,10 +229,11 @@ def plot_curves(folder: str | Path, history: list[dict[str, Any]]) -> Path | Non
 PER_CLASS_JSON = "per_class_pgd_acc.json"
 
 
-def write_per_class(folder: str | Path, per_class: list[float] | None) -> list[Path]:
+def write_per_class(folder: str | Path, per_class: list[float] | None, plot: bool = True) -> list[Path]:
     """The best state's PGD accuracy per test class (NaN: a class the test set lacks) as
-    `per_class_pgd_acc.json` and the bar plot `plots/per_class_pgd_acc.png` in `folder`; nothing
-    without them. A search trial writes them into its saved run, so its driver only uploads files."""
+    `per_class_pgd_acc.json` and, with `plot` (a run's `plots`), the bar plot
+    `plots/per_class_pgd_acc.png` in `folder`; nothing without them. A search trial writes them
+    into its saved run, so its driver only uploads files."""
     if not per_class:
         return []
     folder = Path(folder)
@@ -240,6 +241,8 @@ def write_per_class(folder: str | Path, per_class: list[float] | None) -> list[P
     path.write_text(json.dumps({TEST_PGD_ACC: {str(k): v for k, v in enumerate(per_class)},
                                 "note": "PGD accuracy per test class at the best state (NaN: class absent)"}, indent=1))
     written = [path]
+    if not plot:
+        return written
     (folder / "plots").mkdir(parents=True, exist_ok=True)
     fig, ax = _pyplot().subplots(figsize=(max(4.0, 0.35 * len(per_class)), 3.0))
     ax.bar(range(len(per_class)), [a if a == a else 0.0 for a in per_class], color="tab:red")

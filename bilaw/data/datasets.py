@@ -120,7 +120,7 @@ def list_datasets() -> list[str]:
 
 
 def default_data_dir() -> Path:
-    """The per-user cache folder: $XDG_CACHE_HOME/bilaw/data/datasets.py, else ~/.cache/bilaw/data/datasets.py."""
+    """The per-user cache folder: $XDG_CACHE_HOME/bilaw/data, else ~/.cache/bilaw/data."""
     cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(cache) / "bilaw" / "data"
 

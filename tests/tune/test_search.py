@@ -228,6 +228,21 @@ def test_bad_input_is_a_message_before_ray(argv, message, tmp_path, capsys, monk
     assert not (tmp_path / "ray_results").exists() and not (tmp_path / "mlruns.db").exists()
 
 
+def test_the_driver_loads_a_dataset_from_disk_before_ray_but_not_digits(monkeypatch):
+    """A missing or damaged file fails before Ray starts; digits ships inside scikit-learn, so
+    loading it (and importing scikit-learn) in the driver would check nothing."""
+    from bilaw.config.train_config import TrainConfig
+    from bilaw.data.datasets import DATASETS
+    from tune.plan import check_data
+
+    loaded = []
+    monkeypatch.setattr(DATASETS, "get", lambda name: lambda data_dir=None: loaded.append((name, data_dir)))
+    check_data(TrainConfig(dataset="digits"))
+    assert loaded == []
+    check_data(TrainConfig(dataset="fashion_mnist", data_dir="/data"))
+    assert loaded == [("fashion_mnist", "/data")]
+
+
 def test_unreachable_tracking_server_fails_fast(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     port = free_port()

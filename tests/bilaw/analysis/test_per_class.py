@@ -22,6 +22,12 @@ def test_the_per_class_accuracies_are_written_as_json_and_a_plot(tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
 
 
+def test_without_plots_only_the_json_is_written(tmp_path):
+    assert write_per_class(tmp_path, [0.5, 0.75], plot=False) == [tmp_path / PER_CLASS_JSON]
+    assert [p.name for p in tmp_path.iterdir()] == [PER_CLASS_JSON]
+    assert json.loads((tmp_path / PER_CLASS_JSON).read_text())[TEST_PGD_ACC] == {"0": 0.5, "1": 0.75}
+
+
 def test_a_run_without_per_class_accuracies_writes_nothing(tmp_path):
     assert write_per_class(tmp_path, None) == [] and write_per_class(tmp_path, []) == []
     assert list(tmp_path.iterdir()) == []
