@@ -3,6 +3,7 @@ the Tuner, and what is printed and written at the end. `run_search.py` validates
 before calling `run_search(plan, argv)`."""
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import sys
@@ -137,8 +138,24 @@ def make_sampler(space: sp.SearchSpace, n: int, seed: int = 0) -> optuna.sampler
     return optuna.samplers.RandomSampler(seed=seed)
 
 
+class _GridDoneNote:
+    """Drops the warning Ray's OptunaSearch logs when Optuna's GridSampler, having handed out its
+    last grid point, stops the study outside an objective ("`Study.stop` is supposed to be
+    invoked inside an objective function or a callback."): the trial is told all the same, and
+    the grid being done is what the search expects."""
+
+    def filter(self, record) -> bool:
+        return "Study.stop" not in str(record.msg)
+
+
+_GRID_DONE = _GridDoneNote()
+
+
 def make_searcher(plan: Plan, folder: Path):
     space = plan.space
+    log = logging.getLogger(OptunaSearch.__module__)
+    if _GRID_DONE not in log.filters:
+        log.addFilter(_GRID_DONE)
     storage = optuna.storages.RDBStorage(f"sqlite:///{folder / OPTUNA_DB}")
     metric = space.metric if space.multi_objective else space.metric[0]
     mode = space.mode if space.multi_objective else space.mode[0]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import statistics
 import sys
+import warnings
 from typing import Any
 
 import optuna
@@ -83,7 +84,9 @@ def record(trial: Any, trial_id: str, result: dict | None) -> None:
     """Set `trial_attrs` on the Optuna trial (before it is told); a failure only warns."""
     try:
         if RUNS.metrics and trial.study.metric_names is None:
-            trial.study.set_metric_names(RUNS.metrics)
+            with warnings.catch_warnings():  # experimental in the pinned Optuna, and a label only
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                trial.study.set_metric_names(RUNS.metrics)
         for key, value in trial_attrs(trial_id, result).items():
             trial.set_user_attr(key, value)
     except Exception as exc:  # noqa: BLE001 - the study's value matters more than its notes

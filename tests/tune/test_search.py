@@ -554,3 +554,21 @@ def test_each_trials_final_report_carries_the_config_its_saved_run_records(smoke
         assert ran == trial_config(last["config"]) and ran.weight_net == last["config"]["weight_net"]
         saved = max(path.parent.glob(f"checkpoint_*/{SAVED_RUN}"))
         assert load_run(saved)[1] == ran
+
+
+def test_the_grid_done_note_of_rays_optuna_search_is_dropped_and_other_warnings_kept(caplog):
+    import logging
+
+    from ray.tune.search.optuna import OptunaSearch
+
+    from tune.search import _GRID_DONE
+
+    log = logging.getLogger(OptunaSearch.__module__)
+    log.addFilter(_GRID_DONE)
+    try:
+        with caplog.at_level(logging.WARNING, logger=OptunaSearch.__module__):
+            log.warning("`Study.stop` is supposed to be invoked inside an objective function or a callback.")
+            log.warning("The reported value is NaN.")
+    finally:
+        log.removeFilter(_GRID_DONE)
+    assert [r.getMessage() for r in caplog.records] == ["The reported value is NaN."]
