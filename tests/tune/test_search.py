@@ -556,19 +556,28 @@ def test_each_trials_final_report_carries_the_config_its_saved_run_records(smoke
         assert load_run(saved)[1] == ran
 
 
-def test_the_grid_done_note_of_rays_optuna_search_is_dropped_and_other_warnings_kept(caplog):
+def test_the_grid_done_note_of_rays_optuna_search_is_dropped_and_other_warnings_kept():
     import logging
 
     from ray.tune.search.optuna import OptunaSearch
 
     from tune.search import _GRID_DONE
 
-    log = logging.getLogger(OptunaSearch.__module__)
+    class Keep(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__(logging.WARNING)
+            self.messages: list[str] = []
+
+        def emit(self, record) -> None:
+            self.messages.append(record.getMessage())
+
+    log, kept = logging.getLogger(OptunaSearch.__module__), Keep()  # Ray's loggers do not propagate
     log.addFilter(_GRID_DONE)
+    log.addHandler(kept)
     try:
-        with caplog.at_level(logging.WARNING, logger=OptunaSearch.__module__):
-            log.warning("`Study.stop` is supposed to be invoked inside an objective function or a callback.")
-            log.warning("The reported value is NaN.")
+        log.warning("`Study.stop` is supposed to be invoked inside an objective function or a callback.")
+        log.warning("The reported value is NaN.")
     finally:
         log.removeFilter(_GRID_DONE)
-    assert [r.getMessage() for r in caplog.records] == ["The reported value is NaN."]
+        log.removeHandler(kept)
+    assert kept.messages == ["The reported value is NaN."]
