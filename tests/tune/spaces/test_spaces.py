@@ -221,7 +221,7 @@ def test_define_by_run_pickles_and_suggests_the_same_params(workloads):
     again = pickle.loads(data)
     assert type(again) is sp.DefineByRun and again.base == fn.base and again.ordered == fn.ordered
     fixed = {"method": "bilaw_trades", "weight_net": "64-64", "margin_input": "margin", "trades_beta": 3.5,
-             "meta_lr": 0.001, "meta_interval": 2}
+             "meta_lr": 0.005, "meta_interval": 2}
     for params in (fixed, {**fixed, "method": "bilaw"}):
         trials = [optuna.trial.FixedTrial(params) for _ in range(2)]
         fn(trials[0]), again(trials[1])
