@@ -13,12 +13,13 @@ import sys
 from typing import NoReturn
 
 
-def exit_now(code: int) -> NoReturn:
-    """End the process with `code` after running its atexit handlers and flushing stdout and stderr."""
+def exit_now(code: int | None) -> NoReturn:
+    """End the process with `code` (None: 0, as sys.exit) after running its atexit handlers and
+    flushing stdout and stderr."""
     atexit._run_exitfuncs()  # CPython's own entry point: what interpreter exit runs first
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (OSError, ValueError):  # a closed or broken stream: nothing more to write
             pass
-    os._exit(code)
+    os._exit(0 if code is None else code)

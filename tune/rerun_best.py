@@ -177,4 +177,6 @@ def summary_lines(finals: list[dict], pgd: str = "PGD-20") -> list[str]:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from tune.process_exit import exit_now
+
+    exit_now(main())

@@ -24,3 +24,8 @@ def test_exit_now_runs_the_atexit_handlers_flushes_output_and_exits_with_the_cod
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout, done.stderr) == (3, "summary line", "warning line")
     assert marker.read_text() == "closed"
+
+
+def test_exit_now_without_a_code_exits_zero_as_sys_exit_does():
+    script = f"import sys; sys.path.insert(0, {str(REPO)!r}); from tune.process_exit import exit_now; exit_now(None)"
+    assert subprocess.run([sys.executable, "-c", script], timeout=60).returncode == 0
