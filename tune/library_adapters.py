@@ -142,17 +142,32 @@ def shut_down_ray_at_once() -> None:
     """`ray.shutdown()`, where a local Ray's processes are killed at once instead of each being
     sent SIGTERM and given a second to exit. A search starts its local Ray with SIGTERM blocked
     (tune/stopping.py), so that second is always spent waiting and SIGKILL follows anyway: five
-    processes, five seconds at every search's end. A joined cluster's driver owns no processes
-    and only disconnects, as before. Ray's `shutdown` takes no such option; the head node's
-    `kill_all_processes` is called with `allow_graceful=False` here."""
+    processes, five seconds at every search's end. What the raylet started (its agents, the
+    workers) is killed with it: an agent whose raylet dies first reports that to Ray's GCS, and
+    with the GCS killed at once too it would wait on it for minutes. A joined cluster's driver
+    owns no processes and only disconnects, as before. Ray's `shutdown` takes no such option;
+    the head node's `kill_all_processes` is called with `allow_graceful=False` here."""
+    import psutil
     import ray
     from ray._private import worker
 
     node = _private(worker, "_global_node", "ray")
+    started: list[psutil.Process] = []
     if node is not None and node.is_head():
+        processes = _private(node, "all_processes", "ray", dict)
+        for info in processes.get("raylet", []):
+            try:
+                started += psutil.Process(info.process.pid).children(recursive=True)
+            except psutil.Error:  # the raylet is gone already
+                pass
         kill_all = _private(node, "kill_all_processes", "ray")
         node.kill_all_processes = functools.partial(_kill_ungracefully, kill_all)
     ray.shutdown()
+    for process in started:
+        try:
+            process.kill()  # psutil checks the pid still names the process it listed
+        except psutil.Error:
+            pass
 
 
 def _kill_ungracefully(kill_all: Any, **kwargs: Any) -> Any:
