@@ -8,6 +8,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -117,18 +118,30 @@ def search_command(*argv: str) -> list[str]:
     return [sys.executable, str(SEARCH_SCRIPT), *argv]
 
 
+def _own_tmp(cwd: Path, env: dict[str, str] | None) -> dict[str, str]:
+    """`env` (else this process's environment) with TMPDIR in the test's folder `cwd`: the
+    temporary folders of the trials a test kills stay there, not in the machine's /tmp. Ray,
+    which would follow TMPDIR too, keeps its own folder (its socket paths must stay short)."""
+    tmp = Path(cwd) / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ if env is None else env)
+    env.setdefault("RAY_TMPDIR", tempfile.gettempdir())
+    return {**env, "TMPDIR": str(tmp)}
+
+
 def run_search(*argv: str, cwd: Path, env: dict[str, str] | None = None,
                timeout: float = 600) -> subprocess.CompletedProcess:
     """A search run as a user runs it, in the working folder `cwd`; its output captured as text."""
-    return subprocess.run(search_command(*argv), capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
+    return subprocess.run(search_command(*argv), capture_output=True, text=True, timeout=timeout,
+                          env=_own_tmp(cwd, env), cwd=cwd)
 
 
 def start_search(*argv: str, cwd: Path, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     """A search's driver started in a session (and process group) of its own, its output to `log`,
     so that a test stops exactly what it started (stop_group, session_members)."""
     with open(log, "w") as out:
-        return subprocess.Popen(search_command(*argv), cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
+        return subprocess.Popen(search_command(*argv), cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                                env=_own_tmp(cwd, env), start_new_session=True)
 
 
 def free_port() -> int:
