@@ -121,10 +121,10 @@ def run_search_arm(args: list[str], folder: Path) -> dict[str, Any]:
     ends = [client.get_metric_history(r.info.run_id, TEST_CLEAN_ACC)[-1].timestamp for r in trials]
     first, last = min(r.info.start_time for r in trials) / 1000, max(ends) / 1000
     phase = (first - launched, last - launched)  # seconds since the process started (both clocks are wall clocks)
+    import yaml
+
     configs = []
     for run in trials:
-        import yaml
-
         path = client.download_artifacts(run.info.run_id, "config.yaml", str(folder))
         configs.append(yaml.safe_load(Path(path).read_text()))
     cores = os.cpu_count() or 1
