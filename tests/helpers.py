@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 if TYPE_CHECKING:
+    import numpy as np
     from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
 

@@ -15,7 +15,6 @@ import random
 import re
 import shutil
 import sqlite3
-import urllib.error
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace

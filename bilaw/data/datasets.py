@@ -28,7 +28,7 @@ from bilaw.data.batches import CyclingBatches, augment_crop_flip, batch_indices
 from bilaw.data.files import (CIFAR10_FILES, CIFAR100_FILES, IDX_EXPECTED, DiskLayout, find_idx_files, find_named_files,
                               read_cifar_batch, read_idx, read_idx_dataset)
 from bilaw.data.record import split_record
-from bilaw.data.splits import SplitIndices, apply_label_noise, noise_generator, split_and_corrupt, split_indices
+from bilaw.data.splits import SplitIndices, apply_label_noise, split_and_corrupt, split_indices
 from bilaw.file_errors import DamagedFileError, one_line
 from bilaw.registry import Registry
 

@@ -12,8 +12,6 @@ The map itself, at a few epochs, is `bilaw/analysis/weight_maps.py`'s.
 """
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 

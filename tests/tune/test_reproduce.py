@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import statistics
-from pathlib import Path
 
 import pytest
 from helpers import REPO

@@ -11,7 +11,6 @@ import os
 import pickle
 import shutil
 import struct
-import urllib.error
 from pathlib import Path
 
 import numpy as np

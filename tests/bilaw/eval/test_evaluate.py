@@ -6,7 +6,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 from torch import nn
 

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from bilaw.config.train_config import ConfigError, TrainConfig
 from bilaw.registry import UnknownNameError

@@ -4,7 +4,6 @@ maps, and an MLflow run in report.py."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

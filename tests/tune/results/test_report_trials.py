@@ -103,7 +103,7 @@ def test_report_rows_carry_wilson_for_one_run_and_t_for_several():
     assert 0 < lo and hi > 1 and rows["128"].intervals["Clean"][:2] == pytest.approx((lo, 1.0))  # kept in [0, 1]
     text = format_markdown(list(rows.values()), "weight_net")
     lo, hi = wilson_interval(162, 360)
-    assert f"| 64 | 90.00 [" in text and f"45.00 [{100 * lo:.2f}, {100 * hi:.2f}]" in text
+    assert "| 64 | 90.00 [" in text and f"45.00 [{100 * lo:.2f}, {100 * hi:.2f}]" in text
     assert "95% Wilson interval over its test points" in text and "t-interval of the mean (df = n - 1)" in text
     assert "| 64 | 90.00 [" in text and "| -45.00 | 1 |" in text  # one run's gap: no "± 0.00"
     assert text.endswith("; test points per run: Clean 360, PGD 360")

@@ -3,15 +3,13 @@ reported (never silently lost), ending a run starts and stops no logging thread,
 trial reopens its run and skips the epochs it already logged."""
 from __future__ import annotations
 
-import warnings
-from pathlib import Path
 
 import pytest
 from helpers import REPO
 import torch
 from mlflow.tracking import MlflowClient
 
-from tune.tracking.runs import TrackingError, TrialRun
+from tune.tracking.runs import TrialRun
 
 
 def _epoch(e: int) -> dict:
