@@ -13,7 +13,8 @@ Every run is a folder OUT/study/<workload>/<arm>/seed<s> (resumed from its check
 interrupted, reused when finished with the same config: `tune/reproduce.py`'s runs) and an MLflow
 run tagged `reproduce_key`. Then each best state's AutoAttack is extended to the first
 `--aa-points` test points, the same points for every arm (`study_aa.npz` in the run folder; the
-training's own AutoAttack points are reused), and the table is printed and written to
+training's own AutoAttack points are reused; AutoAttack's own sanity checks on them are kept in
+its `warnings` and listed under the table), and the table is printed and written to
 OUT/study_<dataset>.md: each arm's mean and 95% interval over seeds at the best state (held-out
 PGD) and the last, and BiLAW minus each control on the same points: McNemar per seed and the
 paired interval over seeds (`tune/results/paired.py`). Split the runs over two processes with --arms or
@@ -163,13 +164,14 @@ def study_autoattack(folder: Path, n_points: int, log=print) -> np.ndarray | Non
                 return npz["correct"][:n_points]
     if not (folder / "best.pt").exists():  # a kept copy without the model: its AutoAttack stays as stored
         return None
-    correct, seconds = _autoattack_points(folder, len(trained), n_points, log)
+    correct, seconds, checks = _autoattack_points(folder, len(trained), n_points, log)
     full = np.concatenate([trained, correct])
-    np.savez_compressed(stored, correct=full, trained_points=len(trained), seconds=seconds)
+    np.savez_compressed(stored, correct=full, trained_points=len(trained), seconds=seconds,
+                        warnings=np.asarray(checks, dtype=str))
     return full
 
 
-def _autoattack_points(folder: Path, start: int, stop: int, log) -> tuple[np.ndarray, float]:
+def _autoattack_points(folder: Path, start: int, stop: int, log) -> tuple[np.ndarray, float, tuple[str, ...]]:
     import torch
 
     from bilaw.config.run_data import run_data_args
@@ -186,7 +188,35 @@ def _autoattack_points(folder: Path, start: int, stop: int, log) -> tuple[np.nda
     result = run_autoattack(model, x, y, norm=cfg.norm, eps=cfg.eps, n=len(y), version=version,
                             attacks=cfg.aa_attacks, n_iter=cfg.aa_n_iter, seed=cfg.seed)
     correct = result.y_pred.to(torch.device("cpu")).eq(y[:result.n].cpu()).numpy()
-    return correct, time.perf_counter() - began
+    for message in result.warnings:
+        log(f"    AutoAttack's check: {message}")
+    return correct, time.perf_counter() - began, result.warnings
+
+
+def autoattack_checks(folder: Path, final: dict[str, Any], aa_points: int) -> tuple[list[str], str | None]:
+    """What AutoAttack's own sanity checks said of a run's best state on the study's points, one
+    line each naming the points: the training's evaluation (`autoattack_warnings` in its final
+    metrics) and the study's extension (`study_aa.npz`); and the extension's points when that file
+    was stored before its checks were kept (else None). A check does not change the AA accuracy, which counts every
+    point any of its attacks broke; it says the white-box attacks may have missed some (e.g.
+    Square, a black-box attack, beat them), so gradient attacks such as PGD may read high."""
+    with np.load(folder / "per_point.npz") as npz:
+        trained = len(npz["test_aa"]) if "test_aa" in npz.files else 0
+    lines = [f"points 0-{trained - 1}: {first_sentence(m)}" for m in final.get("autoattack_warnings", [])]
+    stored = folder / AA_NAME
+    if aa_points > trained and stored.exists():
+        with np.load(stored) as npz:
+            where = f"points {trained}-{min(aa_points, len(npz['correct'])) - 1}"
+            if "warnings" not in npz.files:
+                return lines, where
+            lines += [f"{where}: {first_sentence(str(m))}" for m in npz["warnings"]]
+    return lines, None
+
+
+def first_sentence(message: str) -> str:
+    """AutoAttack's check up to its first full stop (the rest is its generic advice)."""
+    head, dot, _ = message.partition(". ")
+    return head + "." if dot else message
 
 
 # ----- the table ---------------------------------------------------------------------------------------
@@ -209,7 +239,8 @@ def load_points(jobs: list[Job], out: Path, aa_points: int, log=print) -> dict[t
                 arrays["pgd_on_aa"] = arrays["test_pgd"][:len(aa)]
         metrics = read_metrics(folder)
         found[(job.row.name, job.seed)] = {"points": arrays, "final": metrics["final"],
-                                           "status": weight_status(metrics["history"], job.cfg.burn_in_epochs)}
+                                           "status": weight_status(metrics["history"], job.cfg.burn_in_epochs),
+                                           "aa_checks": autoattack_checks(folder, metrics["final"], aa_points)}
     return found
 
 
@@ -320,7 +351,25 @@ def study_table(jobs: list[Job], found: dict, aa_points: int, title: str) -> str
                 lines.append("| " + " | ".join([ARMS[control].label, name(m), *per_seed, over]) + " |")
         lines.append("")
     lines += _aa_size_note(found, seeds, aa_points)
+    lines += _aa_check_note(found, arms, seeds)
     return "\n".join(lines)
+
+
+def _aa_check_note(found: dict, arms: list[str], seeds: list[int]) -> list[str]:
+    """Which runs AutoAttack's own sanity checks flagged, on which of the study's points."""
+    runs = [(a, s) for a in arms for s in seeds if (a, s) in found]
+    if not runs:
+        return []
+    flagged = [(a, s) for a, s in runs if found[(a, s)]["aa_checks"][0]]
+    unrecorded = [f"{a} seed {s} ({found[(a, s)]['aa_checks'][1]})" for a, s in runs if found[(a, s)]["aa_checks"][1]]
+    lines = [f"AutoAttack's own checks (they leave AA as it is, the points any of its attacks broke, but say "
+             f"that gradient attacks such as PGD may read high) flagged {len(flagged)} of {len(runs)} runs"
+             + (":" if flagged else ".")]
+    lines += [f"- {a} seed {s}, {check}" for a, s in flagged for check in found[(a, s)]["aa_checks"][0]]
+    if unrecorded:
+        lines.append(f"The checks on the points the study added were not recorded for {', '.join(unrecorded)}: "
+                     f"their {AA_NAME} was written before the checks were kept.")
+    return lines + [""]
 
 
 def _aa_size_note(found: dict, seeds: list[int], aa_points: int) -> list[str]:

@@ -157,3 +157,72 @@ def test_kept_runs_hold_what_the_table_reads_and_are_reused(trained, tmp_path, c
     assert "\n  training " not in second and "AutoAttack (" not in second
     table = lambda text: text[text.index("# Does BiLAW"):text.index("wrote ")]  # noqa: E731
     assert table(second) == table(first)
+
+
+SQUARE = ("Square Attack has decreased the robust accuracy of 0.40%. This might indicate that the robustness "
+          "evaluation using AutoAttack is unreliable. Consider running Square Attack with more iterations.")
+
+
+def _run_folder(tmp_path, trained_aa: int, extension_warnings=None, extension_points: int = 0):
+    """A run folder as the study leaves it: the training's own AutoAttack points in per_point.npz,
+    and (when extension_points) study_aa.npz, with its checks unless extension_warnings is None."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    np.savez_compressed(folder / "per_point.npz", test_clean=np.ones(50, bool), test_aa=np.ones(trained_aa, bool))
+    if extension_points:
+        extra = {} if extension_warnings is None else {"warnings": np.asarray(extension_warnings, dtype=str)}
+        np.savez_compressed(folder / study.AA_NAME, correct=np.ones(extension_points, bool),
+                            trained_points=trained_aa, seconds=1.0, **extra)
+    return folder
+
+
+def test_autoattack_checks_name_the_points_each_check_was_made_on(tmp_path):
+    folder = _run_folder(tmp_path, 16, [SQUARE], 30)
+    checks, unrecorded = study.autoattack_checks(folder, {"autoattack_warnings": [SQUARE]}, 30)
+    said = "Square Attack has decreased the robust accuracy of 0.40%."
+    assert checks == [f"points 0-15: {said}", f"points 16-29: {said}"] and unrecorded is None
+
+
+def test_an_extension_stored_before_checks_were_kept_says_so(tmp_path):
+    folder = _run_folder(tmp_path, 16, None, 30)
+    assert study.autoattack_checks(folder, {}, 30) == ([], "points 16-29")
+    (tmp_path / "quiet").mkdir()
+    quiet = _run_folder(tmp_path / "quiet", 16, [], 30)
+    assert study.autoattack_checks(quiet, {}, 30) == ([], None)  # kept, and AutoAttack said nothing
+    assert study.autoattack_checks(quiet, {}, 16) == ([], None)  # the training's own points suffice
+
+
+def test_the_table_lists_flagged_and_unrecorded_runs(tmp_path):
+    found = {("at", 0): {"aa_checks": ([], None)},
+             ("bilaw", 0): {"aa_checks": (["points 0-15: Square beat them."], None)},
+             ("bilaw", 1): {"aa_checks": ([], "points 16-29")}}
+    lines = study._aa_check_note(found, ["at", "bilaw"], [0, 1])
+    assert lines[0].endswith("flagged 1 of 3 runs:") and lines[1] == "- bilaw seed 0, points 0-15: Square beat them."
+    assert lines[2] == ("The checks on the points the study added were not recorded for bilaw seed 1 (points 16-29): "
+                        f"their {study.AA_NAME} was written before the checks were kept.")
+    assert study._aa_check_note({("at", 0): {"aa_checks": ([], None)}}, ["at"], [0])[0].endswith("flagged 0 of 1 runs.")
+
+
+@pytest.mark.slow
+def test_the_extensions_checks_are_logged_and_stored(trained, tmp_path, monkeypatch):
+    """A check AutoAttack raises on the points the study adds is printed and kept in study_aa.npz,
+    and the extension, run again, breaks the same points."""
+    import dataclasses
+    import shutil
+
+    import bilaw.eval.autoattack as autoattack
+
+    source = trained[0] / "out" / "study" / "smoke" / "bilaw" / "seed0"
+    folder = tmp_path / "seed0"
+    shutil.copytree(source, folder)
+    before = _points(trained[0], "bilaw", 0, "aa")
+    (folder / study.AA_NAME).unlink()
+    real = autoattack.run_autoattack
+    monkeypatch.setattr(autoattack, "run_autoattack",
+                        lambda *a, **k: dataclasses.replace(real(*a, **k), warnings=(SQUARE,)))
+    said = []
+    again = study.study_autoattack(folder, AA_POINTS, said.append)
+    np.testing.assert_array_equal(again, before)
+    assert f"    AutoAttack's check: {SQUARE}" in said
+    with np.load(folder / study.AA_NAME) as npz:
+        assert npz["warnings"].tolist() == [SQUARE] and npz["correct"].tolist() == before.tolist()
