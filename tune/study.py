@@ -197,9 +197,10 @@ def autoattack_checks(folder: Path, final: dict[str, Any], aa_points: int) -> tu
     """What AutoAttack's own sanity checks said of a run's best state on the study's points, one
     line each naming the points: the training's evaluation (`autoattack_warnings` in its final
     metrics) and the study's extension (`study_aa.npz`); and the extension's points when that file
-    was stored before its checks were kept (else None). A check does not change the AA accuracy, which counts every
-    point any of its attacks broke; it says the white-box attacks may have missed some (e.g.
-    Square, a black-box attack, beat them), so gradient attacks such as PGD may read high."""
+    was stored before its checks were kept (else None). A check does not change the AA accuracy,
+    which counts every point any of its attacks broke; it says the white-box attacks may have
+    missed some (e.g. Square, a black-box attack, beat them), so gradient attacks such as PGD may
+    read high."""
     with np.load(folder / "per_point.npz") as npz:
         trained = len(npz["test_aa"]) if "test_aa" in npz.files else 0
     lines = [f"points 0-{trained - 1}: {first_sentence(m)}" for m in final.get("autoattack_warnings", [])]
