@@ -86,7 +86,7 @@ TUNE_LAYERS = [
     ["tune.spaces."], ["tune.trainable"], ["tune.tracking."],
     ["tune.plan"],
     ["tune.resume_check", "tune.stopping", "tune.ray_start", "tune.finished_search", "tune.store_checks", "tune.orphans",
-     "tune.study_records"],
+     "tune.study_records", "tune.study_autoattack"],
     ["tune.results."],
     ["tune.driver", "tune.variant_runs", "tune.race", "tune.search"],
     ["tune.run_search", "tune.report", "tune.rerun_best", "tune.reproduce", "tune.study", "tune.fetch_model",

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest, t as student_t
 
-from tune import study
+from tune import study, study_autoattack
 
 SEEDS = (0, 1)
 AA_POINTS = 30
@@ -178,29 +178,29 @@ def _run_folder(tmp_path, trained_aa: int, extension_warnings=None, extension_po
 
 def test_autoattack_checks_name_the_points_each_check_was_made_on(tmp_path):
     folder = _run_folder(tmp_path, 16, [SQUARE], 30)
-    checks, unrecorded = study.autoattack_checks(folder, {"autoattack_warnings": [SQUARE]}, 30)
+    checks, unrecorded = study_autoattack.autoattack_checks(folder, {"autoattack_warnings": [SQUARE]}, 30)
     said = "Square Attack has decreased the robust accuracy of 0.40%."
     assert checks == [f"points 0-15: {said}", f"points 16-29: {said}"] and unrecorded is None
 
 
 def test_an_extension_stored_before_checks_were_kept_says_so(tmp_path):
     folder = _run_folder(tmp_path, 16, None, 30)
-    assert study.autoattack_checks(folder, {}, 30) == ([], "points 16-29")
+    assert study_autoattack.autoattack_checks(folder, {}, 30) == ([], "points 16-29")
     (tmp_path / "quiet").mkdir()
     quiet = _run_folder(tmp_path / "quiet", 16, [], 30)
-    assert study.autoattack_checks(quiet, {}, 30) == ([], None)  # kept, and AutoAttack said nothing
-    assert study.autoattack_checks(quiet, {}, 16) == ([], None)  # the training's own points suffice
+    assert study_autoattack.autoattack_checks(quiet, {}, 30) == ([], None)  # kept, and AutoAttack said nothing
+    assert study_autoattack.autoattack_checks(quiet, {}, 16) == ([], None)  # the training's own points suffice
 
 
 def test_the_table_lists_flagged_and_unrecorded_runs(tmp_path):
     found = {("at", 0): {"aa_checks": ([], None)},
              ("bilaw", 0): {"aa_checks": (["points 0-15: Square beat them."], None)},
              ("bilaw", 1): {"aa_checks": ([], "points 16-29")}}
-    lines = study._aa_check_note(found, ["at", "bilaw"], [0, 1])
+    lines = study_autoattack.check_note(found, ["at", "bilaw"], [0, 1])
     assert lines[0].endswith("flagged 1 of 3 runs:") and lines[1] == "- bilaw seed 0, points 0-15: Square beat them."
     assert lines[2] == ("The checks on the points the study added were not recorded for bilaw seed 1 (points 16-29): "
                         f"their {study.AA_NAME} was written before the checks were kept.")
-    assert study._aa_check_note({("at", 0): {"aa_checks": ([], None)}}, ["at"], [0])[0].endswith("flagged 0 of 1 runs.")
+    assert study_autoattack.check_note({("at", 0): {"aa_checks": ([], None)}}, ["at"], [0])[0].endswith("flagged 0 of 1 runs.")
 
 
 @pytest.mark.slow
